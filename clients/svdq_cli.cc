@@ -1,0 +1,107 @@
+// svdq-cli: a small client for svdq-server. Streams generated text to the terminal.
+//   svdq-cli [--addr host:port] generate "prompt" [--max-tokens N] [--temperature T]
+//            [--top-k K] [--top-p P] [--seed S] [--ignore-eos]
+//   svdq-cli [--addr host:port] info
+//   svdq-cli [--addr host:port] health
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "svdq/v1/generation.grpc.pb.h"
+
+namespace {
+
+int Usage() {
+  std::cerr << "usage: svdq-cli [--addr host:port] generate \"prompt\" [--max-tokens N] [--temperature T]\n"
+               "                [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
+               "       svdq-cli [--addr host:port] info\n";
+  return 2;
+}
+
+const char* ReasonName(svdq::v1::FinishReason r) {
+  switch (r) {
+    case svdq::v1::FINISH_REASON_STOP: return "stop";
+    case svdq::v1::FINISH_REASON_LENGTH: return "length";
+    case svdq::v1::FINISH_REASON_CANCELLED: return "cancelled";
+    case svdq::v1::FINISH_REASON_ERROR: return "error";
+    default: return "unspecified";
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string addr = "127.0.0.1:50051";
+  if (const char* env = std::getenv("SVDQ_ADDR")) addr = env;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> pos;
+  svdq::v1::GenerateRequest req;
+  req.set_max_tokens(128);
+  try {
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i];
+      auto next = [&]() -> std::string {
+        if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
+        return args[++i];
+      };
+      if (a == "--addr") addr = next();
+      else if (a == "--max-tokens") req.set_max_tokens(std::stoi(next()));
+      else if (a == "--temperature") req.mutable_sampling()->set_temperature(std::stof(next()));
+      else if (a == "--top-k") req.mutable_sampling()->set_top_k(std::stoi(next()));
+      else if (a == "--top-p") req.mutable_sampling()->set_top_p(std::stof(next()));
+      else if (a == "--seed") req.mutable_sampling()->set_seed(std::stoull(next()));
+      else if (a == "--ignore-eos") req.set_ignore_eos(true);
+      else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
+      else pos.push_back(a);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "svdq-cli: " << e.what() << "\n";
+    return Usage();
+  }
+  if (pos.empty()) return Usage();
+  auto channel = grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
+  auto stub = svdq::v1::Generation::NewStub(channel);
+
+  if (pos[0] == "info") {
+    grpc::ClientContext ctx;
+    svdq::v1::ModelInfo info;
+    grpc::Status st = stub->GetModelInfo(&ctx, {}, &info);
+    if (!st.ok()) {
+      std::cerr << "svdq-cli: " << st.error_message() << "\n";
+      return 1;
+    }
+    std::cout << info.DebugString();
+    return 0;
+  }
+  if (pos[0] != "generate" || pos.size() != 2) return Usage();
+  req.set_text(pos[1]);
+  grpc::ClientContext ctx;
+  auto reader = stub->Generate(&ctx, req);
+  svdq::v1::GenerateResponse resp;
+  svdq::v1::GenerateFinal fin;
+  bool have_final = false;
+  while (reader->Read(&resp)) {
+    if (resp.has_chunk()) {
+      std::cout << resp.chunk().text() << std::flush;
+    } else if (resp.has_final()) {
+      fin = resp.final();
+      have_final = true;
+    }
+  }
+  grpc::Status st = reader->Finish();
+  std::cout << "\n";
+  if (!st.ok()) {
+    std::cerr << "svdq-cli: " << st.error_message() << " (" << st.error_code() << ")\n";
+    return 1;
+  }
+  if (have_final) {
+    std::cerr << "[finish=" << ReasonName(fin.finish_reason()) << " prompt_tokens=" << fin.usage().prompt_tokens()
+              << " completion_tokens=" << fin.usage().completion_tokens()
+              << " ttft=" << fin.timings().time_to_first_token_s() << "s total=" << fin.timings().total_s() << "s]\n";
+  }
+  return 0;
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs everything svdq-serve needs on a fresh Debian 12 machine. Idempotent: a
+# second run checks and returns in seconds.
+#   - Debian 12 packages (gRPC, protobuf, abseil, civetweb, curl, ICU, GoogleTest, ...)
+#   - prometheus-cpp from Debian 13's binary packages, unpacked into a private prefix
+#   - a Python virtual environment at .venv with torch (its libtorch is what C++ links)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PROM_PREFIX="${SVDQ_PROM_PREFIX:-/opt/svdq/prometheus-cpp}"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
+  libabsl-dev libre2-dev libc-ares-dev libssl-dev zlib1g-dev
+  libcivetweb-dev libcivetweb1 civetweb libcurl4-openssl-dev
+  libicu-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3-venv curl ca-certificates
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: apt packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# prometheus-cpp is not packaged for Debian 12. Debian 13 ships it; its binaries need
+# nothing newer than Debian 12's libc and libstdc++ (GLIBCXX_3.4.29 at most). We do not
+# install the .debs through dpkg: prometheus-cpp-push declares `libcurl4t64`, Debian 13's
+# name for the libcurl.so.4 that Debian 12's libcurl4 provides, and forcing that through
+# dpkg would leave apt broken. Instead a private apt configuration (sources and state
+# under a temp folder, the system's apt untouched) downloads the four packages and we
+# unpack them into $PROM_PREFIX. Their runtime needs (civetweb, libcurl, zlib) are the
+# Debian 12 packages installed above.
+if [ ! -f "$PROM_PREFIX/.complete" ]; then
+  echo "install-deps: prometheus-cpp (Debian 13 packages) -> $PROM_PREFIX"
+  work="$(mktemp -d)"; chmod 755 "$work"
+  mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/debs"
+  cat > "$work/sources.list" <<SRC
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+SRC
+  touch "$work/status"
+  aptopts=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+           -o Dir::State::Lists="$work/lists" -o Dir::State::Status="$work/status"
+           -o Dir::Cache::Archives="$work/archives" -o APT::Architecture=amd64
+           -o Debug::NoLocking=1)
+  apt-get "${aptopts[@]}" update -qq
+  (cd "$work/debs" && apt-get "${aptopts[@]}" download \
+     libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 prometheus-cpp-dev)
+  $SUDO mkdir -p "$PROM_PREFIX"
+  for deb in "$work"/debs/*.deb; do $SUDO dpkg-deb -x "$deb" "$PROM_PREFIX"; done
+  $SUDO touch "$PROM_PREFIX/.complete"
+  rm -rf "$work"
+fi
+
+# Python environment: torch (libtorch + its CMake config) and the reference/test tools.
+VENV="$ROOT/.venv"
+PY_PACKAGES=(torch transformers accelerate safetensors gguf tokenizers grpcio grpcio-tools protobuf numpy pytest sentencepiece)
+if [ ! -f "$VENV/.complete" ]; then
+  echo "install-deps: python venv at $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
+  touch "$VENV/.complete"
+fi
+echo "install-deps: ok"

@@ -1,0 +1,203 @@
+// Llama forward on ATen ops. Matches Hugging Face's LlamaForCausalLM: RMSNorm in fp32,
+// rotate-half RoPE with fp32 angles, SDPA attention with grouped KV heads.
+#include "models/llama.h"
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "models/dequant.h"
+#include "models/gguf.h"
+
+namespace svdq::models {
+namespace {
+
+// GGUF stores Q and K rows permuted so that RoPE can rotate adjacent pairs; undo that to
+// get Hugging Face's layout, where RoPE rotates the two halves of each head.
+at::Tensor UnpermuteQK(const at::Tensor& w, int64_t n_head) {
+  int64_t out = w.size(0), in = w.size(1);
+  return w.reshape({n_head, out / n_head / 2, 2, in}).transpose(1, 2).reshape({out, in}).contiguous();
+}
+
+at::Tensor LoadTensor(const GgufFile& f, const std::string& name, std::vector<int64_t> shape) {
+  const GgufTensorInfo* t = f.FindTensor(name);
+  if (!t) throw FormatError(f.path() + ": missing tensor " + name);
+  // GGUF dims are fastest-first; torch shapes are slowest-first.
+  std::vector<int64_t> torch_shape(t->dims.rbegin(), t->dims.rend());
+  if (torch_shape != shape) {
+    std::string got, want;
+    for (auto d : torch_shape) got += std::to_string(d) + " ";
+    for (auto d : shape) want += std::to_string(d) + " ";
+    throw FormatError(f.path() + ": tensor " + name + " has shape [" + got + "], expected [" + want + "]");
+  }
+  at::Tensor out = at::empty(shape, at::kFloat);
+  Dequantize(t->type, f.TensorData(*t), out.data_ptr<float>(), t->numel());
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<LlamaModel> LlamaModel::LoadGguf(const GgufFile& f, at::Device device, at::ScalarType dtype) {
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  ModelConfig& c = m->cfg_;
+  c.architecture = f.GetString("general.architecture", "");
+  if (c.architecture != "llama")
+    throw FormatError(f.path() + ": architecture '" + c.architecture + "' is not supported (llama)");
+  const std::string a = c.architecture + ".";
+  c.name = f.GetString("general.name", "unnamed");
+  c.n_layers = static_cast<int>(f.GetInt(a + "block_count", 0));
+  c.hidden = static_cast<int>(f.GetInt(a + "embedding_length", 0));
+  c.n_heads = static_cast<int>(f.GetInt(a + "attention.head_count", 0));
+  c.n_kv_heads = static_cast<int>(f.GetInt(a + "attention.head_count_kv", c.n_heads));
+  c.ffn_hidden = static_cast<int>(f.GetInt(a + "feed_forward_length", 0));
+  c.max_context = static_cast<int>(f.GetInt(a + "context_length", 2048));
+  c.rope_theta = f.GetFloat(a + "rope.freq_base", 10000.0);
+  c.rms_eps = f.GetFloat(a + "attention.layer_norm_rms_epsilon", 1e-5);
+  if (c.n_layers <= 0 || c.hidden <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.ffn_hidden <= 0 ||
+      c.hidden % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0)
+    throw FormatError(f.path() + ": inconsistent model dimensions in metadata");
+  c.head_dim = c.hidden / c.n_heads;
+  if (f.GetInt(a + "rope.dimension_count", c.head_dim) != c.head_dim)
+    throw FormatError(f.path() + ": partial RoPE (rope.dimension_count != head_dim) is not supported");
+  const GgufTensorInfo* emb = f.FindTensor("token_embd.weight");
+  if (!emb || emb->dims.size() != 2) throw FormatError(f.path() + ": missing tensor token_embd.weight");
+  c.vocab_size = static_cast<int>(emb->dims[1]);
+  c.tied_embeddings = f.FindTensor("output.weight") == nullptr;
+
+  m->device_ = device;
+  m->dtype_ = dtype;
+  auto place = [&](at::Tensor t) {
+    at::Tensor d = t.to(device, dtype).contiguous();
+    m->weight_bytes_ += d.numel() * d.element_size();
+    return d;
+  };
+  // Norm weights stay fp32: the norm runs in fp32 like the reference.
+  auto place_f32 = [&](at::Tensor t) {
+    at::Tensor d = t.to(device, at::kFloat).contiguous();
+    m->weight_bytes_ += d.numel() * d.element_size();
+    return d;
+  };
+  const int64_t H = c.hidden, D = c.head_dim, KV = static_cast<int64_t>(c.n_kv_heads) * D;
+  m->tok_embd_ = place(LoadTensor(f, "token_embd.weight", {c.vocab_size, H}));
+  m->output_norm_ = place_f32(LoadTensor(f, "output_norm.weight", {H}));
+  m->output_ = c.tied_embeddings ? m->tok_embd_ : place(LoadTensor(f, "output.weight", {c.vocab_size, H}));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    LayerWeights w;
+    w.attn_norm = place_f32(LoadTensor(f, p + "attn_norm.weight", {H}));
+    w.wq = place(UnpermuteQK(LoadTensor(f, p + "attn_q.weight", {H, H}), c.n_heads));
+    w.wk = place(UnpermuteQK(LoadTensor(f, p + "attn_k.weight", {KV, H}), c.n_kv_heads));
+    w.wv = place(LoadTensor(f, p + "attn_v.weight", {KV, H}));
+    w.wo = place(LoadTensor(f, p + "attn_output.weight", {H, H}));
+    w.ffn_norm = place_f32(LoadTensor(f, p + "ffn_norm.weight", {H}));
+    w.w_gate = place(LoadTensor(f, p + "ffn_gate.weight", {c.ffn_hidden, H}));
+    w.w_up = place(LoadTensor(f, p + "ffn_up.weight", {c.ffn_hidden, H}));
+    w.w_down = place(LoadTensor(f, p + "ffn_down.weight", {H, c.ffn_hidden}));
+    m->layers_.push_back(std::move(w));
+  }
+
+  // RoPE tables, fp32 like the reference: inv_freq = theta^(-2i/d), angle = pos * inv_freq.
+  at::Tensor inv = 1.0 / at::pow(c.rope_theta, at::arange(0, D, 2, at::kFloat) / static_cast<double>(D));
+  at::Tensor pos = at::arange(0, c.max_context, at::kFloat);
+  at::Tensor ang = at::outer(pos, inv);
+  at::Tensor emb2 = at::cat({ang, ang}, -1);
+  m->rope_cos_ = emb2.cos().to(device);
+  m->rope_sin_ = emb2.sin().to(device);
+  return m;
+}
+
+at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& w) const {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return (w * (xf * at::rsqrt(var + cfg_.rms_eps)).to(dtype_).to(at::kFloat)).to(dtype_);
+}
+
+at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, int64_t pos0) const {
+  const int64_t T = x.size(0), D = cfg_.head_dim;
+  at::Tensor cos = rope_cos_.narrow(0, pos0, T).unsqueeze(1);  // [T, 1, D]
+  at::Tensor sin = rope_sin_.narrow(0, pos0, T).unsqueeze(1);
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor rot = at::cat({-xf.narrow(-1, D / 2, D / 2), xf.narrow(-1, 0, D / 2)}, -1);
+  return (xf * cos + rot * sin).to(dtype_);
+}
+
+void LlamaModel::Reserve(SequenceKv* kv, int64_t needed) const {
+  if (needed <= kv->capacity) return;
+  int64_t cap = std::max<int64_t>(64, kv->capacity);
+  while (cap < needed) cap *= 2;
+  cap = std::min<int64_t>(cap, cfg_.max_context);
+  auto opts = at::TensorOptions().device(device_).dtype(dtype_);
+  if (kv->k.empty()) {
+    kv->k.resize(cfg_.n_layers);
+    kv->v.resize(cfg_.n_layers);
+  }
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    at::Tensor nk = at::empty({cfg_.n_kv_heads, cap, cfg_.head_dim}, opts);
+    at::Tensor nv = at::empty({cfg_.n_kv_heads, cap, cfg_.head_dim}, opts);
+    if (kv->length > 0) {
+      nk.narrow(1, 0, kv->length).copy_(kv->k[l].narrow(1, 0, kv->length));
+      nv.narrow(1, 0, kv->length).copy_(kv->v[l].narrow(1, 0, kv->length));
+    }
+    kv->k[l] = nk;
+    kv->v[l] = nv;
+  }
+  kv->capacity = cap;
+}
+
+at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, SequenceKv* kv) {
+  const int64_t T = h.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
+  at::Tensor q = ApplyRope(at::linear(h, w.wq).view({T, NH, D}), pos0);
+  at::Tensor k = ApplyRope(at::linear(h, w.wk).view({T, NKV, D}), pos0);
+  at::Tensor v = at::linear(h, w.wv).view({T, NKV, D});
+  kv->k[layer].narrow(1, pos0, T).copy_(k.transpose(0, 1));
+  kv->v[layer].narrow(1, pos0, T).copy_(v.transpose(0, 1));
+  const int64_t L = pos0 + T;
+  at::Tensor keys = kv->k[layer].narrow(1, 0, L).repeat_interleave(NH / NKV, 0);  // [NH, L, D]
+  at::Tensor vals = kv->v[layer].narrow(1, 0, L).repeat_interleave(NH / NKV, 0);
+  at::Tensor qh = q.transpose(0, 1);  // [NH, T, D]
+  at::Tensor out;
+  if (T == 1) {
+    out = at::scaled_dot_product_attention(qh, keys, vals);
+  } else if (pos0 == 0) {
+    out = at::scaled_dot_product_attention(qh, keys, vals, {}, 0.0, /*is_causal=*/true);
+  } else {
+    // Query i sits at position pos0 + i and may see keys 0 .. pos0 + i.
+    at::Tensor qpos = at::arange(pos0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(1);
+    at::Tensor kpos = at::arange(0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(0);
+    out = at::scaled_dot_product_attention(qh, keys, vals, kpos <= qpos);
+  }
+  return at::linear(out.transpose(0, 1).reshape({T, NH * D}), w.wo);
+}
+
+at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, SequenceKv* kv) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  const int64_t pos0 = kv->length;
+  if (T == 0) throw std::invalid_argument("forward called with no tokens");
+  if (pos0 + T > cfg_.max_context)
+    throw std::out_of_range("sequence of " + std::to_string(pos0 + T) + " tokens exceeds the model context of " +
+                            std::to_string(cfg_.max_context));
+  for (int32_t id : tokens)
+    if (id < 0 || id >= cfg_.vocab_size) throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary");
+  Reserve(kv, pos0 + T);
+  at::Tensor ids = at::from_blob(const_cast<int32_t*>(tokens.data()), {T}, at::kInt).to(device_, at::kLong);
+  at::Tensor x = tok_embd_.index_select(0, ids);
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    x = x + Attention(w, RmsNorm(x, w.attn_norm), l, pos0, kv);
+    at::Tensor h = RmsNorm(x, w.ffn_norm);
+    x = x + at::linear(at::silu(at::linear(h, w.w_gate)) * at::linear(h, w.w_up), w.w_down);
+  }
+  kv->length = pos0 + T;
+  return RmsNorm(x, output_norm_);
+}
+
+at::Tensor LlamaModel::Forward(const std::vector<int32_t>& tokens, SequenceKv* kv) {
+  at::Tensor h = Hidden(tokens, kv);
+  return at::linear(h.narrow(0, h.size(0) - 1, 1), output_).to(at::kFloat).squeeze(0);
+}
+
+at::Tensor LlamaModel::ForwardAll(const std::vector<int32_t>& tokens, SequenceKv* kv) {
+  return at::linear(Hidden(tokens, kv), output_).to(at::kFloat);
+}
+
+}  // namespace svdq::models

@@ -1,0 +1,64 @@
+// The Llama-family forward pass on libtorch (RMSNorm, RoPE, grouped-query attention,
+// SwiGLU MLP, tied or separate output embedding), with a contiguous per-sequence KV
+// cache. Weights are dequantized from GGUF at load and kept resident on the device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/model_config.h"
+
+namespace svdq::models {
+
+class GgufFile;
+
+// Keys and values of one sequence, all layers: k[l], v[l] are [kv_heads, capacity, head_dim].
+// Keys are stored after RoPE (the SVDq cache, which keeps pre-RoPE latents, is later work).
+struct SequenceKv {
+  std::vector<at::Tensor> k, v;
+  int64_t length = 0;
+  int64_t capacity = 0;
+};
+
+struct LayerWeights {
+  at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+};
+
+class LlamaModel {
+ public:
+  // Loads weights from a GGUF file (Llama architecture). Throws FormatError naming the
+  // file and tensor on anything missing or inconsistent.
+  static std::unique_ptr<LlamaModel> LoadGguf(const GgufFile& f, at::Device device, at::ScalarType dtype);
+
+  const ModelConfig& config() const { return cfg_; }
+  at::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+  // Runs `tokens` at positions kv->length ... and appends their keys/values to kv.
+  // Returns fp32 logits of the last position, [vocab], on the model's device.
+  at::Tensor Forward(const std::vector<int32_t>& tokens, SequenceKv* kv);
+  // Same, returning logits for every position: [T, vocab].
+  at::Tensor ForwardAll(const std::vector<int32_t>& tokens, SequenceKv* kv);
+
+ private:
+  LlamaModel() = default;
+  at::Tensor Hidden(const std::vector<int32_t>& tokens, SequenceKv* kv);
+  at::Tensor Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, SequenceKv* kv);
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
+  at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x: [T, heads, head_dim]
+  void Reserve(SequenceKv* kv, int64_t needed) const;
+
+  ModelConfig cfg_;
+  at::Device device_{at::kCPU};
+  at::ScalarType dtype_ = at::kFloat;
+  at::Tensor tok_embd_, output_norm_, output_;
+  std::vector<LayerWeights> layers_;
+  at::Tensor rope_cos_, rope_sin_;  // [max_context, head_dim], fp32
+  int64_t weight_bytes_ = 0;
+};
+
+}  // namespace svdq::models

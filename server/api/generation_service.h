@@ -1,0 +1,29 @@
+// The svdq.v1.Generation gRPC service: validates requests, converts them for the
+// engine, and relays the engine's events to the client's stream.
+#pragma once
+
+#include <string>
+
+#include "server/engine/engine.h"
+#include "svdq/v1/generation.grpc.pb.h"
+
+namespace svdq::api {
+
+class GenerationService final : public svdq::v1::Generation::Service {
+ public:
+  explicit GenerationService(engine::Engine* engine) : engine_(engine) {}
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const svdq::v1::GenerateRequest* req,
+                        grpc::ServerWriter<svdq::v1::GenerateResponse>* writer) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const svdq::v1::GetModelInfoRequest* req,
+                            svdq::v1::ModelInfo* out) override;
+
+ private:
+  engine::Engine* engine_;
+};
+
+// Checks a request against the model and turns it into an engine request. On a bad
+// input returns INVALID_ARGUMENT with a message that says what to change.
+grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::Engine& engine, engine::Request* out);
+
+}  // namespace svdq::api

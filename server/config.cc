@@ -1,0 +1,111 @@
+#include "server/config.h"
+
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <sstream>
+
+namespace svdq::server {
+namespace {
+
+struct Flag {
+  const char* name;
+  const char* help;
+  std::function<bool(const std::string&)> set;
+};
+
+bool ParseInt(const std::string& v, int lo, int hi, int* out) {
+  try {
+    size_t pos = 0;
+    long x = std::stol(v, &pos);
+    if (pos != v.size() || x < lo || x > hi) return false;
+    *out = static_cast<int>(x);
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+std::vector<Flag> Flags(ServerConfig* c) {
+  auto str = [](std::string* dst) { return [dst](const std::string& v) { *dst = v; return !v.empty(); }; };
+  auto num = [](int* dst, int lo, int hi) { return [=](const std::string& v) { return ParseInt(v, lo, hi, dst); }; };
+  return {
+      {"model", "GGUF model file (default: the bundled SmolLM2-135M-Instruct)", str(&c->model)},
+      {"host", "gRPC listen address (default 127.0.0.1)", str(&c->host)},
+      {"port", "gRPC port (default 50051)", num(&c->port, 0, 65535)},
+      {"metrics-host", "metrics listen address (default 127.0.0.1)", str(&c->metrics_host)},
+      {"metrics-port", "Prometheus metrics port; 0 picks a free one (default 9464)", num(&c->metrics_port, 0, 65535)},
+      {"device", "auto | cuda | cpu (default auto: the GPU when there is one)", str(&c->device)},
+      {"dtype", "auto | float32 | bfloat16 | float16 (default auto: bf16 on GPU, fp32 on CPU)", str(&c->dtype)},
+      {"max-running", "sequences decoded together (default 16)", num(&c->max_running, 1, 4096)},
+      {"max-waiting", "queued requests before RESOURCE_EXHAUSTED (default 256)", num(&c->max_waiting, 1, 1 << 20)},
+  };
+}
+
+std::string EnvName(const std::string& flag) {
+  std::string e = "SVDQ_";
+  for (char ch : flag) e += ch == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return e;
+}
+
+}  // namespace
+
+std::string ConfigUsage() {
+  ServerConfig dummy;
+  std::ostringstream os;
+  os << "usage: svdq-server [--flag=value | --flag value]...\n";
+  for (const auto& f : Flags(&dummy)) os << "  --" << f.name << "  (env " << EnvName(f.name) << ")\n      " << f.help << "\n";
+  return os.str();
+}
+
+bool ParseConfig(int argc, char** argv, const std::string& default_model, ServerConfig* cfg, std::string* error,
+                 bool* help) {
+  *help = false;
+  cfg->model = default_model;
+  auto flags = Flags(cfg);
+  for (const auto& f : flags) {
+    const char* env = std::getenv(EnvName(f.name).c_str());
+    if (env && *env && !f.set(env)) {
+      *error = "invalid value '" + std::string(env) + "' for " + EnvName(f.name);
+      return false;
+    }
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      *help = true;
+      return true;
+    }
+    if (a.rfind("--", 0) != 0) {
+      *error = "unexpected argument '" + a + "'";
+      return false;
+    }
+    std::string name = a.substr(2), value;
+    size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      *error = "flag --" + name + " needs a value";
+      return false;
+    }
+    bool known = false;
+    for (const auto& f : flags) {
+      if (name != f.name) continue;
+      known = true;
+      if (!f.set(value)) {
+        *error = "invalid value '" + value + "' for --" + name;
+        return false;
+      }
+    }
+    if (!known) {
+      *error = "unknown flag --" + name + " (see --help)";
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace svdq::server

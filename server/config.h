@@ -1,0 +1,27 @@
+// Server configuration: command-line flags, each also readable from an environment
+// variable (SVDQ_<FLAG>, upper case, dashes as underscores). Flags win over the environment.
+#pragma once
+
+#include <string>
+
+namespace svdq::server {
+
+struct ServerConfig {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 50051;
+  std::string metrics_host = "127.0.0.1";
+  int metrics_port = 9464;  // 0: any free port, printed at start
+  std::string device = "auto";
+  std::string dtype = "auto";
+  int max_running = 16;
+  int max_waiting = 256;
+};
+
+// Parses argv and the environment. Returns false and fills *error on a bad flag or
+// value; sets *help when --help was given.
+bool ParseConfig(int argc, char** argv, const std::string& default_model, ServerConfig* cfg, std::string* error,
+                 bool* help);
+std::string ConfigUsage();
+
+}  // namespace svdq::server

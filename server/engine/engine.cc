@@ -1,0 +1,269 @@
+// Engine loop. Each step: take new requests from the inbox, admit waiting sequences up
+// to max_running (first come, first served), then advance every running sequence by
+// one forward (its prefill, or one decode token), sample, and emit events.
+// The contiguous per-sequence cache of this slice is replaced by the paged cache later.
+#include "server/engine/engine.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <iostream>
+#include <list>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "models/gguf.h"
+#include "models/llama.h"
+#include "models/tokenizer.h"
+#include "server/engine/sampler.h"
+#include "server/metrics/metrics.h"
+
+namespace svdq::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+struct Sequence {
+  Request req;
+  std::shared_ptr<RequestStream> stream;
+  Clock::time_point arrival, first_token, last_token;
+  models::SequenceKv kv;
+  std::vector<int32_t> output;
+  std::unique_ptr<models::IncrementalDetokenizer> detok;
+  std::mt19937_64 rng;
+  bool prefilled = false;
+};
+
+const char* MetricReason(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "abort";
+    default: return "error";
+  }
+}
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+struct Engine::Impl {
+  EngineOptions opts;
+  metrics::Metrics* metrics;
+  std::unique_ptr<models::GgufFile> file;
+  std::unique_ptr<models::Tokenizer> tokenizer;
+  std::unique_ptr<models::LlamaModel> model;
+  std::atomic<bool> ready{false};
+  std::atomic<bool> stopping{false};
+
+  std::mutex mu;  // guards inbox only
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<Sequence>> inbox;
+  std::atomic<size_t> queued{0};  // inbox + waiting, for the queue bound
+
+  // Owned by the engine thread.
+  std::deque<std::unique_ptr<Sequence>> waiting;
+  std::list<std::unique_ptr<Sequence>> running;
+  std::thread thread;
+
+  void Loop();
+  void Step();
+  // Returns true if the sequence finished.
+  bool Advance(Sequence* s);
+  // Sends the final event and frees the sequence's cache.
+  void Finish(Sequence* s, FinishReason reason, const std::string& error);
+};
+
+Engine::Engine(EngineOptions opts, metrics::Metrics* metrics) : impl_(std::make_unique<Impl>()) {
+  impl_->opts = std::move(opts);
+  impl_->metrics = metrics;
+}
+
+Engine::~Engine() { Stop(); }
+
+void Engine::Load() {
+  Impl& m = *impl_;
+  at::Device device(at::kCPU);
+  if (m.opts.device == "cuda" || (m.opts.device == "auto" && at::hasCUDA())) {
+    if (!at::hasCUDA()) throw std::runtime_error("--device cuda was asked for, but no CUDA device is available");
+    device = at::Device(at::kCUDA, 0);
+  } else if (m.opts.device != "cpu" && m.opts.device != "auto") {
+    throw std::runtime_error("unknown device '" + m.opts.device + "' (auto, cpu, cuda)");
+  }
+  at::ScalarType dtype;
+  if (m.opts.dtype == "auto") dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  else if (m.opts.dtype == "float32") dtype = at::kFloat;
+  else if (m.opts.dtype == "bfloat16") dtype = at::kBFloat16;
+  else if (m.opts.dtype == "float16") dtype = at::kHalf;
+  else throw std::runtime_error("unknown dtype '" + m.opts.dtype + "' (auto, float32, bfloat16, float16)");
+
+  m.file = models::GgufFile::Open(m.opts.model_path);
+  m.tokenizer = models::Tokenizer::FromGguf(*m.file);
+  m.model = models::LlamaModel::LoadGguf(*m.file, device, dtype);
+  if (m.tokenizer->vocab_size() > m.model->config().vocab_size)
+    throw std::runtime_error(m.opts.model_path + ": tokenizer vocabulary is larger than the embedding table");
+  m.ready = true;
+}
+
+void Engine::Start() {
+  if (!impl_->ready) throw std::logic_error("Engine::Start before Load");
+  impl_->thread = std::thread([this] { impl_->Loop(); });
+}
+
+void Engine::Stop() {
+  if (impl_->stopping.exchange(true)) return;
+  impl_->cv.notify_all();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+bool Engine::ready() const { return impl_->ready.load(); }
+
+SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
+  Impl& m = *impl_;
+  if (m.stopping) return SubmitResult::kShuttingDown;
+  if (!m.ready) return SubmitResult::kNotReady;
+  auto seq = std::make_unique<Sequence>();
+  seq->arrival = Clock::now();
+  seq->stream = std::make_shared<RequestStream>();
+  seq->detok = std::make_unique<models::IncrementalDetokenizer>(*m.tokenizer);
+  seq->rng.seed(r.sampling.has_seed ? r.sampling.seed : std::random_device{}());
+  seq->req = std::move(r);
+  *stream = seq->stream;
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    if (m.queued.load() >= m.opts.max_waiting) return SubmitResult::kQueueFull;
+    ++m.queued;
+    m.inbox.push_back(std::move(seq));
+  }
+  m.cv.notify_one();
+  return SubmitResult::kOk;
+}
+
+const models::ModelConfig& Engine::model_config() const { return impl_->model->config(); }
+const models::Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
+std::string Engine::device_name() const { return impl_->model->device().str(); }
+std::string Engine::dtype_name() const { return std::string(c10::toString(impl_->model->dtype())); }
+const EngineOptions& Engine::options() const { return impl_->opts; }
+
+void Engine::Impl::Loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return stopping || !inbox.empty() || !running.empty() || !waiting.empty(); });
+      while (!inbox.empty()) {
+        waiting.push_back(std::move(inbox.front()));
+        inbox.pop_front();
+      }
+    }
+    if (stopping) break;
+    Step();
+  }
+  for (auto& s : running) Finish(s.get(), FinishReason::kCancelled, "server shutting down");
+  for (auto& s : waiting) Finish(s.get(), FinishReason::kCancelled, "server shutting down");
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto& s : inbox) Finish(s.get(), FinishReason::kCancelled, "server shutting down");
+}
+
+void Engine::Impl::Step() {
+  while (running.size() < opts.max_running && !waiting.empty()) {
+    running.push_back(std::move(waiting.front()));
+    waiting.pop_front();
+    if (metrics) metrics->ObserveQueueTime(Seconds(running.back()->arrival, Clock::now()));
+  }
+  if (metrics) {
+    metrics->SetRunning(static_cast<double>(running.size()));
+    metrics->SetWaiting(static_cast<double>(waiting.size()));
+  }
+  c10::InferenceMode no_grad;
+  for (auto it = running.begin(); it != running.end();) {
+    bool done;
+    try {
+      done = Advance(it->get());
+    } catch (const std::exception& e) {
+      Finish(it->get(), FinishReason::kError, e.what());
+      done = true;
+    }
+    if (done) {
+      --queued;
+      it = running.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (metrics) metrics->SetRunning(static_cast<double>(running.size()));
+}
+
+bool Engine::Impl::Advance(Sequence* s) {
+  if (s->stream->cancelled()) {
+    Finish(s, FinishReason::kCancelled, "");
+    return true;
+  }
+  const auto& cfg = model->config();
+  at::Tensor logits;
+  if (!s->prefilled) {
+    logits = model->Forward(s->req.prompt, &s->kv);
+    s->prefilled = true;
+    if (metrics) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
+  } else {
+    logits = model->Forward({s->output.back()}, &s->kv);
+  }
+  int32_t tok = SampleToken(logits, s->req.sampling, &s->rng);
+  auto now = Clock::now();
+  if (s->output.empty()) {
+    s->first_token = now;
+    if (metrics) metrics->ObserveTimeToFirstToken(Seconds(s->arrival, now));
+  } else if (metrics) {
+    metrics->ObserveInterTokenLatency(Seconds(s->last_token, now));
+  }
+  s->last_token = now;
+  s->output.push_back(tok);
+  if (metrics) metrics->AddGenerationTokens(1);
+
+  Event ev;
+  ev.ids = {tok};
+  ev.text = s->detok->Push(tok);
+  FinishReason reason = FinishReason::kNone;
+  if (!s->req.ignore_eos && tok == tokenizer->eos_id()) reason = FinishReason::kStop;
+  else if (s->req.max_tokens > 0 && static_cast<int32_t>(s->output.size()) >= s->req.max_tokens) reason = FinishReason::kLength;
+  else if (s->kv.length + 1 >= cfg.max_context) reason = FinishReason::kLength;
+  if (reason != FinishReason::kNone) ev.text += s->detok->Flush();
+  s->stream->Push(std::move(ev));
+  if (reason == FinishReason::kNone) return false;
+  Finish(s, reason, "");
+  return true;
+}
+
+void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& error) {
+  auto now = Clock::now();
+  Event fin;
+  fin.final = true;
+  fin.reason = reason;
+  fin.error = error;
+  fin.prompt_tokens = static_cast<int32_t>(s->req.prompt.size());
+  fin.completion_tokens = static_cast<int32_t>(s->output.size());
+  fin.ttft_s = s->output.empty() ? 0 : Seconds(s->arrival, s->first_token);
+  fin.total_s = Seconds(s->arrival, now);
+  s->stream->Push(std::move(fin));
+  s->kv = models::SequenceKv();  // frees the cache at once
+  if (metrics) {
+    metrics->ObserveEndToEnd(fin.total_s);
+    metrics->RequestFinished(MetricReason(reason));
+  }
+}
+
+}  // namespace svdq::engine

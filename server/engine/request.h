@@ -1,0 +1,77 @@
+// What crosses between gRPC threads and the engine thread: a request, the events it
+// produces, and the stream that carries them. No torch, no gRPC.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace svdq::engine {
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
+const char* FinishReasonName(FinishReason r);
+
+struct SamplingParams {
+  float temperature = 0.f;  // 0: greedy
+  int32_t top_k = 0;        // 0: off
+  float top_p = 1.f;        // 1: off
+  bool has_seed = false;
+  uint64_t seed = 0;
+};
+
+struct Request {
+  std::string id;
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  int32_t max_tokens = 0;  // 0: up to the context limit
+  bool ignore_eos = false;
+};
+
+// One message from the engine: newly generated tokens with their text, or the end.
+struct Event {
+  std::vector<int32_t> ids;
+  std::string text;
+  bool final = false;
+  FinishReason reason = FinishReason::kNone;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  double ttft_s = 0;
+  double total_s = 0;
+  std::string error;
+};
+
+// A single-producer (engine) single-consumer (gRPC handler) queue of events, plus the
+// consumer's cancellation flag, which the engine reads once per step.
+class RequestStream {
+ public:
+  // Waits up to `timeout` for an event; false if none arrived.
+  bool Pop(Event* out, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return false;
+    *out = std::move(events_.front());
+    events_.pop_front();
+    return true;
+  }
+  void Push(Event e) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      events_.push_back(std::move(e));
+    }
+    cv_.notify_one();
+  }
+  void Cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+  std::atomic<bool> cancelled_{false};
+};
+
+}  // namespace svdq::engine

@@ -1,0 +1,101 @@
+// svdq-server: flags -> config -> start gRPC (health NOT_SERVING) and metrics -> load
+// the model -> SERVING -> run until SIGINT/SIGTERM -> drain and exit.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <chrono>
+#include <csignal>
+#include <iostream>
+#include <memory>
+
+#include "server/api/generation_service.h"
+#include "server/config.h"
+#include "server/engine/engine.h"
+#include "server/metrics/metrics.h"
+
+namespace {
+constexpr const char* kServiceName = "svdq.v1.Generation";
+}
+
+int main(int argc, char** argv) {
+  using svdq::server::ServerConfig;
+  ServerConfig cfg;
+  std::string error;
+  bool help = false;
+  if (!svdq::server::ParseConfig(argc, argv, SVDQ_DEFAULT_MODEL, &cfg, &error, &help)) {
+    std::cerr << "svdq-server: " << error << "\n" << svdq::server::ConfigUsage();
+    return 2;
+  }
+  if (help) {
+    std::cout << svdq::server::ConfigUsage();
+    return 0;
+  }
+
+  // Signals are taken synchronously by sigwait below, so every thread blocks them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  svdq::metrics::Metrics metrics;
+  int metrics_port;
+  try {
+    metrics_port = metrics.Serve(cfg.metrics_host, cfg.metrics_port);
+  } catch (const std::exception& e) {
+    std::cerr << "svdq-server: " << e.what() << "\n";
+    return 1;
+  }
+
+  svdq::engine::EngineOptions eo;
+  eo.model_path = cfg.model;
+  eo.device = cfg.device;
+  eo.dtype = cfg.dtype;
+  eo.max_running = static_cast<size_t>(cfg.max_running);
+  eo.max_waiting = static_cast<size_t>(cfg.max_waiting);
+  svdq::engine::Engine engine(eo, &metrics);
+  svdq::api::GenerationService service(&engine);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(cfg.host + ":" + std::to_string(cfg.port), grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) {
+    std::cerr << "svdq-server: cannot listen on " << cfg.host << ":" << cfg.port << "\n";
+    return 1;
+  }
+  auto* health = server->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, false);  // liveness ("") is SERVING; readiness waits for the model
+  std::cout << "svdq-server: gRPC on " << cfg.host << ":" << bound_port << ", metrics on http://" << cfg.metrics_host
+            << ":" << metrics_port << "/metrics" << std::endl;
+
+  try {
+    auto t0 = std::chrono::steady_clock::now();
+    engine.Load();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto& mc = engine.model_config();
+    std::cout << "svdq-server: loaded " << mc.name << " (" << mc.architecture << ", " << mc.n_layers << " layers, "
+              << mc.n_heads << "/" << mc.n_kv_heads << " heads, context " << mc.max_context << ") from " << cfg.model
+              << " on " << engine.device_name() << " as " << engine.dtype_name() << " in " << s << " s" << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "svdq-server: cannot load the model: " << e.what() << "\n";
+    server->Shutdown();
+    return 1;
+  }
+  engine.Start();
+  health->SetServingStatus(kServiceName, true);
+  std::cout << "svdq-server: ready" << std::endl;
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  std::cout << "svdq-server: signal " << sig << ", shutting down" << std::endl;
+  health->SetServingStatus(kServiceName, false);
+  engine.Stop();  // ends every unfinished request, which lets their handlers return
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  std::cout << "svdq-server: stopped" << std::endl;
+  return 0;
+}

@@ -1,0 +1,84 @@
+// prometheus-cpp registry, families and exposer for the svdq_ metric set.
+#include "server/metrics/metrics.h"
+
+#include "server/metrics/http_exposer.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <map>
+#include <stdexcept>
+
+namespace svdq::metrics {
+namespace {
+
+// Latency buckets from milliseconds to minutes, as LLM requests span both.
+const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0};
+
+}  // namespace
+
+struct Metrics::Impl {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<HttpExposer> exposer;
+  prometheus::Gauge* running;
+  prometheus::Gauge* waiting;
+  prometheus::Counter* prompt_tokens;
+  prometheus::Counter* generation_tokens;
+  prometheus::Histogram* ttft;
+  prometheus::Histogram* itl;
+  prometheus::Histogram* e2e;
+  prometheus::Histogram* queue;
+  prometheus::Family<prometheus::Counter>* finished;
+  std::map<std::string, prometheus::Counter*> finished_by_reason;
+
+  Impl() {
+    auto& r = *registry;
+    running = &prometheus::BuildGauge().Name("svdq_num_requests_running")
+                   .Help("Requests in the running batch").Register(r).Add({});
+    waiting = &prometheus::BuildGauge().Name("svdq_num_requests_waiting")
+                   .Help("Requests waiting to be scheduled").Register(r).Add({});
+    prompt_tokens = &prometheus::BuildCounter().Name("svdq_prompt_tokens_total")
+                         .Help("Prompt tokens processed").Register(r).Add({});
+    generation_tokens = &prometheus::BuildCounter().Name("svdq_generation_tokens_total")
+                             .Help("Tokens generated").Register(r).Add({});
+    ttft = &prometheus::BuildHistogram().Name("svdq_time_to_first_token_seconds")
+                .Help("Time from arrival to the first generated token").Register(r).Add({}, kLatencyBuckets);
+    itl = &prometheus::BuildHistogram().Name("svdq_inter_token_latency_seconds")
+               .Help("Time between consecutive generated tokens").Register(r).Add({}, kLatencyBuckets);
+    e2e = &prometheus::BuildHistogram().Name("svdq_e2e_request_latency_seconds")
+               .Help("Time from arrival to the end of a request").Register(r).Add({}, kLatencyBuckets);
+    queue = &prometheus::BuildHistogram().Name("svdq_request_queue_time_seconds")
+                 .Help("Time a request waited before its first step").Register(r).Add({}, kLatencyBuckets);
+    finished = &prometheus::BuildCounter().Name("svdq_request_success_total")
+                    .Help("Finished requests by finish reason").Register(r);
+    for (const char* reason : {"stop", "length", "abort", "error"})
+      finished_by_reason[reason] = &finished->Add({{"finished_reason", reason}});
+  }
+};
+
+Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
+Metrics::~Metrics() = default;
+
+int Metrics::Serve(const std::string& host, int port) {
+  impl_->exposer = std::make_unique<HttpExposer>(host, port, impl_->registry);
+  return impl_->exposer->port();
+}
+
+void Metrics::SetRunning(double n) { impl_->running->Set(n); }
+void Metrics::SetWaiting(double n) { impl_->waiting->Set(n); }
+void Metrics::AddPromptTokens(double n) { impl_->prompt_tokens->Increment(n); }
+void Metrics::AddGenerationTokens(double n) { impl_->generation_tokens->Increment(n); }
+void Metrics::ObserveTimeToFirstToken(double s) { impl_->ttft->Observe(s); }
+void Metrics::ObserveInterTokenLatency(double s) { impl_->itl->Observe(s); }
+void Metrics::ObserveEndToEnd(double s) { impl_->e2e->Observe(s); }
+void Metrics::ObserveQueueTime(double s) { impl_->queue->Observe(s); }
+void Metrics::RequestFinished(const std::string& reason) {
+  auto it = impl_->finished_by_reason.find(reason);
+  if (it != impl_->finished_by_reason.end()) it->second->Increment();
+}
+
+}  // namespace svdq::metrics

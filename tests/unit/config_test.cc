@@ -1,0 +1,51 @@
+// Flag and environment parsing for svdq-server.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "server/config.h"
+
+using svdq::server::ParseConfig;
+using svdq::server::ServerConfig;
+
+namespace {
+
+bool Parse(std::vector<std::string> args, ServerConfig* c, std::string* err) {
+  std::vector<char*> argv = {const_cast<char*>("svdq-server")};
+  for (auto& a : args) argv.push_back(a.data());
+  bool help;
+  return ParseConfig(static_cast<int>(argv.size()), argv.data(), "/default.gguf", c, err, &help);
+}
+
+TEST(Config, DefaultsFlagsAndEnvironment) {
+  ServerConfig c;
+  std::string err;
+  ASSERT_TRUE(Parse({}, &c, &err)) << err;
+  EXPECT_EQ(c.model, "/default.gguf");
+  EXPECT_EQ(c.port, 50051);
+  ASSERT_TRUE(Parse({"--port", "6000", "--metrics-port=0", "--device", "cpu"}, &c, &err)) << err;
+  EXPECT_EQ(c.port, 6000);
+  EXPECT_EQ(c.metrics_port, 0);
+  EXPECT_EQ(c.device, "cpu");
+  setenv("SVDQ_MAX_RUNNING", "3", 1);
+  ServerConfig d;
+  ASSERT_TRUE(Parse({}, &d, &err)) << err;
+  EXPECT_EQ(d.max_running, 3);
+  ASSERT_TRUE(Parse({"--max-running", "5"}, &d, &err));
+  EXPECT_EQ(d.max_running, 5);  // the flag wins
+  unsetenv("SVDQ_MAX_RUNNING");
+}
+
+TEST(Config, BadInputsAreRejectedWithAMessage) {
+  ServerConfig c;
+  std::string err;
+  EXPECT_FALSE(Parse({"--port", "70000"}, &c, &err));
+  EXPECT_NE(err.find("--port"), std::string::npos);
+  EXPECT_FALSE(Parse({"--port", "12abc"}, &c, &err));
+  EXPECT_FALSE(Parse({"--bogus", "1"}, &c, &err));
+  EXPECT_NE(err.find("unknown flag"), std::string::npos);
+  EXPECT_FALSE(Parse({"--port"}, &c, &err));
+  EXPECT_FALSE(Parse({"stray"}, &c, &err));
+}
+
+}  // namespace
