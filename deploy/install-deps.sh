@@ -16,7 +16,7 @@ APT_PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev libre2-dev libc-ares-dev libssl-dev zlib1g-dev
   libcivetweb-dev libcivetweb1 civetweb libcurl4-openssl-dev
-  libicu-dev nlohmann-json3-dev
+  nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-venv curl ca-certificates
 )
@@ -62,7 +62,7 @@ fi
 
 # Python environment: torch (libtorch + its CMake config) and the reference/test tools.
 VENV="$ROOT/.venv"
-PY_PACKAGES=(torch transformers accelerate safetensors gguf tokenizers grpcio grpcio-tools protobuf numpy pytest sentencepiece)
+PY_PACKAGES=(torch transformers accelerate safetensors gguf tokenizers grpcio grpcio-tools grpcio-health-checking grpcio-reflection protobuf numpy pytest sentencepiece)
 if [ ! -f "$VENV/.complete" ]; then
   echo "install-deps: python venv at $VENV"
   python3 -m venv "$VENV"

@@ -1,9 +1,7 @@
-// Byte-level BPE. The pre-tokenizer is the GPT-2 split, hand-written (no regex engine
-// has its lookahead and Unicode classes both), optionally preceded by splitting every
+// Byte-level BPE. The pre-tokenizer is the GPT-2 split, hand-written over generated
+// Unicode class tables (no regex engine at hand has its lookahead and Unicode classes both), optionally preceded by splitting every
 // numeric character apart (SmolLM2's "Digits(individual_digits)").
 #include "models/tokenizer.h"
-
-#include <unicode/uchar.h>
 
 #include <algorithm>
 #include <climits>
@@ -67,9 +65,25 @@ std::u32string DecodeUtf8(const std::string& s) {
   return out;
 }
 
-bool IsLetter(char32_t c) { return (U_GET_GC_MASK(c) & U_GC_L_MASK) != 0; }
-bool IsNumber(char32_t c) { return (U_GET_GC_MASK(c) & U_GC_N_MASK) != 0; }
-bool IsSpace(char32_t c) { return u_hasBinaryProperty(c, UCHAR_WHITE_SPACE); }
+struct CodeRange {
+  char32_t lo, hi;
+};
+#include "models/unicode_tables.inc"
+
+template <size_t N>
+bool InRanges(const CodeRange (&r)[N], char32_t c) {
+  size_t lo = 0, hi = N;  // binary search for the last range starting at or before c
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (r[mid].lo <= c) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo > 0 && c <= r[lo - 1].hi;
+}
+
+bool IsLetter(char32_t c) { return c < 0x80 ? ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') : InRanges(kLetterRanges, c); }
+bool IsNumber(char32_t c) { return c < 0x80 ? (c >= '0' && c <= '9') : InRanges(kNumberRanges, c); }
+bool IsSpace(char32_t c) { return InRanges(kSpaceRanges, c); }
 
 // One match of the GPT-2 pattern
 //   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
