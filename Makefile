@@ -2,7 +2,8 @@
 # (deploy/install-deps.sh, idempotent), builds, and fetches the default model.
 BUILD ?= build
 BUILD_TYPE ?= Release
-PY := $(if $(wildcard .venv/bin/python),$(CURDIR)/.venv/bin/python,python3)
+# The project venv (made by setup); override with PY=python3 where torch is system-wide.
+PY ?= $(CURDIR)/.venv/bin/python
 PROM_PREFIX ?= /opt/svdq/prometheus-cpp/usr
 SERVE_ARGS ?=
 
