@@ -1,0 +1,123 @@
+// Decode attention over SVDq-encoded key pages, first correct version: one thread block
+// per (sequence, KV head) walks the pages in order; each page's keys are dequantized,
+// rebuilt (mean + V_r z) and rotated in shared memory, scored against the GQA group's
+// queries, and folded into an online softmax with the page's bf16 values.
+#include <cuda_bf16.h>
+
+#include "kernels/common/cuda_launch.h"
+#include "kernels/svdq/svdq_cuda.h"
+#include "kernels/svdq/svdq_device.cuh"
+#include "kernels/svdq/svdq_ref.h"
+
+namespace svdq::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxGroup = 16;
+
+// Folds `n` keys/values (keys fp32 in smem, values bf16 in global, row stride W) into the
+// running softmax state of the G queries.
+__device__ void FoldTokens(int n, int G, int W, float sm_scale, const float* q, const float* keys,
+                           const __nv_bfloat16* vals, float* scores, float* m, float* lsum, float* acc) {
+  for (int idx = threadIdx.x; idx < G * n; idx += blockDim.x) {
+    int g = idx / n, t = idx - g * n;
+    float s = 0.f;
+    for (int i = 0; i < W; ++i) s = fmaf(q[g * W + i], keys[t * W + i], s);
+    scores[idx] = s * sm_scale;
+  }
+  __syncthreads();
+  __shared__ float corr[kMaxGroup];
+  if (threadIdx.x < G) {
+    int g = threadIdx.x;
+    float mx = m[g];
+    for (int t = 0; t < n; ++t) mx = fmaxf(mx, scores[g * n + t]);
+    float c = __expf(m[g] - mx), sum = 0.f;
+    for (int t = 0; t < n; ++t) {
+      float e = __expf(scores[g * n + t] - mx);
+      scores[g * n + t] = e;
+      sum += e;
+    }
+    lsum[g] = lsum[g] * c + sum;
+    m[g] = mx;
+    corr[g] = c;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
+    int g = idx / W, i = idx - g * W;
+    float a = acc[idx] * corr[g];
+    for (int t = 0; t < n; ++t) a = fmaf(scores[g * n + t], __bfloat162float(vals[t * W + i]), a);
+    acc[idx] = a;
+  }
+  __syncthreads();
+}
+
+// Shared memory: q [G, W] | keys [P, W] | z [P, r] | scores [G, P] | acc [G, W] | m [G] | l [G].
+__global__ void AttentionKernel(SvdqAttentionParams p) {
+  extern __shared__ float smem[];
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, W = l.width, G = p.num_heads / p.kv_heads;
+  const int b = blockIdx.x, h = blockIdx.y;
+  float* q = smem;
+  float* keys = q + G * W;
+  float* z = keys + P * W;
+  float* scores = z + P * l.retained;
+  float* acc = scores + G * P;
+  float* m = acc + G * W;
+  float* lsum = m + G;
+  const __nv_bfloat16* qg = reinterpret_cast<const __nv_bfloat16*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
+  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
+    q[idx] = __bfloat162float(qg[idx]);
+    acc[idx] = 0.f;
+  }
+  if (threadIdx.x < G) {
+    m[threadIdx.x] = -INFINITY;
+    lsum[threadIdx.x] = 0.f;
+  }
+  __syncthreads();
+  const int64_t bh = static_cast<int64_t>(b) * p.kv_heads + h;
+  const float* mean = p.mean + bh * W;
+  const float* basis = p.basis + bh * W * W;
+  const int np = p.num_pages[b];
+  for (int pg = 0; pg < np; ++pg) {
+    const int64_t pool = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg];
+    device::DequantLatent(l, p.key_pages + (pool * p.kv_heads + h) * l.page_bytes, z);
+    __syncthreads();
+    device::RebuildKeys(l, mean, basis, z, keys);
+    __syncthreads();
+    device::ApplyRope(keys, P, W, pg * P, p.rope_cos, p.rope_sin);
+    __syncthreads();
+    const auto* vals = reinterpret_cast<const __nv_bfloat16*>(p.value_pages) + (pool * p.kv_heads + h) * P * W;
+    FoldTokens(P, G, W, p.sm_scale, q, keys, vals, scores, m, lsum, acc);
+  }
+  const int tail = p.tail_len[b];
+  if (tail > 0) {
+    const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * P * W;
+    for (int idx = threadIdx.x; idx < tail * W; idx += blockDim.x) keys[idx] = __bfloat162float(tk[idx]);
+    __syncthreads();
+    const auto* tv = reinterpret_cast<const __nv_bfloat16*>(p.tail_values) + bh * P * W;
+    FoldTokens(tail, G, W, p.sm_scale, q, keys, tv, scores, m, lsum, acc);
+  }
+  float* out = p.out + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
+  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
+    float denom = lsum[idx / W];
+    out[idx] = denom > 0.f ? acc[idx] / denom : 0.f;
+  }
+}
+
+}  // namespace
+
+Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
+  Status st = ValidateAttention(p);
+  if (!st.ok()) return st;
+  if (p.batch == 0) return Status::Ok();
+  const SvdqLayout& l = p.layout;
+  const int G = p.num_heads / p.kv_heads;
+  size_t smem = sizeof(float) * (static_cast<size_t>(G) * l.width * 2 + static_cast<size_t>(l.page_size) * l.width +
+                                 static_cast<size_t>(l.page_size) * l.retained + static_cast<size_t>(G) * l.page_size + 2 * G);
+  st = AllowSmem(reinterpret_cast<const void*>(AttentionKernel), smem);
+  if (!st.ok()) return st;
+  AttentionKernel<<<dim3(p.batch, p.kv_heads), kThreads, smem, stream>>>(p);
+  return LaunchStatus("SvdqAttention");
+}
+
+}  // namespace svdq::kernels

@@ -1,0 +1,132 @@
+// SVDq encode and decode kernels: one thread block per (page, KV head).
+#include <cuda_fp16.h>
+
+#include "kernels/common/cuda_launch.h"
+#include "kernels/svdq/svdq_cuda.h"
+#include "kernels/svdq/svdq_device.cuh"
+
+namespace svdq::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Shared memory: keys [P, W] | z [P, r] | scale [r] | zero [r] | code words.
+__global__ void EncodeKernel(SvdqEncodeParams p) {
+  extern __shared__ float smem[];
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, W = l.width, r = l.retained;
+  const int64_t ph = static_cast<int64_t>(blockIdx.x) * p.kv_heads + blockIdx.y;
+  float* keys = smem;
+  float* z = keys + P * W;
+  float* scale = z + P * r;
+  float* zero = scale + r;
+  uint32_t* words = reinterpret_cast<uint32_t*>(zero + r);
+  const int n_words = l.page_bytes / 4;
+  __shared__ int bad;
+  if (threadIdx.x == 0) bad = 0;
+  __syncthreads();
+  const float* src = p.keys + ph * P * W;
+  const float* mean = p.mean + ph * W;
+  for (int idx = threadIdx.x; idx < P * W; idx += blockDim.x) {
+    float v = src[idx];
+    if (!isfinite(v)) bad = 1;
+    keys[idx] = v - mean[idx % W];
+  }
+  for (int w = threadIdx.x; w < n_words; w += blockDim.x) words[w] = 0u;
+  __syncthreads();
+  uint32_t* out = reinterpret_cast<uint32_t*>(p.out + ph * l.page_bytes);
+  if (bad) {
+    for (int w = threadIdx.x; w < n_words; w += blockDim.x) out[w] = 0u;
+    if (threadIdx.x == 0 && p.nonfinite) *p.nonfinite = 1;
+    return;
+  }
+  const float* basis = p.basis + ph * W * W;
+  for (int idx = threadIdx.x; idx < P * r; idx += blockDim.x) {
+    int t = idx / r, c = device::RetainedChannel(l, idx - t * r);
+    float acc = 0.f;
+    for (int i = 0; i < W; ++i) acc = fmaf(keys[t * W + i], basis[i * W + c], acc);
+    z[idx] = acc;
+  }
+  __syncthreads();
+  __half* scales = reinterpret_cast<__half*>(reinterpret_cast<uint8_t*>(words) + l.scale_offset);
+  __half* zeros = reinterpret_cast<__half*>(reinterpret_cast<uint8_t*>(words) + l.zero_offset);
+  for (int j = threadIdx.x; j < r; j += blockDim.x) {
+    int c = device::RetainedChannel(l, j);
+    float mn = z[j], mx = z[j];
+    for (int t = 1; t < P; ++t) {
+      mn = fminf(mn, z[t * r + j]);
+      mx = fmaxf(mx, z[t * r + j]);
+    }
+    float levels = static_cast<float>((1u << l.bits[c / l.group_size]) - 1u);
+    __half hs = __float2half_rn(__fdiv_rn(mx - mn, levels)), hz = __float2half_rn(mn);
+    scales[j] = hs;
+    zeros[j] = hz;
+    scale[j] = __half2float(hs);
+    zero[j] = __half2float(hz);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < P * r; idx += blockDim.x) {
+    int t = idx / r, j = idx - t * r, c = device::RetainedChannel(l, j), g = c / l.group_size, b = l.bits[g];
+    float levels = static_cast<float>((1u << b) - 1u);
+    float q = scale[j] > 0.f ? rintf(__fdiv_rn(z[idx] - zero[j], scale[j])) : 0.f;
+    uint32_t code = static_cast<uint32_t>(fminf(fmaxf(q, 0.f), levels));
+    int bit = (t * l.group_size + (c - g * l.group_size)) * b;
+    uint32_t* gw = words + l.group_offset[g] / 4;
+    int word = bit >> 5, shift = bit & 31;
+    atomicOr(&gw[word], code << shift);
+    if (shift + b > 32) atomicOr(&gw[word + 1], code >> (32 - shift));
+  }
+  __syncthreads();
+  for (int w = threadIdx.x; w < n_words; w += blockDim.x) out[w] = words[w];
+}
+
+// Shared memory: z [P, r] | keys [P, W].
+__global__ void DecodeKernel(SvdqDecodeParams p) {
+  extern __shared__ float smem[];
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, W = l.width;
+  const int64_t ph = static_cast<int64_t>(blockIdx.x) * p.kv_heads + blockIdx.y;
+  float* z = smem;
+  float* keys = z + P * l.retained;
+  device::DequantLatent(l, p.pages + ph * l.page_bytes, z);
+  __syncthreads();
+  device::RebuildKeys(l, p.mean + ph * W, p.basis + ph * W * W, z, keys);
+  __syncthreads();
+  if (p.rope_cos) {
+    device::ApplyRope(keys, P, W, p.first_pos[blockIdx.x], p.rope_cos, p.rope_sin);
+    __syncthreads();
+  }
+  float* out = p.out + ph * P * W;
+  for (int idx = threadIdx.x; idx < P * W; idx += blockDim.x) out[idx] = keys[idx];
+}
+
+}  // namespace
+
+Status SvdqEncode(const SvdqEncodeParams& p, cudaStream_t stream) {
+  const SvdqLayout& l = p.layout;
+  if (p.num_pages < 0 || p.kv_heads <= 0 || l.width <= 0 || l.retained <= 0)
+    return Status::Invalid("SvdqEncode: bad shape");
+  if (!p.keys || !p.mean || !p.basis || !p.out) return Status::Invalid("SvdqEncode: null pointer");
+  if (p.num_pages == 0) return Status::Ok();
+  size_t smem = sizeof(float) * (static_cast<size_t>(l.page_size) * (l.width + l.retained) + 2 * l.retained) + l.page_bytes;
+  Status st = AllowSmem(reinterpret_cast<const void*>(EncodeKernel), smem);
+  if (!st.ok()) return st;
+  EncodeKernel<<<dim3(p.num_pages, p.kv_heads), kThreads, smem, stream>>>(p);
+  return LaunchStatus("SvdqEncode");
+}
+
+Status SvdqDecode(const SvdqDecodeParams& p, cudaStream_t stream) {
+  const SvdqLayout& l = p.layout;
+  if (p.num_pages < 0 || p.kv_heads <= 0 || l.width <= 0 || l.retained <= 0)
+    return Status::Invalid("SvdqDecode: bad shape");
+  if (!p.pages || !p.mean || !p.basis || !p.out || (p.rope_cos && (!p.rope_sin || !p.first_pos)))
+    return Status::Invalid("SvdqDecode: null pointer");
+  if (p.num_pages == 0) return Status::Ok();
+  size_t smem = sizeof(float) * static_cast<size_t>(l.page_size) * (l.width + l.retained);
+  Status st = AllowSmem(reinterpret_cast<const void*>(DecodeKernel), smem);
+  if (!st.ok()) return st;
+  DecodeKernel<<<dim3(p.num_pages, p.kv_heads), kThreads, smem, stream>>>(p);
+  return LaunchStatus("SvdqDecode");
+}
+
+}  // namespace svdq::kernels

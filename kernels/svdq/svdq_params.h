@@ -1,0 +1,92 @@
+// The SVDq key codec's page layout and the parameter structs of its ops, shared by the
+// CPU reference (svdq_ref.cc) and the CUDA kernels (svdq_*.cu). Plain C++: no torch,
+// no CUDA headers, so host code and nvcc both include it.
+//
+// One encoded (page, KV head) record, `page_bytes` long:
+//   [codes of group 0][codes of group 1]...[codes of group 7][fp16 scale x r][fp16 zero x r]
+// Group g (channels g*gs .. g*gs+gs-1 of the latent, gs = width/8) with b > 0 bits holds
+// the P x gs codes of the page, token-major (code i = t*gs + c), as a little-endian bit
+// stream, code i at bits [i*b, i*b + b); each group is padded to 4 bytes. Groups with 0
+// bits take no bytes. Scales and zeros follow for the r retained channels, in channel
+// order. A latent value is zero + code * scale (asymmetric min-max, round to nearest).
+#pragma once
+
+#include <cstdint>
+
+namespace svdq::kernels {
+
+constexpr int kSvdqGroups = 8;
+constexpr int kSvdqMaxBits = 8;
+
+struct SvdqLayout {
+  int width = 0;      // latent width d: head_dim for "head" scope
+  int page_size = 0;  // P tokens per page
+  int group_size = 0; // width / 8
+  int bits[kSvdqGroups] = {};
+  int retained = 0;                       // r: channels stored (groups with bits > 0)
+  int group_offset[kSvdqGroups] = {};     // byte offset of each group's codes
+  int retained_before[kSvdqGroups] = {};  // retained channels in groups before g
+  int code_bytes = 0;
+  int scale_offset = 0;  // fp16 [r]
+  int zero_offset = 0;   // fp16 [r]
+  int page_bytes = 0;    // padded to 16 bytes
+
+  // Index among retained channels of latent channel c, or -1 if c is dropped.
+  inline int RetainedIndex(int c) const {
+    int g = c / group_size;
+    return bits[g] == 0 ? -1 : retained_before[g] + (c - g * group_size);
+  }
+};
+
+// Encodes full pages. Pointers are device pointers for the CUDA launcher, host pointers
+// for the reference.
+struct SvdqEncodeParams {
+  SvdqLayout layout;
+  int num_pages = 0;   // pages to encode
+  int kv_heads = 0;
+  const float* keys = nullptr;    // pre-RoPE keys [num_pages, kv_heads, P, width] fp32
+  const float* mean = nullptr;    // [num_pages, kv_heads, width]: each page's sequence mean
+  const float* basis = nullptr;   // [num_pages, kv_heads, width, width]: column j = basis vector j
+  uint8_t* out = nullptr;         // [num_pages, kv_heads, page_bytes]
+  int32_t* nonfinite = nullptr;   // [1], optional: set to 1 when a key is NaN or Inf (that page is left zero)
+};
+
+// Decodes full pages back to keys at their positions (RoPE applied when rope_cos is set).
+struct SvdqDecodeParams {
+  SvdqLayout layout;
+  int num_pages = 0;
+  int kv_heads = 0;
+  const uint8_t* pages = nullptr;    // [num_pages, kv_heads, page_bytes]
+  const float* mean = nullptr;       // [num_pages, kv_heads, width]
+  const float* basis = nullptr;      // [num_pages, kv_heads, width, width]
+  const int32_t* first_pos = nullptr;  // [num_pages]: position of each page's token 0
+  const float* rope_cos = nullptr;   // [max_pos, width] rotate-half tables (halves duplicated); null: no RoPE
+  const float* rope_sin = nullptr;   // [max_pos, width]
+  float* out = nullptr;              // [num_pages, kv_heads, P, width]
+};
+
+// Decode attention, one query token per sequence, over the sequence's encoded pages plus
+// a bf16 tail of fewer than P tokens. Keys are rebuilt as RoPE_t(mean + V_r z_t).
+struct SvdqAttentionParams {
+  SvdqLayout layout;
+  int batch = 0;
+  int num_heads = 0;  // query heads; num_heads / kv_heads share each KV head (GQA)
+  int kv_heads = 0;
+  int max_pages = 0;  // row stride of page_table
+  float sm_scale = 0.f;
+  const uint16_t* q = nullptr;             // bf16 [batch, num_heads, width], post-RoPE
+  const uint8_t* key_pages = nullptr;      // [pool_pages, kv_heads, page_bytes]
+  const uint16_t* value_pages = nullptr;   // bf16 [pool_pages, kv_heads, P, width]
+  const int32_t* page_table = nullptr;     // [batch, max_pages]: pool page ids
+  const int32_t* num_pages = nullptr;      // [batch]: encoded full pages
+  const float* mean = nullptr;             // [batch, kv_heads, width]
+  const float* basis = nullptr;            // [batch, kv_heads, width, width]
+  const uint16_t* tail_keys = nullptr;     // bf16 [batch, kv_heads, P, width], post-RoPE
+  const uint16_t* tail_values = nullptr;   // bf16 [batch, kv_heads, P, width]
+  const int32_t* tail_len = nullptr;       // [batch]: 0 .. P-1
+  const float* rope_cos = nullptr;         // [max_pos, width]
+  const float* rope_sin = nullptr;         // [max_pos, width]
+  float* out = nullptr;                    // [batch, num_heads, width] fp32
+};
+
+}  // namespace svdq::kernels

@@ -1,0 +1,295 @@
+#include "kernels/svdq/svdq_ref.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "kernels/common/half.h"
+
+namespace svdq::kernels {
+namespace {
+
+const uint8_t* PageRecord(const uint8_t* base, const SvdqLayout& l, int64_t page, int kv_heads, int head) {
+  return base + (page * kv_heads + head) * static_cast<int64_t>(l.page_bytes);
+}
+
+// Latent values of one encoded record: out[t * width + c] (dropped channels are 0).
+void DequantLatent(const SvdqLayout& l, const uint8_t* rec, std::vector<float>* out) {
+  out->assign(static_cast<size_t>(l.page_size) * l.width, 0.f);
+  const auto* scales = reinterpret_cast<const uint16_t*>(rec + l.scale_offset);
+  const auto* zeros = reinterpret_cast<const uint16_t*>(rec + l.zero_offset);
+  for (int c = 0; c < l.width; ++c) {
+    int j = l.RetainedIndex(c);
+    if (j < 0) continue;
+    int g = c / l.group_size, cl = c - g * l.group_size;
+    float scale = HalfBitsToFloat(scales[j]), zero = HalfBitsToFloat(zeros[j]);
+    for (int t = 0; t < l.page_size; ++t) {
+      uint32_t code = ReadCode(rec + l.group_offset[g], static_cast<int64_t>(t) * l.group_size + cl, l.bits[g]);
+      (*out)[static_cast<size_t>(t) * l.width + c] = zero + static_cast<float>(code) * scale;
+    }
+  }
+}
+
+// key = mean + V z for one token (z over all width channels; dropped ones are 0).
+void Rebuild(const SvdqLayout& l, const float* mean, const float* basis, const float* z, float* key) {
+  for (int i = 0; i < l.width; ++i) {
+    double acc = mean[i];
+    for (int c = 0; c < l.width; ++c) {
+      if (l.RetainedIndex(c) >= 0) acc += static_cast<double>(basis[static_cast<size_t>(i) * l.width + c]) * z[c];
+    }
+    key[i] = static_cast<float>(acc);
+  }
+}
+
+}  // namespace
+
+uint32_t ReadCode(const uint8_t* group, int64_t index, int bits) {
+  uint32_t v = 0;
+  int64_t bit = index * bits;
+  for (int k = 0; k < bits; ++k, ++bit) v |= static_cast<uint32_t>((group[bit >> 3] >> (bit & 7)) & 1u) << k;
+  return v;
+}
+
+void WriteCode(uint8_t* group, int64_t index, int bits, uint32_t code) {
+  int64_t bit = index * bits;
+  for (int k = 0; k < bits; ++k, ++bit) {
+    uint8_t mask = static_cast<uint8_t>(1u << (bit & 7));
+    if ((code >> k) & 1u) group[bit >> 3] |= mask;
+    else group[bit >> 3] &= static_cast<uint8_t>(~mask);
+  }
+}
+
+void ApplyRopeRef(float* x, int width, const float* cos_row, const float* sin_row) {
+  int h = width / 2;
+  for (int i = 0; i < h; ++i) {
+    float a = x[i], b = x[i + h];
+    x[i] = a * cos_row[i] - b * sin_row[i];
+    x[i + h] = b * cos_row[i + h] + a * sin_row[i + h];
+  }
+}
+
+Status ComputeBasisRef(const float* keys, int64_t tokens, int width, bool center, SvdqBasis* out) {
+  if (tokens < 1 || width < 1) return Status::Invalid("basis needs at least one token and one channel");
+  const int n = width;
+  std::vector<double> mean(n, 0.0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int i = 0; i < n; ++i) {
+      float v = keys[t * n + i];
+      if (!std::isfinite(v)) return Status::Invalid("non-finite key at token " + std::to_string(t));
+      if (center) mean[i] += v;
+    }
+  }
+  for (auto& m : mean) m /= static_cast<double>(tokens);
+  // Gram matrix A = K~' K~ (n x n), symmetric.
+  std::vector<double> a(static_cast<size_t>(n) * n, 0.0), row(n);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int i = 0; i < n; ++i) row[i] = keys[t * n + i] - mean[i];
+    for (int i = 0; i < n; ++i)
+      for (int j = i; j < n; ++j) a[i * n + j] += row[i] * row[j];
+  }
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < i; ++j) a[i * n + j] = a[j * n + i];
+  // Cyclic Jacobi: rotate away off-diagonal entries until they are negligible.
+  std::vector<double> v(static_cast<size_t>(n) * n, 0.0);
+  for (int i = 0; i < n; ++i) v[i * n + i] = 1.0;
+  for (int sweep = 0; sweep < 100; ++sweep) {
+    double off = 0, diag = 0;
+    for (int i = 0; i < n; ++i) {
+      diag += a[i * n + i] * a[i * n + i];
+      for (int j = i + 1; j < n; ++j) off += a[i * n + j] * a[i * n + j];
+    }
+    if (off <= 1e-24 * std::max(diag, 1e-300)) break;
+    for (int p = 0; p < n; ++p) {
+      for (int q = p + 1; q < n; ++q) {
+        double apq = a[p * n + q];
+        if (std::abs(apq) < 1e-300) continue;
+        double theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+        double tt = (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1.0));
+        double c = 1.0 / std::sqrt(tt * tt + 1.0), s = tt * c;
+        for (int k = 0; k < n; ++k) {  // columns p, q of A
+          double akp = a[k * n + p], akq = a[k * n + q];
+          a[k * n + p] = c * akp - s * akq;
+          a[k * n + q] = s * akp + c * akq;
+        }
+        for (int k = 0; k < n; ++k) {  // rows p, q of A
+          double apk = a[p * n + k], aqk = a[q * n + k];
+          a[p * n + k] = c * apk - s * aqk;
+          a[q * n + k] = s * apk + c * aqk;
+        }
+        for (int k = 0; k < n; ++k) {
+          double vkp = v[k * n + p], vkq = v[k * n + q];
+          v[k * n + p] = c * vkp - s * vkq;
+          v[k * n + q] = s * vkp + c * vkq;
+        }
+      }
+    }
+  }
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return a[x * n + x] > a[y * n + y]; });
+  SvdqBasis b;
+  b.width = n;
+  b.mean.assign(mean.begin(), mean.end());
+  b.vectors.assign(static_cast<size_t>(n) * n, 0.f);
+  b.singular_values.resize(n);
+  for (int j = 0; j < n; ++j) {
+    int src = order[j];
+    b.singular_values[j] = std::sqrt(std::max(0.0, a[src * n + src]));
+    int big = 0;
+    for (int i = 1; i < n; ++i)
+      if (std::abs(v[i * n + src]) > std::abs(v[big * n + src])) big = i;
+    double sign = v[big * n + src] < 0 ? -1.0 : 1.0;
+    for (int i = 0; i < n; ++i) b.vectors[static_cast<size_t>(i) * n + j] = static_cast<float>(sign * v[i * n + src]);
+  }
+  *out = std::move(b);
+  return Status::Ok();
+}
+
+Status SvdqEncodeRef(const SvdqEncodeParams& p) {
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, W = l.width;
+  std::vector<float> z(static_cast<size_t>(P) * W);
+  for (int64_t page = 0; page < p.num_pages; ++page) {
+    for (int h = 0; h < p.kv_heads; ++h) {
+      const int64_t ph = page * p.kv_heads + h;
+      const float* k = p.keys + ph * P * W;
+      const float* mean = p.mean + ph * W;
+      const float* basis = p.basis + ph * W * W;
+      uint8_t* rec = p.out + ph * l.page_bytes;
+      std::fill(rec, rec + l.page_bytes, 0);
+      for (int64_t e = 0; e < static_cast<int64_t>(P) * W; ++e) {
+        if (!std::isfinite(k[e]))
+          return Status::Invalid("non-finite key in page " + std::to_string(page) + ", KV head " + std::to_string(h));
+      }
+      for (int t = 0; t < P; ++t) {
+        for (int c = 0; c < W; ++c) {
+          if (l.RetainedIndex(c) < 0) continue;
+          float acc = 0.f;  // fp32 accumulation in channel order, as the kernel does
+          for (int i = 0; i < W; ++i) acc += (k[t * W + i] - mean[i]) * basis[static_cast<size_t>(i) * W + c];
+          z[static_cast<size_t>(t) * W + c] = acc;
+        }
+      }
+      auto* scales = reinterpret_cast<uint16_t*>(rec + l.scale_offset);
+      auto* zeros = reinterpret_cast<uint16_t*>(rec + l.zero_offset);
+      for (int c = 0; c < W; ++c) {
+        int j = l.RetainedIndex(c);
+        if (j < 0) continue;
+        int g = c / l.group_size, cl = c - g * l.group_size, b = l.bits[g];
+        float mn = z[c], mx = z[c];
+        for (int t = 1; t < P; ++t) {
+          mn = std::min(mn, z[static_cast<size_t>(t) * W + c]);
+          mx = std::max(mx, z[static_cast<size_t>(t) * W + c]);
+        }
+        const float levels = static_cast<float>((1u << b) - 1u);
+        scales[j] = FloatToHalfBits((mx - mn) / levels);
+        zeros[j] = FloatToHalfBits(mn);
+        float scale = HalfBitsToFloat(scales[j]), zero = HalfBitsToFloat(zeros[j]);
+        for (int t = 0; t < P; ++t) {
+          float q = scale > 0.f ? std::nearbyint((z[static_cast<size_t>(t) * W + c] - zero) / scale) : 0.f;
+          q = std::min(std::max(q, 0.f), levels);
+          WriteCode(rec + l.group_offset[g], static_cast<int64_t>(t) * l.group_size + cl, b, static_cast<uint32_t>(q));
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status SvdqDecodeRef(const SvdqDecodeParams& p) {
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, W = l.width;
+  std::vector<float> z;
+  for (int64_t page = 0; page < p.num_pages; ++page) {
+    for (int h = 0; h < p.kv_heads; ++h) {
+      const int64_t ph = page * p.kv_heads + h;
+      DequantLatent(l, PageRecord(p.pages, l, page, p.kv_heads, h), &z);
+      for (int t = 0; t < P; ++t) {
+        float* key = p.out + (ph * P + t) * W;
+        Rebuild(l, p.mean + ph * W, p.basis + ph * W * W, &z[static_cast<size_t>(t) * W], key);
+        if (p.rope_cos) {
+          int64_t pos = p.first_pos[page] + t;
+          ApplyRopeRef(key, W, p.rope_cos + pos * W, p.rope_sin + pos * W);
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status ValidateAttention(const SvdqAttentionParams& p) {
+  const SvdqLayout& l = p.layout;
+  if (l.width <= 0 || l.width % 2 != 0 || l.width > 256) return Status::Invalid("attention width must be even and <= 256");
+  if (p.batch < 0 || p.kv_heads <= 0 || p.num_heads <= 0) return Status::Invalid("batch, num_heads and kv_heads must be positive");
+  if (p.num_heads % p.kv_heads != 0) return Status::Invalid("num_heads must be a multiple of kv_heads");
+  if (p.num_heads / p.kv_heads > 16) return Status::Invalid("at most 16 query heads per KV head");
+  if (p.max_pages < 0) return Status::Invalid("max_pages must be >= 0");
+  if (!p.q || !p.out || !p.page_table || !p.num_pages || !p.mean || !p.basis || !p.tail_len || !p.rope_cos ||
+      !p.rope_sin || (p.max_pages > 0 && (!p.key_pages || !p.value_pages)))
+    return Status::Invalid("a required attention pointer is null");
+  return Status::Ok();
+}
+
+Status SvdqAttentionRef(const SvdqAttentionParams& p) {
+  Status st = ValidateAttention(p);
+  if (!st.ok()) return st;
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, W = l.width, G = p.num_heads / p.kv_heads;
+  std::vector<float> z, keys, vals;
+  for (int b = 0; b < p.batch; ++b) {
+    const int np = p.num_pages[b], tail = p.tail_len[b];
+    if (np < 0 || np > p.max_pages || tail < 0 || tail >= P)
+      return Status::Invalid("sequence " + std::to_string(b) + " has an invalid page count or tail length");
+    if (np == 0 && tail == 0) return Status::Invalid("sequence " + std::to_string(b) + " has no tokens");
+    for (int h = 0; h < p.kv_heads; ++h) {
+      const int64_t n = static_cast<int64_t>(np) * P + tail;
+      keys.assign(n * W, 0.f);
+      vals.assign(n * W, 0.f);
+      const float* mean = p.mean + (static_cast<int64_t>(b) * p.kv_heads + h) * W;
+      const float* basis = p.basis + (static_cast<int64_t>(b) * p.kv_heads + h) * W * W;
+      for (int pg = 0; pg < np; ++pg) {
+        int64_t pool = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg];
+        DequantLatent(l, PageRecord(p.key_pages, l, pool, p.kv_heads, h), &z);
+        for (int t = 0; t < P; ++t) {
+          int64_t pos = static_cast<int64_t>(pg) * P + t;
+          float* key = &keys[pos * W];
+          Rebuild(l, mean, basis, &z[static_cast<size_t>(t) * W], key);
+          ApplyRopeRef(key, W, p.rope_cos + pos * W, p.rope_sin + pos * W);
+          const uint16_t* v = p.value_pages + ((pool * p.kv_heads + h) * P + t) * W;
+          for (int i = 0; i < W; ++i) vals[pos * W + i] = Bf16BitsToFloat(v[i]);
+        }
+      }
+      for (int t = 0; t < tail; ++t) {
+        int64_t pos = static_cast<int64_t>(np) * P + t;
+        const int64_t src = ((static_cast<int64_t>(b) * p.kv_heads + h) * P + t) * W;
+        for (int i = 0; i < W; ++i) {
+          keys[pos * W + i] = Bf16BitsToFloat(p.tail_keys[src + i]);
+          vals[pos * W + i] = Bf16BitsToFloat(p.tail_values[src + i]);
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        const int head = h * G + g;
+        const uint16_t* q = p.q + (static_cast<int64_t>(b) * p.num_heads + head) * W;
+        std::vector<double> s(n);
+        double mx = -INFINITY;
+        for (int64_t t = 0; t < n; ++t) {
+          double acc = 0;
+          for (int i = 0; i < W; ++i) acc += static_cast<double>(Bf16BitsToFloat(q[i])) * keys[t * W + i];
+          s[t] = acc * p.sm_scale;
+          mx = std::max(mx, s[t]);
+        }
+        double sum = 0;
+        for (auto& x : s) sum += (x = std::exp(x - mx));
+        float* out = p.out + (static_cast<int64_t>(b) * p.num_heads + head) * W;
+        for (int i = 0; i < W; ++i) {
+          double acc = 0;
+          for (int64_t t = 0; t < n; ++t) acc += s[t] * vals[t * W + i];
+          out[i] = static_cast<float>(acc / sum);
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace svdq::kernels

@@ -1,0 +1,40 @@
+// CPU reference of the SVDq key codec: basis, encode, decode, decode attention. Simple
+// loops in fp32/fp64; the oracle the CUDA kernels are tested against, and the codec the
+// CPU serving path and the study tool use.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/common/status.h"
+#include "kernels/svdq/svdq_params.h"
+
+namespace svdq::kernels {
+
+struct SvdqBasis {
+  int width = 0;
+  std::vector<float> mean;              // [width]; zeros when not centred
+  std::vector<float> vectors;           // [width, width] row-major: column j is basis vector j
+  std::vector<double> singular_values;  // [width], descending
+};
+
+// Basis of `tokens` keys [tokens, width] (row-major): eigenvectors of the (centred) Gram
+// matrix by descending eigenvalue, each with its largest component positive, so the
+// result is deterministic. Cyclic Jacobi in fp64. Fails on non-finite keys.
+Status ComputeBasisRef(const float* keys, int64_t tokens, int width, bool center, SvdqBasis* out);
+
+// Code i of a group's bit stream (see svdq_params.h).
+uint32_t ReadCode(const uint8_t* group, int64_t index, int bits);
+void WriteCode(uint8_t* group, int64_t index, int bits, uint32_t code);
+
+// Rotate-half RoPE of one vector in place; cos/sin rows hold `width` entries (halves duplicated).
+void ApplyRopeRef(float* x, int width, const float* cos_row, const float* sin_row);
+
+Status SvdqEncodeRef(const SvdqEncodeParams& p);
+Status SvdqDecodeRef(const SvdqDecodeParams& p);
+Status SvdqAttentionRef(const SvdqAttentionParams& p);
+
+// Checks the shape fields that every implementation relies on; messages name the field.
+Status ValidateAttention(const SvdqAttentionParams& p);
+
+}  // namespace svdq::kernels

@@ -1,0 +1,314 @@
+// The SVDq CUDA kernels against the CPU reference, on random data and awkward shapes:
+// one page and many, GQA ratios 1 to 8, head dims 64 and 128, every schedule kind,
+// page sizes 1 and 16, tails of 0, 1 and P-1 tokens, an odd batch. Outputs are written
+// between guard regions that must stay untouched. Skipped where no CUDA device exists.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/common/half.h"
+#include "kernels/svdq/schedule.h"
+#include "kernels/svdq/svdq_cuda.h"
+#include "kernels/svdq/svdq_ref.h"
+#include "tests/common/svdq_data.h"
+
+using namespace svdq::kernels;
+using svdq::testing::MakeKeys;
+using svdq::testing::MakeRope;
+
+namespace {
+
+bool HaveGpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device"
+
+// A device copy of a host vector, with guard bytes on both sides for outputs.
+template <typename T>
+class DeviceBuffer {
+ public:
+  static constexpr size_t kGuard = 256;
+  explicit DeviceBuffer(const std::vector<T>& host) : n_(host.size()) {
+    bytes_ = n_ * sizeof(T) + 2 * kGuard;
+    EXPECT_EQ(cudaMalloc(&base_, bytes_), cudaSuccess);
+    EXPECT_EQ(cudaMemset(base_, 0x5A, bytes_), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(ptr(), host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~DeviceBuffer() { cudaFree(base_); }
+  T* ptr() { return reinterpret_cast<T*>(static_cast<uint8_t*>(base_) + kGuard); }
+  std::vector<T> Download() {
+    std::vector<T> out(n_);
+    EXPECT_EQ(cudaMemcpy(out.data(), ptr(), n_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return out;
+  }
+  bool GuardsIntact() {
+    std::vector<uint8_t> all(bytes_);
+    EXPECT_EQ(cudaMemcpy(all.data(), base_, bytes_, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (size_t i = 0; i < kGuard; ++i)
+      if (all[i] != 0x5A || all[bytes_ - 1 - i] != 0x5A) return false;
+    return true;
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t n_, bytes_;
+};
+
+SvdqLayout Layout(int width, int page, const std::string& s) {
+  Schedule sched;
+  EXPECT_TRUE(ParseSchedule(s, &sched).ok());
+  SvdqLayout l;
+  EXPECT_TRUE(MakeLayout(width, page, sched, &l).ok());
+  return l;
+}
+
+const char* kSchedules[] = {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "4,2,2,1,1,0,0,0", "3,3,3,0,0,0,0,0",
+                            "8,8,8,8,8,8,8,8", "1,1,1,1,1,1,1,1", "0,0,4,0,2,0,0,1"};
+
+// Per-page keys, means and bases (one basis per head, repeated per page) for encode tests.
+struct EncodeCase {
+  SvdqLayout l;
+  int pages, kv;
+  std::vector<float> keys, mean, basis;
+};
+
+EncodeCase MakeEncodeCase(int width, int P, const std::string& sched, int pages, int kv, uint32_t seed) {
+  EncodeCase c{Layout(width, P, sched), pages, kv, {}, {}, {}};
+  std::vector<std::vector<float>> head_keys(kv);
+  std::vector<SvdqBasis> bases(kv);
+  for (int h = 0; h < kv; ++h) {
+    head_keys[h] = MakeKeys(static_cast<int64_t>(pages) * P, width, seed + h);
+    EXPECT_TRUE(ComputeBasisRef(head_keys[h].data(), static_cast<int64_t>(pages) * P, width, true, &bases[h]).ok());
+  }
+  for (int p = 0; p < pages; ++p)
+    for (int h = 0; h < kv; ++h) {
+      auto b = head_keys[h].begin() + static_cast<int64_t>(p) * P * width;
+      c.keys.insert(c.keys.end(), b, b + P * width);
+      c.mean.insert(c.mean.end(), bases[h].mean.begin(), bases[h].mean.end());
+      c.basis.insert(c.basis.end(), bases[h].vectors.begin(), bases[h].vectors.end());
+    }
+  return c;
+}
+
+TEST(SvdqKernels, EncodeMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  for (int width : {64, 128})
+    for (int P : {1, 16})
+      for (int pages : {1, 7})
+        for (const char* s : kSchedules) {
+          EncodeCase c = MakeEncodeCase(width, P, s, pages, 2, 100 + width + P);
+          std::vector<uint8_t> ref(static_cast<size_t>(pages) * 2 * c.l.page_bytes);
+          SvdqEncodeParams p{c.l, pages, 2, c.keys.data(), c.mean.data(), c.basis.data(), ref.data(), nullptr};
+          ASSERT_TRUE(SvdqEncodeRef(p).ok());
+          DeviceBuffer<float> dk(c.keys), dm(c.mean), db(c.basis);
+          DeviceBuffer<uint8_t> dout(std::vector<uint8_t>(ref.size(), 0));
+          DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+          SvdqEncodeParams g{c.l, pages, 2, dk.ptr(), dm.ptr(), db.ptr(), dout.ptr(), flag.ptr()};
+          Status st = SvdqEncode(g, nullptr);
+          ASSERT_TRUE(st.ok()) << st.message();
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          auto got = dout.Download();
+          EXPECT_TRUE(dout.GuardsIntact());
+          EXPECT_EQ(flag.Download()[0], 0);
+          // Scales and zeros must match exactly up to an fp32 summation-order rounding in the
+          // projection; codes may differ by one step where a value sits on a rounding edge.
+          // Tolerance: at most 0.5% of codes differ, and by one level only.
+          long differ = 0, total = 0;
+          for (int rec = 0; rec < pages * 2; ++rec) {
+            const uint8_t* a = &ref[static_cast<size_t>(rec) * c.l.page_bytes];
+            const uint8_t* b = &got[static_cast<size_t>(rec) * c.l.page_bytes];
+            for (int ch = 0; ch < width; ++ch) {
+              int j = c.l.RetainedIndex(ch);
+              if (j < 0) continue;
+              int grp = ch / c.l.group_size;
+              float sa = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(a + c.l.scale_offset)[j]);
+              float sb = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(b + c.l.scale_offset)[j]);
+              ASSERT_NEAR(sa, sb, 1e-3f * std::abs(sa) + 1e-6f);
+              for (int t = 0; t < P; ++t) {
+                int idx = t * c.l.group_size + (ch - grp * c.l.group_size);
+                int ca = ReadCode(a + c.l.group_offset[grp], idx, c.l.bits[grp]);
+                int cb = ReadCode(b + c.l.group_offset[grp], idx, c.l.bits[grp]);
+                ASSERT_LE(std::abs(ca - cb), 1) << s;
+                differ += ca != cb;
+                ++total;
+              }
+            }
+          }
+          EXPECT_LE(differ, total / 200 + 1) << s << " width " << width << " P " << P;
+        }
+}
+
+TEST(SvdqKernels, EncodeFlagsNonFiniteKeys) {
+  SKIP_WITHOUT_GPU();
+  EncodeCase c = MakeEncodeCase(64, 16, "8,2,0,0,0,0,0,0", 2, 1, 5);
+  c.keys[16 * 64 + 5] = NAN;  // page 1
+  DeviceBuffer<float> dk(c.keys), dm(c.mean), db(c.basis);
+  DeviceBuffer<uint8_t> dout(std::vector<uint8_t>(2 * c.l.page_bytes, 0xFF));
+  DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+  SvdqEncodeParams g{c.l, 2, 1, dk.ptr(), dm.ptr(), db.ptr(), dout.ptr(), flag.ptr()};
+  ASSERT_TRUE(SvdqEncode(g, nullptr).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(flag.Download()[0], 1);
+  auto got = dout.Download();
+  for (int i = 0; i < c.l.page_bytes; ++i) ASSERT_EQ(got[c.l.page_bytes + i], 0) << "bad page must be zeroed";
+}
+
+TEST(SvdqKernels, DecodeMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  for (int width : {64, 128})
+    for (int P : {1, 16})
+      for (const char* s : kSchedules) {
+        const int pages = 5, kv = 3;
+        EncodeCase c = MakeEncodeCase(width, P, s, pages, kv, 7);
+        std::vector<uint8_t> bytes(static_cast<size_t>(pages) * kv * c.l.page_bytes);
+        SvdqEncodeParams e{c.l, pages, kv, c.keys.data(), c.mean.data(), c.basis.data(), bytes.data(), nullptr};
+        ASSERT_TRUE(SvdqEncodeRef(e).ok());
+        std::vector<float> cos_t, sin_t;
+        MakeRope(pages * P + 1, width, 10000.0, &cos_t, &sin_t);
+        std::vector<int32_t> pos(pages);
+        for (int p = 0; p < pages; ++p) pos[p] = p * P;
+        std::vector<float> ref(c.keys.size());
+        SvdqDecodeParams d{c.l, pages, kv, bytes.data(), c.mean.data(), c.basis.data(), pos.data(),
+                           cos_t.data(), sin_t.data(), ref.data()};
+        ASSERT_TRUE(SvdqDecodeRef(d).ok());
+        DeviceBuffer<uint8_t> dpages(bytes);
+        DeviceBuffer<float> dm(c.mean), db(c.basis), dc(cos_t), ds(sin_t), dout(std::vector<float>(ref.size(), 0.f));
+        DeviceBuffer<int32_t> dpos(pos);
+        SvdqDecodeParams g{c.l, pages, kv, dpages.ptr(), dm.ptr(), db.ptr(), dpos.ptr(), dc.ptr(), ds.ptr(), dout.ptr()};
+        ASSERT_TRUE(SvdqDecode(g, nullptr).ok());
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        auto got = dout.Download();
+        EXPECT_TRUE(dout.GuardsIntact());
+        // Tolerance: 1e-4 absolute + 1e-4 relative (fp32 sums in a different order).
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_TRUE(std::isfinite(got[i]));
+          ASSERT_NEAR(got[i], ref[i], 1e-4f + 1e-4f * std::abs(ref[i])) << s << " at " << i;
+        }
+      }
+}
+
+struct AttnCase {
+  int width, P, kv, group, batch;
+  std::string sched;
+  std::vector<int> pages, tails;
+};
+
+void RunAttention(const AttnCase& ac, uint32_t seed) {
+  const SvdqLayout l = Layout(ac.width, ac.P, ac.sched);
+  const int W = ac.width, P = ac.P, kv = ac.kv, heads = kv * ac.group, B = ac.batch;
+  int max_pages = 0, pool_pages = 0;
+  for (int b = 0; b < B; ++b) {
+    max_pages = std::max(max_pages, ac.pages[b]);
+    pool_pages += ac.pages[b];
+  }
+  std::vector<float> cos_t, sin_t;
+  MakeRope((max_pages + 1) * P + 1, W, 10000.0, &cos_t, &sin_t);
+  std::vector<uint8_t> pool(static_cast<size_t>(std::max(pool_pages, 1)) * kv * l.page_bytes, 0);
+  std::vector<int32_t> table(static_cast<size_t>(B) * std::max(max_pages, 1), 0), np(ac.pages.begin(), ac.pages.end()),
+      tl(ac.tails.begin(), ac.tails.end());
+  std::vector<float> means, bases;
+  // Pool pages are handed out from the end, so page ids are not in sequence order.
+  int next = pool_pages - 1;
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < kv; ++h) {
+      auto keys = MakeKeys(std::max(ac.pages[b] * P, 2), W, seed + 31 * b + h);
+      SvdqBasis basis;
+      ASSERT_TRUE(ComputeBasisRef(keys.data(), std::max(ac.pages[b] * P, 2), W, true, &basis).ok());
+      means.insert(means.end(), basis.mean.begin(), basis.mean.end());
+      bases.insert(bases.end(), basis.vectors.begin(), basis.vectors.end());
+    }
+    for (int p = 0; p < ac.pages[b]; ++p) table[static_cast<size_t>(b) * std::max(max_pages, 1) + p] = next--;
+  }
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < kv; ++h) {
+      auto keys = MakeKeys(std::max(ac.pages[b] * P, 2), W, seed + 31 * b + h);
+      for (int p = 0; p < ac.pages[b]; ++p) {
+        int pid = table[static_cast<size_t>(b) * std::max(max_pages, 1) + p];
+        SvdqEncodeParams e{l, 1, 1, &keys[static_cast<size_t>(p) * P * W], &means[(static_cast<size_t>(b) * kv + h) * W],
+                           &bases[(static_cast<size_t>(b) * kv + h) * W * W],
+                           &pool[(static_cast<size_t>(pid) * kv + h) * l.page_bytes], nullptr};
+        ASSERT_TRUE(SvdqEncodeRef(e).ok());
+      }
+    }
+  auto values = svdq::testing::RandomBf16(static_cast<size_t>(std::max(pool_pages, 1)) * kv * P * W, seed + 1);
+  auto tail_k = svdq::testing::RandomBf16(static_cast<size_t>(B) * kv * P * W, seed + 2);
+  auto tail_v = svdq::testing::RandomBf16(static_cast<size_t>(B) * kv * P * W, seed + 3);
+  auto q = svdq::testing::RandomBf16(static_cast<size_t>(B) * heads * W, seed + 4, 0.3f);
+  std::vector<float> ref(static_cast<size_t>(B) * heads * W);
+  SvdqAttentionParams a;
+  a.layout = l;
+  a.batch = B;
+  a.num_heads = heads;
+  a.kv_heads = kv;
+  a.max_pages = std::max(max_pages, 1);
+  a.sm_scale = 1.f / std::sqrt(float(W));
+  a.q = q.data();
+  a.key_pages = pool.data();
+  a.value_pages = values.data();
+  a.page_table = table.data();
+  a.num_pages = np.data();
+  a.mean = means.data();
+  a.basis = bases.data();
+  a.tail_keys = tail_k.data();
+  a.tail_values = tail_v.data();
+  a.tail_len = tl.data();
+  a.rope_cos = cos_t.data();
+  a.rope_sin = sin_t.data();
+  a.out = ref.data();
+  Status st = SvdqAttentionRef(a);
+  ASSERT_TRUE(st.ok()) << st.message();
+
+  DeviceBuffer<uint16_t> dq(q), dv(values), dtk(tail_k), dtv(tail_v);
+  DeviceBuffer<uint8_t> dpool(pool);
+  DeviceBuffer<int32_t> dtable(table), dnp(np), dtl(tl);
+  DeviceBuffer<float> dm(means), db(bases), dc(cos_t), ds(sin_t), dout(std::vector<float>(ref.size(), 0.f));
+  SvdqAttentionParams g = a;
+  g.q = dq.ptr();
+  g.key_pages = dpool.ptr();
+  g.value_pages = dv.ptr();
+  g.page_table = dtable.ptr();
+  g.num_pages = dnp.ptr();
+  g.mean = dm.ptr();
+  g.basis = db.ptr();
+  g.tail_keys = dtk.ptr();
+  g.tail_values = dtv.ptr();
+  g.tail_len = dtl.ptr();
+  g.rope_cos = dc.ptr();
+  g.rope_sin = ds.ptr();
+  g.out = dout.ptr();
+  st = SvdqAttention(g, nullptr);
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  auto got = dout.Download();
+  EXPECT_TRUE(dout.GuardsIntact());
+  // Tolerance: 2e-3 absolute + 1e-2 relative (fast exp, fp32 vs fp64 accumulation).
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got[i])) << i;
+    ASSERT_NEAR(got[i], ref[i], 2e-3f + 1e-2f * std::abs(ref[i]))
+        << ac.sched << " width " << W << " P " << P << " group " << ac.group << " at " << i;
+  }
+}
+
+TEST(SvdqKernels, AttentionMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 1000;
+  for (int width : {64, 128})
+    for (int group : {1, 2, 4, 8})
+      for (const char* s : {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,3,3,0,0,0,0,0", "0,0,4,0,2,0,0,1"})
+        RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++);
+}
+
+TEST(SvdqKernels, AttentionAwkwardShapes) {
+  SKIP_WITHOUT_GPU();
+  RunAttention({64, 1, 1, 3, 1, "8,8,8,8,8,8,8,8", {97}, {0}}, 1);      // page size 1, 97 pages
+  RunAttention({64, 16, 3, 3, 1, "8,2,0,0,0,0,0,0", {0}, {7}}, 2);      // tail only
+  RunAttention({128, 16, 8, 4, 5, "4,2,2,1,1,0,0,0", {1, 2, 3, 0, 17}, {15, 0, 1, 14, 3}}, 3);
+  RunAttention({128, 32, 1, 8, 2, "8,4,2,1,1,0,0,0", {64, 1}, {31, 0}}, 4);  // 2k tokens
+}
+
+}  // namespace
