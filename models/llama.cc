@@ -146,9 +146,16 @@ void LlamaModel::Reserve(SequenceKv* kv, int64_t needed) const {
 
 at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, SequenceKv* kv) {
   const int64_t T = h.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
-  at::Tensor q = ApplyRope(at::linear(h, w.wq).view({T, NH, D}), pos0);
-  at::Tensor k = ApplyRope(at::linear(h, w.wk).view({T, NKV, D}), pos0);
+  at::Tensor q_pre = at::linear(h, w.wq).view({T, NH, D});
+  at::Tensor k_pre = at::linear(h, w.wk).view({T, NKV, D});
   at::Tensor v = at::linear(h, w.wv).view({T, NKV, D});
+  if (capture_) {
+    capture_->q_pre_rope.push_back(q_pre.to(at::kCPU, at::kFloat));
+    capture_->k_pre_rope.push_back(k_pre.to(at::kCPU, at::kFloat));
+    capture_->v.push_back(v.to(at::kCPU, at::kFloat));
+  }
+  at::Tensor q = ApplyRope(q_pre, pos0);
+  at::Tensor k = ApplyRope(k_pre, pos0);
   kv->k[layer].narrow(1, pos0, T).copy_(k.transpose(0, 1));
   kv->v[layer].narrow(1, pos0, T).copy_(v.transpose(0, 1));
   const int64_t L = pos0 + T;

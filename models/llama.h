@@ -23,6 +23,12 @@ struct SequenceKv {
   int64_t capacity = 0;
 };
 
+// Per-layer activations recorded during a forward, for study tools: pre-RoPE queries
+// [T, heads, head_dim], pre-RoPE keys and values [T, kv_heads, head_dim], fp32 on the CPU.
+struct ForwardCapture {
+  std::vector<at::Tensor> q_pre_rope, k_pre_rope, v;
+};
+
 struct LayerWeights {
   at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
 };
@@ -43,6 +49,11 @@ class LlamaModel {
   at::Tensor Forward(const std::vector<int32_t>& tokens, SequenceKv* kv);
   // Same, returning logits for every position: [T, vocab].
   at::Tensor ForwardAll(const std::vector<int32_t>& tokens, SequenceKv* kv);
+  // Records activations of every following forward into `capture` (null stops recording).
+  void set_capture(ForwardCapture* capture) { capture_ = capture; }
+  // The RoPE tables, [max_context, head_dim] fp32 (rotate-half, halves duplicated).
+  const at::Tensor& rope_cos() const { return rope_cos_; }
+  const at::Tensor& rope_sin() const { return rope_sin_; }
 
  private:
   LlamaModel() = default;
@@ -59,6 +70,7 @@ class LlamaModel {
   std::vector<LayerWeights> layers_;
   at::Tensor rope_cos_, rope_sin_;  // [max_context, head_dim], fp32
   int64_t weight_bytes_ = 0;
+  ForwardCapture* capture_ = nullptr;
 };
 
 }  // namespace svdq::models

@@ -1,5 +1,5 @@
 // Decode attention over SVDq-encoded key pages, first correct version: one thread block
-// per (sequence, KV head) walks the pages in order; each page's keys are dequantized,
+// per (sequence, KV head, split) walks its pages in order; each page's keys are dequantized,
 // rebuilt (mean + V_r z) and rotated in shared memory, scored against the GQA group's
 // queries, and folded into an online softmax with the page's bf16 values.
 #include <cuda_bf16.h>
@@ -56,7 +56,7 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
   extern __shared__ float smem[];
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width, G = p.num_heads / p.kv_heads;
-  const int b = blockIdx.x, h = blockIdx.y;
+  const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   float* q = smem;
   float* keys = q + G * W;
   float* z = keys + P * W;
@@ -78,7 +78,9 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
   const float* mean = p.mean + bh * W;
   const float* basis = p.basis + bh * W * W;
   const int np = p.num_pages[b];
-  for (int pg = 0; pg < np; ++pg) {
+  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
+  const int first = split * pps, last = min(np, first + pps);
+  for (int pg = first; pg < last; ++pg) {
     const int64_t pool = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg];
     device::DequantLatent(l, p.key_pages + (pool * p.kv_heads + h) * l.page_bytes, z);
     __syncthreads();
@@ -89,7 +91,7 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
     const auto* vals = reinterpret_cast<const __nv_bfloat16*>(p.value_pages) + (pool * p.kv_heads + h) * P * W;
     FoldTokens(P, G, W, p.sm_scale, q, keys, vals, scores, m, lsum, acc);
   }
-  const int tail = p.tail_len[b];
+  const int tail = (np / pps == split) ? p.tail_len[b] : 0;  // the split after the last full range
   if (tail > 0) {
     const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * P * W;
     for (int idx = threadIdx.x; idx < tail * W; idx += blockDim.x) keys[idx] = __bfloat162float(tk[idx]);
@@ -97,14 +99,55 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
     const auto* tv = reinterpret_cast<const __nv_bfloat16*>(p.tail_values) + bh * P * W;
     FoldTokens(tail, G, W, p.sm_scale, q, keys, tv, scores, m, lsum, acc);
   }
-  float* out = p.out + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
-  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
-    float denom = lsum[idx / W];
-    out[idx] = denom > 0.f ? acc[idx] / denom : 0.f;
+  if (p.pages_per_split == 0) {
+    float* out = p.out + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
+    for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
+      float denom = lsum[idx / W];
+      out[idx] = denom > 0.f ? acc[idx] / denom : 0.f;
+    }
+    return;
+  }
+  // Partial state of each query head: [acc (W) | m | l] at workspace[b][head][split].
+  const int splits = gridDim.z;
+  for (int idx = threadIdx.x; idx < G * (W + 2); idx += blockDim.x) {
+    int g = idx / (W + 2), i = idx - g * (W + 2);
+    float* ws = p.workspace + ((static_cast<int64_t>(b) * p.num_heads + h * G + g) * splits + split) * (W + 2);
+    ws[i] = i < W ? acc[g * W + i] : (i == W ? m[g] : lsum[g]);
   }
 }
 
+// One block per (sequence, query head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+__global__ void MergeKernel(SvdqAttentionParams p, int splits) {
+  const int W = p.layout.width;
+  const int64_t bh = static_cast<int64_t>(blockIdx.x) * p.num_heads + blockIdx.y;
+  const float* ws = p.workspace + bh * splits * (W + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, ws[s * (W + 2) + W]);
+  float L = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    float ms = ws[s * (W + 2) + W];
+    if (ms > -INFINITY) L += __expf(ms - M) * ws[s * (W + 2) + W + 1];
+  }
+  for (int i = threadIdx.x; i < W; i += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      float ms = ws[s * (W + 2) + W];
+      if (ms > -INFINITY) a += __expf(ms - M) * ws[s * (W + 2) + i];
+    }
+    p.out[bh * W + i] = L > 0.f ? a / L : 0.f;
+  }
+}
+
+int Splits(const SvdqAttentionParams& p) {
+  return p.pages_per_split > 0 ? p.max_pages / p.pages_per_split + 1 : 1;
+}
+
 }  // namespace
+
+size_t SvdqAttentionWorkspaceFloats(const SvdqAttentionParams& p) {
+  if (p.pages_per_split <= 0) return 0;
+  return static_cast<size_t>(p.batch) * p.num_heads * Splits(p) * (p.layout.width + 2);
+}
 
 Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
   Status st = ValidateAttention(p);
@@ -116,7 +159,11 @@ Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
                                  static_cast<size_t>(l.page_size) * l.retained + static_cast<size_t>(G) * l.page_size + 2 * G);
   st = AllowSmem(reinterpret_cast<const void*>(AttentionKernel), smem);
   if (!st.ok()) return st;
-  AttentionKernel<<<dim3(p.batch, p.kv_heads), kThreads, smem, stream>>>(p);
+  if (p.pages_per_split < 0) return Status::Invalid("pages_per_split must be >= 0");
+  if (p.pages_per_split > 0 && !p.workspace) return Status::Invalid("a split attention needs a workspace");
+  const int splits = Splits(p);
+  AttentionKernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
+  if (p.pages_per_split > 0) MergeKernel<<<dim3(p.batch, p.num_heads), 128, 0, stream>>>(p, splits);
   return LaunchStatus("SvdqAttention");
 }
 

@@ -87,6 +87,11 @@ struct SvdqAttentionParams {
   const float* rope_cos = nullptr;         // [max_pos, width]
   const float* rope_sin = nullptr;         // [max_pos, width]
   float* out = nullptr;                    // [batch, num_heads, width] fp32
+  // Flash-decoding split: each thread block takes `pages_per_split` pages of one sequence
+  // and KV head, and a second kernel merges the partial softmax states. 0: one block per
+  // sequence and KV head, no workspace needed.
+  int pages_per_split = 0;
+  float* workspace = nullptr;  // [batch, num_heads, max_pages / pages_per_split + 1, width + 2]
 };
 
 }  // namespace svdq::kernels

@@ -198,7 +198,7 @@ struct AttnCase {
   std::vector<int> pages, tails;
 };
 
-void RunAttention(const AttnCase& ac, uint32_t seed) {
+void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0) {
   const SvdqLayout l = Layout(ac.width, ac.P, ac.sched);
   const int W = ac.width, P = ac.P, kv = ac.kv, heads = kv * ac.group, B = ac.batch;
   int max_pages = 0, pool_pages = 0;
@@ -281,6 +281,9 @@ void RunAttention(const AttnCase& ac, uint32_t seed) {
   g.rope_cos = dc.ptr();
   g.rope_sin = ds.ptr();
   g.out = dout.ptr();
+  g.pages_per_split = pages_per_split;
+  DeviceBuffer<float> ws(std::vector<float>(std::max<size_t>(SvdqAttentionWorkspaceFloats(g), 1), 0.f));
+  g.workspace = pages_per_split > 0 ? ws.ptr() : nullptr;
   st = SvdqAttention(g, nullptr);
   ASSERT_TRUE(st.ok()) << st.message();
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -290,7 +293,7 @@ void RunAttention(const AttnCase& ac, uint32_t seed) {
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_TRUE(std::isfinite(got[i])) << i;
     ASSERT_NEAR(got[i], ref[i], 2e-3f + 1e-2f * std::abs(ref[i]))
-        << ac.sched << " width " << W << " P " << P << " group " << ac.group << " at " << i;
+        << ac.sched << " width " << W << " P " << P << " group " << ac.group << " split " << pages_per_split << " at " << i;
   }
 }
 
@@ -300,7 +303,8 @@ TEST(SvdqKernels, AttentionMatchesReference) {
   for (int width : {64, 128})
     for (int group : {1, 2, 4, 8})
       for (const char* s : {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,3,3,0,0,0,0,0", "0,0,4,0,2,0,0,1"})
-        RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++);
+        for (int split : {0, 2, 4})
+          RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++, split);
 }
 
 TEST(SvdqKernels, AttentionAwkwardShapes) {
@@ -309,6 +313,8 @@ TEST(SvdqKernels, AttentionAwkwardShapes) {
   RunAttention({64, 16, 3, 3, 1, "8,2,0,0,0,0,0,0", {0}, {7}}, 2);      // tail only
   RunAttention({128, 16, 8, 4, 5, "4,2,2,1,1,0,0,0", {1, 2, 3, 0, 17}, {15, 0, 1, 14, 3}}, 3);
   RunAttention({128, 32, 1, 8, 2, "8,4,2,1,1,0,0,0", {64, 1}, {31, 0}}, 4);  // 2k tokens
+  RunAttention({128, 16, 2, 4, 3, "8,4,2,1,1,0,0,0", {64, 8, 0}, {0, 5, 9}}, 5, 8);  // split boundary = tail
+  RunAttention({64, 1, 1, 3, 1, "8,2,0,0,0,0,0,0", {97}, {0}}, 6, 16);
 }
 
 }  // namespace
