@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/common/cuda_launch.h"
+#include "kernels/svdq/svdq_attention_tc.h"
 #include "kernels/svdq/svdq_cuda.h"
 #include "kernels/svdq/svdq_device.cuh"
 #include "kernels/svdq/svdq_ref.h"
@@ -162,7 +163,12 @@ Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
   if (p.pages_per_split < 0) return Status::Invalid("pages_per_split must be >= 0");
   if (p.pages_per_split > 0 && !p.workspace) return Status::Invalid("a split attention needs a workspace");
   const int splits = Splits(p);
-  AttentionKernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
+  if (p.use_tensor_cores && SvdqAttentionTcSupported(p)) {
+    st = SvdqAttentionTcLaunch(p, splits, stream);
+    if (!st.ok()) return st;
+  } else {
+    AttentionKernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
+  }
   if (p.pages_per_split > 0) MergeKernel<<<dim3(p.batch, p.num_heads), 128, 0, stream>>>(p, splits);
   return LaunchStatus("SvdqAttention");
 }

@@ -92,6 +92,8 @@ struct SvdqAttentionParams {
   // sequence and KV head, no workspace needed.
   int pages_per_split = 0;
   float* workspace = nullptr;  // [batch, num_heads, max_pages / pages_per_split + 1, width + 2]
+  // Rebuild keys on tensor cores (TF32 inputs, fp32 accumulation) where the shape allows.
+  bool use_tensor_cores = true;
 };
 
 }  // namespace svdq::kernels

@@ -115,9 +115,11 @@ TEST(SvdqKernels, EncodeMatchesReference) {
           auto got = dout.Download();
           EXPECT_TRUE(dout.GuardsIntact());
           EXPECT_EQ(flag.Download()[0], 0);
-          // Scales and zeros must match exactly up to an fp32 summation-order rounding in the
-          // projection; codes may differ by one step where a value sits on a rounding edge.
-          // Tolerance: at most 0.5% of codes differ, and by one level only.
+          // The projection sums in a different order (fused multiply-adds on the GPU), so a
+          // channel's min/max, hence its fp16 scale and zero, may move by an ulp, and a value
+          // on a rounding edge may take the neighbouring code. Tolerance: every decoded
+          // latent within 1.01 steps (+ fp16 slack) of the reference's, and at most 1% of
+          // codes different.
           long differ = 0, total = 0;
           for (int rec = 0; rec < pages * 2; ++rec) {
             const uint8_t* a = &ref[static_cast<size_t>(rec) * c.l.page_bytes];
@@ -128,18 +130,22 @@ TEST(SvdqKernels, EncodeMatchesReference) {
               int grp = ch / c.l.group_size;
               float sa = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(a + c.l.scale_offset)[j]);
               float sb = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(b + c.l.scale_offset)[j]);
-              ASSERT_NEAR(sa, sb, 1e-3f * std::abs(sa) + 1e-6f);
+              float za = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(a + c.l.zero_offset)[j]);
+              float zb = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(b + c.l.zero_offset)[j]);
+              ASSERT_NEAR(sa, sb, 2e-3f * std::abs(sa) + 1e-6f);
+              ASSERT_NEAR(za, zb, 2e-3f * std::abs(za) + 1e-6f);
               for (int t = 0; t < P; ++t) {
                 int idx = t * c.l.group_size + (ch - grp * c.l.group_size);
                 int ca = ReadCode(a + c.l.group_offset[grp], idx, c.l.bits[grp]);
                 int cb = ReadCode(b + c.l.group_offset[grp], idx, c.l.bits[grp]);
-                ASSERT_LE(std::abs(ca - cb), 1) << s;
+                float va = za + ca * sa, vb = zb + cb * sb;
+                ASSERT_LE(std::abs(va - vb), 1.01f * std::max(sa, sb) + 2e-3f * (std::abs(za) + std::abs(va)) + 1e-6f) << s;
                 differ += ca != cb;
                 ++total;
               }
             }
           }
-          EXPECT_LE(differ, total / 200 + 1) << s << " width " << width << " P " << P;
+          EXPECT_LE(differ, total / 100 + 1) << s << " width " << width << " P " << P;
         }
 }
 
@@ -198,7 +204,7 @@ struct AttnCase {
   std::vector<int> pages, tails;
 };
 
-void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0) {
+void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, bool tensor_cores = true) {
   const SvdqLayout l = Layout(ac.width, ac.P, ac.sched);
   const int W = ac.width, P = ac.P, kv = ac.kv, heads = kv * ac.group, B = ac.batch;
   int max_pages = 0, pool_pages = 0;
@@ -282,6 +288,7 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0) {
   g.rope_sin = ds.ptr();
   g.out = dout.ptr();
   g.pages_per_split = pages_per_split;
+  g.use_tensor_cores = tensor_cores;
   DeviceBuffer<float> ws(std::vector<float>(std::max<size_t>(SvdqAttentionWorkspaceFloats(g), 1), 0.f));
   g.workspace = pages_per_split > 0 ? ws.ptr() : nullptr;
   st = SvdqAttention(g, nullptr);
@@ -289,10 +296,13 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   auto got = dout.Download();
   EXPECT_TRUE(dout.GuardsIntact());
-  // Tolerance: 2e-3 absolute + 1e-2 relative (fast exp, fp32 vs fp64 accumulation).
+  // Tolerance: CUDA-core path 2e-3 absolute + 1e-2 relative (fast exp, fp32 vs fp64
+  // accumulation); tensor-core path 5e-3 + 2e-2, as the key rebuild takes TF32 inputs
+  // (10-bit mantissa) for the latents and the basis.
+  const float tol_abs = tensor_cores ? 5e-3f : 2e-3f, tol_rel = tensor_cores ? 2e-2f : 1e-2f;
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_TRUE(std::isfinite(got[i])) << i;
-    ASSERT_NEAR(got[i], ref[i], 2e-3f + 1e-2f * std::abs(ref[i]))
+    ASSERT_NEAR(got[i], ref[i], tol_abs + tol_rel * std::abs(ref[i]))
         << ac.sched << " width " << W << " P " << P << " group " << ac.group << " split " << pages_per_split << " at " << i;
   }
 }
@@ -304,7 +314,8 @@ TEST(SvdqKernels, AttentionMatchesReference) {
     for (int group : {1, 2, 4, 8})
       for (const char* s : {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,3,3,0,0,0,0,0", "0,0,4,0,2,0,0,1"})
         for (int split : {0, 2, 4})
-          RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++, split);
+          for (bool tc : {true, false})
+            RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++, split, tc);
 }
 
 TEST(SvdqKernels, AttentionAwkwardShapes) {
@@ -315,6 +326,10 @@ TEST(SvdqKernels, AttentionAwkwardShapes) {
   RunAttention({128, 32, 1, 8, 2, "8,4,2,1,1,0,0,0", {64, 1}, {31, 0}}, 4);  // 2k tokens
   RunAttention({128, 16, 2, 4, 3, "8,4,2,1,1,0,0,0", {64, 8, 0}, {0, 5, 9}}, 5, 8);  // split boundary = tail
   RunAttention({64, 1, 1, 3, 1, "8,2,0,0,0,0,0,0", {97}, {0}}, 6, 16);
+  // Tensor-core path: pages of 32 and 64 tokens, chunks that end mid-split.
+  RunAttention({128, 32, 2, 4, 2, "8,4,2,1,1,0,0,0", {7, 3}, {31, 2}}, 7, 3);
+  RunAttention({128, 64, 2, 8, 2, "8,2,0,0,0,0,0,0", {5, 1}, {0, 63}}, 8, 2);
+  RunAttention({64, 16, 3, 2, 3, "0,0,4,0,2,0,0,1", {13, 5, 0}, {3, 0, 1}}, 9, 5);
 }
 
 }  // namespace

@@ -1,0 +1,17 @@
+// Internal: the tensor-core SVDq attention kernel, dispatched by SvdqAttention.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/common/status.h"
+#include "kernels/svdq/svdq_params.h"
+
+namespace svdq::kernels {
+
+// Whether the tensor-core kernel handles p's shape (page size 16/32/64, width % 16 == 0,
+// and its shared memory plan fits).
+bool SvdqAttentionTcSupported(const SvdqAttentionParams& p);
+// Launches the page kernel only; partial results go to p.workspace when split.
+Status SvdqAttentionTcLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
+
+}  // namespace svdq::kernels
