@@ -116,11 +116,11 @@ TEST(SvdqKernels, EncodeMatchesReference) {
           EXPECT_TRUE(dout.GuardsIntact());
           EXPECT_EQ(flag.Download()[0], 0);
           // The projection sums in a different order (fused multiply-adds on the GPU), so a
-          // channel's min/max, hence its fp16 scale and zero, may move by an ulp, and a value
-          // on a rounding edge may take the neighbouring code. Tolerance: every decoded
-          // latent within 1.01 steps (+ fp16 slack) of the reference's, and at most 1% of
-          // codes different.
-          long differ = 0, total = 0;
+          // channel's min/max, hence its fp16 scale and zero, may move by an fp16 ulp; an
+          // ulp of the zero point can exceed a quantization step (a channel with a large
+          // offset and a small range), shifting that channel's codes. So codes are not
+          // compared one to one. Tolerance: every decoded latent within 1.01 steps plus
+          // 2e-3 of its magnitude (two fp16 ulps) of the reference's.
           for (int rec = 0; rec < pages * 2; ++rec) {
             const uint8_t* a = &ref[static_cast<size_t>(rec) * c.l.page_bytes];
             const uint8_t* b = &got[static_cast<size_t>(rec) * c.l.page_bytes];
@@ -140,12 +140,9 @@ TEST(SvdqKernels, EncodeMatchesReference) {
                 int cb = ReadCode(b + c.l.group_offset[grp], idx, c.l.bits[grp]);
                 float va = za + ca * sa, vb = zb + cb * sb;
                 ASSERT_LE(std::abs(va - vb), 1.01f * std::max(sa, sb) + 2e-3f * (std::abs(za) + std::abs(va)) + 1e-6f) << s;
-                differ += ca != cb;
-                ++total;
               }
             }
           }
-          EXPECT_LE(differ, total / 100 + 1) << s << " width " << width << " P " << P;
         }
 }
 
