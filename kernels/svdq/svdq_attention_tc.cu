@@ -29,11 +29,10 @@ constexpr int kMaxGroup = 16;
 
 struct TcSmem {
   // Offsets in floats into dynamic shared memory.
-  int vt, mean, z, keys, q, acc, scores, m, l, pids, chan, vals, recs, total;
+  int vt, mean, z, keys, q, acc, scores, m, l, pids, total;
 };
 
-// Shared memory plan; `page_bytes` and P size the staged page records of one chunk.
-__host__ __device__ inline TcSmem Plan(int W, int r, int G, int P, int page_bytes) {
+__host__ __device__ inline TcSmem Plan(int W, int r, int G) {
   TcSmem s;
   int o = 0;
   s.vt = o; o += r * W;
@@ -46,10 +45,6 @@ __host__ __device__ inline TcSmem Plan(int W, int r, int G, int P, int page_byte
   s.m = o; o += kMaxGroup;
   s.l = o; o += kMaxGroup;
   s.pids = o; o += kChunk;  // int pool page ids of the chunk's pages
-  s.chan = o; o += r;       // int latent channel of each retained index
-  s.vals = o; o += kChunk * W / 2;                      // bf16 values of the chunk [kChunk, W]
-  s.recs = o; o += (kChunk / P) * page_bytes / 4 + 4;   // the chunk's key page records
-  o = (o + 3) / 4 * 4;
   s.total = o;
   return s;
 }
@@ -59,7 +54,6 @@ __host__ __device__ inline TcSmem Plan(int W, int r, int G, int P, int page_byte
 template <typename ValueRow>
 __device__ void Fold(int n, int G, int W, float sm_scale, const float* q, const float* keys, ValueRow value_row,
                      float* scores, float* m, float* lsum, float* acc) {
-  // Scores: one warp per (query head, token), lanes across the head dimension.
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int pair = warp; pair < G * n; pair += kWarps) {
     int g = pair / n, t = pair - g * n;
@@ -104,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width, r = l.retained, G = p.num_heads / p.kv_heads;
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
-  const TcSmem s = Plan(W, r, G, P, l.page_bytes);
+  const TcSmem s = Plan(W, r, G);
   float* vt = smem + s.vt;
   float* mean = smem + s.mean;
   float* z = smem + s.z;
@@ -115,9 +109,6 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   float* m = smem + s.m;
   float* lsum = smem + s.l;
   int* pids = reinterpret_cast<int*>(smem + s.pids);
-  int* chan = reinterpret_cast<int*>(smem + s.chan);
-  __nv_bfloat16* vals = reinterpret_cast<__nv_bfloat16*>(smem + s.vals);
-  uint8_t* recs = reinterpret_cast<uint8_t*>(smem + s.recs);
   const int64_t bh = static_cast<int64_t>(b) * p.kv_heads + h;
 
   const int np = p.num_pages[b];
@@ -141,7 +132,6 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
       vt[idx] = wmma::__float_to_tf32(basis[i * W + device::RetainedChannel(l, j)]);
     }
     for (int i = threadIdx.x; i < W; i += blockDim.x) mean[i] = p.mean[bh * W + i];
-    for (int j = threadIdx.x; j < r; j += blockDim.x) chan[j] = device::RetainedChannel(l, j);
   }
   __syncthreads();
 
@@ -151,31 +141,13 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     const int npg = min(pages_per_chunk, last - pg0), n = npg * P;
     if (threadIdx.x < npg) pids[threadIdx.x] = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg0 + threadIdx.x];
     __syncthreads();
-    // Stage the chunk's key records and values in shared memory with 16-byte loads, all
-    // issued before any is used, so the loads overlap instead of queueing behind math.
-    {
-      const int rec_vec = l.page_bytes / 16, val_vec = P * W / 8;
-      const auto* kp = reinterpret_cast<const uint4*>(p.key_pages);
-      const auto* vp = reinterpret_cast<const uint4*>(p.value_pages);
-      auto* rs = reinterpret_cast<uint4*>(recs);
-      auto* vs = reinterpret_cast<uint4*>(vals);
-      for (int idx = threadIdx.x; idx < npg * rec_vec; idx += blockDim.x) {
-        int pg = idx / rec_vec, k = idx - pg * rec_vec;
-        rs[idx] = kp[(static_cast<int64_t>(pids[pg]) * p.kv_heads + h) * rec_vec + k];
-      }
-      for (int idx = threadIdx.x; idx < npg * val_vec; idx += blockDim.x) {
-        int pg = idx / val_vec, k = idx - pg * val_vec;
-        vs[idx] = vp[(static_cast<int64_t>(pids[pg]) * p.kv_heads + h) * val_vec + k];
-      }
-    }
-    __syncthreads();
     // Dequantize the chunk's latents: z [kChunk, r] (rows past n are zero).
     for (int idx = threadIdx.x; idx < kChunk * r; idx += blockDim.x) {
       int t = idx / r, j = idx - t * r;
       float v = 0.f;
       if (t < n) {
-        const uint8_t* rec = recs + (t / P) * l.page_bytes;
-        int c = chan[j], g = c / l.group_size, tp = t % P;
+        const uint8_t* rec = p.key_pages + (static_cast<int64_t>(pids[t / P]) * p.kv_heads + h) * l.page_bytes;
+        int c = device::RetainedChannel(l, j), g = c / l.group_size, tp = t % P;
         uint32_t code = device::ReadCode(rec + l.group_offset[g], tp * l.group_size + (c - g * l.group_size), l.bits[g]);
         v = __half2float(reinterpret_cast<const __half*>(rec + l.zero_offset)[j]) +
             static_cast<float>(code) * __half2float(reinterpret_cast<const __half*>(rec + l.scale_offset)[j]);
@@ -201,7 +173,6 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     __syncthreads();
     // Mean, then RoPE at positions pg0 * P + t.
     const int half = W / 2;
-#pragma unroll 4
     for (int idx = threadIdx.x; idx < n * half; idx += blockDim.x) {
       int t = idx / half, i = idx - t * half;
       int64_t pos = static_cast<int64_t>(pg0) * P + t;
@@ -212,7 +183,10 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
       keys[t * W + i + half] = bb * cs[i + half] + a * sn[i + half];
     }
     __syncthreads();
-    Fold(n, G, W, p.sm_scale, q, keys, [&](int t) { return vals + t * W; }, scores, m, lsum, acc);
+    const auto* vbase = reinterpret_cast<const __nv_bfloat16*>(p.value_pages);
+    Fold(n, G, W, p.sm_scale, q, keys,
+         [&](int t) { return vbase + ((static_cast<int64_t>(pids[t / P]) * p.kv_heads + h) * P + t % P) * W; },
+         scores, m, lsum, acc);
   }
   if (tail > 0) {
     const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * P * W;
@@ -242,14 +216,14 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
 bool SvdqAttentionTcSupported(const SvdqAttentionParams& p) {
   const SvdqLayout& l = p.layout;
   if (l.page_size != 16 && l.page_size != 32 && l.page_size != 64) return false;
-  if (l.width % 16 != 0 || l.retained % 8 != 0 || l.page_bytes % 16 != 0) return false;
+  if (l.width % 16 != 0 || l.retained % 8 != 0) return false;
   const int G = p.num_heads / p.kv_heads;
-  return G <= kMaxGroup && sizeof(float) * Plan(l.width, l.retained, G, l.page_size, l.page_bytes).total <= 227 * 1024;
+  return G <= kMaxGroup && sizeof(float) * Plan(l.width, l.retained, G).total <= 227 * 1024;
 }
 
 Status SvdqAttentionTcLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
   const int G = p.num_heads / p.kv_heads;
-  size_t smem = sizeof(float) * Plan(p.layout.width, p.layout.retained, G, p.layout.page_size, p.layout.page_bytes).total;
+  size_t smem = sizeof(float) * Plan(p.layout.width, p.layout.retained, G).total;
   Status st = AllowSmem(reinterpret_cast<const void*>(AttentionTcKernel), smem);
   if (!st.ok()) return st;
   AttentionTcKernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
