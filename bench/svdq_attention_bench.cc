@@ -3,7 +3,7 @@
 // attention shapes (32 query heads, 8 KV heads, head dim 128, one query token), with
 // the device-to-device copy bandwidth measured in the same run as the ceiling.
 //
-// usage: svdq_attention_bench [--json OUT] [--schedule S] [--page P] [--iters N]
+// usage: svdq_attention_bench [--json OUT] [--schedule S] [--page P] [--iters N] [--batch B]
 // Needs a CUDA device; prints what it measured and writes JSON.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -44,13 +44,14 @@ double TimeUs(const std::function<void()>& fn, int iters) {
 
 int main(int argc, char** argv) {
   std::string json_path, sched_text = "8,4,2,1,1,0,0,0";
-  int page = 16, iters = 20;
+  int page = 16, iters = 20, only_batch = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--json") json_path = argv[i + 1];
     else if (a == "--schedule") sched_text = argv[i + 1];
     else if (a == "--page") page = std::stoi(argv[i + 1]);
     else if (a == "--iters") iters = std::stoi(argv[i + 1]);
+    else if (a == "--batch") only_batch = std::stoi(argv[i + 1]);  // run only the shapes of this batch
   }
   if (!at::hasCUDA()) {
     std::cerr << "svdq_attention_bench: no CUDA device\n";
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   out["page_size"] = page;
   const std::vector<std::pair<int, int>> shapes = {{1, 32768}, {8, 32768}, {32, 32768}, {8, 131072}};
   for (auto [B, T] : shapes) {
+    if (only_batch > 0 && B != only_batch) continue;
     // Peer: bf16 SDPA with GQA.
     at::Tensor q = at::randn({B, H, 1, D}, dev.dtype(at::kBFloat16));
     at::Tensor k = at::randn({B, KV, T, D}, dev.dtype(at::kBFloat16));
