@@ -5,6 +5,8 @@
 #include <cstring>
 #include <string>
 
+#include "kernels/common/half.h"
+
 namespace svdq::models {
 namespace {
 
@@ -134,39 +136,9 @@ void DequantQ6_K(const uint8_t* b, float* y) {
 
 }  // namespace
 
-float HalfToFloat(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1F;
-  uint32_t mant = h & 0x3FF;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalize
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      mant &= 0x3FF;
-      bits = sign | (exp << 23) | (mant << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+float HalfToFloat(uint16_t h) { return kernels::HalfBitsToFloat(h); }
 
-float BF16ToFloat(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+float BF16ToFloat(uint16_t h) { return kernels::Bf16BitsToFloat(h); }
 
 GgmlTypeTraits TypeTraits(GgmlType t) {
   switch (t) {

@@ -14,43 +14,6 @@ namespace svdq::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxGroup = 16;
-
-// Folds `n` keys/values (keys fp32 in smem, values bf16 in global, row stride W) into the
-// running softmax state of the G queries.
-__device__ void FoldTokens(int n, int G, int W, float sm_scale, const float* q, const float* keys,
-                           const __nv_bfloat16* vals, float* scores, float* m, float* lsum, float* acc) {
-  for (int idx = threadIdx.x; idx < G * n; idx += blockDim.x) {
-    int g = idx / n, t = idx - g * n;
-    float s = 0.f;
-    for (int i = 0; i < W; ++i) s = fmaf(q[g * W + i], keys[t * W + i], s);
-    scores[idx] = s * sm_scale;
-  }
-  __syncthreads();
-  __shared__ float corr[kMaxGroup];
-  if (threadIdx.x < G) {
-    int g = threadIdx.x;
-    float mx = m[g];
-    for (int t = 0; t < n; ++t) mx = fmaxf(mx, scores[g * n + t]);
-    float c = __expf(m[g] - mx), sum = 0.f;
-    for (int t = 0; t < n; ++t) {
-      float e = __expf(scores[g * n + t] - mx);
-      scores[g * n + t] = e;
-      sum += e;
-    }
-    lsum[g] = lsum[g] * c + sum;
-    m[g] = mx;
-    corr[g] = c;
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
-    int g = idx / W, i = idx - g * W;
-    float a = acc[idx] * corr[g];
-    for (int t = 0; t < n; ++t) a = fmaf(scores[g * n + t], __bfloat162float(vals[t * W + i]), a);
-    acc[idx] = a;
-  }
-  __syncthreads();
-}
 
 // Shared memory: q [G, W] | keys [P, W] | z [P, r] | scores [G, P] | acc [G, W] | m [G] | l [G].
 __global__ void AttentionKernel(SvdqAttentionParams p) {
@@ -90,31 +53,16 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
     device::ApplyRope(keys, P, W, pg * P, p.rope_cos, p.rope_sin);
     __syncthreads();
     const auto* vals = reinterpret_cast<const __nv_bfloat16*>(p.value_pages) + (pool * p.kv_heads + h) * P * W;
-    FoldTokens(P, G, W, p.sm_scale, q, keys, vals, scores, m, lsum, acc);
+    device::Fold(P, G, W, p.sm_scale, q, keys, [&](int t) { return vals + t * W; }, scores, P, m, lsum, acc);
   }
   const int tail = (np / pps == split) ? p.tail_len[b] : 0;  // the split after the last full range
   if (tail > 0) {
-    const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * P * W;
-    for (int idx = threadIdx.x; idx < tail * W; idx += blockDim.x) keys[idx] = __bfloat162float(tk[idx]);
+    device::LoadTailKeys(p, bh, tail, keys);
     __syncthreads();
     const auto* tv = reinterpret_cast<const __nv_bfloat16*>(p.tail_values) + bh * P * W;
-    FoldTokens(tail, G, W, p.sm_scale, q, keys, tv, scores, m, lsum, acc);
+    device::Fold(tail, G, W, p.sm_scale, q, keys, [&](int t) { return tv + t * W; }, scores, P, m, lsum, acc);
   }
-  if (p.pages_per_split == 0) {
-    float* out = p.out + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
-    for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
-      float denom = lsum[idx / W];
-      out[idx] = denom > 0.f ? acc[idx] / denom : 0.f;
-    }
-    return;
-  }
-  // Partial state of each query head: [acc (W) | m | l] at workspace[b][head][split].
-  const int splits = gridDim.z;
-  for (int idx = threadIdx.x; idx < G * (W + 2); idx += blockDim.x) {
-    int g = idx / (W + 2), i = idx - g * (W + 2);
-    float* ws = p.workspace + ((static_cast<int64_t>(b) * p.num_heads + h * G + g) * splits + split) * (W + 2);
-    ws[i] = i < W ? acc[g * W + i] : (i == W ? m[g] : lsum[g]);
-  }
+  device::WriteAttentionResult(p, b, h, split, G, acc, m, lsum);
 }
 
 // One block per (sequence, query head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.

@@ -49,50 +49,6 @@ __host__ __device__ inline TcSmem Plan(int W, int r, int G) {
   return s;
 }
 
-// Folds n tokens whose keys are in smem `keys` [n, W] into the running softmax state.
-// value_row(t) gives the bf16 value row of token t.
-template <typename ValueRow>
-__device__ void Fold(int n, int G, int W, float sm_scale, const float* q, const float* keys, ValueRow value_row,
-                     float* scores, float* m, float* lsum, float* acc) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int pair = warp; pair < G * n; pair += kWarps) {
-    int g = pair / n, t = pair - g * n;
-    float s = 0.f;
-    for (int i = lane; i < W; i += 32) s = fmaf(q[g * W + i], keys[t * W + i], s);
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) scores[g * kChunk + t] = s * sm_scale;
-  }
-  __syncthreads();
-  __shared__ float corr[kMaxGroup];
-  if (warp < G) {
-    const int g = warp;
-    float mx = m[g];
-    for (int t = lane; t < n; t += 32) mx = fmaxf(mx, scores[g * kChunk + t]);
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    float sum = 0.f;
-    for (int t = lane; t < n; t += 32) {
-      float e = __expf(scores[g * kChunk + t] - mx);
-      scores[g * kChunk + t] = e;
-      sum += e;
-    }
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0) {
-      float c = __expf(m[g] - mx);
-      lsum[g] = lsum[g] * c + sum;
-      m[g] = mx;
-      corr[g] = c;
-    }
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
-    int g = idx / W, i = idx - g * W;
-    float a = acc[idx] * corr[g];
-    for (int t = 0; t < n; ++t) a = fmaf(scores[g * kChunk + t], __bfloat162float(value_row(t)[i]), a);
-    acc[idx] = a;
-  }
-  __syncthreads();
-}
-
 __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParams p) {
   extern __shared__ float smem[];
   const SvdqLayout& l = p.layout;
@@ -184,31 +140,17 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     }
     __syncthreads();
     const auto* vbase = reinterpret_cast<const __nv_bfloat16*>(p.value_pages);
-    Fold(n, G, W, p.sm_scale, q, keys,
+    device::Fold(n, G, W, p.sm_scale, q, keys,
          [&](int t) { return vbase + ((static_cast<int64_t>(pids[t / P]) * p.kv_heads + h) * P + t % P) * W; },
-         scores, m, lsum, acc);
+         scores, kChunk, m, lsum, acc);
   }
   if (tail > 0) {
-    const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * P * W;
-    for (int idx = threadIdx.x; idx < tail * W; idx += blockDim.x) keys[idx] = __bfloat162float(tk[idx]);
+    device::LoadTailKeys(p, bh, tail, keys);
     __syncthreads();
     const auto* tv = reinterpret_cast<const __nv_bfloat16*>(p.tail_values) + bh * P * W;
-    Fold(tail, G, W, p.sm_scale, q, keys, [&](int t) { return tv + t * W; }, scores, m, lsum, acc);
+    device::Fold(tail, G, W, p.sm_scale, q, keys, [&](int t) { return tv + t * W; }, scores, kChunk, m, lsum, acc);
   }
-  if (p.pages_per_split == 0) {
-    float* out = p.out + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
-    for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
-      float denom = lsum[idx / W];
-      out[idx] = denom > 0.f ? acc[idx] / denom : 0.f;
-    }
-    return;
-  }
-  const int splits = gridDim.z;
-  for (int idx = threadIdx.x; idx < G * (W + 2); idx += blockDim.x) {
-    int g = idx / (W + 2), i = idx - g * (W + 2);
-    float* ws = p.workspace + ((static_cast<int64_t>(b) * p.num_heads + h * G + g) * splits + split) * (W + 2);
-    ws[i] = i < W ? acc[g * W + i] : (i == W ? m[g] : lsum[g]);
-  }
+  device::WriteAttentionResult(p, b, h, split, G, acc, m, lsum);
 }
 
 }  // namespace

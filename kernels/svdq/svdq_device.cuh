@@ -65,4 +65,79 @@ __device__ inline void ApplyRope(float* x, int rows, int W, int pos0, const floa
   }
 }
 
+// Folds n tokens whose keys are in shared memory `keys` [n, W] into the running softmax
+// state (m, lsum, acc) of the G queries q [G, W]; value_row(t) points at token t's bf16
+// value row. scores [G, score_stride] is scratch. Call with every thread of the block.
+template <typename ValueRow>
+__device__ void Fold(int n, int G, int W, float sm_scale, const float* q, const float* keys, ValueRow value_row,
+                     float* scores, int score_stride, float* m, float* lsum, float* acc) {
+  const int warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int pair = warp; pair < G * n; pair += warps) {
+    int g = pair / n, t = pair - g * n;
+    float s = 0.f;
+    for (int i = lane; i < W; i += 32) s = fmaf(q[g * W + i], keys[t * W + i], s);
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) scores[g * score_stride + t] = s * sm_scale;
+  }
+  __syncthreads();
+  __shared__ float corr[16];  // at most 16 query heads per KV head (ValidateAttention)
+  if (warp < G) {
+    const int g = warp;
+    float mx = m[g];
+    for (int t = lane; t < n; t += 32) mx = fmaxf(mx, scores[g * score_stride + t]);
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.f;
+    for (int t = lane; t < n; t += 32) {
+      float e = __expf(scores[g * score_stride + t] - mx);
+      scores[g * score_stride + t] = e;
+      sum += e;
+    }
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) {
+      float c = __expf(m[g] - mx);
+      lsum[g] = lsum[g] * c + sum;
+      m[g] = mx;
+      corr[g] = c;
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
+    int g = idx / W, i = idx - g * W;
+    float a = acc[idx] * corr[g];
+    for (int t = 0; t < n; ++t) a = fmaf(scores[g * score_stride + t], __bfloat162float(value_row(t)[i]), a);
+    acc[idx] = a;
+  }
+  __syncthreads();
+}
+
+// Ends a block of split attention for the G query heads of KV head h in sequence b:
+// without a split, the normalized output; with one, the partial state [acc (W) | m | l]
+// of each query head at workspace[b][head][split], for the merge kernel.
+__device__ inline void WriteAttentionResult(const SvdqAttentionParams& p, int b, int h, int split, int G,
+                                            const float* acc, const float* m, const float* lsum) {
+  const int W = p.layout.width;
+  if (p.pages_per_split == 0) {
+    float* out = p.out + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
+    for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
+      float denom = lsum[idx / W];
+      out[idx] = denom > 0.f ? acc[idx] / denom : 0.f;
+    }
+    return;
+  }
+  const int splits = gridDim.z;
+  for (int idx = threadIdx.x; idx < G * (W + 2); idx += blockDim.x) {
+    int g = idx / (W + 2), i = idx - g * (W + 2);
+    float* ws = p.workspace + ((static_cast<int64_t>(b) * p.num_heads + h * G + g) * splits + split) * (W + 2);
+    ws[i] = i < W ? acc[g * W + i] : (i == W ? m[g] : lsum[g]);
+  }
+}
+
+// Loads the sequence's bf16 tail keys [tail, W] into shared memory.
+__device__ inline void LoadTailKeys(const SvdqAttentionParams& p, int64_t bh, int tail, float* keys) {
+  const int W = p.layout.width;
+  const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * p.layout.page_size * W;
+  for (int idx = threadIdx.x; idx < tail * W; idx += blockDim.x) keys[idx] = __bfloat162float(tk[idx]);
+}
+
 }  // namespace svdq::kernels::device
