@@ -1,17 +1,20 @@
-// Decode attention over SVDq key pages with the key rebuild on tensor cores.
+// Decode attention over SVDq key pages with the matrix work on tensor cores.
 //
-// One thread block per (sequence, KV head, split of pages), as in svdq_attention.cu, but:
-//   - the retained basis V_r (transposed, [r, W]) and the mean are staged in shared
-//     memory once per block;
-//   - pages are processed 64 tokens at a time: the latent codes are dequantized to fp32,
-//     and K = Z V_r^T is a [64 x r] x [r x W] product on tensor cores (WMMA, TF32 inputs,
-//     fp32 accumulation), then mean and RoPE are applied in shared memory;
-//   - scores are warp-cooperative dot products, and the online softmax and P V update
-//     follow as before, with each token's value row read from its own pool page.
-// Requires page_size in {16, 32, 64} and width % 16 == 0; the launcher falls back to the
-// CUDA-core kernel otherwise.
+// One thread block per (sequence, KV head, split of pages), 64 tokens per step:
+//   1. dequantize the step's latent codes into z [64, r] (fp32 in shared memory);
+//   2. rebuild keys  K = z V_r^T           [64 x r] x [r x W]   WMMA, TF32 in, fp32 acc;
+//   3. add the mean and apply RoPE in shared memory;
+//   4. scores        S = Q K^T             [16 x W] x [W x 64]  WMMA, TF32 (G query rows used);
+//   5. online softmax per query head (one warp each), probabilities to bf16;
+//   6. values        O = P V               [16 x 64] x [64 x W] WMMA, bf16 in, fp32 acc,
+//      folded into the running output with the softmax correction.
+// The bf16 tail (< P tokens) goes through the CUDA-core fold. Requires page_size in
+// {16, 32, 64}, width % 16 == 0, r % 8 == 0, and a shared-memory plan that fits; the
+// launcher falls back to the CUDA-core kernel otherwise.
 #include <cuda_bf16.h>
 #include <mma.h>
+
+#include <string>
 
 #include "kernels/common/cuda_launch.h"
 #include "kernels/svdq/svdq_attention_tc.h"
@@ -24,48 +27,64 @@ using namespace nvcuda;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = 64;  // tokens rebuilt per step
-constexpr int kMaxGroup = 16;
+constexpr int kChunk = 64;  // tokens per step
+constexpr int kRows = 16;   // query rows of the score and value products (G <= 16 used)
 
-struct TcSmem {
-  // Offsets in floats into dynamic shared memory.
-  int vt, mean, z, keys, q, acc, scores, m, l, pids, total;
+struct Smem {
+  // Offsets in floats into dynamic shared memory, each 32-byte aligned (WMMA needs it).
+  int vt, mean, z, keys, q, scores, p, vals, acc, goff, bits, cl, pids, m, l, corr, total;
 };
 
-__host__ __device__ inline TcSmem Plan(int W, int r, int G) {
-  TcSmem s;
+__host__ __device__ inline int Align8(int x) { return (x + 7) / 8 * 8; }
+
+__host__ __device__ inline Smem Plan(int W, int r) {
+  Smem s;
   int o = 0;
-  s.vt = o; o += r * W;
-  s.mean = o; o += W;
-  s.z = o; o += kChunk * r;
-  s.keys = o; o += kChunk * W;
-  s.q = o; o += G * W;
-  s.acc = o; o += G * W;
-  s.scores = o; o += G * kChunk;
-  s.m = o; o += kMaxGroup;
-  s.l = o; o += kMaxGroup;
-  s.pids = o; o += kChunk;  // int pool page ids of the chunk's pages
+  s.vt = o;     o = Align8(o + r * W);                                   // V_r^T [r, W], tf32
+  s.mean = o;   o = Align8(o + W);
+  s.z = o;      o = Align8(o + (kChunk * r > kRows * W ? kChunk * r : kRows * W));  // z, then P V
+  s.keys = o;   o = Align8(o + kChunk * W);                              // [64, W]
+  s.q = o;      o = Align8(o + kRows * W);                               // [16, W], rows >= G zero
+  s.scores = o; o = Align8(o + kRows * kChunk);                          // [16, 64]
+  s.p = o;      o = Align8(o + kRows * kChunk / 2);                      // bf16 [16, 64]
+  s.vals = o;   o = Align8(o + kChunk * W / 2);                          // bf16 [64, W]
+  s.acc = o;    o = Align8(o + kRows * W);                               // running output [G, W]
+  s.goff = o;   o = Align8(o + r);                                       // int per retained channel
+  s.bits = o;   o = Align8(o + r);
+  s.cl = o;     o = Align8(o + r);
+  s.pids = o;   o = Align8(o + kChunk);
+  s.m = o;      o = Align8(o + kRows);
+  s.l = o;      o = Align8(o + kRows);
+  s.corr = o;   o = Align8(o + kRows);
   s.total = o;
   return s;
 }
 
 __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParams p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(128) float smem[];
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width, r = l.retained, G = p.num_heads / p.kv_heads;
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
-  const TcSmem s = Plan(W, r, G);
+  const Smem s = Plan(W, r);
   float* vt = smem + s.vt;
   float* mean = smem + s.mean;
   float* z = smem + s.z;
+  float* pv = smem + s.z;  // reuses z once the keys are rebuilt
   float* keys = smem + s.keys;
   float* q = smem + s.q;
-  float* acc = smem + s.acc;
   float* scores = smem + s.scores;
+  auto* prob = reinterpret_cast<__nv_bfloat16*>(smem + s.p);
+  auto* vals = reinterpret_cast<__nv_bfloat16*>(smem + s.vals);
+  float* acc = smem + s.acc;
+  int* goff = reinterpret_cast<int*>(smem + s.goff);
+  int* cbits = reinterpret_cast<int*>(smem + s.bits);
+  int* ccl = reinterpret_cast<int*>(smem + s.cl);
+  int* pids = reinterpret_cast<int*>(smem + s.pids);
   float* m = smem + s.m;
   float* lsum = smem + s.l;
-  int* pids = reinterpret_cast<int*>(smem + s.pids);
+  float* corr = smem + s.corr;
   const int64_t bh = static_cast<int64_t>(b) * p.kv_heads + h;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const int np = p.num_pages[b];
   const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
@@ -73,16 +92,24 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   const int tail = (np / pps == split) ? p.tail_len[b] : 0;
 
   const auto* qg = reinterpret_cast<const __nv_bfloat16*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
-  for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
-    q[idx] = __bfloat162float(qg[idx]);
+  for (int idx = threadIdx.x; idx < kRows * W; idx += blockDim.x) {
+    q[idx] = idx < G * W ? wmma::__float_to_tf32(__bfloat162float(qg[idx])) : 0.f;
     acc[idx] = 0.f;
   }
-  if (threadIdx.x < G) {
+  for (int idx = threadIdx.x; idx < kRows * kChunk; idx += blockDim.x) prob[idx] = __float2bfloat16(0.f);
+  if (threadIdx.x < kRows) {
     m[threadIdx.x] = -INFINITY;
     lsum[threadIdx.x] = 0.f;
   }
   if (last > first) {
     const float* basis = p.basis + bh * W * W;
+    for (int j = threadIdx.x; j < r; j += blockDim.x) {
+      int c = device::RetainedChannel(l, j), g = c / l.group_size;
+      goff[j] = l.group_offset[g];
+      cbits[j] = l.bits[g];
+      ccl[j] = c - g * l.group_size;
+    }
+    __syncthreads();
     for (int idx = threadIdx.x; idx < r * W; idx += blockDim.x) {
       int j = idx / W, i = idx - j * W;
       vt[idx] = wmma::__float_to_tf32(basis[i * W + device::RetainedChannel(l, j)]);
@@ -91,30 +118,38 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   }
   __syncthreads();
 
-  const int pages_per_chunk = kChunk / P;
-  const int warp = threadIdx.x / 32;
-  for (int pg0 = first; pg0 < last; pg0 += pages_per_chunk) {
-    const int npg = min(pages_per_chunk, last - pg0), n = npg * P;
+  const int pages_per_step = kChunk / P, gs = l.group_size, half = W / 2;
+  for (int pg0 = first; pg0 < last; pg0 += pages_per_step) {
+    const int npg = min(pages_per_step, last - pg0), n = npg * P;
     if (threadIdx.x < npg) pids[threadIdx.x] = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg0 + threadIdx.x];
     __syncthreads();
-    // Dequantize the chunk's latents: z [kChunk, r] (rows past n are zero).
+    // Values of the step into shared memory (16-byte loads); rows past n are zero so
+    // that 0 * garbage cannot make a NaN in P V.
+    {
+      const int vec = P * W / 8;  // uint4 per page
+      const auto* vp = reinterpret_cast<const uint4*>(p.value_pages);
+      auto* vs = reinterpret_cast<uint4*>(vals);
+      for (int idx = threadIdx.x; idx < pages_per_step * vec; idx += blockDim.x) {
+        int pg = idx / vec, k = idx - pg * vec;
+        vs[idx] = pg < npg ? vp[(static_cast<int64_t>(pids[pg]) * p.kv_heads + h) * vec + k] : make_uint4(0, 0, 0, 0);
+      }
+    }
+    // 1. Latents z [64, r]; rows past n are zero.
     for (int idx = threadIdx.x; idx < kChunk * r; idx += blockDim.x) {
       int t = idx / r, j = idx - t * r;
       float v = 0.f;
       if (t < n) {
         const uint8_t* rec = p.key_pages + (static_cast<int64_t>(pids[t / P]) * p.kv_heads + h) * l.page_bytes;
-        int c = device::RetainedChannel(l, j), g = c / l.group_size, tp = t % P;
-        uint32_t code = device::ReadCode(rec + l.group_offset[g], tp * l.group_size + (c - g * l.group_size), l.bits[g]);
+        uint32_t code = device::ReadCode(rec + goff[j], (t % P) * gs + ccl[j], cbits[j]);
         v = __half2float(reinterpret_cast<const __half*>(rec + l.zero_offset)[j]) +
             static_cast<float>(code) * __half2float(reinterpret_cast<const __half*>(rec + l.scale_offset)[j]);
       }
       z[idx] = wmma::__float_to_tf32(v);
     }
     __syncthreads();
-    // keys [kChunk, W] = z [kChunk, r] x vt [r, W] on tensor cores.
-    const int mt = kChunk / 16, nt = W / 16;
-    for (int tile = warp; tile < mt * nt; tile += kWarps) {
-      const int ti = tile / nt, tj = tile - ti * nt;
+    // 2. keys [64, W] = z [64, r] x vt [r, W].
+    for (int tile = warp; tile < (kChunk / 16) * (W / 16); tile += kWarps) {
+      const int ti = tile / (W / 16), tj = tile - ti * (W / 16);
       wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
       wmma::fill_fragment(c, 0.f);
       for (int k = 0; k < r; k += 8) {
@@ -127,22 +162,73 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
       wmma::store_matrix_sync(keys + ti * 16 * W + tj * 16, c, W, wmma::mem_row_major);
     }
     __syncthreads();
-    // Mean, then RoPE at positions pg0 * P + t.
-    const int half = W / 2;
-    for (int idx = threadIdx.x; idx < n * half; idx += blockDim.x) {
+    // 3. Mean and RoPE at positions pg0 * P + t (rows past n zeroed), rounded to TF32.
+    for (int idx = threadIdx.x; idx < kChunk * half; idx += blockDim.x) {
       int t = idx / half, i = idx - t * half;
-      int64_t pos = static_cast<int64_t>(pg0) * P + t;
-      const float* cs = p.rope_cos + pos * W;
-      const float* sn = p.rope_sin + pos * W;
-      float a = keys[t * W + i] + mean[i], bb = keys[t * W + i + half] + mean[i + half];
-      keys[t * W + i] = a * cs[i] - bb * sn[i];
-      keys[t * W + i + half] = bb * cs[i + half] + a * sn[i + half];
+      float lo = 0.f, hi = 0.f;
+      if (t < n) {
+        int64_t pos = static_cast<int64_t>(pg0) * P + t;
+        const float* cs = p.rope_cos + pos * W;
+        const float* sn = p.rope_sin + pos * W;
+        float a = keys[t * W + i] + mean[i], bb = keys[t * W + i + half] + mean[i + half];
+        lo = a * cs[i] - bb * sn[i];
+        hi = bb * cs[i + half] + a * sn[i + half];
+      }
+      keys[t * W + i] = wmma::__float_to_tf32(lo);
+      keys[t * W + i + half] = wmma::__float_to_tf32(hi);
     }
     __syncthreads();
-    const auto* vbase = reinterpret_cast<const __nv_bfloat16*>(p.value_pages);
-    device::Fold(n, G, W, p.sm_scale, q, keys,
-         [&](int t) { return vbase + ((static_cast<int64_t>(pids[t / P]) * p.kv_heads + h) * P + t % P) * W; },
-         scores, kChunk, m, lsum, acc);
+    // 4. scores [16, 64] = q [16, W] x keys^T [W, 64].
+    for (int nt = warp; nt < kChunk / 16; nt += kWarps) {
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
+      wmma::fill_fragment(c, 0.f);
+      for (int k = 0; k < W; k += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> bf;
+        wmma::load_matrix_sync(a, q + k, W);
+        wmma::load_matrix_sync(bf, keys + nt * 16 * W + k, W);
+        wmma::mma_sync(c, a, bf, c);
+      }
+      wmma::store_matrix_sync(scores + nt * 16, c, kChunk, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // 5. Online softmax, one warp per query head; probabilities to bf16.
+    for (int g = warp; g < G; g += kWarps) {
+      float mx = m[g];
+      for (int t = lane; t < n; t += 32) mx = fmaxf(mx, scores[g * kChunk + t] * p.sm_scale);
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      float sum = 0.f;
+      for (int t = lane; t < kChunk; t += 32) {
+        float e = t < n ? __expf(scores[g * kChunk + t] * p.sm_scale - mx) : 0.f;
+        __nv_bfloat16 eb = __float2bfloat16(e);
+        prob[g * kChunk + t] = eb;
+        sum += __bfloat162float(eb);  // the same rounded weights as P V uses
+      }
+      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      if (lane == 0) {
+        float c = __expf(m[g] - mx);
+        lsum[g] = lsum[g] * c + sum;
+        m[g] = mx;
+        corr[g] = c;
+      }
+    }
+    __syncthreads();
+    // 6. pv [16, W] = prob [16, 64] x vals [64, W], then acc = acc * corr + pv.
+    for (int nt = warp; nt < W / 16; nt += kWarps) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+      wmma::fill_fragment(c, 0.f);
+      for (int k = 0; k < kChunk; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bf;
+        wmma::load_matrix_sync(a, prob + k, kChunk);
+        wmma::load_matrix_sync(bf, vals + k * W + nt * 16, W);
+        wmma::mma_sync(c, a, bf, c);
+      }
+      wmma::store_matrix_sync(pv + nt * 16, c, W, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) acc[idx] = acc[idx] * corr[idx / W] + pv[idx];
+    __syncthreads();
   }
   if (tail > 0) {
     device::LoadTailKeys(p, bh, tail, keys);
@@ -153,23 +239,28 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   device::WriteAttentionResult(p, b, h, split, G, acc, m, lsum);
 }
 
+size_t SmemBytes(const SvdqAttentionParams& p) {
+  return sizeof(float) * static_cast<size_t>(Plan(p.layout.width, p.layout.retained).total);
+}
+
 }  // namespace
 
 bool SvdqAttentionTcSupported(const SvdqAttentionParams& p) {
   const SvdqLayout& l = p.layout;
   if (l.page_size != 16 && l.page_size != 32 && l.page_size != 64) return false;
   if (l.width % 16 != 0 || l.retained % 8 != 0) return false;
-  const int G = p.num_heads / p.kv_heads;
-  return G <= kMaxGroup && sizeof(float) * Plan(l.width, l.retained, G).total <= 227 * 1024;
+  if (p.num_heads / p.kv_heads > kRows) return false;
+  return SmemBytes(p) + 1024 <= 227 * 1024;  // plus the static shared memory of the tail fold
 }
 
 Status SvdqAttentionTcLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
-  const int G = p.num_heads / p.kv_heads;
-  size_t smem = sizeof(float) * Plan(p.layout.width, p.layout.retained, G).total;
+  size_t smem = SmemBytes(p);
   Status st = AllowSmem(reinterpret_cast<const void*>(AttentionTcKernel), smem);
   if (!st.ok()) return st;
   AttentionTcKernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
-  return LaunchStatus("SvdqAttention (tensor cores)");
+  st = LaunchStatus("SvdqAttention (tensor cores)");
+  if (!st.ok()) return Status::Invalid(st.message() + " (" + std::to_string(smem) + " bytes of shared memory)");
+  return st;
 }
 
 }  // namespace svdq::kernels
