@@ -25,19 +25,19 @@ namespace {
 
 using namespace nvcuda;
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 512;  // 16 warps: one block fills an SM's shared memory, so it brings its own latency hiding
 constexpr int kWarps = kThreads / 32;
 constexpr int kChunk = 64;  // tokens per step
 constexpr int kRows = 16;   // query rows of the score and value products (G <= 16 used)
 
 struct Smem {
   // Offsets in floats into dynamic shared memory, each 32-byte aligned (WMMA needs it).
-  int vt, mean, z, keys, q, scores, p, vals, acc, goff, bits, cl, pids, m, l, corr, total;
+  int vt, mean, z, keys, q, scores, p, vals, recs, acc, goff, bits, cl, pids, m, l, corr, total;
 };
 
 __host__ __device__ inline int Align8(int x) { return (x + 7) / 8 * 8; }
 
-__host__ __device__ inline Smem Plan(int W, int r) {
+__host__ __device__ inline Smem Plan(int W, int r, int P, int page_bytes) {
   Smem s;
   int o = 0;
   s.vt = o;     o = Align8(o + r * W);                                   // V_r^T [r, W], tf32
@@ -48,6 +48,7 @@ __host__ __device__ inline Smem Plan(int W, int r) {
   s.scores = o; o = Align8(o + kRows * kChunk);                          // [16, 64]
   s.p = o;      o = Align8(o + kRows * kChunk / 2);                      // bf16 [16, 64]
   s.vals = o;   o = Align8(o + kChunk * W / 2);                          // bf16 [64, W]
+  s.recs = o;   o = Align8(o + (kChunk / P) * page_bytes / 4);           // the step's key page records
   s.acc = o;    o = Align8(o + kRows * W);                               // running output [G, W]
   s.goff = o;   o = Align8(o + r);                                       // int per retained channel
   s.bits = o;   o = Align8(o + r);
@@ -65,7 +66,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width, r = l.retained, G = p.num_heads / p.kv_heads;
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
-  const Smem s = Plan(W, r);
+  const Smem s = Plan(W, r, P, l.page_bytes);
   float* vt = smem + s.vt;
   float* mean = smem + s.mean;
   float* z = smem + s.z;
@@ -75,6 +76,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   float* scores = smem + s.scores;
   auto* prob = reinterpret_cast<__nv_bfloat16*>(smem + s.p);
   auto* vals = reinterpret_cast<__nv_bfloat16*>(smem + s.vals);
+  uint8_t* recs = reinterpret_cast<uint8_t*>(smem + s.recs);
   float* acc = smem + s.acc;
   int* goff = reinterpret_cast<int*>(smem + s.goff);
   int* cbits = reinterpret_cast<int*>(smem + s.bits);
@@ -123,23 +125,30 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     const int npg = min(pages_per_step, last - pg0), n = npg * P;
     if (threadIdx.x < npg) pids[threadIdx.x] = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg0 + threadIdx.x];
     __syncthreads();
-    // Values of the step into shared memory (16-byte loads); rows past n are zero so
-    // that 0 * garbage cannot make a NaN in P V.
+    // Values and key records of the step into shared memory with 16-byte loads, issued
+    // together; value rows past n are zero so that 0 * garbage cannot make a NaN in P V.
     {
-      const int vec = P * W / 8;  // uint4 per page
+      const int vec = P * W / 8, rvec = l.page_bytes / 16;  // uint4 per page
       const auto* vp = reinterpret_cast<const uint4*>(p.value_pages);
+      const auto* kp = reinterpret_cast<const uint4*>(p.key_pages);
       auto* vs = reinterpret_cast<uint4*>(vals);
+      auto* rs = reinterpret_cast<uint4*>(recs);
       for (int idx = threadIdx.x; idx < pages_per_step * vec; idx += blockDim.x) {
         int pg = idx / vec, k = idx - pg * vec;
         vs[idx] = pg < npg ? vp[(static_cast<int64_t>(pids[pg]) * p.kv_heads + h) * vec + k] : make_uint4(0, 0, 0, 0);
       }
+      for (int idx = threadIdx.x; idx < npg * rvec; idx += blockDim.x) {
+        int pg = idx / rvec, k = idx - pg * rvec;
+        rs[idx] = kp[(static_cast<int64_t>(pids[pg]) * p.kv_heads + h) * rvec + k];
+      }
     }
+    __syncthreads();
     // 1. Latents z [64, r]; rows past n are zero.
     for (int idx = threadIdx.x; idx < kChunk * r; idx += blockDim.x) {
       int t = idx / r, j = idx - t * r;
       float v = 0.f;
       if (t < n) {
-        const uint8_t* rec = p.key_pages + (static_cast<int64_t>(pids[t / P]) * p.kv_heads + h) * l.page_bytes;
+        const uint8_t* rec = recs + (t / P) * l.page_bytes;
         uint32_t code = device::ReadCode(rec + goff[j], (t % P) * gs + ccl[j], cbits[j]);
         v = __half2float(reinterpret_cast<const __half*>(rec + l.zero_offset)[j]) +
             static_cast<float>(code) * __half2float(reinterpret_cast<const __half*>(rec + l.scale_offset)[j]);
@@ -163,19 +172,32 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     }
     __syncthreads();
     // 3. Mean and RoPE at positions pg0 * P + t (rows past n zeroed), rounded to TF32.
-    for (int idx = threadIdx.x; idx < kChunk * half; idx += blockDim.x) {
-      int t = idx / half, i = idx - t * half;
-      float lo = 0.f, hi = 0.f;
+    //    Four pairs per thread with 16-byte table loads, so the loads are few and overlap.
+    for (int idx = threadIdx.x; idx < kChunk * half / 4; idx += blockDim.x) {
+      int t = idx / (half / 4), i = (idx - t * (half / 4)) * 4;
+      float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
       if (t < n) {
         int64_t pos = static_cast<int64_t>(pg0) * P + t;
-        const float* cs = p.rope_cos + pos * W;
-        const float* sn = p.rope_sin + pos * W;
-        float a = keys[t * W + i] + mean[i], bb = keys[t * W + i + half] + mean[i + half];
-        lo = a * cs[i] - bb * sn[i];
-        hi = bb * cs[i + half] + a * sn[i + half];
+        const float4 c0 = *reinterpret_cast<const float4*>(p.rope_cos + pos * W + i);
+        const float4 c1 = *reinterpret_cast<const float4*>(p.rope_cos + pos * W + i + half);
+        const float4 s0 = *reinterpret_cast<const float4*>(p.rope_sin + pos * W + i);
+        const float4 s1 = *reinterpret_cast<const float4*>(p.rope_sin + pos * W + i + half);
+        const float* kr = keys + t * W;
+        float a0 = kr[i] + mean[i], a1 = kr[i + 1] + mean[i + 1], a2 = kr[i + 2] + mean[i + 2], a3 = kr[i + 3] + mean[i + 3];
+        float b0 = kr[i + half] + mean[i + half], b1 = kr[i + half + 1] + mean[i + half + 1];
+        float b2 = kr[i + half + 2] + mean[i + half + 2], b3 = kr[i + half + 3] + mean[i + half + 3];
+        lo = make_float4(a0 * c0.x - b0 * s0.x, a1 * c0.y - b1 * s0.y, a2 * c0.z - b2 * s0.z, a3 * c0.w - b3 * s0.w);
+        hi = make_float4(b0 * c1.x + a0 * s1.x, b1 * c1.y + a1 * s1.y, b2 * c1.z + a2 * s1.z, b3 * c1.w + a3 * s1.w);
       }
-      keys[t * W + i] = wmma::__float_to_tf32(lo);
-      keys[t * W + i + half] = wmma::__float_to_tf32(hi);
+      float* kw = keys + t * W;
+      kw[i] = wmma::__float_to_tf32(lo.x);
+      kw[i + 1] = wmma::__float_to_tf32(lo.y);
+      kw[i + 2] = wmma::__float_to_tf32(lo.z);
+      kw[i + 3] = wmma::__float_to_tf32(lo.w);
+      kw[i + half] = wmma::__float_to_tf32(hi.x);
+      kw[i + half + 1] = wmma::__float_to_tf32(hi.y);
+      kw[i + half + 2] = wmma::__float_to_tf32(hi.z);
+      kw[i + half + 3] = wmma::__float_to_tf32(hi.w);
     }
     __syncthreads();
     // 4. scores [16, 64] = q [16, W] x keys^T [W, 64].
@@ -240,7 +262,8 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
 }
 
 size_t SmemBytes(const SvdqAttentionParams& p) {
-  return sizeof(float) * static_cast<size_t>(Plan(p.layout.width, p.layout.retained).total);
+  const SvdqLayout& l = p.layout;
+  return sizeof(float) * static_cast<size_t>(Plan(l.width, l.retained, l.page_size, l.page_bytes).total);
 }
 
 }  // namespace
@@ -248,7 +271,8 @@ size_t SmemBytes(const SvdqAttentionParams& p) {
 bool SvdqAttentionTcSupported(const SvdqAttentionParams& p) {
   const SvdqLayout& l = p.layout;
   if (l.page_size != 16 && l.page_size != 32 && l.page_size != 64) return false;
-  if (l.width % 16 != 0 || l.retained % 8 != 0) return false;
+  // 16-byte loads: page records, RoPE rows (width % 8 keeps each half 16-byte aligned).
+  if (l.width % 16 != 0 || l.retained % 8 != 0 || l.page_bytes % 16 != 0) return false;
   if (p.num_heads / p.kv_heads > kRows) return false;
   return SmemBytes(p) + 1024 <= 227 * 1024;  // plus the static shared memory of the tail fold
 }
