@@ -29,6 +29,11 @@ constexpr int kThreads = 512;  // 16 warps: one block fills an SM's shared memor
 constexpr int kWarps = kThreads / 32;
 constexpr int kChunk = 64;  // tokens per step
 constexpr int kRows = 16;   // query rows of the score and value products (G <= 16 used)
+// Leading dimensions of the shared-memory matrices are padded (4 floats or 8 bf16, i.e.
+// 16 bytes) so that the rows of a WMMA fragment fall in different banks.
+constexpr int kPadF = 4, kPadH = 8;
+constexpr int kLdS = kChunk + kPadF;  // scores [16, 64]
+constexpr int kLdP = kChunk + kPadH;  // probabilities, bf16 [16, 64]
 
 struct Smem {
   // Offsets in floats into dynamic shared memory, each 32-byte aligned (WMMA needs it).
@@ -40,14 +45,15 @@ __host__ __device__ inline int Align8(int x) { return (x + 7) / 8 * 8; }
 __host__ __device__ inline Smem Plan(int W, int r, int P, int page_bytes) {
   Smem s;
   int o = 0;
-  s.vt = o;     o = Align8(o + r * W);                                   // V_r^T [r, W], tf32
+  const int ldw = W + kPadF, ldz = r + kPadF, ldv = W + kPadH;
+  s.vt = o;     o = Align8(o + r * ldw);                                 // V_r^T [r, W], tf32
   s.mean = o;   o = Align8(o + W);
-  s.z = o;      o = Align8(o + (kChunk * r > kRows * W ? kChunk * r : kRows * W));  // z, then P V
-  s.keys = o;   o = Align8(o + kChunk * W);                              // [64, W]
+  s.z = o;      o = Align8(o + (kChunk * ldz > kRows * ldw ? kChunk * ldz : kRows * ldw));  // z, then P V
+  s.keys = o;   o = Align8(o + kChunk * ldw);                            // [64, W]
   s.q = o;      o = Align8(o + kRows * W);                               // [16, W], rows >= G zero
-  s.scores = o; o = Align8(o + kRows * kChunk);                          // [16, 64]
-  s.p = o;      o = Align8(o + kRows * kChunk / 2);                      // bf16 [16, 64]
-  s.vals = o;   o = Align8(o + kChunk * W / 2);                          // bf16 [64, W]
+  s.scores = o; o = Align8(o + kRows * kLdS);                            // [16, 64]
+  s.p = o;      o = Align8(o + kRows * kLdP / 2);                        // bf16 [16, 64]
+  s.vals = o;   o = Align8(o + kChunk * ldv / 2);                        // bf16 [64, W]
   s.recs = o;   o = Align8(o + (kChunk / P) * page_bytes / 4);           // the step's key page records
   s.acc = o;    o = Align8(o + kRows * W);                               // running output [G, W]
   s.goff = o;   o = Align8(o + r);                                       // int per retained channel
@@ -66,6 +72,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width, r = l.retained, G = p.num_heads / p.kv_heads;
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int ldw = W + kPadF, ldz = r + kPadF, ldv = W + kPadH;
   const Smem s = Plan(W, r, P, l.page_bytes);
   float* vt = smem + s.vt;
   float* mean = smem + s.mean;
@@ -98,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     q[idx] = idx < G * W ? wmma::__float_to_tf32(__bfloat162float(qg[idx])) : 0.f;
     acc[idx] = 0.f;
   }
-  for (int idx = threadIdx.x; idx < kRows * kChunk; idx += blockDim.x) prob[idx] = __float2bfloat16(0.f);
+  for (int idx = threadIdx.x; idx < kRows * kLdP; idx += blockDim.x) prob[idx] = __float2bfloat16(0.f);
   if (threadIdx.x < kRows) {
     m[threadIdx.x] = -INFINITY;
     lsum[threadIdx.x] = 0.f;
@@ -114,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     __syncthreads();
     for (int idx = threadIdx.x; idx < r * W; idx += blockDim.x) {
       int j = idx / W, i = idx - j * W;
-      vt[idx] = wmma::__float_to_tf32(basis[i * W + device::RetainedChannel(l, j)]);
+      vt[j * ldw + i] = wmma::__float_to_tf32(basis[i * W + device::RetainedChannel(l, j)]);
     }
     for (int i = threadIdx.x; i < W; i += blockDim.x) mean[i] = p.mean[bh * W + i];
   }
@@ -128,14 +135,16 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     // Values and key records of the step into shared memory with 16-byte loads, issued
     // together; value rows past n are zero so that 0 * garbage cannot make a NaN in P V.
     {
-      const int vec = P * W / 8, rvec = l.page_bytes / 16;  // uint4 per page
+      const int row_vec = W / 8, rvec = l.page_bytes / 16;  // uint4 per value row, per key record
       const auto* vp = reinterpret_cast<const uint4*>(p.value_pages);
       const auto* kp = reinterpret_cast<const uint4*>(p.key_pages);
       auto* vs = reinterpret_cast<uint4*>(vals);
       auto* rs = reinterpret_cast<uint4*>(recs);
-      for (int idx = threadIdx.x; idx < pages_per_step * vec; idx += blockDim.x) {
-        int pg = idx / vec, k = idx - pg * vec;
-        vs[idx] = pg < npg ? vp[(static_cast<int64_t>(pids[pg]) * p.kv_heads + h) * vec + k] : make_uint4(0, 0, 0, 0);
+      for (int idx = threadIdx.x; idx < kChunk * row_vec; idx += blockDim.x) {
+        int t = idx / row_vec, k = idx - t * row_vec, pg = t / P;
+        vs[t * (ldv / 8) + k] =
+            t < n ? vp[((static_cast<int64_t>(pids[pg]) * p.kv_heads + h) * P + (t - pg * P)) * row_vec + k]
+                  : make_uint4(0, 0, 0, 0);
       }
       for (int idx = threadIdx.x; idx < npg * rvec; idx += blockDim.x) {
         int pg = idx / rvec, k = idx - pg * rvec;
@@ -153,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
         v = __half2float(reinterpret_cast<const __half*>(rec + l.zero_offset)[j]) +
             static_cast<float>(code) * __half2float(reinterpret_cast<const __half*>(rec + l.scale_offset)[j]);
       }
-      z[idx] = wmma::__float_to_tf32(v);
+      z[t * ldz + j] = wmma::__float_to_tf32(v);
     }
     __syncthreads();
     // 2. keys [64, W] = z [64, r] x vt [r, W].
@@ -164,11 +173,11 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
       for (int k = 0; k < r; k += 8) {
         wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> bf;
-        wmma::load_matrix_sync(a, z + ti * 16 * r + k, r);
-        wmma::load_matrix_sync(bf, vt + k * W + tj * 16, W);
+        wmma::load_matrix_sync(a, z + ti * 16 * ldz + k, ldz);
+        wmma::load_matrix_sync(bf, vt + k * ldw + tj * 16, ldw);
         wmma::mma_sync(c, a, bf, c);
       }
-      wmma::store_matrix_sync(keys + ti * 16 * W + tj * 16, c, W, wmma::mem_row_major);
+      wmma::store_matrix_sync(keys + ti * 16 * ldw + tj * 16, c, ldw, wmma::mem_row_major);
     }
     __syncthreads();
     // 3. Mean and RoPE at positions pg0 * P + t (rows past n zeroed), rounded to TF32.
@@ -182,14 +191,14 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
         const float4 c1 = *reinterpret_cast<const float4*>(p.rope_cos + pos * W + i + half);
         const float4 s0 = *reinterpret_cast<const float4*>(p.rope_sin + pos * W + i);
         const float4 s1 = *reinterpret_cast<const float4*>(p.rope_sin + pos * W + i + half);
-        const float* kr = keys + t * W;
+        const float* kr = keys + t * ldw;
         float a0 = kr[i] + mean[i], a1 = kr[i + 1] + mean[i + 1], a2 = kr[i + 2] + mean[i + 2], a3 = kr[i + 3] + mean[i + 3];
         float b0 = kr[i + half] + mean[i + half], b1 = kr[i + half + 1] + mean[i + half + 1];
         float b2 = kr[i + half + 2] + mean[i + half + 2], b3 = kr[i + half + 3] + mean[i + half + 3];
         lo = make_float4(a0 * c0.x - b0 * s0.x, a1 * c0.y - b1 * s0.y, a2 * c0.z - b2 * s0.z, a3 * c0.w - b3 * s0.w);
         hi = make_float4(b0 * c1.x + a0 * s1.x, b1 * c1.y + a1 * s1.y, b2 * c1.z + a2 * s1.z, b3 * c1.w + a3 * s1.w);
       }
-      float* kw = keys + t * W;
+      float* kw = keys + t * ldw;
       kw[i] = wmma::__float_to_tf32(lo.x);
       kw[i + 1] = wmma::__float_to_tf32(lo.y);
       kw[i + 2] = wmma::__float_to_tf32(lo.z);
@@ -208,22 +217,22 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
         wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> bf;
         wmma::load_matrix_sync(a, q + k, W);
-        wmma::load_matrix_sync(bf, keys + nt * 16 * W + k, W);
+        wmma::load_matrix_sync(bf, keys + nt * 16 * ldw + k, ldw);
         wmma::mma_sync(c, a, bf, c);
       }
-      wmma::store_matrix_sync(scores + nt * 16, c, kChunk, wmma::mem_row_major);
+      wmma::store_matrix_sync(scores + nt * 16, c, kLdS, wmma::mem_row_major);
     }
     __syncthreads();
     // 5. Online softmax, one warp per query head; probabilities to bf16.
     for (int g = warp; g < G; g += kWarps) {
       float mx = m[g];
-      for (int t = lane; t < n; t += 32) mx = fmaxf(mx, scores[g * kChunk + t] * p.sm_scale);
+      for (int t = lane; t < n; t += 32) mx = fmaxf(mx, scores[g * kLdS + t] * p.sm_scale);
       for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       float sum = 0.f;
       for (int t = lane; t < kChunk; t += 32) {
-        float e = t < n ? __expf(scores[g * kChunk + t] * p.sm_scale - mx) : 0.f;
+        float e = t < n ? __expf(scores[g * kLdS + t] * p.sm_scale - mx) : 0.f;
         __nv_bfloat16 eb = __float2bfloat16(e);
-        prob[g * kChunk + t] = eb;
+        prob[g * kLdP + t] = eb;
         sum += __bfloat162float(eb);  // the same rounded weights as P V uses
       }
       for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
@@ -242,21 +251,24 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
       for (int k = 0; k < kChunk; k += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bf;
-        wmma::load_matrix_sync(a, prob + k, kChunk);
-        wmma::load_matrix_sync(bf, vals + k * W + nt * 16, W);
+        wmma::load_matrix_sync(a, prob + k, kLdP);
+        wmma::load_matrix_sync(bf, vals + k * ldv + nt * 16, ldv);
         wmma::mma_sync(c, a, bf, c);
       }
-      wmma::store_matrix_sync(pv + nt * 16, c, W, wmma::mem_row_major);
+      wmma::store_matrix_sync(pv + nt * 16, c, ldw, wmma::mem_row_major);
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) acc[idx] = acc[idx] * corr[idx / W] + pv[idx];
+    for (int idx = threadIdx.x; idx < G * W; idx += blockDim.x) {
+      int g = idx / W, i = idx - g * W;
+      acc[idx] = acc[idx] * corr[g] + pv[g * ldw + i];
+    }
     __syncthreads();
   }
   if (tail > 0) {
     device::LoadTailKeys(p, bh, tail, keys);
     __syncthreads();
     const auto* tv = reinterpret_cast<const __nv_bfloat16*>(p.tail_values) + bh * P * W;
-    device::Fold(tail, G, W, p.sm_scale, q, keys, [&](int t) { return tv + t * W; }, scores, kChunk, m, lsum, acc);
+    device::Fold(tail, G, W, p.sm_scale, q, keys, [&](int t) { return tv + t * W; }, scores, kLdS, m, lsum, acc);
   }
   device::WriteAttentionResult(p, b, h, split, G, acc, m, lsum);
 }
