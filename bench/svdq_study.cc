@@ -11,7 +11,8 @@
 // layer scope, and for direct per-channel quantization. Scores and outputs use a sample
 // of query positions (every 8th and the last 64) against all keys.
 //
-// usage: svdq_study MODEL.gguf [--text FILE] [--calib FILE] [--tokens N] [--page P] [--json OUT]
+// usage: svdq_study MODEL.gguf [--text FILE] [--calib FILE | --basis FILE.svdq-basis] [--tokens N]
+//                  [--page P] [--no-center] [--json OUT]
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -24,6 +25,8 @@
 
 #include "kernels/svdq/schedule.h"
 #include "kernels/svdq/svdq_ref.h"
+#include "models/basis_file.h"
+#include "models/calibration.h"
 #include "models/gguf.h"
 #include "models/llama.h"
 #include "models/tokenizer.h"
@@ -35,7 +38,7 @@ namespace {
 
 struct Method {
   std::string name, schedule;
-  enum Kind { kSvdqPrefill, kSvdqCalibrated, kSvdqLayerPrefill, kDirect, kDirectSorted } kind;
+  enum Kind { kSvdqPrefill, kSvdqCalibrated, kSvdqLayerPrefill, kDirect, kDirectSorted, kBf16 } kind;
 };
 
 const std::vector<Method> kMethods = {
@@ -49,19 +52,12 @@ const std::vector<Method> kMethods = {
     {"svdq-calibrated 1.25b", "4,2,2,1,1,0,0,0", Method::kSvdqCalibrated},
     {"svdq-layer-prefill 2.0b", "8,4,2,1,1,0,0,0", Method::kSvdqLayerPrefill},
     {"svdq-layer-prefill 1.25b", "4,2,2,1,1,0,0,0", Method::kSvdqLayerPrefill},
+    {"bf16 pass-through", "8,8,8,8,8,8,8,8", Method::kBf16},
     {"direct 4b", "4,4,4,4,4,4,4,4", Method::kDirect},
     {"direct 2b", "2,2,2,2,2,2,2,2", Method::kDirect},
     {"direct 1b", "1,1,1,1,1,1,1,1", Method::kDirect},
     {"direct-sorted 1.25b", "2,2,1,1,1,1,1,1", Method::kDirectSorted},
 };
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::vector<float> ToVector(const at::Tensor& t) {
   at::Tensor c = t.contiguous().to(at::kFloat);
@@ -101,17 +97,39 @@ double RelErr(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
+int Run(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "svdq_study: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int Run(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: svdq_study MODEL.gguf [--text FILE] [--calib FILE] [--tokens N] [--page P] [--json OUT]\n";
     return 2;
   }
   std::string model_path = argv[1], text_path = "/usr/share/common-licenses/GPL-3",
-              calib_path = "/usr/share/common-licenses/GFDL-1.3", json_path;
+              calib_path = "/usr/share/common-licenses/GFDL-1.3", json_path, basis_path;
+  bool center = true;
   int tokens = 4096, page = 16;
-  for (int i = 2; i + 1 < argc; i += 2) {
+  for (int i = 2; i < argc; i += 2) {
     std::string a = argv[i];
+    if (a == "--no-center") {
+      center = false;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::cerr << a << " needs a value\n";
+      return 2;
+    }
     if (a == "--text") text_path = argv[i + 1];
+    else if (a == "--basis") basis_path = argv[i + 1];
     else if (a == "--calib") calib_path = argv[i + 1];
     else if (a == "--tokens") tokens = std::stoi(argv[i + 1]);
     else if (a == "--page") page = std::stoi(argv[i + 1]);
@@ -129,23 +147,30 @@ int main(int argc, char** argv) {
   const auto& cfg = model->config();
   const int D = cfg.head_dim, NKV = cfg.n_kv_heads, G = cfg.n_heads / cfg.n_kv_heads;
 
-  auto capture = [&](const std::string& path, int n) {
-    std::vector<int32_t> ids = tok->Encode(ReadFile(path));
-    if (static_cast<int>(ids.size()) < n) n = static_cast<int>(ids.size()) / page * page;
-    ids.resize(n);
-    models::ForwardCapture cap;
+  // The evaluated text: queries, keys and values of every layer.
+  models::ForwardCapture eval;
+  {
+    std::ifstream in(text_path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::vector<int32_t> ids = tok->Encode(ss.str());
+    tokens = std::min<int>(tokens, static_cast<int>(ids.size())) / page * page;
+    if (tokens < page) throw std::runtime_error(text_path + " is too short");
+    ids.resize(tokens);
     models::SequenceKv kv;
-    model->set_capture(&cap);
+    model->set_capture(&eval);
     model->Forward(ids, &kv);
     model->set_capture(nullptr);
-    return cap;
-  };
-  tokens = tokens / page * page;
-  models::ForwardCapture eval = capture(text_path, tokens);
-  tokens = static_cast<int>(eval.k_pre_rope[0].size(0));
-  models::ForwardCapture calib = capture(calib_path, 2048);
+  }
+  // The calibrated bases: from a basis file (tools/svdq_calibrate), or computed here the same way.
+  models::BasisSet calib = basis_path.empty()
+                               ? models::ComputeBases(models::CaptureKeys(*model, *tok, calib_path, 2048), "head", center)
+                               : models::ReadBasisFile(basis_path);
+  if (calib.layers != cfg.n_layers || calib.units != NKV || calib.width != D || calib.scope != "head")
+    throw std::runtime_error("the calibrated basis does not match this model's layers, KV heads and head dim");
   std::cout << "svdq_study: " << cfg.name << ", " << tokens << " tokens of " << text_path << " (calibration: "
-            << calib.k_pre_rope[0].size(0) << " tokens of " << calib_path << "), page " << page << "\n";
+            << calib.tokens << " tokens of " << (basis_path.empty() ? calib_path : basis_path) << "), page " << page
+            << (center ? "" : ", not centred") << "\n";
 
   // Query sample: every 8th position and the last 64.
   std::vector<int64_t> qpos;
@@ -162,14 +187,13 @@ int main(int argc, char** argv) {
   int n_heads = 0;
   for (int layer = 0; layer < cfg.n_layers; ++layer) {
     at::Tensor K = eval.k_pre_rope[layer], Q = eval.q_pre_rope[layer], V = eval.v[layer];  // [T, H, D]
-    at::Tensor Kc = calib.k_pre_rope[layer];
     // Layer scope: all KV heads concatenated, one basis of width NKV * D.
     std::map<std::string, at::Tensor> layer_recon;
     {
       at::Tensor Kl = K.reshape({tokens, NKV * D});
       kernels::SvdqBasis lb;
       std::vector<float> kl = ToVector(Kl);
-      if (!kernels::ComputeBasisRef(kl.data(), tokens, NKV * D, true, &lb).ok()) throw std::runtime_error("basis");
+      if (!kernels::ComputeBasisRef(kl.data(), tokens, NKV * D, center, &lb).ok()) throw std::runtime_error("basis");
       for (const auto& m : kMethods) {
         if (m.kind != Method::kSvdqLayerPrefill) continue;
         kernels::Schedule s;
@@ -181,11 +205,11 @@ int main(int argc, char** argv) {
     }
     for (int h = 0; h < NKV; ++h) {
       at::Tensor k = K.select(1, h).contiguous();  // [T, D]
-      std::vector<float> kv = ToVector(k), kcv = ToVector(Kc.select(1, h));
-      kernels::SvdqBasis pb, cb;
-      if (!kernels::ComputeBasisRef(kv.data(), tokens, D, true, &pb).ok() ||
-          !kernels::ComputeBasisRef(kcv.data(), Kc.size(0), D, true, &cb).ok())
-        throw std::runtime_error("basis computation failed");
+      std::vector<float> kv = ToVector(k);
+      kernels::SvdqBasis pb;
+      if (!kernels::ComputeBasisRef(kv.data(), tokens, D, center, &pb).ok()) throw std::runtime_error("basis computation failed");
+      const std::vector<float>& cb_mean = calib.mean[static_cast<size_t>(layer) * NKV + h];
+      const std::vector<float>& cb_vectors = calib.vectors[static_cast<size_t>(layer) * NKV + h];
       double total = 0, c8 = 0, c16 = 0, c32 = 0;
       for (int j = 0; j < D; ++j) {
         double e = pb.singular_values[j] * pb.singular_values[j];
@@ -227,10 +251,11 @@ int main(int argc, char** argv) {
         at::Tensor recon;
         switch (m.kind) {
           case Method::kSvdqPrefill: recon = CodecRoundTrip(k, l, pb.mean, pb.vectors); break;
-          case Method::kSvdqCalibrated: recon = CodecRoundTrip(k, l, cb.mean, cb.vectors); break;
+          case Method::kSvdqCalibrated: recon = CodecRoundTrip(k, l, cb_mean, cb_vectors); break;
           case Method::kSvdqLayerPrefill: recon = layer_recon[m.name].select(1, h); break;
           case Method::kDirect: recon = CodecRoundTrip(k, l, zero, ident); break;
           case Method::kDirectSorted: recon = CodecRoundTrip(k, l, zero, perm); break;
+          case Method::kBf16: recon = k.to(at::kBFloat16).to(at::kFloat); break;
         }
         at::Tensor s_hat = scores(Rope(recon.unsqueeze(1), cos, sin).squeeze(1));
         auto& acc = sums[m.name];
@@ -245,7 +270,8 @@ int main(int argc, char** argv) {
   json out;
   out["model"] = cfg.name;
   out["text"] = text_path;
-  out["calibration_text"] = calib_path;
+  out["calibration"] = basis_path.empty() ? calib_path : basis_path;
+  out["centered"] = center;
   out["tokens"] = tokens;
   out["page_size"] = page;
   out["layers_x_kv_heads"] = n_heads;
@@ -267,11 +293,12 @@ int main(int argc, char** argv) {
     int width = m.kind == Method::kSvdqLayerPrefill ? NKV * D : D;
     kernels::MakeLayout(width, page, s, &l);
     bool per_seq_basis = m.kind == Method::kSvdqPrefill || m.kind == Method::kSvdqLayerPrefill;
-    double stored = kernels::StoredBitsPerElement(l, tokens, per_seq_basis);
+    double stored = m.kind == Method::kBf16 ? 16.0 : kernels::StoredBitsPerElement(l, tokens, per_seq_basis);
     const auto& a = sums[m.name];
-    printf("%-30s %-18s %6.2f %7.2f %9.4f %9.4f %9.4f\n", m.name.c_str(), m.schedule.c_str(), s.EquivalentBits(), stored,
+    double equiv = m.kind == Method::kBf16 ? 16.0 : s.EquivalentBits();
+    printf("%-30s %-18s %6.2f %7.2f %9.4f %9.4f %9.4f\n", m.name.c_str(), m.kind == Method::kBf16 ? "-" : m.schedule.c_str(), equiv, stored,
            a[0] / n_heads, a[1] / n_heads, a[2] / n_heads);
-    out["codecs"].push_back({{"codec", m.name}, {"schedule", m.schedule}, {"equivalent_bits", s.EquivalentBits()},
+    out["codecs"].push_back({{"codec", m.name}, {"schedule", m.schedule}, {"equivalent_bits", equiv},
                              {"stored_bits", stored}, {"key_rel_err", a[0] / n_heads},
                              {"score_rel_err", a[1] / n_heads}, {"output_rel_err", a[2] / n_heads}});
   }
