@@ -14,6 +14,21 @@ struct Flag {
   std::function<bool(const std::string&)> set;
 };
 
+bool ParseBytes(const std::string& v, int64_t* out) {
+  // A byte count with an optional K, M or G suffix (powers of 1024).
+  try {
+    size_t pos = 0;
+    double x = std::stod(v, &pos);
+    std::string suffix = v.substr(pos);
+    double mult = suffix.empty() ? 1 : suffix == "K" ? 1024.0 : suffix == "M" ? 1048576.0 : suffix == "G" ? 1073741824.0 : -1;
+    if (mult < 0 || x < 0) return false;
+    *out = static_cast<int64_t>(x * mult);
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 bool ParseInt(const std::string& v, int lo, int hi, int* out) {
   try {
     size_t pos = 0;
@@ -39,6 +54,9 @@ std::vector<Flag> Flags(ServerConfig* c) {
       {"dtype", "auto | float32 | bfloat16 | float16 (default auto: bf16 on GPU, fp32 on CPU)", str(&c->dtype)},
       {"max-running", "sequences decoded together (default 16)", num(&c->max_running, 1, 4096)},
       {"max-waiting", "queued requests before RESOURCE_EXHAUSTED (default 256)", num(&c->max_waiting, 1, 1 << 20)},
+      {"kv-cache-bytes", "KV cache budget, e.g. 512M or 2G (default: 1G on CPU, 90% of free GPU memory)",
+       [c](const std::string& v) { return ParseBytes(v, &c->kv_cache_bytes); }},
+      {"block-size", "tokens per KV cache block (default 16)", num(&c->block_size, 1, 1024)},
   };
 }
 

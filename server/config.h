@@ -16,6 +16,8 @@ struct ServerConfig {
   std::string dtype = "auto";
   int max_running = 16;
   int max_waiting = 256;
+  int64_t kv_cache_bytes = 0;  // 0: automatic
+  int block_size = 16;
 };
 
 // Parses argv and the environment. Returns false and fills *error on a bad flag or

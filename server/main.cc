@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
   eo.dtype = cfg.dtype;
   eo.max_running = static_cast<size_t>(cfg.max_running);
   eo.max_waiting = static_cast<size_t>(cfg.max_waiting);
+  eo.kv_cache_bytes = cfg.kv_cache_bytes;
+  eo.block_size = cfg.block_size;
   svdq::engine::Engine engine(eo, &metrics);
   svdq::api::GenerationService service(&engine);
 
@@ -80,7 +82,8 @@ int main(int argc, char** argv) {
     const auto& mc = engine.model_config();
     std::cout << "svdq-server: loaded " << mc.name << " (" << mc.architecture << ", " << mc.n_layers << " layers, "
               << mc.n_heads << "/" << mc.n_kv_heads << " heads, context " << mc.max_context << ") from " << cfg.model
-              << " on " << engine.device_name() << " as " << engine.dtype_name() << " in " << s << " s" << std::endl;
+              << " on " << engine.device_name() << " as " << engine.dtype_name() << " in " << s << " s; KV cache "
+              << engine.kv_capacity_tokens() << " tokens in blocks of " << cfg.block_size << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "svdq-server: cannot load the model: " << e.what() << "\n";
     server->Shutdown();

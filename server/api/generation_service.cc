@@ -1,5 +1,6 @@
 #include "server/api/generation_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -76,6 +77,12 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
   engine::Request er;
   grpc::Status st = ToEngineRequest(*req, *engine_, &er);
   if (!st.ok()) return st;
+  // A request whose tokens could never fit in the KV cache is refused now, not queued forever.
+  const int64_t need = static_cast<int64_t>(er.prompt.size()) + std::max(1, er.max_tokens);
+  if (need > engine_->kv_capacity_tokens())
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "the request needs " + std::to_string(need) + " tokens of KV cache; the server holds at most " +
+                            std::to_string(engine_->kv_capacity_tokens()) + " (shorten the prompt or max_tokens)");
   std::shared_ptr<engine::RequestStream> stream;
   switch (engine_->Submit(std::move(er), &stream)) {
     case engine::SubmitResult::kOk: break;

@@ -6,6 +6,10 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#if __has_include(<cuda_runtime_api.h>)
+#include <cuda_runtime_api.h>
+#define SVDQ_HAVE_CUDA_RUNTIME 1
+#endif
 
 #include <chrono>
 #include <condition_variable>
@@ -20,6 +24,7 @@
 #include "models/llama.h"
 #include "models/tokenizer.h"
 #include "server/engine/sampler.h"
+#include "server/kv/kv_cache_manager.h"
 #include "server/metrics/metrics.h"
 
 namespace svdq::engine {
@@ -30,6 +35,7 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 struct Sequence {
+  kv::SeqId id = 0;
   Request req;
   std::shared_ptr<RequestStream> stream;
   Clock::time_point arrival, first_token, last_token;
@@ -37,7 +43,8 @@ struct Sequence {
   std::vector<int32_t> output;
   std::unique_ptr<models::IncrementalDetokenizer> detok;
   std::mt19937_64 rng;
-  bool prefilled = false;
+  bool prefilled = false;  // false: the next step runs prompt + output (after preemption, a recompute)
+  int32_t preempted = 0;
 };
 
 const char* MetricReason(FinishReason r) {
@@ -69,6 +76,9 @@ struct Engine::Impl {
   std::unique_ptr<models::Tokenizer> tokenizer;
   std::unique_ptr<models::LlamaModel> model;
   std::atomic<bool> ready{false};
+  std::unique_ptr<kv::KvCacheManager> kv;
+  int64_t bytes_per_token = 0;
+  kv::SeqId next_id = 1;
   std::atomic<bool> stopping{false};
 
   std::mutex mu;  // guards inbox only
@@ -87,6 +97,18 @@ struct Engine::Impl {
   bool Advance(Sequence* s);
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
+  // Frees the newest running sequence's cache and puts it back at the head of the queue,
+  // to be recomputed (prompt + output so far) when blocks allow. False if none can go.
+  bool PreemptNewest(const Sequence* keep);
+  std::vector<int32_t> AllTokens(const Sequence& s) const {
+    std::vector<int32_t> t = s.req.prompt;
+    t.insert(t.end(), s.output.begin(), s.output.end());
+    return t;
+  }
+  void ReportKv() {
+    if (!metrics) return;
+    metrics->SetKvBlocks(kv->num_blocks() - kv->num_free_blocks(), kv->num_blocks());
+  }
 };
 
 Engine::Engine(EngineOptions opts, metrics::Metrics* metrics) : impl_(std::make_unique<Impl>()) {
@@ -117,6 +139,32 @@ void Engine::Load() {
   m.model = models::LlamaModel::LoadGguf(*m.file, device, dtype);
   if (m.tokenizer->vocab_size() > m.model->config().vocab_size)
     throw std::runtime_error(m.opts.model_path + ": tokenizer vocabulary is larger than the embedding table");
+  // KV capacity in blocks from the byte budget. Storage is still one contiguous tensor
+  // per sequence, sized to its blocks; the block tables decide admission and preemption.
+  const auto& c = m.model->config();
+  m.bytes_per_token = 2LL * c.n_layers * c.n_kv_heads * c.head_dim * c10::elementSize(dtype);
+  int64_t budget = m.opts.kv_cache_bytes;
+  if (budget <= 0) {
+    budget = 1LL << 30;
+#ifdef SVDQ_HAVE_CUDA_RUNTIME
+    if (device.is_cuda()) {
+      size_t free_b = 0, total_b = 0;
+      if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) budget = static_cast<int64_t>(free_b * 0.9);
+    }
+#endif
+    {
+      budget = 1LL << 30;
+    }
+  }
+  if (m.opts.block_size < 1 || m.opts.block_size > 1024) throw std::runtime_error("block size must be in [1, 1024]");
+  const int64_t blocks = budget / (m.bytes_per_token * m.opts.block_size);
+  if (blocks < 1) throw std::runtime_error("the KV cache budget holds no block; raise --kv-cache-bytes");
+  kv::KvCacheConfig kc;
+  kc.num_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
+  kc.block_size = m.opts.block_size;
+  kc.prefix_caching = false;  // contiguous per-sequence storage cannot share blocks yet
+  m.kv = std::make_unique<kv::KvCacheManager>(kc);
+  m.ReportKv();
   m.ready = true;
 }
 
@@ -133,6 +181,10 @@ void Engine::Stop() {
 
 bool Engine::ready() const { return impl_->ready.load(); }
 
+int64_t Engine::kv_capacity_tokens() const {
+  return static_cast<int64_t>(impl_->kv->num_blocks()) * impl_->kv->block_size();
+}
+
 SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
   Impl& m = *impl_;
   if (m.stopping) return SubmitResult::kShuttingDown;
@@ -148,6 +200,7 @@ SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
     std::lock_guard<std::mutex> lock(m.mu);
     if (m.queued.load() >= m.opts.max_waiting) return SubmitResult::kQueueFull;
     ++m.queued;
+    seq->id = m.next_id++;
     m.inbox.push_back(std::move(seq));
   }
   m.cv.notify_one();
@@ -180,11 +233,27 @@ void Engine::Impl::Loop() {
 }
 
 void Engine::Impl::Step() {
+  // Admission, first come first served: the head of the queue waits until its blocks
+  // fit, and nobody overtakes it, so no request starves. Cancelled waiters leave at once.
+  for (auto it = waiting.begin(); it != waiting.end();) {
+    if ((*it)->stream->cancelled()) {
+      Finish(it->get(), FinishReason::kCancelled, "");
+      --queued;
+      it = waiting.erase(it);
+    } else {
+      ++it;
+    }
+  }
   while (running.size() < opts.max_running && !waiting.empty()) {
+    Sequence* s = waiting.front().get();
+    std::vector<int32_t> tokens = AllTokens(*s);
+    if (!kv->CanAllocate(tokens)) break;
+    kv->Allocate(s->id, tokens);
+    if (metrics && s->preempted == 0) metrics->ObserveQueueTime(Seconds(s->arrival, Clock::now()));
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
-    if (metrics) metrics->ObserveQueueTime(Seconds(running.back()->arrival, Clock::now()));
   }
+  ReportKv();
   if (metrics) {
     metrics->SetRunning(static_cast<double>(running.size()));
     metrics->SetWaiting(static_cast<double>(waiting.size()));
@@ -205,7 +274,27 @@ void Engine::Impl::Step() {
       ++it;
     }
   }
-  if (metrics) metrics->SetRunning(static_cast<double>(running.size()));
+  if (metrics) {
+    metrics->SetRunning(static_cast<double>(running.size()));
+    metrics->SetWaiting(static_cast<double>(waiting.size()));
+  }
+  ReportKv();
+}
+
+bool Engine::Impl::PreemptNewest(const Sequence* keep) {
+  for (auto it = running.rbegin(); it != running.rend(); ++it) {
+    Sequence* s = it->get();
+    if (s == keep) continue;
+    kv->Free(s->id);
+    s->kv = models::SequenceKv();
+    s->prefilled = false;
+    ++s->preempted;
+    if (metrics) metrics->AddPreemption();
+    waiting.push_front(std::move(*it));
+    running.erase(std::next(it).base());
+    return true;
+  }
+  return false;
 }
 
 bool Engine::Impl::Advance(Sequence* s) {
@@ -216,10 +305,19 @@ bool Engine::Impl::Advance(Sequence* s) {
   const auto& cfg = model->config();
   at::Tensor logits;
   if (!s->prefilled) {
-    logits = model->Forward(s->req.prompt, &s->kv);
+    // First prefill, or a recompute after preemption: the blocks were allocated at admission.
+    logits = model->Forward(AllTokens(*s), &s->kv);
     s->prefilled = true;
-    if (metrics) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
+    if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
   } else {
+    // One more token needs room; when the pool is exhausted, newer sequences give way.
+    while (!kv->CanAppend(s->id)) {
+      if (!PreemptNewest(s)) {
+        Finish(s, FinishReason::kError, "the KV cache cannot hold this sequence");
+        return true;
+      }
+    }
+    kv->Append(s->id, s->output.back());
     logits = model->Forward({s->output.back()}, &s->kv);
   }
   int32_t tok = SampleToken(logits, s->req.sampling, &s->rng);
@@ -260,6 +358,7 @@ void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& e
   fin.total_s = Seconds(s->arrival, now);
   s->stream->Push(std::move(fin));
   s->kv = models::SequenceKv();  // frees the cache at once
+  kv->Free(s->id);
   if (metrics) {
     metrics->ObserveEndToEnd(fin.total_s);
     metrics->RequestFinished(MetricReason(reason));

@@ -23,6 +23,14 @@ struct EngineOptions {
   std::string dtype = "auto";   // auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
   size_t max_waiting = 256;     // queue bound; Submit beyond it is refused
   size_t max_running = 16;      // sequences decoded together
+  int64_t kv_cache_bytes = 0;   // KV budget; 0: 1 GiB on the CPU, 90% of free GPU memory after weights
+  int32_t block_size = 16;      // tokens per KV block
+};
+
+// What the KV cache holds now, for metrics and info calls (engine-thread snapshot).
+struct KvStats {
+  int32_t blocks_total = 0, blocks_used = 0, block_size = 0;
+  int64_t bytes_per_token = 0;
 };
 
 enum class SubmitResult { kOk, kQueueFull, kNotReady, kShuttingDown };
@@ -40,6 +48,8 @@ class Engine {
 
   bool ready() const;
   SubmitResult Submit(Request r, std::shared_ptr<RequestStream>* stream);
+  // Tokens the KV cache can hold at most (valid after Load()); a request needing more is refused.
+  int64_t kv_capacity_tokens() const;
 
   // Valid after Load().
   const models::ModelConfig& model_config() const;

@@ -33,6 +33,10 @@ struct Metrics::Impl {
   prometheus::Histogram* e2e;
   prometheus::Histogram* queue;
   prometheus::Family<prometheus::Counter>* finished;
+  prometheus::Gauge* kv_usage;
+  prometheus::Gauge* kv_blocks_used;
+  prometheus::Gauge* kv_blocks_total;
+  prometheus::Counter* preemptions;
   std::map<std::string, prometheus::Counter*> finished_by_reason;
 
   Impl() {
@@ -55,6 +59,15 @@ struct Metrics::Impl {
                  .Help("Time a request waited before its first step").Register(r).Add({}, kLatencyBuckets);
     finished = &prometheus::BuildCounter().Name("svdq_request_success_total")
                     .Help("Finished requests by finish reason").Register(r);
+    kv_usage = &prometheus::BuildGauge().Name("svdq_kv_cache_usage_ratio")
+                    .Help("Fraction of KV cache blocks in use (1 = full)").Register(r).Add({});
+    kv_blocks_used = &prometheus::BuildGauge().Name("svdq_kv_cache_blocks_used")
+                          .Help("KV cache blocks held by sequences").Register(r).Add({});
+    kv_blocks_total = &prometheus::BuildGauge().Name("svdq_kv_cache_blocks_total")
+                           .Help("KV cache blocks in the pool").Register(r).Add({});
+    preemptions = &prometheus::BuildCounter().Name("svdq_num_preemptions_total")
+                       .Help("Sequences preempted (cache freed, recomputed later) for lack of KV blocks")
+                       .Register(r).Add({});
     for (const char* reason : {"stop", "length", "abort", "error"})
       finished_by_reason[reason] = &finished->Add({{"finished_reason", reason}});
   }
@@ -76,6 +89,12 @@ void Metrics::ObserveTimeToFirstToken(double s) { impl_->ttft->Observe(s); }
 void Metrics::ObserveInterTokenLatency(double s) { impl_->itl->Observe(s); }
 void Metrics::ObserveEndToEnd(double s) { impl_->e2e->Observe(s); }
 void Metrics::ObserveQueueTime(double s) { impl_->queue->Observe(s); }
+void Metrics::SetKvBlocks(double used, double total) {
+  impl_->kv_blocks_used->Set(used);
+  impl_->kv_blocks_total->Set(total);
+  impl_->kv_usage->Set(total > 0 ? used / total : 0.0);
+}
+void Metrics::AddPreemption() { impl_->preemptions->Increment(); }
 void Metrics::RequestFinished(const std::string& reason) {
   auto it = impl_->finished_by_reason.find(reason);
   if (it != impl_->finished_by_reason.end()) it->second->Increment();

@@ -23,6 +23,8 @@ class Metrics {
   void ObserveInterTokenLatency(double s);
   void ObserveEndToEnd(double s);
   void ObserveQueueTime(double s);
+  void SetKvBlocks(double used, double total);
+  void AddPreemption();
   // reason: "stop", "length", "abort", "error".
   void RequestFinished(const std::string& reason);
 

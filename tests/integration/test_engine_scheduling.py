@@ -1,0 +1,75 @@
+"""The engine's scheduling through the real server: concurrent requests give the same
+greedy tokens as the same requests one at a time, also when the KV cache is too small
+for all of them at once (sequences are preempted and recomputed); every block is back
+in the pool afterwards; a request that can never fit is refused with RESOURCE_EXHAUSTED."""
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+from conftest import Server
+from test_server_e2e import generate
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time,", "List three colors:"]
+N = 24
+
+
+def scrape(server):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        return {l.split(" ")[0]: float(l.split(" ")[1]) for l in r.read().decode().splitlines()
+                if l and not l.startswith("#")}
+
+
+def run_concurrently(stubs, addr):
+    results = [None] * len(PROMPTS)
+
+    def work(i):
+        results[i] = generate(stubs, addr, text=PROMPTS[i], max_tokens=N, ignore_eos=True)[0]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+@pytest.fixture(scope="module")
+def sequential(cpu_server, stubs):
+    return [generate(stubs, cpu_server.addr, text=p, max_tokens=N, ignore_eos=True)[0] for p in PROMPTS]
+
+
+def wait_blocks_free(server):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = scrape(server)
+        if m["svdq_kv_cache_blocks_used"] == 0:
+            return m
+        time.sleep(0.1)
+    pytest.fail("KV blocks still in use after every request ended")
+
+
+def test_concurrent_equals_sequential(cpu_server, stubs, sequential):
+    assert run_concurrently(stubs, cpu_server.addr) == sequential
+    m = wait_blocks_free(cpu_server)
+    assert m["svdq_kv_cache_blocks_total"] > 0
+
+
+def test_preemption_keeps_outputs_and_frees_everything(model_path, stubs, sequential):
+    # fp32 SmolLM2 keeps 46,080 bytes of K and V per token: 2.2 MB holds 12 blocks of 4 tokens
+    # (48 tokens), while the four requests need about 4 x 30 tokens together.
+    s = Server(model_path, "cpu", extra=["--kv-cache-bytes", "2300000", "--block-size", "4"])
+    try:
+        s.wait_ready()
+        assert "KV cache 48 tokens" in s.output()
+        assert run_concurrently(stubs, s.addr) == sequential
+        m = wait_blocks_free(s)
+        assert m["svdq_num_preemptions_total"] > 0, "the small cache should have forced preemptions"
+        assert m['svdq_request_success_total{finished_reason="length"}'] == len(PROMPTS)
+        with pytest.raises(grpc.RpcError) as e:
+            generate(stubs, s.addr, text="Hello there", max_tokens=100)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "KV cache" in e.value.details()
+    finally:
+        s.stop()
