@@ -121,30 +121,7 @@ at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, int64_t pos0) const {
   return (xf * cos + rot * sin).to(dtype_);
 }
 
-void LlamaModel::Reserve(SequenceKv* kv, int64_t needed) const {
-  if (needed <= kv->capacity) return;
-  int64_t cap = std::max<int64_t>(64, kv->capacity);
-  while (cap < needed) cap *= 2;
-  cap = std::min<int64_t>(cap, cfg_.max_context);
-  auto opts = at::TensorOptions().device(device_).dtype(dtype_);
-  if (kv->k.empty()) {
-    kv->k.resize(cfg_.n_layers);
-    kv->v.resize(cfg_.n_layers);
-  }
-  for (int l = 0; l < cfg_.n_layers; ++l) {
-    at::Tensor nk = at::empty({cfg_.n_kv_heads, cap, cfg_.head_dim}, opts);
-    at::Tensor nv = at::empty({cfg_.n_kv_heads, cap, cfg_.head_dim}, opts);
-    if (kv->length > 0) {
-      nk.narrow(1, 0, kv->length).copy_(kv->k[l].narrow(1, 0, kv->length));
-      nv.narrow(1, 0, kv->length).copy_(kv->v[l].narrow(1, 0, kv->length));
-    }
-    kv->k[l] = nk;
-    kv->v[l] = nv;
-  }
-  kv->capacity = cap;
-}
-
-at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, SequenceKv* kv) {
+at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, KvView* kv) {
   const int64_t T = h.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
   at::Tensor q_pre = at::linear(h, w.wq).view({T, NH, D});
   at::Tensor k_pre = at::linear(h, w.wk).view({T, NKV, D});
@@ -156,11 +133,11 @@ at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int
   }
   at::Tensor q = ApplyRope(q_pre, pos0);
   at::Tensor k = ApplyRope(k_pre, pos0);
-  kv->k[layer].narrow(1, pos0, T).copy_(k.transpose(0, 1));
-  kv->v[layer].narrow(1, pos0, T).copy_(v.transpose(0, 1));
+  kv->Write(layer, pos0, k, v);
   const int64_t L = pos0 + T;
-  at::Tensor keys = kv->k[layer].narrow(1, 0, L).repeat_interleave(NH / NKV, 0);  // [NH, L, D]
-  at::Tensor vals = kv->v[layer].narrow(1, 0, L).repeat_interleave(NH / NKV, 0);
+  auto [k_all, v_all] = kv->Read(layer, L);                // [NKV, L, D]
+  at::Tensor keys = k_all.repeat_interleave(NH / NKV, 0);  // [NH, L, D]
+  at::Tensor vals = v_all.repeat_interleave(NH / NKV, 0);
   at::Tensor qh = q.transpose(0, 1);  // [NH, T, D]
   at::Tensor out;
   if (T == 1) {
@@ -176,16 +153,16 @@ at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int
   return at::linear(out.transpose(0, 1).reshape({T, NH * D}), w.wo);
 }
 
-at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, SequenceKv* kv) {
+at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, KvView* kv) {
   const int64_t T = static_cast<int64_t>(tokens.size());
-  const int64_t pos0 = kv->length;
+  const int64_t pos0 = kv->length();
   if (T == 0) throw std::invalid_argument("forward called with no tokens");
   if (pos0 + T > cfg_.max_context)
     throw std::out_of_range("sequence of " + std::to_string(pos0 + T) + " tokens exceeds the model context of " +
                             std::to_string(cfg_.max_context));
   for (int32_t id : tokens)
     if (id < 0 || id >= cfg_.vocab_size) throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary");
-  Reserve(kv, pos0 + T);
+  kv->Reserve(pos0 + T);
   at::Tensor ids = at::from_blob(const_cast<int32_t*>(tokens.data()), {T}, at::kInt).to(device_, at::kLong);
   at::Tensor x = tok_embd_.index_select(0, ids);
   for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -194,16 +171,16 @@ at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, SequenceKv* kv
     at::Tensor h = RmsNorm(x, w.ffn_norm);
     x = x + at::linear(at::silu(at::linear(h, w.w_gate)) * at::linear(h, w.w_up), w.w_down);
   }
-  kv->length = pos0 + T;
+  kv->SetLength(pos0 + T);
   return RmsNorm(x, output_norm_);
 }
 
-at::Tensor LlamaModel::Forward(const std::vector<int32_t>& tokens, SequenceKv* kv) {
+at::Tensor LlamaModel::Forward(const std::vector<int32_t>& tokens, KvView* kv) {
   at::Tensor h = Hidden(tokens, kv);
   return at::linear(h.narrow(0, h.size(0) - 1, 1), output_).to(at::kFloat).squeeze(0);
 }
 
-at::Tensor LlamaModel::ForwardAll(const std::vector<int32_t>& tokens, SequenceKv* kv) {
+at::Tensor LlamaModel::ForwardAll(const std::vector<int32_t>& tokens, KvView* kv) {
   return at::linear(Hidden(tokens, kv), output_).to(at::kFloat);
 }
 

@@ -9,19 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "models/kv_view.h"
 #include "models/model_config.h"
 
 namespace svdq::models {
 
 class GgufFile;
 
-// Keys and values of one sequence, all layers: k[l], v[l] are [kv_heads, capacity, head_dim].
-// Keys are stored after RoPE (the SVDq cache, which keeps pre-RoPE latents, is later work).
-struct SequenceKv {
-  std::vector<at::Tensor> k, v;
-  int64_t length = 0;
-  int64_t capacity = 0;
-};
 
 // Per-layer activations recorded during a forward, for study tools: pre-RoPE queries
 // [T, heads, head_dim], pre-RoPE keys and values [T, kv_heads, head_dim], fp32 on the CPU.
@@ -46,9 +40,9 @@ class LlamaModel {
 
   // Runs `tokens` at positions kv->length ... and appends their keys/values to kv.
   // Returns fp32 logits of the last position, [vocab], on the model's device.
-  at::Tensor Forward(const std::vector<int32_t>& tokens, SequenceKv* kv);
+  at::Tensor Forward(const std::vector<int32_t>& tokens, KvView* kv);
   // Same, returning logits for every position: [T, vocab].
-  at::Tensor ForwardAll(const std::vector<int32_t>& tokens, SequenceKv* kv);
+  at::Tensor ForwardAll(const std::vector<int32_t>& tokens, KvView* kv);
   // Records activations of every following forward into `capture` (null stops recording).
   void set_capture(ForwardCapture* capture) { capture_ = capture; }
   // The RoPE tables, [max_context, head_dim] fp32 (rotate-half, halves duplicated).
@@ -57,11 +51,10 @@ class LlamaModel {
 
  private:
   LlamaModel() = default;
-  at::Tensor Hidden(const std::vector<int32_t>& tokens, SequenceKv* kv);
-  at::Tensor Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, SequenceKv* kv);
+  at::Tensor Hidden(const std::vector<int32_t>& tokens, KvView* kv);
+  at::Tensor Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, KvView* kv);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x: [T, heads, head_dim]
-  void Reserve(SequenceKv* kv, int64_t needed) const;
 
   ModelConfig cfg_;
   at::Device device_{at::kCPU};

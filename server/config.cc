@@ -54,9 +54,15 @@ std::vector<Flag> Flags(ServerConfig* c) {
       {"dtype", "auto | float32 | bfloat16 | float16 (default auto: bf16 on GPU, fp32 on CPU)", str(&c->dtype)},
       {"max-running", "sequences decoded together (default 16)", num(&c->max_running, 1, 4096)},
       {"max-waiting", "queued requests before RESOURCE_EXHAUSTED (default 256)", num(&c->max_waiting, 1, 1 << 20)},
-      {"kv-cache-bytes", "KV cache budget, e.g. 512M or 2G (default: 1G on CPU, 90% of free GPU memory)",
+      {"kv-cache-bytes", "KV cache budget, e.g. 512M or 2G (default: 1G on CPU, 85% of free GPU memory)",
        [c](const std::string& v) { return ParseBytes(v, &c->kv_cache_bytes); }},
       {"block-size", "tokens per KV cache block (default 16)", num(&c->block_size, 1, 1024)},
+      {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
+       [c](const std::string& v) {
+         if (v != "true" && v != "false") return false;
+         c->prefix_caching = v == "true";
+         return true;
+       }},
   };
 }
 

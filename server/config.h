@@ -18,6 +18,7 @@ struct ServerConfig {
   int max_waiting = 256;
   int64_t kv_cache_bytes = 0;  // 0: automatic
   int block_size = 16;
+  bool prefix_caching = true;
 };
 
 // Parses argv and the environment. Returns false and fills *error on a bad flag or

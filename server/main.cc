@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   eo.max_waiting = static_cast<size_t>(cfg.max_waiting);
   eo.kv_cache_bytes = cfg.kv_cache_bytes;
   eo.block_size = cfg.block_size;
+  eo.prefix_caching = cfg.prefix_caching;
   svdq::engine::Engine engine(eo, &metrics);
   svdq::api::GenerationService service(&engine);
 

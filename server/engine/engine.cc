@@ -25,6 +25,7 @@
 #include "models/tokenizer.h"
 #include "server/engine/sampler.h"
 #include "server/kv/kv_cache_manager.h"
+#include "server/kv/paged_storage.h"
 #include "server/metrics/metrics.h"
 
 namespace svdq::engine {
@@ -39,7 +40,7 @@ struct Sequence {
   Request req;
   std::shared_ptr<RequestStream> stream;
   Clock::time_point arrival, first_token, last_token;
-  models::SequenceKv kv;
+  int64_t computed = 0;  // tokens whose keys and values are in the cache
   std::vector<int32_t> output;
   std::unique_ptr<models::IncrementalDetokenizer> detok;
   std::mt19937_64 rng;
@@ -77,6 +78,7 @@ struct Engine::Impl {
   std::unique_ptr<models::LlamaModel> model;
   std::atomic<bool> ready{false};
   std::unique_ptr<kv::KvCacheManager> kv;
+  std::unique_ptr<kv::PagedKvStorage> storage;
   int64_t bytes_per_token = 0;
   kv::SeqId next_id = 1;
   std::atomic<bool> stopping{false};
@@ -139,8 +141,7 @@ void Engine::Load() {
   m.model = models::LlamaModel::LoadGguf(*m.file, device, dtype);
   if (m.tokenizer->vocab_size() > m.model->config().vocab_size)
     throw std::runtime_error(m.opts.model_path + ": tokenizer vocabulary is larger than the embedding table");
-  // KV capacity in blocks from the byte budget. Storage is still one contiguous tensor
-  // per sequence, sized to its blocks; the block tables decide admission and preemption.
+  // KV capacity in blocks from the byte budget; the pool's tensors are allocated now.
   const auto& c = m.model->config();
   m.bytes_per_token = 2LL * c.n_layers * c.n_kv_heads * c.head_dim * c10::elementSize(dtype);
   int64_t budget = m.opts.kv_cache_bytes;
@@ -149,7 +150,9 @@ void Engine::Load() {
 #ifdef SVDQ_HAVE_CUDA_RUNTIME
     if (device.is_cuda()) {
       size_t free_b = 0, total_b = 0;
-      if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) budget = static_cast<int64_t>(free_b * 0.9);
+      // 85% of what is free after the weights: the rest is for activations and the
+      // per-layer gathers of attention.
+      if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) budget = static_cast<int64_t>(free_b * 0.85);
     }
 #endif
     {
@@ -162,8 +165,13 @@ void Engine::Load() {
   kv::KvCacheConfig kc;
   kc.num_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
   kc.block_size = m.opts.block_size;
-  kc.prefix_caching = false;  // contiguous per-sequence storage cannot share blocks yet
+  // Sharing is sound: a block's keys and values depend only on the tokens before it and
+  // the model, whose identity (dtype, block size) is in every block hash.
+  kc.prefix_caching = m.opts.prefix_caching;
+  kc.mode_key = (static_cast<uint64_t>(dtype) << 32) ^ static_cast<uint64_t>(kc.block_size) ^ 0x6266313670616765ull;
   m.kv = std::make_unique<kv::KvCacheManager>(kc);
+  m.storage = std::make_unique<kv::PagedKvStorage>(c.n_layers, kc.num_blocks, kc.block_size, c.n_kv_heads,
+                                                   c.head_dim, device, dtype);
   m.ReportKv();
   m.ready = true;
 }
@@ -248,7 +256,9 @@ void Engine::Impl::Step() {
     Sequence* s = waiting.front().get();
     std::vector<int32_t> tokens = AllTokens(*s);
     if (!kv->CanAllocate(tokens)) break;
-    kv->Allocate(s->id, tokens);
+    const int64_t q0 = kv->prefix_query_tokens(), h0 = kv->prefix_hit_tokens();
+    s->computed = kv->Allocate(s->id, tokens);
+    if (metrics) metrics->AddPrefixCache(kv->prefix_query_tokens() - q0, kv->prefix_hit_tokens() - h0);
     if (metrics && s->preempted == 0) metrics->ObserveQueueTime(Seconds(s->arrival, Clock::now()));
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
@@ -286,7 +296,7 @@ bool Engine::Impl::PreemptNewest(const Sequence* keep) {
     Sequence* s = it->get();
     if (s == keep) continue;
     kv->Free(s->id);
-    s->kv = models::SequenceKv();
+    s->computed = 0;
     s->prefilled = false;
     ++s->preempted;
     if (metrics) metrics->AddPreemption();
@@ -305,8 +315,13 @@ bool Engine::Impl::Advance(Sequence* s) {
   const auto& cfg = model->config();
   at::Tensor logits;
   if (!s->prefilled) {
-    // First prefill, or a recompute after preemption: the blocks were allocated at admission.
-    logits = model->Forward(AllTokens(*s), &s->kv);
+    // First prefill, or a recompute after preemption: the blocks were allocated at
+    // admission, and a prefix-cache hit already holds the first `computed` tokens.
+    std::vector<int32_t> tokens = AllTokens(*s);
+    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed);
+    logits = model->Forward(std::vector<int32_t>(tokens.begin() + s->computed, tokens.end()), &view);
+    s->computed = static_cast<int64_t>(tokens.size());
+    kv->Commit(s->id, static_cast<int32_t>(s->computed));
     s->prefilled = true;
     if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
   } else {
@@ -318,7 +333,9 @@ bool Engine::Impl::Advance(Sequence* s) {
       }
     }
     kv->Append(s->id, s->output.back());
-    logits = model->Forward({s->output.back()}, &s->kv);
+    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed);
+    logits = model->Forward({s->output.back()}, &view);
+    kv->Commit(s->id, static_cast<int32_t>(++s->computed));
   }
   int32_t tok = SampleToken(logits, s->req.sampling, &s->rng);
   auto now = Clock::now();
@@ -338,7 +355,7 @@ bool Engine::Impl::Advance(Sequence* s) {
   FinishReason reason = FinishReason::kNone;
   if (!s->req.ignore_eos && tok == tokenizer->eos_id()) reason = FinishReason::kStop;
   else if (s->req.max_tokens > 0 && static_cast<int32_t>(s->output.size()) >= s->req.max_tokens) reason = FinishReason::kLength;
-  else if (s->kv.length + 1 >= cfg.max_context) reason = FinishReason::kLength;
+  else if (s->computed + 1 >= cfg.max_context) reason = FinishReason::kLength;
   if (reason != FinishReason::kNone) ev.text += s->detok->Flush();
   s->stream->Push(std::move(ev));
   if (reason == FinishReason::kNone) return false;
@@ -357,8 +374,7 @@ void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& e
   fin.ttft_s = s->output.empty() ? 0 : Seconds(s->arrival, s->first_token);
   fin.total_s = Seconds(s->arrival, now);
   s->stream->Push(std::move(fin));
-  s->kv = models::SequenceKv();  // frees the cache at once
-  kv->Free(s->id);
+  kv->Free(s->id);  // every block at once
   if (metrics) {
     metrics->ObserveEndToEnd(fin.total_s);
     metrics->RequestFinished(MetricReason(reason));

@@ -37,6 +37,8 @@ struct Metrics::Impl {
   prometheus::Gauge* kv_blocks_used;
   prometheus::Gauge* kv_blocks_total;
   prometheus::Counter* preemptions;
+  prometheus::Counter* prefix_queries;
+  prometheus::Counter* prefix_hits;
   std::map<std::string, prometheus::Counter*> finished_by_reason;
 
   Impl() {
@@ -68,6 +70,10 @@ struct Metrics::Impl {
     preemptions = &prometheus::BuildCounter().Name("svdq_num_preemptions_total")
                        .Help("Sequences preempted (cache freed, recomputed later) for lack of KV blocks")
                        .Register(r).Add({});
+    prefix_queries = &prometheus::BuildCounter().Name("svdq_prefix_cache_queries_total")
+                          .Help("Prompt tokens looked up in the prefix cache").Register(r).Add({});
+    prefix_hits = &prometheus::BuildCounter().Name("svdq_prefix_cache_hits_total")
+                       .Help("Prompt tokens found in the prefix cache (not recomputed)").Register(r).Add({});
     for (const char* reason : {"stop", "length", "abort", "error"})
       finished_by_reason[reason] = &finished->Add({{"finished_reason", reason}});
   }
@@ -95,6 +101,10 @@ void Metrics::SetKvBlocks(double used, double total) {
   impl_->kv_usage->Set(total > 0 ? used / total : 0.0);
 }
 void Metrics::AddPreemption() { impl_->preemptions->Increment(); }
+void Metrics::AddPrefixCache(double query_tokens, double hit_tokens) {
+  impl_->prefix_queries->Increment(query_tokens);
+  impl_->prefix_hits->Increment(hit_tokens);
+}
 void Metrics::RequestFinished(const std::string& reason) {
   auto it = impl_->finished_by_reason.find(reason);
   if (it != impl_->finished_by_reason.end()) it->second->Increment();

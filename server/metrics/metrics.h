@@ -25,6 +25,7 @@ class Metrics {
   void ObserveQueueTime(double s);
   void SetKvBlocks(double used, double total);
   void AddPreemption();
+  void AddPrefixCache(double query_tokens, double hit_tokens);
   // reason: "stop", "length", "abort", "error".
   void RequestFinished(const std::string& reason);
 

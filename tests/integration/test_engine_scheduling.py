@@ -73,3 +73,24 @@ def test_preemption_keeps_outputs_and_frees_everything(model_path, stubs, sequen
         assert "KV cache" in e.value.details()
     finally:
         s.stop()
+
+
+def test_prefix_cache_reuses_blocks_and_keeps_outputs(cpu_server, stubs, probe, hf_model):
+    from conftest import hf_greedy
+    stem = ("You are a careful assistant. Answer briefly and precisely, and say when you do not know. "
+            "Do not repeat the question, do not apologize, and keep to one sentence unless asked for more. "
+            "The question follows.\n")
+    first, second = stem + "What is the capital of Italy?", stem + "Name a primary color."
+    before = scrape(cpu_server)
+    generate(stubs, cpu_server.addr, text=first, max_tokens=4)
+    mid = scrape(cpu_server)
+    got, _, _ = generate(stubs, cpu_server.addr, text=second, max_tokens=12)
+    after = scrape(cpu_server)
+    stem_tokens = len(probe("tokenize", stdin=[stem])[0])
+    assert stem_tokens >= 32
+    hits = after["svdq_prefix_cache_hits_total"] - mid["svdq_prefix_cache_hits_total"]
+    assert hits >= (stem_tokens // 16 - 1) * 16, f"only {hits} of the {stem_tokens}-token stem came from the cache"
+    assert mid["svdq_prefix_cache_queries_total"] > before["svdq_prefix_cache_queries_total"]
+    # The reused blocks give the same tokens as computing everything.
+    ids = probe("tokenize", stdin=[second])[0]
+    assert got == hf_greedy(hf_model, ids, 12)

@@ -1,0 +1,35 @@
+#include "models/kv_view.h"
+
+namespace svdq::models {
+
+void SequenceKv::Grow(int layer, const at::Tensor& like) {
+  if (static_cast<int>(k_.size()) <= layer) {
+    k_.resize(layer + 1);
+    v_.resize(layer + 1);
+  }
+  int64_t cap = k_[layer].defined() ? k_[layer].size(1) : 0;
+  if (needed_ <= cap) return;
+  int64_t grown = std::max<int64_t>(64, cap);
+  while (grown < needed_) grown *= 2;
+  auto opts = like.options();
+  at::Tensor nk = at::empty({like.size(1), grown, like.size(2)}, opts);
+  at::Tensor nv = at::empty({like.size(1), grown, like.size(2)}, opts);
+  if (cap > 0 && length_ > 0) {
+    nk.narrow(1, 0, length_).copy_(k_[layer].narrow(1, 0, length_));
+    nv.narrow(1, 0, length_).copy_(v_[layer].narrow(1, 0, length_));
+  }
+  k_[layer] = nk;
+  v_[layer] = nv;
+}
+
+void SequenceKv::Write(int layer, int64_t pos0, const at::Tensor& k, const at::Tensor& v) {
+  Grow(layer, k);
+  k_[layer].narrow(1, pos0, k.size(0)).copy_(k.transpose(0, 1));
+  v_[layer].narrow(1, pos0, v.size(0)).copy_(v.transpose(0, 1));
+}
+
+std::pair<at::Tensor, at::Tensor> SequenceKv::Read(int layer, int64_t n) {
+  return {k_[layer].narrow(1, 0, n), v_[layer].narrow(1, 0, n)};
+}
+
+}  // namespace svdq::models
