@@ -1,8 +1,10 @@
 // svdq-cli: a small client for svdq-server. Streams generated text to the terminal.
-//   svdq-cli [--addr host:port] generate "prompt" [--max-tokens N] [--temperature T]
-//            [--top-k K] [--top-p P] [--seed S] [--ignore-eos]
-//   svdq-cli [--addr host:port] info
-//   svdq-cli [--addr host:port] health
+//   svdq-cli [--addr host:port] generate "prompt" [--chat] [--max-tokens N] [--min-tokens N]
+//            [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]
+//            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
+//            [--stop S]... [--stop-token-id ID]... [--ignore-eos]
+//   svdq-cli [--addr host:port] tokenize "text" [--chat]
+//   svdq-cli [--addr host:port] info | server-info
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -16,9 +18,13 @@
 namespace {
 
 int Usage() {
-  std::cerr << "usage: svdq-cli [--addr host:port] generate \"prompt\" [--max-tokens N] [--temperature T]\n"
-               "                [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
-               "       svdq-cli [--addr host:port] info\n";
+  std::cerr << "usage: svdq-cli [--addr host:port] generate \"prompt\" [--chat] [--max-tokens N] [--min-tokens N]\n"
+               "                [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
+               "                [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
+               "                [--stop S]... [--stop-token-id ID]... [--ignore-eos]\n"
+               "       svdq-cli [--addr host:port] tokenize \"text\" [--chat]\n"
+               "       svdq-cli [--addr host:port] info | server-info\n"
+               "  --chat sends the prompt as one user message in the model's chat format.\n";
   return 2;
 }
 
@@ -41,6 +47,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> pos;
   svdq::v1::GenerateRequest req;
   req.set_max_tokens(128);
+  bool chat = false;
   try {
     for (size_t i = 0; i < args.size(); ++i) {
       const std::string& a = args[i];
@@ -55,6 +62,14 @@ int main(int argc, char** argv) {
       else if (a == "--top-p") req.mutable_sampling()->set_top_p(std::stof(next()));
       else if (a == "--seed") req.mutable_sampling()->set_seed(std::stoull(next()));
       else if (a == "--ignore-eos") req.set_ignore_eos(true);
+      else if (a == "--chat") chat = true;
+      else if (a == "--min-tokens") req.set_min_tokens(std::stoi(next()));
+      else if (a == "--min-p") req.mutable_sampling()->set_min_p(std::stof(next()));
+      else if (a == "--repetition-penalty") req.mutable_sampling()->set_repetition_penalty(std::stof(next()));
+      else if (a == "--presence-penalty") req.mutable_sampling()->set_presence_penalty(std::stof(next()));
+      else if (a == "--frequency-penalty") req.mutable_sampling()->set_frequency_penalty(std::stof(next()));
+      else if (a == "--stop") req.add_stop(next());
+      else if (a == "--stop-token-id") req.add_stop_token_ids(std::stoi(next()));
       else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
       else pos.push_back(a);
     }
@@ -77,8 +92,40 @@ int main(int argc, char** argv) {
     std::cout << info.DebugString();
     return 0;
   }
+  auto fail = [](const grpc::Status& st) {
+    std::cerr << "svdq-cli: " << st.error_message() << " (" << st.error_code() << ")\n";
+    return 1;
+  };
+  auto as_chat = [](const std::string& text) {
+    svdq::v1::ChatMessages m;
+    auto* msg = m.add_messages();
+    msg->set_role("user");
+    msg->set_content(text);
+    return m;
+  };
+  if (pos[0] == "server-info") {
+    grpc::ClientContext ctx;
+    svdq::v1::ServerInfo info;
+    grpc::Status st = stub->GetServerInfo(&ctx, {}, &info);
+    if (!st.ok()) return fail(st);
+    std::cout << info.DebugString();
+    return 0;
+  }
+  if (pos[0] == "tokenize" && pos.size() == 2) {
+    grpc::ClientContext ctx;
+    svdq::v1::TokenizeRequest tr;
+    if (chat) *tr.mutable_chat() = as_chat(pos[1]);
+    else tr.set_text(pos[1]);
+    svdq::v1::TokenizeResponse out;
+    grpc::Status st = stub->Tokenize(&ctx, tr, &out);
+    if (!st.ok()) return fail(st);
+    for (int i = 0; i < out.ids_size(); ++i) std::cout << (i ? " " : "") << out.ids(i);
+    std::cout << "\n";
+    return 0;
+  }
   if (pos[0] != "generate" || pos.size() != 2) return Usage();
-  req.set_text(pos[1]);
+  if (chat) *req.mutable_chat() = as_chat(pos[1]);
+  else req.set_text(pos[1]);
   grpc::ClientContext ctx;
   auto reader = stub->Generate(&ctx, req);
   svdq::v1::GenerateResponse resp;
@@ -99,7 +146,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (have_final) {
-    std::cerr << "[finish=" << ReasonName(fin.finish_reason()) << " prompt_tokens=" << fin.usage().prompt_tokens()
+    std::cerr << "[finish=" << ReasonName(fin.finish_reason())
+              << (fin.stop_reason().empty() ? "" : " stop_reason=" + fin.stop_reason())
+              << " prompt_tokens=" << fin.usage().prompt_tokens()
               << " completion_tokens=" << fin.usage().completion_tokens()
               << " ttft=" << fin.timings().time_to_first_token_s() << "s total=" << fin.timings().total_s() << "s]\n";
   }

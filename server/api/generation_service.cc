@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "models/chat_format.h"
 #include "models/tokenizer.h"
 
 namespace svdq::api {
@@ -13,6 +14,28 @@ namespace {
 std::atomic<uint64_t> g_request_counter{0};
 
 grpc::Status Invalid(const std::string& msg) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg); }
+
+constexpr int kMaxStops = 16;
+constexpr size_t kMaxStopBytes = 256;
+
+grpc::Status Unavailable() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading; retry shortly");
+}
+
+// Renders chat messages with the model's chat format into prompt text.
+grpc::Status RenderChat(const svdq::v1::ChatMessages& chat, const models::Tokenizer& tok, std::string* prompt) {
+  models::ChatFormat fmt;
+  if (!models::ChatFormat::FromTemplate(tok.chat_template(), &fmt))
+    return Invalid("this model has no known chat format; send text or token_ids instead");
+  std::vector<models::ChatTurn> turns;
+  for (const auto& m : chat.messages()) {
+    if (!models::IsValidUtf8(m.content())) return Invalid("a chat message is not valid UTF-8");
+    turns.push_back({m.role(), m.content()});
+  }
+  std::string error;
+  if (!fmt.Render(turns, prompt, &error)) return Invalid(error);
+  return grpc::Status::OK;
+}
 
 svdq::v1::FinishReason ToProto(engine::FinishReason r) {
   switch (r) {
@@ -45,8 +68,15 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
       }
       out->prompt.assign(in.token_ids().ids().begin(), in.token_ids().ids().end());
       break;
+    case svdq::v1::GenerateRequest::kChat: {
+      std::string prompt;
+      grpc::Status st = RenderChat(in.chat(), tok, &prompt);
+      if (!st.ok()) return st;
+      out->prompt = tok.Encode(prompt);
+      break;
+    }
     default:
-      return Invalid("the request has no input: set text or token_ids");
+      return Invalid("the request has no input: set text, token_ids or chat");
   }
   const int64_t n = static_cast<int64_t>(out->prompt.size());
   if (n >= cfg.max_context)
@@ -58,6 +88,21 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
                    ") exceeds the model's context of " + std::to_string(cfg.max_context) + " tokens");
   const auto& s = in.sampling();
   if (!std::isfinite(s.temperature()) || s.temperature() < 0) return Invalid("temperature must be a finite number >= 0");
+  if (!std::isfinite(s.min_p()) || s.min_p() < 0 || s.min_p() > 1) return Invalid("min_p must be in [0, 1]");
+  if (!std::isfinite(s.repetition_penalty()) || s.repetition_penalty() < 0 || s.repetition_penalty() > 2)
+    return Invalid("repetition_penalty must be in (0, 2] (0 or unset means off)");
+  for (float pen : {s.presence_penalty(), s.frequency_penalty()})
+    if (!std::isfinite(pen) || pen < -2 || pen > 2) return Invalid("presence_penalty and frequency_penalty must be in [-2, 2]");
+  if (in.min_tokens() < 0) return Invalid("min_tokens must be >= 0");
+  if (in.max_tokens() > 0 && in.min_tokens() > in.max_tokens()) return Invalid("min_tokens must not exceed max_tokens");
+  if (in.stop_size() > kMaxStops) return Invalid("at most " + std::to_string(kMaxStops) + " stop strings");
+  for (const auto& st : in.stop()) {
+    if (st.empty() || st.size() > kMaxStopBytes)
+      return Invalid("each stop string must be 1 to " + std::to_string(kMaxStopBytes) + " bytes");
+    if (!models::IsValidUtf8(st)) return Invalid("a stop string is not valid UTF-8");
+  }
+  for (int32_t id : in.stop_token_ids())
+    if (id < 0 || id >= cfg.vocab_size) return Invalid("stop token id " + std::to_string(id) + " is outside the vocabulary");
   if (s.top_k() < 0) return Invalid("top_k must be >= 0 (0 disables it)");
   if (!std::isfinite(s.top_p()) || s.top_p() < 0 || s.top_p() > 1)
     return Invalid("top_p must be in (0, 1] (0 or unset means 1)");
@@ -66,8 +111,15 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
   out->sampling.top_p = s.top_p() == 0 ? 1.f : s.top_p();
   out->sampling.has_seed = s.has_seed();
   out->sampling.seed = s.seed();
+  out->sampling.min_p = s.min_p();
+  out->sampling.repetition_penalty = s.repetition_penalty() == 0 ? 1.f : s.repetition_penalty();
+  out->sampling.presence_penalty = s.presence_penalty();
+  out->sampling.frequency_penalty = s.frequency_penalty();
   out->max_tokens = in.max_tokens();
+  out->min_tokens = in.min_tokens();
   out->ignore_eos = in.ignore_eos();
+  out->stop.assign(in.stop().begin(), in.stop().end());
+  out->stop_token_ids.assign(in.stop_token_ids().begin(), in.stop_token_ids().end());
   return grpc::Status::OK;
 }
 
@@ -114,6 +166,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
     f->mutable_timings()->set_time_to_first_token_s(ev.ttft_s);
     f->mutable_timings()->set_total_s(ev.total_s);
     f->set_error(ev.error);
+    f->set_stop_reason(ev.stop_reason);
     if (ev.reason == engine::FinishReason::kCancelled && ctx->IsCancelled())
       return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
     writer->Write(resp);
@@ -121,6 +174,59 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
       return grpc::Status(grpc::StatusCode::INTERNAL, "generation failed: " + ev.error);
     return grpc::Status::OK;
   }
+}
+
+grpc::Status GenerationService::Tokenize(grpc::ServerContext*, const svdq::v1::TokenizeRequest* req,
+                                         svdq::v1::TokenizeResponse* out) {
+  if (!engine_->ready()) return Unavailable();
+  std::string text;
+  if (req->input_case() == svdq::v1::TokenizeRequest::kChat) {
+    grpc::Status st = RenderChat(req->chat(), engine_->tokenizer(), &text);
+    if (!st.ok()) return st;
+  } else if (req->input_case() == svdq::v1::TokenizeRequest::kText) {
+    if (!models::IsValidUtf8(req->text())) return Invalid("text is not valid UTF-8");
+    text = req->text();
+  } else {
+    return Invalid("the request has no input: set text or chat");
+  }
+  for (int32_t id : engine_->tokenizer().Encode(text)) out->add_ids(id);
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationService::Detokenize(grpc::ServerContext*, const svdq::v1::DetokenizeRequest* req,
+                                           svdq::v1::DetokenizeResponse* out) {
+  if (!engine_->ready()) return Unavailable();
+  const int32_t vocab = engine_->model_config().vocab_size;
+  std::vector<int32_t> ids(req->ids().begin(), req->ids().end());
+  for (int32_t id : ids)
+    if (id < 0 || id >= vocab) return Invalid("token id " + std::to_string(id) + " is outside the vocabulary");
+  std::string bytes = engine_->tokenizer().DecodeBytes(ids, !req->keep_special_tokens());
+  // Ids may end inside a UTF-8 character; the reply is a proto string, so it must be valid.
+  models::IncrementalDetokenizer d(engine_->tokenizer());
+  if (!models::IsValidUtf8(bytes)) {
+    std::string text;
+    for (int32_t id : ids) text += d.Push(id);
+    bytes = text + d.Flush();
+  }
+  out->set_text(bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationService::GetServerInfo(grpc::ServerContext*, const svdq::v1::GetServerInfoRequest*,
+                                              svdq::v1::ServerInfo* out) {
+  if (!engine_->ready()) return Unavailable();
+  engine::KvConfigInfo k = engine_->kv_config();
+  out->set_device(engine_->device_name());
+  out->set_dtype(engine_->dtype_name());
+  out->set_kv_cache_mode(k.mode);
+  out->set_kv_block_size(k.block_size);
+  out->set_kv_blocks_total(k.blocks_total);
+  out->set_kv_capacity_tokens(engine_->kv_capacity_tokens());
+  out->set_kv_bytes_per_token(k.bytes_per_token);
+  out->set_prefix_caching(k.prefix_caching);
+  out->set_max_running(static_cast<int32_t>(engine_->options().max_running));
+  out->set_max_waiting(static_cast<int32_t>(engine_->options().max_waiting));
+  return grpc::Status::OK;
 }
 
 grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const svdq::v1::GetModelInfoRequest*,

@@ -17,6 +17,12 @@ class GenerationService final : public svdq::v1::Generation::Service {
                         grpc::ServerWriter<svdq::v1::GenerateResponse>* writer) override;
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const svdq::v1::GetModelInfoRequest* req,
                             svdq::v1::ModelInfo* out) override;
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const svdq::v1::TokenizeRequest* req,
+                        svdq::v1::TokenizeResponse* out) override;
+  grpc::Status Detokenize(grpc::ServerContext* ctx, const svdq::v1::DetokenizeRequest* req,
+                          svdq::v1::DetokenizeResponse* out) override;
+  grpc::Status GetServerInfo(grpc::ServerContext* ctx, const svdq::v1::GetServerInfoRequest* req,
+                             svdq::v1::ServerInfo* out) override;
 
  private:
   engine::Engine* engine_;

@@ -11,6 +11,7 @@
 #define SVDQ_HAVE_CUDA_RUNTIME 1
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -45,6 +46,10 @@ struct Sequence {
   std::unique_ptr<models::IncrementalDetokenizer> detok;
   std::mt19937_64 rng;
   bool prefilled = false;  // false: the next step runs prompt + output (after preemption, a recompute)
+  std::string text;        // generated text so far (complete UTF-8 characters)
+  size_t emitted = 0;      // bytes of `text` sent; the rest may still turn out to be a stop string
+  size_t max_stop = 0;     // longest stop string
+  std::string stop_reason;
   int32_t preempted = 0;
 };
 
@@ -189,6 +194,16 @@ void Engine::Stop() {
 
 bool Engine::ready() const { return impl_->ready.load(); }
 
+KvConfigInfo Engine::kv_config() const {
+  KvConfigInfo k;
+  k.mode = impl_->model->dtype() == at::kFloat ? "fp32" : impl_->model->dtype() == at::kHalf ? "fp16" : "bf16";
+  k.blocks_total = impl_->kv->num_blocks();
+  k.block_size = impl_->kv->block_size();
+  k.bytes_per_token = impl_->bytes_per_token;
+  k.prefix_caching = impl_->opts.prefix_caching;
+  return k;
+}
+
 int64_t Engine::kv_capacity_tokens() const {
   return static_cast<int64_t>(impl_->kv->num_blocks()) * impl_->kv->block_size();
 }
@@ -203,6 +218,7 @@ SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
   seq->detok = std::make_unique<models::IncrementalDetokenizer>(*m.tokenizer);
   seq->rng.seed(r.sampling.has_seed ? r.sampling.seed : std::random_device{}());
   seq->req = std::move(r);
+  for (const auto& st : seq->req.stop) seq->max_stop = std::max(seq->max_stop, st.size());
   *stream = seq->stream;
   {
     std::lock_guard<std::mutex> lock(m.mu);
@@ -337,7 +353,14 @@ bool Engine::Impl::Advance(Sequence* s) {
     logits = model->Forward({s->output.back()}, &view);
     kv->Commit(s->id, static_cast<int32_t>(++s->computed));
   }
-  int32_t tok = SampleToken(logits, s->req.sampling, &s->rng);
+  // Until min_tokens, the end of sequence and the stop token ids cannot be sampled.
+  const Request& rq = s->req;
+  std::vector<int32_t> banned;
+  if (static_cast<int32_t>(s->output.size()) < rq.min_tokens) {
+    if (!rq.ignore_eos) banned.push_back(tokenizer->eos_id());
+    banned.insert(banned.end(), rq.stop_token_ids.begin(), rq.stop_token_ids.end());
+  }
+  int32_t tok = SampleToken(logits, rq.sampling, TokenHistory{&rq.prompt, &s->output}, banned, &s->rng);
   auto now = Clock::now();
   if (s->output.empty()) {
     s->first_token = now;
@@ -349,16 +372,49 @@ bool Engine::Impl::Advance(Sequence* s) {
   s->output.push_back(tok);
   if (metrics) metrics->AddGenerationTokens(1);
 
+  s->text += s->detok->Push(tok);
+  FinishReason reason = FinishReason::kNone;
+  std::string stop_reason;
+  const bool may_stop = static_cast<int32_t>(s->output.size()) >= rq.min_tokens;
+  if (may_stop && !rq.ignore_eos && tok == tokenizer->eos_id()) {
+    reason = FinishReason::kStop;
+  } else if (may_stop && std::find(rq.stop_token_ids.begin(), rq.stop_token_ids.end(), tok) != rq.stop_token_ids.end()) {
+    reason = FinishReason::kStop;
+    stop_reason = std::to_string(tok);
+  } else if (rq.max_tokens > 0 && static_cast<int32_t>(s->output.size()) >= rq.max_tokens) {
+    reason = FinishReason::kLength;
+  } else if (s->computed + 1 >= cfg.max_context) {
+    reason = FinishReason::kLength;
+  }
+  if (reason != FinishReason::kNone) s->text += s->detok->Flush();
+  // Stop strings: bytes that could still begin one are held back (max_stop - 1 of them),
+  // so a match can only start in the unsent part, and neither it nor what follows is sent.
+  size_t cut = std::string::npos;
+  if (may_stop) {
+    for (const auto& st : rq.stop) {
+      size_t q = s->text.find(st, s->emitted);
+      if (q != std::string::npos && (cut == std::string::npos || q < cut)) {
+        cut = q;
+        stop_reason = st;
+      }
+    }
+    if (cut != std::string::npos) reason = FinishReason::kStop;
+  }
+  size_t send_to = s->text.size();
+  if (cut != std::string::npos) {
+    send_to = cut;
+  } else if (reason == FinishReason::kNone && s->max_stop > 1) {
+    send_to = s->text.size() > s->max_stop - 1 ? s->text.size() - (s->max_stop - 1) : 0;
+    while (send_to > s->emitted && (static_cast<unsigned char>(s->text[send_to]) & 0xC0) == 0x80) --send_to;
+  }
+  send_to = std::max(send_to, s->emitted);
   Event ev;
   ev.ids = {tok};
-  ev.text = s->detok->Push(tok);
-  FinishReason reason = FinishReason::kNone;
-  if (!s->req.ignore_eos && tok == tokenizer->eos_id()) reason = FinishReason::kStop;
-  else if (s->req.max_tokens > 0 && static_cast<int32_t>(s->output.size()) >= s->req.max_tokens) reason = FinishReason::kLength;
-  else if (s->computed + 1 >= cfg.max_context) reason = FinishReason::kLength;
-  if (reason != FinishReason::kNone) ev.text += s->detok->Flush();
+  ev.text = s->text.substr(s->emitted, send_to - s->emitted);
+  s->emitted = send_to;
   s->stream->Push(std::move(ev));
   if (reason == FinishReason::kNone) return false;
+  s->stop_reason = stop_reason;
   Finish(s, reason, "");
   return true;
 }
@@ -369,6 +425,7 @@ void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& e
   fin.final = true;
   fin.reason = reason;
   fin.error = error;
+  fin.stop_reason = s->stop_reason;
   fin.prompt_tokens = static_cast<int32_t>(s->req.prompt.size());
   fin.completion_tokens = static_cast<int32_t>(s->output.size());
   fin.ttft_s = s->output.empty() ? 0 : Seconds(s->arrival, s->first_token);

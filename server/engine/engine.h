@@ -28,10 +28,12 @@ struct EngineOptions {
   bool prefix_caching = true;   // share full blocks of identical prompt prefixes
 };
 
-// What the KV cache holds now, for metrics and info calls (engine-thread snapshot).
-struct KvStats {
-  int32_t blocks_total = 0, blocks_used = 0, block_size = 0;
+// The KV cache's fixed configuration, for info calls (constant after Load()).
+struct KvConfigInfo {
+  std::string mode;
+  int32_t blocks_total = 0, block_size = 0;
   int64_t bytes_per_token = 0;
+  bool prefix_caching = false;
 };
 
 enum class SubmitResult { kOk, kQueueFull, kNotReady, kShuttingDown };
@@ -51,6 +53,7 @@ class Engine {
   SubmitResult Submit(Request r, std::shared_ptr<RequestStream>* stream);
   // Tokens the KV cache can hold at most (valid after Load()); a request needing more is refused.
   int64_t kv_capacity_tokens() const;
+  KvConfigInfo kv_config() const;
 
   // Valid after Load().
   const models::ModelConfig& model_config() const;

@@ -22,6 +22,14 @@ struct SamplingParams {
   float top_p = 1.f;        // 1: off
   bool has_seed = false;
   uint64_t seed = 0;
+  float min_p = 0.f;               // 0: off
+  float repetition_penalty = 1.f;  // 1: off
+  float presence_penalty = 0.f;
+  float frequency_penalty = 0.f;
+  bool NeedsHost() const {
+    return temperature > 0.f || min_p > 0.f || repetition_penalty != 1.f || presence_penalty != 0.f ||
+           frequency_penalty != 0.f;
+  }
 };
 
 struct Request {
@@ -29,7 +37,10 @@ struct Request {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   int32_t max_tokens = 0;  // 0: up to the context limit
+  int32_t min_tokens = 0;
   bool ignore_eos = false;
+  std::vector<std::string> stop;        // stop strings, never sent
+  std::vector<int32_t> stop_token_ids;
 };
 
 // One message from the engine: newly generated tokens with their text, or the end.
@@ -43,6 +54,7 @@ struct Event {
   double ttft_s = 0;
   double total_s = 0;
   std::string error;
+  std::string stop_reason;  // the stop string or stop token id that ended generation
 };
 
 // A single-producer (engine) single-consumer (gRPC handler) queue of events, plus the

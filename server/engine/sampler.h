@@ -9,7 +9,15 @@
 
 namespace svdq::engine {
 
-// logits: [vocab] fp32 on any device. Greedy when temperature == 0.
-int32_t SampleToken(const at::Tensor& logits, const SamplingParams& p, std::mt19937_64* rng);
+// What the penalties look at: the prompt's and the output's tokens.
+struct TokenHistory {
+  const std::vector<int32_t>* prompt = nullptr;
+  const std::vector<int32_t>* output = nullptr;
+};
+
+// logits: [vocab] fp32 on any device. Applies the penalties, bans `banned` ids, then takes
+// the argmax (temperature 0) or samples with top-k, top-p and min-p.
+int32_t SampleToken(const at::Tensor& logits, const SamplingParams& p, const TokenHistory& hist,
+                    const std::vector<int32_t>& banned, std::mt19937_64* rng);
 
 }  // namespace svdq::engine

@@ -1,0 +1,123 @@
+"""Generation controls and the helper RPCs, through a real gRPC client: stop strings
+(spanning tokens, never leaked), stop token ids, min_tokens, penalties, min_p, chat
+messages rendered like the model's own template, Tokenize / Detokenize, GetServerInfo,
+and the validation of each new field."""
+import grpc
+import jinja2
+import pytest
+from gguf import GGUFReader
+
+from test_server_e2e import generate
+
+
+def rpc(stubs, addr, method, request):
+    pb, pb_grpc = stubs
+    with grpc.insecure_channel(addr) as ch:
+        return getattr(pb_grpc.GenerationStub(ch), method)(request, timeout=60)
+
+
+def chunks_of(stubs, addr, **req):
+    """All chunk texts of a Generate call, and its final message."""
+    pb, pb_grpc = stubs
+    texts, final = [], None
+    with grpc.insecure_channel(addr) as ch:
+        for resp in pb_grpc.GenerationStub(ch).Generate(pb.GenerateRequest(**req), timeout=120):
+            if resp.HasField("chunk"):
+                texts.append(resp.chunk.text)
+            else:
+                final = resp.final
+    return texts, final
+
+
+def test_stop_string_spanning_tokens_is_never_sent(cpu_server, stubs):
+    pb, _ = stubs
+    prompt = "The capital of France is"
+    ids, full, _ = generate(stubs, cpu_server.addr, text=prompt, max_tokens=12, ignore_eos=True)
+    pieces = [rpc(stubs, cpu_server.addr, "Detokenize", pb.DetokenizeRequest(ids=[i])).text for i in ids]
+    i = next(k for k in range(len(pieces) - 1) if len(pieces[k].strip()) >= 2 and len(pieces[k + 1]) >= 1)
+    stop = pieces[i][-2:] + pieces[i + 1][:1]  # ends one token, starts the next
+    expected = full[:full.find(stop)]
+    texts, final = chunks_of(stubs, cpu_server.addr, text=prompt, max_tokens=12, ignore_eos=True, stop=[stop, "zzzz"])
+    assert "".join(texts) == expected
+    assert all(stop not in t for t in texts)
+    assert final.finish_reason == pb.FINISH_REASON_STOP and final.stop_reason == stop
+
+
+def test_stop_token_ids_and_min_tokens(cpu_server, stubs):
+    pb, _ = stubs
+    ids, _, _ = generate(stubs, cpu_server.addr, text="The capital of France is", max_tokens=8, ignore_eos=True)
+    got, _, final = generate(stubs, cpu_server.addr, text="The capital of France is", max_tokens=8,
+                             stop_token_ids=[ids[2]])
+    assert got == ids[:3] and final.finish_reason == pb.FINISH_REASON_STOP and final.stop_reason == str(ids[2])
+    # A chat turn ends with EOS after a few tokens; min_tokens keeps it going.
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="Say hello.")])
+    short, _, f1 = generate(stubs, cpu_server.addr, chat=chat, max_tokens=80)
+    assert f1.finish_reason == pb.FINISH_REASON_STOP and len(short) < 60  # ended by EOS
+    longer, _, _ = generate(stubs, cpu_server.addr, chat=chat, max_tokens=80, min_tokens=len(short) + 10)
+    assert len(longer) >= len(short) + 10
+    assert longer[:len(short) - 1] == short[:-1]  # the same until EOS would have been chosen
+
+
+def test_min_p_one_is_greedy_and_penalties_change_repetition(cpu_server, stubs):
+    pb, _ = stubs
+    prompt = "hello hello hello hello hello hello"
+    greedy, _, _ = generate(stubs, cpu_server.addr, text=prompt, max_tokens=20, ignore_eos=True)
+    sampled, _, _ = generate(stubs, cpu_server.addr, text=prompt, max_tokens=20, ignore_eos=True,
+                             sampling=pb.SamplingParams(temperature=1.0, min_p=1.0, seed=5))
+    assert sampled == greedy  # min_p = 1 keeps only the most likely token
+    penalized, _, _ = generate(stubs, cpu_server.addr, text=prompt, max_tokens=20, ignore_eos=True,
+                               sampling=pb.SamplingParams(frequency_penalty=2.0, repetition_penalty=1.5))
+    assert max(penalized.count(t) for t in set(penalized)) < max(greedy.count(t) for t in set(greedy))
+
+
+def test_chat_matches_the_model_template(cpu_server, stubs, model_path):
+    pb, _ = stubs
+    f = GGUFReader(str(model_path)).fields["tokenizer.chat_template"]
+    template = bytes(f.parts[f.data[0]]).decode()
+    conversations = [
+        [dict(role="user", content="What is the capital of France?")],
+        [dict(role="system", content="You answer in French."), dict(role="user", content="Hello!")],
+        [dict(role="user", content="Hi"), dict(role="assistant", content="Hello, how can I help?"),
+         dict(role="user", content="Tell me a joke.")],
+    ]
+    for conv in conversations:
+        rendered = jinja2.Template(template).render(messages=conv, add_generation_prompt=True)
+        want = rpc(stubs, cpu_server.addr, "Tokenize", pb.TokenizeRequest(text=rendered)).ids
+        chat = pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in conv])
+        got = rpc(stubs, cpu_server.addr, "Tokenize", pb.TokenizeRequest(chat=chat)).ids
+        assert list(got) == list(want)
+    bad = pb.ChatMessages(messages=[pb.ChatMessage(role="wizard", content="hi")])
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stubs, cpu_server.addr, chat=bad, max_tokens=2)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown role 'wizard'" in e.value.details()
+
+
+def test_tokenize_detokenize_and_server_info(cpu_server, stubs):
+    pb, _ = stubs
+    text = "Ünïcödé text, 123 and emoji 🤖"
+    ids = rpc(stubs, cpu_server.addr, "Tokenize", pb.TokenizeRequest(text=text)).ids
+    assert rpc(stubs, cpu_server.addr, "Detokenize", pb.DetokenizeRequest(ids=ids)).text == text
+    with pytest.raises(grpc.RpcError) as e:
+        rpc(stubs, cpu_server.addr, "Detokenize", pb.DetokenizeRequest(ids=[10 ** 6]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = rpc(stubs, cpu_server.addr, "GetServerInfo", pb.GetServerInfoRequest())
+    assert info.kv_cache_mode == "fp32" and info.kv_bytes_per_token == 2 * 30 * 3 * 64 * 4
+    assert info.kv_capacity_tokens == info.kv_blocks_total * info.kv_block_size > 0
+    assert info.prefix_caching and info.max_running == 16
+
+
+@pytest.mark.parametrize("req, fragment", [
+    (dict(sampling=dict(min_p=1.5)), "min_p"),
+    (dict(sampling=dict(repetition_penalty=3)), "repetition_penalty"),
+    (dict(sampling=dict(presence_penalty=-3)), "presence_penalty"),
+    (dict(stop=[""]), "stop string"),
+    (dict(stop=["x"] * 17), "at most 16"),
+    (dict(stop_token_ids=[49152]), "outside the vocabulary"),
+    (dict(min_tokens=5, max_tokens=2), "min_tokens"),
+    (dict(min_tokens=-1), "min_tokens"),
+])
+def test_new_fields_are_validated(cpu_server, stubs, req, fragment):
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stubs, cpu_server.addr, text="hi", **req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in e.value.details()
