@@ -57,6 +57,8 @@ std::vector<Flag> Flags(ServerConfig* c) {
       {"kv-cache-bytes", "KV cache budget, e.g. 512M or 2G (default: 1G on CPU, 85% of free GPU memory)",
        [c](const std::string& v) { return ParseBytes(v, &c->kv_cache_bytes); }},
       {"block-size", "tokens per KV cache block (default 16)", num(&c->block_size, 1, 1024)},
+      {"shutdown-grace-seconds", "on SIGTERM/SIGINT, how long in-flight requests may finish (default 30)",
+       num(&c->shutdown_grace_seconds, 0, 3600)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {
          if (v != "true" && v != "false") return false;

@@ -19,6 +19,7 @@ struct ServerConfig {
   int64_t kv_cache_bytes = 0;  // 0: automatic
   int block_size = 16;
   bool prefix_caching = true;
+  int shutdown_grace_seconds = 30;
 };
 
 // Parses argv and the environment. Returns false and fills *error on a bad flag or

@@ -4,8 +4,10 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
+#include <thread>
 #include <iostream>
 #include <memory>
 
@@ -96,10 +98,26 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&sigs, &sig);
-  std::cout << "svdq-server: signal " << sig << ", shutting down" << std::endl;
+  std::cout << "svdq-server: signal " << sig << ", not accepting new requests; in-flight ones have "
+            << cfg.shutdown_grace_seconds << " s to finish" << std::endl;
   health->SetServingStatus(kServiceName, false);
-  engine.Stop();  // ends every unfinished request, which lets their handlers return
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // gRPC refuses new calls at once and waits for the running ones until the deadline, then
+  // cancels them (each handler then cancels its sequence). The engine keeps stepping
+  // meanwhile. A second signal ends everything at once.
+  std::atomic<bool> drained{false};
+  std::thread drain([&] {
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(cfg.shutdown_grace_seconds));
+    drained = true;
+  });
+  timespec tick{0, 100 * 1000 * 1000};
+  while (!drained) {
+    if (sigtimedwait(&sigs, nullptr, &tick) > 0) {
+      std::cout << "svdq-server: second signal, cancelling in-flight requests" << std::endl;
+      engine.Stop();
+    }
+  }
+  drain.join();
+  engine.Stop();
   std::cout << "svdq-server: stopped" << std::endl;
   return 0;
 }

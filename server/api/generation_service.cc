@@ -135,6 +135,13 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         "the request needs " + std::to_string(need) + " tokens of KV cache; the server holds at most " +
                             std::to_string(engine_->kv_capacity_tokens()) + " (shorten the prompt or max_tokens)");
+  const std::string id = er.id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = in_flight_.find(id);
+    if (it != in_flight_.end() && !it->second.expired())
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "request_id '" + id + "' is already in flight");
+  }
   std::shared_ptr<engine::RequestStream> stream;
   switch (engine_->Submit(std::move(er), &stream)) {
     case engine::SubmitResult::kOk: break;
@@ -145,6 +152,19 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
     case engine::SubmitResult::kShuttingDown:
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_[id] = stream;
+  }
+  // Unregisters the id however the call ends.
+  struct Unregister {
+    GenerationService* self;
+    const std::string& id;
+    ~Unregister() {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      self->in_flight_.erase(id);
+    }
+  } unregister{this, id};
   engine::Event ev;
   while (true) {
     if (!stream->Pop(&ev, std::chrono::milliseconds(50))) {
@@ -174,6 +194,19 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
       return grpc::Status(grpc::StatusCode::INTERNAL, "generation failed: " + ev.error);
     return grpc::Status::OK;
   }
+}
+
+grpc::Status GenerationService::Abort(grpc::ServerContext*, const svdq::v1::AbortRequest* req,
+                                      svdq::v1::AbortResponse*) {
+  std::shared_ptr<engine::RequestStream> stream;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = in_flight_.find(req->request_id());
+    if (it != in_flight_.end()) stream = it->second.lock();
+  }
+  if (!stream) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no request '" + req->request_id() + "' is in flight");
+  stream->Cancel();
+  return grpc::Status::OK;
 }
 
 grpc::Status GenerationService::Tokenize(grpc::ServerContext*, const svdq::v1::TokenizeRequest* req,

@@ -2,6 +2,9 @@
 // engine, and relays the engine's events to the client's stream.
 #pragma once
 
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "server/engine/engine.h"
@@ -23,9 +26,14 @@ class GenerationService final : public svdq::v1::Generation::Service {
                           svdq::v1::DetokenizeResponse* out) override;
   grpc::Status GetServerInfo(grpc::ServerContext* ctx, const svdq::v1::GetServerInfoRequest* req,
                              svdq::v1::ServerInfo* out) override;
+  grpc::Status Abort(grpc::ServerContext* ctx, const svdq::v1::AbortRequest* req,
+                     svdq::v1::AbortResponse* out) override;
 
  private:
   engine::Engine* engine_;
+  // Streams of the Generate calls in flight, by request id, for Abort (gRPC threads only).
+  std::mutex mu_;
+  std::map<std::string, std::weak_ptr<engine::RequestStream>> in_flight_;
 };
 
 // Checks a request against the model and turns it into an engine request. On a bad

@@ -1,0 +1,82 @@
+"""Request and server lifecycle through a real client: Abort by request id, duplicate ids,
+graceful shutdown on SIGTERM (in-flight requests finish within the grace period, later ones
+are cancelled when it ends, exit code 0)."""
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+
+from conftest import Server
+
+
+def stream_in_thread(stubs, addr, **req):
+    """Starts Generate in a thread; returns (first_chunk_event, result dict, thread)."""
+    pb, pb_grpc = stubs
+    first = threading.Event()
+    result = {"ids": [], "final": None, "error": None}
+
+    def run():
+        try:
+            with grpc.insecure_channel(addr) as ch:
+                for resp in pb_grpc.GenerationStub(ch).Generate(pb.GenerateRequest(**req), timeout=120):
+                    if resp.HasField("chunk"):
+                        result["ids"] += list(resp.chunk.token_ids)
+                        first.set()
+                    else:
+                        result["final"] = resp.final
+        except grpc.RpcError as e:
+            result["error"] = e.code()
+        finally:
+            first.set()
+    t = threading.Thread(target=run)
+    t.start()
+    return first, result, t
+
+
+def test_abort_by_request_id(cpu_server, stubs):
+    pb, pb_grpc = stubs
+    first, result, t = stream_in_thread(stubs, cpu_server.addr, text="Count:", max_tokens=4000, ignore_eos=True,
+                                        request_id="job-1")
+    assert first.wait(60)
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        stub = pb_grpc.GenerationStub(ch)
+        with pytest.raises(grpc.RpcError) as e:  # the id is taken while job-1 runs
+            list(stub.Generate(pb.GenerateRequest(text="x", max_tokens=1, request_id="job-1"), timeout=30))
+        assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        stub.Abort(pb.AbortRequest(request_id="job-1"), timeout=10)
+        t.join(30)
+        assert not t.is_alive()
+        assert result["final"].finish_reason == pb.FINISH_REASON_CANCELLED
+        assert len(result["ids"]) < 4000
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Abort(pb.AbortRequest(request_id="job-1"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_sigterm_lets_in_flight_requests_finish(model_path, stubs):
+    pb, _ = stubs
+    s = Server(model_path, "cpu", extra=["--shutdown-grace-seconds", "60"])
+    s.wait_ready()
+    first, result, t = stream_in_thread(stubs, s.addr, text="Once upon a time", max_tokens=40, ignore_eos=True)
+    assert first.wait(60)
+    s.proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    assert result["error"] is None and result["final"].finish_reason == pb.FINISH_REASON_LENGTH
+    assert len(result["ids"]) == 40
+    assert s.proc.wait(timeout=60) == 0
+
+
+def test_sigterm_grace_period_ends_long_requests(model_path, stubs):
+    s = Server(model_path, "cpu", extra=["--shutdown-grace-seconds", "1"])
+    s.wait_ready()
+    first, result, t = stream_in_thread(stubs, s.addr, text="Once upon a time", max_tokens=4000, ignore_eos=True)
+    assert first.wait(60)
+    start = time.time()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(timeout=30) == 0
+    t.join(30)
+    assert time.time() - start < 20
+    assert len(result["ids"]) < 4000
+    assert result["error"] is not None or result["final"].finish_reason == 3  # CANCELLED either way
