@@ -133,23 +133,29 @@ def test_metrics_count_requests(cpu_server, stubs):
 
 def test_cancellation_frees_the_request(cpu_server, stubs):
     pb, pb_grpc = stubs
+    key = 'svdq_request_success_total{finished_reason="abort"}'
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{cpu_server.metrics_port}/metrics", timeout=10) as r:
+            return {l.split(" ")[0]: float(l.split(" ")[1]) for l in r.read().decode().splitlines()
+                    if l and not l.startswith("#")}
+    aborted_before = scrape()[key]
     with grpc.insecure_channel(cpu_server.addr) as ch:
         stream = pb_grpc.GenerationStub(ch).Generate(
             pb.GenerateRequest(text="Count forever:", max_tokens=4000, ignore_eos=True), timeout=60)
         next(stream)
         stream.cancel()
-    # The server keeps serving, and the cancelled request is counted as aborted.
+    # The server keeps serving, and the cancelled request is counted as aborted, its blocks freed.
     ids, _, _ = generate(stubs, cpu_server.addr, text="Hi", max_tokens=2, ignore_eos=True)
     assert len(ids) == 2
     import time
     deadline = time.time() + 10
     while time.time() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{cpu_server.metrics_port}/metrics", timeout=10) as r:
-            body = r.read().decode()
-        if 'svdq_request_success_total{finished_reason="abort"} 1' in body:
+        m = scrape()
+        if m[key] == aborted_before + 1 and m["svdq_kv_cache_blocks_used"] == 0:
             return
         time.sleep(0.2)
-    pytest.fail("the cancelled request was not counted as aborted")
+    pytest.fail("the cancelled request was not counted as aborted, or its KV blocks were not freed")
 
 
 def test_sigterm_exits_cleanly(model_path):
