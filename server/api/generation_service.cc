@@ -103,6 +103,7 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
   }
   for (int32_t id : in.stop_token_ids())
     if (id < 0 || id >= cfg.vocab_size) return Invalid("stop token id " + std::to_string(id) + " is outside the vocabulary");
+  if (in.has_logprobs() && (in.logprobs() < 0 || in.logprobs() > 20)) return Invalid("logprobs must be in [0, 20]");
   if (s.top_k() < 0) return Invalid("top_k must be >= 0 (0 disables it)");
   if (!std::isfinite(s.top_p()) || s.top_p() < 0 || s.top_p() > 1)
     return Invalid("top_p must be in (0, 1] (0 or unset means 1)");
@@ -120,6 +121,8 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
   out->ignore_eos = in.ignore_eos();
   out->stop.assign(in.stop().begin(), in.stop().end());
   out->stop_token_ids.assign(in.stop_token_ids().begin(), in.stop_token_ids().end());
+  out->logprobs = in.has_logprobs() ? in.logprobs() : -1;
+  out->prompt_logprobs = in.prompt_logprobs();
   return grpc::Status::OK;
 }
 
@@ -176,6 +179,17 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
       auto* c = resp.mutable_chunk();
       for (int32_t id : ev.ids) c->add_token_ids(id);
       c->set_text(ev.text);
+      for (const auto& lp : ev.logprobs) {
+        auto* t = c->add_logprobs();
+        t->set_token_id(lp.token_id);
+        t->set_logprob(lp.logprob);
+        for (const auto& [id, v] : lp.top) {
+          auto* top = t->add_top();
+          top->set_token_id(id);
+          top->set_logprob(v);
+        }
+      }
+      for (float v : ev.prompt_logprobs) c->add_prompt_logprobs(v);
       if (!writer->Write(resp)) stream->Cancel();
       continue;
     }

@@ -46,6 +46,8 @@ struct Sequence {
   std::unique_ptr<models::IncrementalDetokenizer> detok;
   std::mt19937_64 rng;
   bool prefilled = false;  // false: the next step runs prompt + output (after preemption, a recompute)
+  std::vector<float> prompt_logprobs;
+  bool prompt_logprobs_sent = false;
   std::string text;        // generated text so far (complete UTF-8 characters)
   size_t emitted = 0;      // bytes of `text` sent; the rest may still turn out to be a stop string
   size_t max_stop = 0;     // longest stop string
@@ -271,9 +273,10 @@ void Engine::Impl::Step() {
   while (running.size() < opts.max_running && !waiting.empty()) {
     Sequence* s = waiting.front().get();
     std::vector<int32_t> tokens = AllTokens(*s);
-    if (!kv->CanAllocate(tokens)) break;
+    const bool use_cache = !s->req.prompt_logprobs;
+    if (!kv->CanAllocate(tokens, use_cache)) break;
     const int64_t q0 = kv->prefix_query_tokens(), h0 = kv->prefix_hit_tokens();
-    s->computed = kv->Allocate(s->id, tokens);
+    s->computed = kv->Allocate(s->id, tokens, use_cache);
     if (metrics) metrics->AddPrefixCache(kv->prefix_query_tokens() - q0, kv->prefix_hit_tokens() - h0);
     if (metrics && s->preempted == 0) metrics->ObserveQueueTime(Seconds(s->arrival, Clock::now()));
     running.push_back(std::move(waiting.front()));
@@ -335,7 +338,21 @@ bool Engine::Impl::Advance(Sequence* s) {
     // admission, and a prefix-cache hit already holds the first `computed` tokens.
     std::vector<int32_t> tokens = AllTokens(*s);
     kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed);
-    logits = model->Forward(std::vector<int32_t>(tokens.begin() + s->computed, tokens.end()), &view);
+    std::vector<int32_t> todo(tokens.begin() + s->computed, tokens.end());
+    if (s->req.prompt_logprobs && s->output.empty() && s->prompt_logprobs.empty()) {
+      // Every position's logits: the log-probability of each prompt token given those before it.
+      at::Tensor all = model->ForwardAll(todo, &view);  // [T, vocab], computed = 0 (no cache hits)
+      at::Tensor lp = at::log_softmax(all, -1);
+      const int64_t T = static_cast<int64_t>(todo.size());
+      if (T > 1) {
+        at::Tensor next = at::tensor(std::vector<int64_t>(todo.begin() + 1, todo.end()), at::kLong).to(lp.device());
+        at::Tensor picked = lp.narrow(0, 0, T - 1).gather(1, next.unsqueeze(1)).squeeze(1).to(at::kCPU).contiguous();
+        s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
+      }
+      logits = all[T - 1];
+    } else {
+      logits = model->Forward(todo, &view);
+    }
     s->computed = static_cast<int64_t>(tokens.size());
     kv->Commit(s->id, static_cast<int32_t>(s->computed));
     s->prefilled = true;
@@ -411,6 +428,23 @@ bool Engine::Impl::Advance(Sequence* s) {
   Event ev;
   ev.ids = {tok};
   ev.text = s->text.substr(s->emitted, send_to - s->emitted);
+  if (rq.logprobs >= 0) {
+    at::Tensor lp = at::log_softmax(logits.to(at::kFloat), -1);
+    TokenLogprob t;
+    t.token_id = tok;
+    t.logprob = lp[tok].item<float>();
+    if (rq.logprobs > 0) {
+      auto [vals, idx] = lp.topk(rq.logprobs);
+      at::Tensor v = vals.to(at::kCPU).contiguous(), i = idx.to(at::kCPU).contiguous();
+      for (int64_t k = 0; k < v.numel(); ++k)
+        t.top.emplace_back(static_cast<int32_t>(i.data_ptr<int64_t>()[k]), v.data_ptr<float>()[k]);
+    }
+    ev.logprobs.push_back(std::move(t));
+  }
+  if (!s->prompt_logprobs_sent && rq.prompt_logprobs) {
+    ev.prompt_logprobs = s->prompt_logprobs;
+    s->prompt_logprobs_sent = true;
+  }
   s->emitted = send_to;
   s->stream->Push(std::move(ev));
   if (reason == FinishReason::kNone) return false;

@@ -41,6 +41,14 @@ struct Request {
   bool ignore_eos = false;
   std::vector<std::string> stop;        // stop strings, never sent
   std::vector<int32_t> stop_token_ids;
+  int32_t logprobs = -1;       // top alternatives per generated token; -1: none
+  bool prompt_logprobs = false;
+};
+
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0.f;
+  std::vector<std::pair<int32_t, float>> top;
 };
 
 // One message from the engine: newly generated tokens with their text, or the end.
@@ -55,6 +63,8 @@ struct Event {
   double total_s = 0;
   std::string error;
   std::string stop_reason;  // the stop string or stop token id that ended generation
+  std::vector<TokenLogprob> logprobs;
+  std::vector<float> prompt_logprobs;
 };
 
 // A single-producer (engine) single-consumer (gRPC handler) queue of events, plus the

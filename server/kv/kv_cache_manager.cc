@@ -8,9 +8,9 @@ KvCacheManager::KvCacheManager(const KvCacheConfig& cfg) : cfg_(cfg), pool_(cfg.
   if (cfg_.block_size < 1) cfg_.block_size = 1;
 }
 
-std::vector<BlockId> KvCacheManager::PrefixHits(const std::vector<int32_t>& prompt) const {
+std::vector<BlockId> KvCacheManager::PrefixHits(const std::vector<int32_t>& prompt, bool use_prefix_cache) const {
   std::vector<BlockId> hits;
-  if (!cfg_.prefix_caching || prompt.empty()) return hits;
+  if (!cfg_.prefix_caching || !use_prefix_cache || prompt.empty()) return hits;
   const int32_t bs = cfg_.block_size;
   const int32_t max_blocks = (static_cast<int32_t>(prompt.size()) - 1) / bs;
   BlockHash h = 0;
@@ -23,19 +23,19 @@ std::vector<BlockId> KvCacheManager::PrefixHits(const std::vector<int32_t>& prom
   return hits;
 }
 
-bool KvCacheManager::CanAllocate(const std::vector<int32_t>& prompt) const {
+bool KvCacheManager::CanAllocate(const std::vector<int32_t>& prompt, bool use_prefix_cache) const {
   const int32_t bs = cfg_.block_size;
   const int32_t needed = (static_cast<int32_t>(prompt.size()) + bs - 1) / bs;
-  std::vector<BlockId> hits = PrefixHits(prompt);
+  std::vector<BlockId> hits = PrefixHits(prompt, use_prefix_cache);
   int32_t revived = 0;  // cached blocks that are free now leave the free list when reused
   for (BlockId b : hits) revived += pool_.ref_count(b) == 0;
   return needed - static_cast<int32_t>(hits.size()) + revived <= pool_.num_free();
 }
 
-int32_t KvCacheManager::Allocate(SeqId id, const std::vector<int32_t>& prompt) {
+int32_t KvCacheManager::Allocate(SeqId id, const std::vector<int32_t>& prompt, bool use_prefix_cache) {
   const int32_t bs = cfg_.block_size;
   const int32_t needed = (static_cast<int32_t>(prompt.size()) + bs - 1) / bs;
-  std::vector<BlockId> hits = PrefixHits(prompt);
+  std::vector<BlockId> hits = PrefixHits(prompt, use_prefix_cache);
   Seq& s = seqs_[id];
   s.tokens = prompt;
   BlockHash h = 0;

@@ -28,12 +28,13 @@ class KvCacheManager {
   explicit KvCacheManager(const KvCacheConfig& cfg);
 
   // Whether a new sequence with this prompt fits now (prefix hits counted).
-  bool CanAllocate(const std::vector<int32_t>& prompt) const;
+  // use_prefix_cache = false ignores cached blocks (for a prompt that must be computed in full).
+  bool CanAllocate(const std::vector<int32_t>& prompt, bool use_prefix_cache = true) const;
   // Gives a new sequence the blocks of its prompt, reusing cached full blocks of an
   // identical prefix. Returns how many prompt tokens are already cached (whole blocks,
   // always fewer than the prompt, so at least one token is computed).
   // Call only if CanAllocate(prompt) and id is not allocated.
-  int32_t Allocate(SeqId id, const std::vector<int32_t>& prompt);
+  int32_t Allocate(SeqId id, const std::vector<int32_t>& prompt, bool use_prefix_cache = true);
   // Whether one more token fits (it may need a new block).
   bool CanAppend(SeqId id) const;
   // Adds one token to the sequence. Call only if CanAppend(id).
@@ -65,7 +66,7 @@ class KvCacheManager {
     std::vector<BlockHash> hashes;  // of the committed full blocks, in order
   };
   // Leading full blocks of `prompt` found in the cache (at most (n - 1) / block_size).
-  std::vector<BlockId> PrefixHits(const std::vector<int32_t>& prompt) const;
+  std::vector<BlockId> PrefixHits(const std::vector<int32_t>& prompt, bool use_prefix_cache) const;
 
   KvCacheConfig cfg_;
   BlockPool pool_;

@@ -121,3 +121,33 @@ def test_new_fields_are_validated(cpu_server, stubs, req, fragment):
         generate(stubs, cpu_server.addr, text="hi", **req)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fragment in e.value.details()
+
+
+def test_logprobs_and_prompt_logprobs_match_the_reference(cpu_server, stubs, probe, hf_model):
+    import torch
+    pb, pb_grpc = stubs
+    text = "The capital of France is"
+    ids = probe("tokenize", stdin=[text])[0]
+    chunks = []
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        for resp in pb_grpc.GenerationStub(ch).Generate(
+                pb.GenerateRequest(text=text, max_tokens=3, logprobs=5, prompt_logprobs=True), timeout=120):
+            if resp.HasField("chunk"):
+                chunks.append(resp.chunk)
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].double(), -1)
+    # Prompt: log p(token t+1 | tokens <= t), fp32 on both sides: within 2e-3.
+    got = list(chunks[0].prompt_logprobs)
+    want = [ref[t, ids[t + 1]].item() for t in range(len(ids) - 1)]
+    assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want)) < 2e-3
+    assert all(len(c.prompt_logprobs) == 0 for c in chunks[1:])
+    # Generated: greedy picks the top-1, alternatives are sorted, the first matches the reference.
+    for c in chunks:
+        (lp,) = c.logprobs
+        assert lp.token_id == c.token_ids[0] and len(lp.top) == 5
+        assert lp.top[0].token_id == lp.token_id and abs(lp.top[0].logprob - lp.logprob) < 1e-6
+        assert all(a.logprob >= b.logprob for a, b in zip(lp.top, lp.top[1:]))
+    assert abs(chunks[0].logprobs[0].logprob - ref[-1, chunks[0].token_ids[0]].item()) < 2e-3
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stubs, cpu_server.addr, text="hi", logprobs=21)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
