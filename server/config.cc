@@ -57,6 +57,9 @@ std::vector<Flag> Flags(ServerConfig* c) {
       {"kv-cache-bytes", "KV cache budget, e.g. 512M or 2G (default: 1G on CPU, 85% of free GPU memory)",
        [c](const std::string& v) { return ParseBytes(v, &c->kv_cache_bytes); }},
       {"block-size", "tokens per KV cache block (default 16)", num(&c->block_size, 1, 1024)},
+      {"max-message-bytes", "largest request message accepted, e.g. 4M (default 4M); larger ones get RESOURCE_EXHAUSTED",
+       [c](const std::string& v) { return ParseBytes(v, &c->max_message_bytes) && c->max_message_bytes > 0 &&
+                                          c->max_message_bytes < (1LL << 31); }},
       {"shutdown-grace-seconds", "on SIGTERM/SIGINT, how long in-flight requests may finish (default 30)",
        num(&c->shutdown_grace_seconds, 0, 3600)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",

@@ -20,6 +20,7 @@ struct ServerConfig {
   int block_size = 16;
   bool prefix_caching = true;
   int shutdown_grace_seconds = 30;
+  int64_t max_message_bytes = 4 << 20;
 };
 
 // Parses argv and the environment. Returns false and fills *error on a bad flag or

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   int bound_port = 0;
   builder.AddListeningPort(cfg.host + ":" + std::to_string(cfg.port), grpc::InsecureServerCredentials(), &bound_port);
   builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.max_message_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || bound_port == 0) {
     std::cerr << "svdq-server: cannot listen on " << cfg.host << ":" << cfg.port << "\n";

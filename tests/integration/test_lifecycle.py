@@ -80,3 +80,45 @@ def test_sigterm_grace_period_ends_long_requests(model_path, stubs):
     assert time.time() - start < 20
     assert len(result["ids"]) < 4000
     assert result["error"] is not None or result["final"].finish_reason == 3  # CANCELLED either way
+
+
+def test_reflection_lists_the_services(cpu_server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+    assert {"svdq.v1.Generation", "grpc.health.v1.Health"} <= services
+
+
+def test_health_liveness_and_readiness(cpu_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "svdq.v1.Generation"):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+
+
+def test_deadline_ends_the_request_and_frees_its_blocks(cpu_server, stubs):
+    import urllib.request
+    pb, pb_grpc = stubs
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            list(pb_grpc.GenerationStub(ch).Generate(
+                pb.GenerateRequest(text="Count:", max_tokens=4000, ignore_eos=True), timeout=1.0))
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{cpu_server.metrics_port}/metrics", timeout=10) as r:
+            body = r.read().decode()
+        if "svdq_kv_cache_blocks_used 0" in body and "svdq_num_requests_running 0" in body:
+            return
+        time.sleep(0.2)
+    pytest.fail("the request outlived its deadline in the engine")
+
+
+def test_oversized_messages_are_refused(cpu_server, stubs):
+    pb, pb_grpc = stubs
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            list(pb_grpc.GenerationStub(ch).Generate(pb.GenerateRequest(text="a" * (5 << 20), max_tokens=1), timeout=30))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
