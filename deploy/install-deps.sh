@@ -17,7 +17,7 @@ APT_PACKAGES=(
   libabsl-dev libre2-dev libc-ares-dev libssl-dev zlib1g-dev
   libcivetweb-dev libcivetweb1 civetweb libcurl4-openssl-dev
   nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev prometheus
   python3-venv curl ca-certificates
 )
 

@@ -65,7 +65,7 @@ struct Metrics::Impl {
                     .Help("Fraction of KV cache blocks in use (1 = full)").Register(r).Add({});
     kv_blocks_used = &prometheus::BuildGauge().Name("svdq_kv_cache_blocks_used")
                           .Help("KV cache blocks held by sequences").Register(r).Add({});
-    kv_blocks_total = &prometheus::BuildGauge().Name("svdq_kv_cache_blocks_total")
+    kv_blocks_total = &prometheus::BuildGauge().Name("svdq_kv_cache_blocks")
                            .Help("KV cache blocks in the pool").Register(r).Add({});
     preemptions = &prometheus::BuildCounter().Name("svdq_num_preemptions_total")
                        .Help("Sequences preempted (cache freed, recomputed later) for lack of KV blocks")

@@ -162,3 +162,15 @@ def test_sigterm_exits_cleanly(model_path):
     s = start_server(model_path, "cpu")
     assert s.stop() == 0
     assert "stopped" in s.output()
+
+
+def test_promtool_accepts_a_real_scrape(cpu_server, stubs):
+    import shutil
+    import subprocess
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: deploy/install-deps.sh installs Debian's prometheus package"
+    generate(stubs, cpu_server.addr, text="Hello", max_tokens=3)
+    with urllib.request.urlopen(f"http://127.0.0.1:{cpu_server.metrics_port}/metrics", timeout=10) as r:
+        body = r.read()
+    out = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
