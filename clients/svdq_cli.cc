@@ -4,16 +4,18 @@
 //            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
 //            [--stop S]... [--stop-token-id ID]... [--ignore-eos]
 //   svdq-cli [--addr host:port] tokenize "text" [--chat]
-//   svdq-cli [--addr host:port] info | server-info
+//   svdq-cli [--addr host:port] info | server-info | health
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "svdq/v1/generation.grpc.pb.h"
+#include "svdq/v1/health_client.grpc.pb.h"
 
 namespace {
 
@@ -23,7 +25,7 @@ int Usage() {
                "                [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
                "                [--stop S]... [--stop-token-id ID]... [--ignore-eos]\n"
                "       svdq-cli [--addr host:port] tokenize \"text\" [--chat]\n"
-               "       svdq-cli [--addr host:port] info | server-info\n"
+               "       svdq-cli [--addr host:port] info | server-info | health\n"
                "  --chat sends the prompt as one user message in the model's chat format.\n";
   return 2;
 }
@@ -103,6 +105,24 @@ int main(int argc, char** argv) {
     msg->set_content(text);
     return m;
   };
+  if (pos[0] == "health") {
+    // Liveness ("") and readiness (the Generation service); exit 0 only when both serve.
+    auto health = grpc::health::v1::Health::NewStub(channel);
+    int rc = 0;
+    for (const char* service : {"", "svdq.v1.Generation"}) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      grpc::health::v1::HealthCheckRequest hr;
+      hr.set_service(service);
+      grpc::health::v1::HealthCheckResponse out;
+      grpc::Status st = health->Check(&ctx, hr, &out);
+      std::string status = st.ok() ? grpc::health::v1::HealthCheckResponse_ServingStatus_Name(out.status())
+                                   : "error: " + st.error_message();
+      std::cout << (*service ? service : "(liveness)") << ": " << status << "\n";
+      if (!st.ok() || out.status() != grpc::health::v1::HealthCheckResponse::SERVING) rc = 1;
+    }
+    return rc;
+  }
   if (pos[0] == "server-info") {
     grpc::ClientContext ctx;
     svdq::v1::ServerInfo info;

@@ -86,6 +86,7 @@ struct Engine::Impl {
   std::atomic<bool> ready{false};
   std::unique_ptr<kv::KvCacheManager> kv;
   std::unique_ptr<kv::PagedKvStorage> storage;
+  int64_t element_size = 4;
   int64_t bytes_per_token = 0;
   kv::SeqId next_id = 1;
   std::atomic<bool> stopping{false};
@@ -116,7 +117,21 @@ struct Engine::Impl {
   }
   void ReportKv() {
     if (!metrics) return;
-    metrics->SetKvBlocks(kv->num_blocks() - kv->num_free_blocks(), kv->num_blocks());
+    const int32_t used = kv->num_blocks() - kv->num_free_blocks();
+    metrics->SetKvBlocks(used, kv->num_blocks());
+    // Keys and values are stored uncompressed in the model's dtype for now; "full
+    // precision" means bf16, so fp32 pages report a key compression ratio of 0.5.
+    const double tokens = static_cast<double>(used) * kv->block_size();
+    const double stored = tokens * static_cast<double>(bytes_per_token) / 2;
+    const double full = stored * 2.0 / static_cast<double>(element_size);
+    metrics->SetKvBytes(stored, full, stored, full);
+#ifdef SVDQ_HAVE_CUDA_RUNTIME
+    if (model->device().is_cuda()) {
+      size_t free_b = 0, total_b = 0;
+      if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+        metrics->SetGpuMemory(static_cast<double>(total_b - free_b), static_cast<double>(total_b));
+    }
+#endif
   }
 };
 
@@ -150,7 +165,8 @@ void Engine::Load() {
     throw std::runtime_error(m.opts.model_path + ": tokenizer vocabulary is larger than the embedding table");
   // KV capacity in blocks from the byte budget; the pool's tensors are allocated now.
   const auto& c = m.model->config();
-  m.bytes_per_token = 2LL * c.n_layers * c.n_kv_heads * c.head_dim * c10::elementSize(dtype);
+  m.element_size = static_cast<int64_t>(c10::elementSize(dtype));
+  m.bytes_per_token = 2LL * c.n_layers * c.n_kv_heads * c.head_dim * m.element_size;
   int64_t budget = m.opts.kv_cache_bytes;
   if (budget <= 0) {
     budget = 1LL << 30;
@@ -179,6 +195,10 @@ void Engine::Load() {
   m.kv = std::make_unique<kv::KvCacheManager>(kc);
   m.storage = std::make_unique<kv::PagedKvStorage>(c.n_layers, kc.num_blocks, kc.block_size, c.n_kv_heads,
                                                    c.head_dim, device, dtype);
+  if (m.metrics) {
+    const std::string dt = dtype == at::kFloat ? "fp32" : dtype == at::kHalf ? "fp16" : "bf16";
+    m.metrics->SetCacheConfig(kc.block_size, dt, "none", dt);
+  }
   m.ReportKv();
   m.ready = true;
 }
@@ -281,6 +301,7 @@ void Engine::Impl::Step() {
     if (metrics && s->preempted == 0) metrics->ObserveQueueTime(Seconds(s->arrival, Clock::now()));
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
+    --queued;  // the bound is on requests not yet running
   }
   ReportKv();
   if (metrics) {
@@ -288,8 +309,13 @@ void Engine::Impl::Step() {
     metrics->SetWaiting(static_cast<double>(waiting.size()));
   }
   c10::InferenceMode no_grad;
+  // Step time by phase: a step that prefills any sequence counts as "prefill".
+  const auto step_start = Clock::now();
+  bool any_prefill = false;
+  const int batch = static_cast<int>(running.size());
   for (auto it = running.begin(); it != running.end();) {
     bool done;
+    any_prefill = any_prefill || !(*it)->prefilled;
     try {
       done = Advance(it->get());
     } catch (const std::exception& e) {
@@ -297,7 +323,6 @@ void Engine::Impl::Step() {
       done = true;
     }
     if (done) {
-      --queued;
       it = running.erase(it);
     } else {
       ++it;
@@ -306,6 +331,7 @@ void Engine::Impl::Step() {
   if (metrics) {
     metrics->SetRunning(static_cast<double>(running.size()));
     metrics->SetWaiting(static_cast<double>(waiting.size()));
+    if (batch > 0) metrics->ObserveStep(any_prefill ? "prefill" : "decode", batch, Seconds(step_start, Clock::now()));
   }
   ReportKv();
 }
@@ -320,6 +346,7 @@ bool Engine::Impl::PreemptNewest(const Sequence* keep) {
     ++s->preempted;
     if (metrics) metrics->AddPreemption();
     waiting.push_front(std::move(*it));
+    ++queued;
     running.erase(std::next(it).base());
     return true;
   }

@@ -39,6 +39,13 @@ struct Metrics::Impl {
   prometheus::Counter* preemptions;
   prometheus::Counter* prefix_queries;
   prometheus::Counter* prefix_hits;
+  prometheus::Family<prometheus::Gauge>* kv_bytes;
+  prometheus::Gauge *key_stored, *key_full, *value_stored, *value_full;
+  prometheus::Gauge* key_ratio;
+  prometheus::Gauge *gpu_used, *gpu_total;
+  prometheus::Family<prometheus::Histogram>* step;
+  std::map<std::string, prometheus::Histogram*> step_by_label;
+  prometheus::Family<prometheus::Gauge>* cache_config;
   std::map<std::string, prometheus::Counter*> finished_by_reason;
 
   Impl() {
@@ -74,6 +81,25 @@ struct Metrics::Impl {
                           .Help("Prompt tokens looked up in the prefix cache").Register(r).Add({});
     prefix_hits = &prometheus::BuildCounter().Name("svdq_prefix_cache_hits_total")
                        .Help("Prompt tokens found in the prefix cache (not recomputed)").Register(r).Add({});
+    kv_bytes = &prometheus::BuildGauge().Name("svdq_kv_cache_bytes")
+                    .Help("KV cache bytes held (kind=stored) and the same tokens at bf16 (kind=full_precision), by tensor")
+                    .Register(r);
+    key_stored = &kv_bytes->Add({{"tensor", "key"}, {"kind", "stored"}});
+    key_full = &kv_bytes->Add({{"tensor", "key"}, {"kind", "full_precision"}});
+    value_stored = &kv_bytes->Add({{"tensor", "value"}, {"kind", "stored"}});
+    value_full = &kv_bytes->Add({{"tensor", "value"}, {"kind", "full_precision"}});
+    key_ratio = &prometheus::BuildGauge().Name("svdq_key_compression_ratio")
+                     .Help("Full-precision (bf16) key bytes over stored key bytes; 1 without compression")
+                     .Register(r).Add({});
+    auto& gpu = prometheus::BuildGauge().Name("svdq_gpu_memory_bytes")
+                    .Help("GPU memory in use on the device and its total (0 when serving on the CPU)")
+                    .Register(r);
+    gpu_used = &gpu.Add({{"kind", "used"}});
+    gpu_total = &gpu.Add({{"kind", "total"}});
+    step = &prometheus::BuildHistogram().Name("svdq_step_duration_seconds")
+                .Help("Engine step duration by phase and batch size bucket").Register(r);
+    cache_config = &prometheus::BuildGauge().Name("svdq_cache_config_info")
+                        .Help("KV cache configuration (labels); value 1").Register(r);
     for (const char* reason : {"stop", "length", "abort", "error"})
       finished_by_reason[reason] = &finished->Add({{"finished_reason", reason}});
   }
@@ -105,6 +131,37 @@ void Metrics::AddPrefixCache(double query_tokens, double hit_tokens) {
   impl_->prefix_queries->Increment(query_tokens);
   impl_->prefix_hits->Increment(hit_tokens);
 }
+void Metrics::SetKvBytes(double key_stored, double key_full, double value_stored, double value_full) {
+  impl_->key_stored->Set(key_stored);
+  impl_->key_full->Set(key_full);
+  impl_->value_stored->Set(value_stored);
+  impl_->value_full->Set(value_full);
+  impl_->key_ratio->Set(key_stored > 0 ? key_full / key_stored : 1.0);
+}
+
+void Metrics::SetGpuMemory(double used, double total) {
+  impl_->gpu_used->Set(used);
+  impl_->gpu_total->Set(total);
+}
+
+void Metrics::ObserveStep(const std::string& phase, int batch, double seconds) {
+  // Batch sizes in a few buckets, so that label values stay bounded.
+  const char* b = batch <= 1 ? "1" : batch <= 4 ? "2-4" : batch <= 16 ? "5-16" : batch <= 64 ? "17-64" : "65+";
+  std::string key = phase + "/" + b;
+  auto it = impl_->step_by_label.find(key);
+  if (it == impl_->step_by_label.end())
+    it = impl_->step_by_label.emplace(key, &impl_->step->Add({{"phase", phase}, {"batch", b}}, kLatencyBuckets)).first;
+  it->second->Observe(seconds);
+}
+
+void Metrics::SetCacheConfig(int block_size, const std::string& key_codec, const std::string& schedule,
+                             const std::string& value_dtype) {
+  impl_->cache_config
+      ->Add({{"block_size", std::to_string(block_size)}, {"key_codec", key_codec}, {"schedule", schedule},
+             {"value_dtype", value_dtype}})
+      .Set(1);
+}
+
 void Metrics::RequestFinished(const std::string& reason) {
   auto it = impl_->finished_by_reason.find(reason);
   if (it != impl_->finished_by_reason.end()) it->second->Increment();

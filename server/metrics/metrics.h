@@ -26,6 +26,15 @@ class Metrics {
   void SetKvBlocks(double used, double total);
   void AddPreemption();
   void AddPrefixCache(double query_tokens, double hit_tokens);
+  // KV bytes held now and what the same tokens take at full precision (bf16), by tensor.
+  void SetKvBytes(double key_stored, double key_full, double value_stored, double value_full);
+  // Device memory in use (all processes) and the device's total, from the CUDA runtime.
+  void SetGpuMemory(double used, double total);
+  // phase: "prefill" or "decode"; batch: sequences advanced in the step.
+  void ObserveStep(const std::string& phase, int batch, double seconds);
+  // One-time: the cache configuration as labels of a gauge with value 1.
+  void SetCacheConfig(int block_size, const std::string& key_codec, const std::string& schedule,
+                      const std::string& value_dtype);
   // reason: "stop", "length", "abort", "error".
   void RequestFinished(const std::string& reason);
 

@@ -122,3 +122,33 @@ def test_oversized_messages_are_refused(cpu_server, stubs):
         with pytest.raises(grpc.RpcError) as e:
             list(pb_grpc.GenerationStub(ch).Generate(pb.GenerateRequest(text="a" * (5 << 20), max_tokens=1), timeout=30))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_queue_full_is_resource_exhausted(model_path, stubs):
+    pb, pb_grpc = stubs
+    s = Server(model_path, "cpu", extra=["--max-running", "1", "--max-waiting", "1"])
+    try:
+        s.wait_ready()
+        first_a, _, ta = stream_in_thread(stubs, s.addr, text="A", max_tokens=4000, ignore_eos=True, request_id="a")
+        assert first_a.wait(60)  # a runs
+        _, _, tb = stream_in_thread(stubs, s.addr, text="B", max_tokens=4000, ignore_eos=True, request_id="b")
+        time.sleep(0.5)  # b waits in the queue
+        with grpc.insecure_channel(s.addr) as ch:
+            stub = pb_grpc.GenerationStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.Generate(pb.GenerateRequest(text="C", max_tokens=1), timeout=30))
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in e.value.details()
+            for rid in ("b", "a"):
+                stub.Abort(pb.AbortRequest(request_id=rid), timeout=10)
+        ta.join(30)
+        tb.join(30)
+    finally:
+        s.stop()
+
+
+def test_cli_health(cpu_server):
+    import subprocess
+    from conftest import BUILD
+    out = subprocess.run([str(BUILD / "clients" / "svdq-cli"), "--addr", cpu_server.addr, "health"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.count("SERVING") == 2

@@ -174,3 +174,37 @@ def test_promtool_accepts_a_real_scrape(cpu_server, stubs):
         body = r.read()
     out = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+
+
+def test_kv_metrics_go_up_and_back_to_zero(cpu_server, stubs):
+    import threading
+    import time
+    pb, pb_grpc = stubs
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{cpu_server.metrics_port}/metrics", timeout=10) as r:
+            return {l.rsplit(" ", 1)[0]: float(l.rsplit(" ", 1)[1]) for l in r.read().decode().splitlines()
+                    if l and not l.startswith("#")}
+    started = threading.Event()
+
+    def run():
+        with grpc.insecure_channel(cpu_server.addr) as ch:
+            for _ in pb_grpc.GenerationStub(ch).Generate(
+                    pb.GenerateRequest(text="Count:", max_tokens=60, ignore_eos=True, request_id="kv-up"), timeout=120):
+                started.set()
+    t = threading.Thread(target=run)
+    t.start()
+    assert started.wait(60)
+    during = scrape()
+    t.join(120)
+    assert during["svdq_kv_cache_blocks_used"] > 0 and during["svdq_kv_cache_usage_ratio"] > 0
+    key = 'svdq_kv_cache_bytes{kind="stored",tensor="key"}'
+    assert during[key] > 0
+    assert during['svdq_kv_cache_bytes{kind="full_precision",tensor="key"}'] == during[key] / 2  # fp32 pages vs bf16
+    deadline = time.time() + 10
+    while scrape()["svdq_kv_cache_blocks_used"] != 0 and time.time() < deadline:
+        time.sleep(0.1)
+    after = scrape()
+    assert after["svdq_kv_cache_blocks_used"] == 0 and after[key] == 0 and after["svdq_kv_cache_usage_ratio"] == 0
+    assert after['svdq_step_duration_seconds_count{batch="1",phase="decode"}'] > 0
+    assert any(k.startswith("svdq_cache_config_info{") for k in after)
