@@ -138,13 +138,23 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         "the request needs " + std::to_string(need) + " tokens of KV cache; the server holds at most " +
                             std::to_string(engine_->kv_capacity_tokens()) + " (shorten the prompt or max_tokens)");
+  // The id is claimed (check and insert under one lock) before the engine sees the
+  // request, and released only by the call that claimed it, however that call ends.
   const std::string id = er.id;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = in_flight_.find(id);
-    if (it != in_flight_.end() && !it->second.expired())
+    if (in_flight_.count(id))
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "request_id '" + id + "' is already in flight");
+    in_flight_[id] = InFlight{};
   }
+  struct Unregister {
+    GenerationService* self;
+    const std::string& id;
+    ~Unregister() {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      self->in_flight_.erase(id);
+    }
+  } unregister{this, id};
   std::shared_ptr<engine::RequestStream> stream;
   switch (engine_->Submit(std::move(er), &stream)) {
     case engine::SubmitResult::kOk: break;
@@ -157,17 +167,10 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    in_flight_[id] = stream;
+    InFlight& f = in_flight_[id];
+    f.stream = stream;
+    if (f.abort_requested) stream->Cancel();  // Abort arrived before the engine had it
   }
-  // Unregisters the id however the call ends.
-  struct Unregister {
-    GenerationService* self;
-    const std::string& id;
-    ~Unregister() {
-      std::lock_guard<std::mutex> lock(self->mu_);
-      self->in_flight_.erase(id);
-    }
-  } unregister{this, id};
   engine::Event ev;
   while (true) {
     if (!stream->Pop(&ev, std::chrono::milliseconds(50))) {
@@ -212,14 +215,12 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
 
 grpc::Status GenerationService::Abort(grpc::ServerContext*, const svdq::v1::AbortRequest* req,
                                       svdq::v1::AbortResponse*) {
-  std::shared_ptr<engine::RequestStream> stream;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = in_flight_.find(req->request_id());
-    if (it != in_flight_.end()) stream = it->second.lock();
-  }
-  if (!stream) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no request '" + req->request_id() + "' is in flight");
-  stream->Cancel();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = in_flight_.find(req->request_id());
+  if (it == in_flight_.end())
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no request '" + req->request_id() + "' is in flight");
+  if (auto stream = it->second.stream.lock()) stream->Cancel();
+  else it->second.abort_requested = true;
   return grpc::Status::OK;
 }
 

@@ -31,9 +31,14 @@ class GenerationService final : public svdq::v1::Generation::Service {
 
  private:
   engine::Engine* engine_;
-  // Streams of the Generate calls in flight, by request id, for Abort (gRPC threads only).
+  // Generate calls in flight, by request id, for Abort (gRPC threads only). The stream is
+  // empty between the id's claim and the engine's acceptance of the request.
+  struct InFlight {
+    std::weak_ptr<engine::RequestStream> stream;
+    bool abort_requested = false;
+  };
   std::mutex mu_;
-  std::map<std::string, std::weak_ptr<engine::RequestStream>> in_flight_;
+  std::map<std::string, InFlight> in_flight_;
 };
 
 // Checks a request against the model and turns it into an engine request. On a bad

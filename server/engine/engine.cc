@@ -178,9 +178,6 @@ void Engine::Load() {
       if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) budget = static_cast<int64_t>(free_b * 0.85);
     }
 #endif
-    {
-      budget = 1LL << 30;
-    }
   }
   if (m.opts.block_size < 1 || m.opts.block_size > 1024) throw std::runtime_error("block size must be in [1, 1024]");
   const int64_t blocks = budget / (m.bytes_per_token * m.opts.block_size);
@@ -209,7 +206,12 @@ void Engine::Start() {
 }
 
 void Engine::Stop() {
-  if (impl_->stopping.exchange(true)) return;
+  {
+    // Under the lock, so the engine thread cannot miss the wakeup between testing its
+    // wait condition and blocking, and Submit cannot add to a drained inbox.
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->stopping.exchange(true)) return;
+  }
   impl_->cv.notify_all();
   if (impl_->thread.joinable()) impl_->thread.join();
 }
@@ -244,6 +246,7 @@ SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
   *stream = seq->stream;
   {
     std::lock_guard<std::mutex> lock(m.mu);
+    if (m.stopping) return SubmitResult::kShuttingDown;  // checked again: Stop() may have drained the inbox
     if (m.queued.load() >= m.opts.max_waiting) return SubmitResult::kQueueFull;
     ++m.queued;
     seq->id = m.next_id++;
