@@ -128,7 +128,7 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v1::GenerateRequest* req,
                                          grpc::ServerWriter<svdq::v1::GenerateResponse>* writer) {
-  if (!engine_->ready()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading; retry shortly");
+  if (!engine_->ready()) return Unavailable();
   engine::Request er;
   grpc::Status st = ToEngineRequest(*req, *engine_, &er);
   if (!st.ok()) return st;
@@ -161,7 +161,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
     case engine::SubmitResult::kQueueFull:
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the request queue is full; retry later");
     case engine::SubmitResult::kNotReady:
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading; retry shortly");
+      return Unavailable();
     case engine::SubmitResult::kShuttingDown:
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   }
@@ -279,7 +279,7 @@ grpc::Status GenerationService::GetServerInfo(grpc::ServerContext*, const svdq::
 
 grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const svdq::v1::GetModelInfoRequest*,
                                              svdq::v1::ModelInfo* out) {
-  if (!engine_->ready()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading; retry shortly");
+  if (!engine_->ready()) return Unavailable();
   const auto& c = engine_->model_config();
   out->set_name(c.name);
   out->set_architecture(c.architecture);

@@ -306,7 +306,6 @@ void Engine::Impl::Step() {
     waiting.pop_front();
     --queued;  // the bound is on requests not yet running
   }
-  ReportKv();
   if (metrics) {
     metrics->SetRunning(static_cast<double>(running.size()));
     metrics->SetWaiting(static_cast<double>(waiting.size()));
@@ -368,20 +367,20 @@ bool Engine::Impl::Advance(Sequence* s) {
     // admission, and a prefix-cache hit already holds the first `computed` tokens.
     std::vector<int32_t> tokens = AllTokens(*s);
     kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed);
-    std::vector<int32_t> todo(tokens.begin() + s->computed, tokens.end());
+    std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
     if (s->req.prompt_logprobs && s->output.empty() && s->prompt_logprobs.empty()) {
       // Every position's logits: the log-probability of each prompt token given those before it.
-      at::Tensor all = model->ForwardAll(todo, &view);  // [T, vocab], computed = 0 (no cache hits)
+      at::Tensor all = model->ForwardAll(uncached, &view);  // [T, vocab], computed = 0 (no cache hits)
       at::Tensor lp = at::log_softmax(all, -1);
-      const int64_t T = static_cast<int64_t>(todo.size());
+      const int64_t T = static_cast<int64_t>(uncached.size());
       if (T > 1) {
-        at::Tensor next = at::tensor(std::vector<int64_t>(todo.begin() + 1, todo.end()), at::kLong).to(lp.device());
+        at::Tensor next = at::tensor(std::vector<int64_t>(uncached.begin() + 1, uncached.end()), at::kLong).to(lp.device());
         at::Tensor picked = lp.narrow(0, 0, T - 1).gather(1, next.unsqueeze(1)).squeeze(1).to(at::kCPU).contiguous();
         s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
       }
       logits = all[T - 1];
     } else {
-      logits = model->Forward(todo, &view);
+      logits = model->Forward(uncached, &view);
     }
     s->computed = static_cast<int64_t>(tokens.size());
     kv->Commit(s->id, static_cast<int32_t>(s->computed));
