@@ -2,6 +2,16 @@
 
 namespace svdq::models {
 
+at::Tensor ApplyRotaryHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t pos0,
+                           at::ScalarType out) {
+  const int64_t T = x.size(0), D = x.size(-1);
+  at::Tensor c = cos.narrow(0, pos0, T).unsqueeze(1);  // [T, 1, D]
+  at::Tensor s = sin.narrow(0, pos0, T).unsqueeze(1);
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor rot = at::cat({-xf.narrow(-1, D / 2, D / 2), xf.narrow(-1, 0, D / 2)}, -1);
+  return (xf * c + rot * s).to(out);
+}
+
 void SequenceKv::Grow(int layer, const at::Tensor& like) {
   if (static_cast<int>(k_.size()) <= layer) {
     k_.resize(layer + 1);
@@ -22,7 +32,7 @@ void SequenceKv::Grow(int layer, const at::Tensor& like) {
   v_[layer] = nv;
 }
 
-void SequenceKv::Write(int layer, int64_t pos0, const at::Tensor& k, const at::Tensor& v) {
+void SequenceKv::Write(int layer, int64_t pos0, const at::Tensor&, const at::Tensor& k, const at::Tensor& v) {
   Grow(layer, k);
   k_[layer].narrow(1, pos0, k.size(0)).copy_(k.transpose(0, 1));
   v_[layer].narrow(1, pos0, v.size(0)).copy_(v.transpose(0, 1));

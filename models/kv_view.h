@@ -18,20 +18,32 @@ class KvView {
   virtual int64_t length() const = 0;
   // Makes room for `n` tokens in total; throws if the storage cannot hold them.
   virtual void Reserve(int64_t n) = 0;
-  // Stores k, v [T, kv_heads, head_dim] of positions pos0 .. pos0 + T - 1 in `layer`.
-  virtual void Write(int layer, int64_t pos0, const at::Tensor& k, const at::Tensor& v) = 0;
-  // Keys and values of positions 0 .. n - 1 of `layer`, each [kv_heads, n, head_dim].
+  // Stores the keys (pre-RoPE k_pre and post-RoPE k) and values v, each [T, kv_heads,
+  // head_dim], of positions pos0 .. pos0 + T - 1 in `layer`. Storage that codes keys before
+  // RoPE (SVDq) keeps k_pre; the others keep k.
+  virtual void Write(int layer, int64_t pos0, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) = 0;
+  // Keys (post-RoPE) and values of positions 0 .. n - 1 of `layer`, each [kv_heads, n, head_dim],
+  // in the model's dtype. Positions written by this forward come back as written.
   virtual std::pair<at::Tensor, at::Tensor> Read(int layer, int64_t n) = 0;
+  // Decode attention of one new token straight from the stored form, if this storage has a
+  // kernel for it: q [1, heads, head_dim] post-RoPE, after Write of the token; returns
+  // [1, heads, head_dim], or an undefined tensor to have the model Read and run SDPA.
+  virtual at::Tensor Attend(int layer, const at::Tensor& q) { return {}; }
   // Called once a forward has written every layer up to `n` tokens.
   virtual void SetLength(int64_t n) = 0;
 };
 
 // Contiguous storage: per layer a [kv_heads, capacity, head_dim] tensor, grown by doubling.
+// Rotate-half RoPE of x [T, heads, head_dim] at positions pos0 ..; cos/sin [max_pos, head_dim]
+// fp32 (halves duplicated). Computed in fp32, returned in `out`.
+at::Tensor ApplyRotaryHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t pos0,
+                           at::ScalarType out);
+
 class SequenceKv : public KvView {
  public:
   int64_t length() const override { return length_; }
   void Reserve(int64_t n) override { needed_ = std::max(needed_, n); }
-  void Write(int layer, int64_t pos0, const at::Tensor& k, const at::Tensor& v) override;
+  void Write(int layer, int64_t pos0, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) override;
   std::pair<at::Tensor, at::Tensor> Read(int layer, int64_t n) override;
   void SetLength(int64_t n) override { length_ = n; }
 

@@ -113,12 +113,7 @@ at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& w) const {
 }
 
 at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, int64_t pos0) const {
-  const int64_t T = x.size(0), D = cfg_.head_dim;
-  at::Tensor cos = rope_cos_.narrow(0, pos0, T).unsqueeze(1);  // [T, 1, D]
-  at::Tensor sin = rope_sin_.narrow(0, pos0, T).unsqueeze(1);
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor rot = at::cat({-xf.narrow(-1, D / 2, D / 2), xf.narrow(-1, 0, D / 2)}, -1);
-  return (xf * cos + rot * sin).to(dtype_);
+  return ApplyRotaryHalf(x, rope_cos_, rope_sin_, pos0, dtype_);
 }
 
 at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, KvView* kv) {
@@ -133,7 +128,11 @@ at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int
   }
   at::Tensor q = ApplyRope(q_pre, pos0);
   at::Tensor k = ApplyRope(k_pre, pos0);
-  kv->Write(layer, pos0, k, v);
+  kv->Write(layer, pos0, k_pre, k, v);
+  if (T == 1) {
+    at::Tensor o = kv->Attend(layer, q);  // [1, NH, D] where the storage attends itself
+    if (o.defined()) return at::linear(o.reshape({1, NH * D}).to(dtype_), w.wo);
+  }
   const int64_t L = pos0 + T;
   auto [k_all, v_all] = kv->Read(layer, L);                // [NKV, L, D]
   at::Tensor keys = k_all.repeat_interleave(NH / NKV, 0);  // [NH, L, D]

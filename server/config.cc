@@ -4,6 +4,9 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <vector>
+
+#include "kernels/svdq/schedule.h"
 
 namespace svdq::server {
 namespace {
@@ -43,6 +46,16 @@ bool ParseInt(const std::string& v, int lo, int hi, int* out) {
 
 std::vector<Flag> Flags(ServerConfig* c) {
   auto str = [](std::string* dst) { return [dst](const std::string& v) { *dst = v; return !v.empty(); }; };
+  auto oneof = [](std::string* dst, std::vector<std::string> allowed) {
+    return [dst, allowed](const std::string& v) {
+      for (const auto& a : allowed)
+        if (v == a) {
+          *dst = v;
+          return true;
+        }
+      return false;
+    };
+  };
   auto num = [](int* dst, int lo, int hi) { return [=](const std::string& v) { return ParseInt(v, lo, hi, dst); }; };
   return {
       {"model", "GGUF model file (default: the bundled SmolLM2-135M-Instruct)", str(&c->model)},
@@ -62,6 +75,20 @@ std::vector<Flag> Flags(ServerConfig* c) {
                                           c->max_message_bytes < (1LL << 31); }},
       {"shutdown-grace-seconds", "on SIGTERM/SIGINT, how long in-flight requests may finish (default 30)",
        num(&c->shutdown_grace_seconds, 0, 3600)},
+      {"key-mode", "KV key pages: bf16 | fp8 | int4 | int2 (direct per-channel, per page) | svdq (default bf16)",
+       oneof(&c->key_mode, {"bf16", "fp8", "int4", "int2", "svdq"})},
+      {"value-mode", "KV value pages: bf16 | fp8 | int8 | int4 (per token, grouped scales) (default bf16)",
+       oneof(&c->value_mode, {"bf16", "fp8", "int8", "int4"})},
+      {"svdq-schedule", "bits of the 8 latent channel groups, leading first (default 8,4,2,1,1,0,0,0)",
+       [c](const std::string& v) {
+         kernels::Schedule s;
+         if (!kernels::ParseSchedule(v, &s).ok()) return false;
+         c->svdq_schedule = v;
+         return true;
+       }},
+      {"svdq-basis", "prefill (per sequence, from its prompt) | calibrated (the basis file) (default prefill)",
+       oneof(&c->svdq_basis, {"prefill", "calibrated"})},
+      {"svdq-basis-file", "calibrated basis (tools/svdq_calibrate; default <model>.svdq-basis)", str(&c->svdq_basis_file)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {
          if (v != "true" && v != "false") return false;

@@ -59,6 +59,11 @@ int main(int argc, char** argv) {
   eo.kv_cache_bytes = cfg.kv_cache_bytes;
   eo.block_size = cfg.block_size;
   eo.prefix_caching = cfg.prefix_caching;
+  eo.key_mode = cfg.key_mode;
+  eo.value_mode = cfg.value_mode;
+  eo.svdq_schedule = cfg.svdq_schedule;
+  eo.svdq_basis = cfg.svdq_basis;
+  eo.svdq_basis_file = cfg.svdq_basis_file;
   svdq::engine::Engine engine(eo, &metrics);
   svdq::api::GenerationService service(&engine);
 
@@ -88,6 +93,11 @@ int main(int argc, char** argv) {
               << mc.n_heads << "/" << mc.n_kv_heads << " heads, context " << mc.max_context << ") from " << cfg.model
               << " on " << engine.device_name() << " as " << engine.dtype_name() << " in " << s << " s; KV cache "
               << engine.kv_capacity_tokens() << " tokens in blocks of " << cfg.block_size << std::endl;
+    const auto k = engine.kv_config();
+    std::cout << "svdq-server: KV cache " << k.mode << "; " << k.key_bytes_per_token << " key + "
+              << k.value_bytes_per_token << " value bytes per token (key compression " << k.key_compression_ratio
+              << "x against bf16), " << k.bytes_per_running_sequence << " bytes per running sequence, "
+              << "prefix caching " << (k.prefix_caching ? "on" : "off") << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "svdq-server: cannot load the model: " << e.what() << "\n";
     server->Shutdown();

@@ -200,6 +200,9 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
     f->set_finish_reason(ToProto(ev.reason));
     f->mutable_usage()->set_prompt_tokens(ev.prompt_tokens);
     f->mutable_usage()->set_completion_tokens(ev.completion_tokens);
+    f->mutable_usage()->set_cached_tokens(ev.cached_tokens);
+    f->mutable_usage()->set_kv_bytes_stored(ev.kv_bytes_stored);
+    f->mutable_usage()->set_kv_bytes_full_precision(ev.kv_bytes_full);
     f->mutable_timings()->set_time_to_first_token_s(ev.ttft_s);
     f->mutable_timings()->set_total_s(ev.total_s);
     f->set_error(ev.error);
@@ -274,6 +277,14 @@ grpc::Status GenerationService::GetServerInfo(grpc::ServerContext*, const svdq::
   out->set_prefix_caching(k.prefix_caching);
   out->set_max_running(static_cast<int32_t>(engine_->options().max_running));
   out->set_max_waiting(static_cast<int32_t>(engine_->options().max_waiting));
+  out->set_key_mode(k.key_mode);
+  out->set_value_mode(k.value_mode);
+  out->set_svdq_schedule(k.svdq_schedule);
+  out->set_svdq_basis(k.svdq_basis);
+  out->set_key_bytes_per_token(k.key_bytes_per_token);
+  out->set_value_bytes_per_token(k.value_bytes_per_token);
+  out->set_key_compression_ratio(k.key_compression_ratio);
+  out->set_kv_bytes_per_running_sequence(k.bytes_per_running_sequence);
   return grpc::Status::OK;
 }
 

@@ -1,7 +1,6 @@
 // Engine loop. Each step: take new requests from the inbox, admit waiting sequences up
 // to max_running (first come, first served), then advance every running sequence by
 // one forward (its prefill, or one decode token), sample, and emit events.
-// The contiguous per-sequence cache of this slice is replaced by the paged cache later.
 #include "server/engine/engine.h"
 
 #include <ATen/ATen.h>
@@ -14,13 +13,16 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cmath>
 #include <deque>
+#include <fstream>
 #include <iostream>
 #include <list>
 #include <mutex>
 #include <random>
 #include <thread>
 
+#include "models/basis_file.h"
 #include "models/gguf.h"
 #include "models/llama.h"
 #include "models/tokenizer.h"
@@ -38,6 +40,7 @@ double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 
 struct Sequence {
   kv::SeqId id = 0;
+  int lane = -1;         // the storage's tail/basis slot while running
   Request req;
   std::shared_ptr<RequestStream> stream;
   Clock::time_point arrival, first_token, last_token;
@@ -53,6 +56,7 @@ struct Sequence {
   size_t max_stop = 0;     // longest stop string
   std::string stop_reason;
   int32_t preempted = 0;
+  int32_t cached_tokens = 0;
 };
 
 const char* MetricReason(FinishReason r) {
@@ -86,8 +90,11 @@ struct Engine::Impl {
   std::atomic<bool> ready{false};
   std::unique_ptr<kv::KvCacheManager> kv;
   std::unique_ptr<kv::PagedKvStorage> storage;
-  int64_t element_size = 4;
-  int64_t bytes_per_token = 0;
+  kv::KvModes modes;
+  kv::KvBytes kv_bytes;
+  int64_t bf16_bytes_per_token = 0;  // keys or values, all layers
+  bool prefix_caching = false;       // in effect
+  std::vector<int> free_lanes;
   kv::SeqId next_id = 1;
   std::atomic<bool> stopping{false};
 
@@ -107,6 +114,10 @@ struct Engine::Impl {
   bool Advance(Sequence* s);
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
+  void ReleaseLane(Sequence* s) {
+    if (s->lane >= 0) free_lanes.push_back(s->lane);
+    s->lane = -1;
+  }
   // Frees the newest running sequence's cache and puts it back at the head of the queue,
   // to be recomputed (prompt + output so far) when blocks allow. False if none can go.
   bool PreemptNewest(const Sequence* keep);
@@ -119,12 +130,10 @@ struct Engine::Impl {
     if (!metrics) return;
     const int32_t used = kv->num_blocks() - kv->num_free_blocks();
     metrics->SetKvBlocks(used, kv->num_blocks());
-    // Keys and values are stored uncompressed in the model's dtype for now; "full
-    // precision" means bf16, so fp32 pages report a key compression ratio of 0.5.
-    const double tokens = static_cast<double>(used) * kv->block_size();
-    const double stored = tokens * static_cast<double>(bytes_per_token) / 2;
-    const double full = stored * 2.0 / static_cast<double>(element_size);
-    metrics->SetKvBytes(stored, full, stored, full);
+    // Stored bytes of the blocks in use, against bf16 keys and values of the same tokens.
+    const double full = static_cast<double>(used) * kv->block_size() * static_cast<double>(bf16_bytes_per_token);
+    metrics->SetKvBytes(static_cast<double>(used) * kv_bytes.key_per_block, full,
+                        static_cast<double>(used) * kv_bytes.value_per_block, full);
 #ifdef SVDQ_HAVE_CUDA_RUNTIME
     if (model->device().is_cuda()) {
       size_t free_b = 0, total_b = 0;
@@ -163,10 +172,66 @@ void Engine::Load() {
   m.model = models::LlamaModel::LoadGguf(*m.file, device, dtype);
   if (m.tokenizer->vocab_size() > m.model->config().vocab_size)
     throw std::runtime_error(m.opts.model_path + ": tokenizer vocabulary is larger than the embedding table");
-  // KV capacity in blocks from the byte budget; the pool's tensors are allocated now.
+  // The cache modes, their bytes, and the capacity in blocks that the budget leaves.
   const auto& c = m.model->config();
-  m.element_size = static_cast<int64_t>(c10::elementSize(dtype));
-  m.bytes_per_token = 2LL * c.n_layers * c.n_kv_heads * c.head_dim * m.element_size;
+  kv::KvModes& modes = m.modes;
+  if (!kv::ParseKeyMode(m.opts.key_mode, &modes.key))
+    throw std::runtime_error("unknown key mode '" + m.opts.key_mode + "' (bf16, fp8, int4, int2, svdq)");
+  if (!kv::ParseValueMode(m.opts.value_mode, &modes.value))
+    throw std::runtime_error("unknown value mode '" + m.opts.value_mode + "' (bf16, fp8, int8, int4)");
+  if (!kv::ParseBasisSource(m.opts.svdq_basis, &modes.basis))
+    throw std::runtime_error("unknown SVDq basis source '" + m.opts.svdq_basis + "' (prefill, calibrated)");
+  if (kernels::Status st = kernels::ParseSchedule(m.opts.svdq_schedule, &modes.schedule); !st.ok())
+    throw std::runtime_error(st.message());
+  if (m.opts.block_size < 1 || m.opts.block_size > 1024) throw std::runtime_error("block size must be in [1, 1024]");
+  kv::KvShape shape;
+  shape.layers = c.n_layers;
+  shape.kv_heads = c.n_kv_heads;
+  shape.head_dim = c.head_dim;
+  shape.block_size = m.opts.block_size;
+  shape.dtype_bytes = static_cast<int>(c10::elementSize(dtype));
+  if (std::string e = kv::ComputeKvBytes(modes, shape, &m.kv_bytes); !e.empty())
+    throw std::runtime_error("KV cache mode: " + e);
+  m.bf16_bytes_per_token = kv::Bf16BytesPerToken(shape);
+
+  kv::StorageSpec spec;
+  spec.modes = modes;
+  spec.shape = shape;
+  spec.lanes = static_cast<int>(m.opts.max_running);
+  spec.device = device;
+  spec.dtype = dtype;
+  spec.rope_cos = m.model->rope_cos();
+  spec.rope_sin = m.model->rope_sin();
+  uint64_t basis_identity = 0;
+  if (modes.key == kv::KeyMode::kSvdq) {
+    // The calibrated basis: required for the calibrated source, the short-prompt fallback
+    // of the prefill source when its file exists.
+    std::string path = m.opts.svdq_basis_file.empty() ? m.opts.model_path + ".svdq-basis" : m.opts.svdq_basis_file;
+    const bool need = modes.basis == kv::BasisSource::kCalibrated || !m.opts.svdq_basis_file.empty();
+    if (need || std::ifstream(path).good()) {
+      models::BasisSet b = models::ReadBasisFile(path);
+      if (b.scope != "head" || b.layers != c.n_layers || b.units != c.n_kv_heads || b.width != c.head_dim)
+        throw std::runtime_error(path + ": basis is for " + std::to_string(b.layers) + " layers x " +
+                                 std::to_string(b.units) + " units of width " + std::to_string(b.width) + " (" +
+                                 b.scope + " scope); the server needs head scope, " + std::to_string(c.n_layers) +
+                                 " layers x " + std::to_string(c.n_kv_heads) + " KV heads of width " +
+                                 std::to_string(c.head_dim) + " (run svdq_calibrate --scope head)");
+      const int64_t KV = c.n_kv_heads, D = c.head_dim;
+      for (int l = 0; l < c.n_layers; ++l) {
+        at::Tensor mean = at::empty({KV, D}, at::kFloat), vec = at::empty({KV, D, D}, at::kFloat);
+        for (int64_t h = 0; h < KV; ++h) {
+          const size_t u = static_cast<size_t>(l) * KV + h;
+          std::copy(b.mean[u].begin(), b.mean[u].end(), mean[h].data_ptr<float>());
+          std::copy(b.vectors[u].begin(), b.vectors[u].end(), vec[h].data_ptr<float>());
+          for (float x : b.vectors[u]) basis_identity = basis_identity * 1099511628211ull ^ std::hash<float>{}(x);
+        }
+        spec.calibrated_mean.push_back(mean);
+        spec.calibrated_vectors.push_back(vec);
+      }
+      std::cout << "svdq-server: SVDq calibrated basis " << path << " (" << b.tokens << " tokens)" << std::endl;
+    }
+  }
+
   int64_t budget = m.opts.kv_cache_bytes;
   if (budget <= 0) {
     budget = 1LL << 30;
@@ -179,22 +244,36 @@ void Engine::Load() {
     }
 #endif
   }
-  if (m.opts.block_size < 1 || m.opts.block_size > 1024) throw std::runtime_error("block size must be in [1, 1024]");
-  const int64_t blocks = budget / (m.bytes_per_token * m.opts.block_size);
-  if (blocks < 1) throw std::runtime_error("the KV cache budget holds no block; raise --kv-cache-bytes");
+  // Per running sequence (tail page, prefill basis) and per server (shared basis) bytes come
+  // out of the budget first; blocks take the rest.
+  const int64_t fixed = m.kv_bytes.per_lane * spec.lanes + m.kv_bytes.shared;
+  const int64_t per_block = m.kv_bytes.key_per_block + m.kv_bytes.value_per_block;
+  const int64_t blocks = (budget - fixed) / per_block;
+  if (blocks < 1)
+    throw std::runtime_error("the KV cache budget of " + std::to_string(budget) + " bytes holds no block (" +
+                             std::to_string(fixed) + " bytes go to " + std::to_string(spec.lanes) +
+                             " running sequences' tails and bases); raise --kv-cache-bytes or lower --max-running");
   kv::KvCacheConfig kc;
   kc.num_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
   kc.block_size = m.opts.block_size;
-  // Sharing is sound: a block's keys and values depend only on the tokens before it and
-  // the model, whose identity (dtype, block size) is in every block hash.
-  kc.prefix_caching = m.opts.prefix_caching;
-  kc.mode_key = (static_cast<uint64_t>(dtype) << 32) ^ static_cast<uint64_t>(kc.block_size) ^ 0x6266313670616765ull;
+  // Sharing is sound where a block's stored form depends only on the tokens before it, the
+  // model and the mode: not with a per-sequence basis. The mode, dtype, block size and the
+  // basis are in every block hash, so differently coded pages are never shared.
+  m.prefix_caching = m.opts.prefix_caching && modes.pages_shareable();
+  kc.prefix_caching = m.prefix_caching;
+  const std::string mode_text = modes.KeyName() + "|" + modes.ValueName() + "|" + std::to_string(static_cast<int>(dtype));
+  kc.mode_key = std::hash<std::string>{}(mode_text) ^ (static_cast<uint64_t>(kc.block_size) << 48) ^ basis_identity;
   m.kv = std::make_unique<kv::KvCacheManager>(kc);
-  m.storage = std::make_unique<kv::PagedKvStorage>(c.n_layers, kc.num_blocks, kc.block_size, c.n_kv_heads,
-                                                   c.head_dim, device, dtype);
+  spec.num_blocks = kc.num_blocks;
+  m.storage = std::make_unique<kv::PagedKvStorage>(spec);
+  for (int l = spec.lanes - 1; l >= 0; --l) m.free_lanes.push_back(l);
   if (m.metrics) {
-    const std::string dt = dtype == at::kFloat ? "fp32" : dtype == at::kHalf ? "fp16" : "bf16";
-    m.metrics->SetCacheConfig(kc.block_size, dt, "none", dt);
+    const std::string full = dtype == at::kFloat ? "fp32" : dtype == at::kHalf ? "fp16" : "bf16";
+    const bool svdq = modes.key == kv::KeyMode::kSvdq;
+    m.metrics->SetCacheConfig(kc.block_size,
+                              svdq ? "svdq" : modes.key == kv::KeyMode::kFull ? full : modes.KeyName(),
+                              svdq ? modes.schedule.ToString() : "none",
+                              modes.value == kv::ValueMode::kFull ? full : modes.ValueName());
   }
   m.ReportKv();
   m.ready = true;
@@ -219,12 +298,26 @@ void Engine::Stop() {
 bool Engine::ready() const { return impl_->ready.load(); }
 
 KvConfigInfo Engine::kv_config() const {
+  const Impl& m = *impl_;
   KvConfigInfo k;
-  k.mode = impl_->model->dtype() == at::kFloat ? "fp32" : impl_->model->dtype() == at::kHalf ? "fp16" : "bf16";
-  k.blocks_total = impl_->kv->num_blocks();
-  k.block_size = impl_->kv->block_size();
-  k.bytes_per_token = impl_->bytes_per_token;
-  k.prefix_caching = impl_->opts.prefix_caching;
+  // Unquantized pages are in the model's dtype: name it (fp32 on the CPU by default).
+  const at::ScalarType dt = m.model->dtype();
+  const std::string full = dt == at::kFloat ? "fp32" : dt == at::kHalf ? "fp16" : "bf16";
+  k.key_mode = m.modes.key == kv::KeyMode::kFull ? full : m.modes.KeyName();
+  k.value_mode = m.modes.value == kv::ValueMode::kFull ? full : m.modes.ValueName();
+  k.mode = "keys " + k.key_mode + ", values " + k.value_mode;
+  if (m.modes.key == kv::KeyMode::kSvdq) {
+    k.svdq_schedule = m.modes.schedule.ToString();
+    k.svdq_basis = m.modes.basis == kv::BasisSource::kPrefill ? "prefill" : "calibrated";
+  }
+  k.blocks_total = m.kv->num_blocks();
+  k.block_size = m.kv->block_size();
+  k.key_bytes_per_token = m.kv_bytes.key_per_token();
+  k.value_bytes_per_token = m.kv_bytes.value_per_token();
+  k.bytes_per_token = static_cast<int64_t>(std::ceil(k.key_bytes_per_token + k.value_bytes_per_token));
+  k.key_compression_ratio = static_cast<double>(m.bf16_bytes_per_token) / k.key_bytes_per_token;
+  k.bytes_per_running_sequence = m.kv_bytes.per_lane;
+  k.prefix_caching = m.prefix_caching;
   return k;
 }
 
@@ -300,6 +393,9 @@ void Engine::Impl::Step() {
     if (!kv->CanAllocate(tokens, use_cache)) break;
     const int64_t q0 = kv->prefix_query_tokens(), h0 = kv->prefix_hit_tokens();
     s->computed = kv->Allocate(s->id, tokens, use_cache);
+    if (s->preempted == 0) s->cached_tokens = static_cast<int32_t>(s->computed);
+    s->lane = free_lanes.back();  // running < max_running = lanes, so one is free
+    free_lanes.pop_back();
     if (metrics) metrics->AddPrefixCache(kv->prefix_query_tokens() - q0, kv->prefix_hit_tokens() - h0);
     if (metrics && s->preempted == 0) metrics->ObserveQueueTime(Seconds(s->arrival, Clock::now()));
     running.push_back(std::move(waiting.front()));
@@ -343,6 +439,7 @@ bool Engine::Impl::PreemptNewest(const Sequence* keep) {
     Sequence* s = it->get();
     if (s == keep) continue;
     kv->Free(s->id);
+    ReleaseLane(s);
     s->computed = 0;
     s->prefilled = false;
     ++s->preempted;
@@ -366,7 +463,7 @@ bool Engine::Impl::Advance(Sequence* s) {
     // First prefill, or a recompute after preemption: the blocks were allocated at
     // admission, and a prefix-cache hit already holds the first `computed` tokens.
     std::vector<int32_t> tokens = AllTokens(*s);
-    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed);
+    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
     std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
     if (s->req.prompt_logprobs && s->output.empty() && s->prompt_logprobs.empty()) {
       // Every position's logits: the log-probability of each prompt token given those before it.
@@ -395,7 +492,7 @@ bool Engine::Impl::Advance(Sequence* s) {
       }
     }
     kv->Append(s->id, s->output.back());
-    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed);
+    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
     logits = model->Forward({s->output.back()}, &view);
     kv->Commit(s->id, static_cast<int32_t>(++s->computed));
   }
@@ -491,10 +588,17 @@ void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& e
   fin.stop_reason = s->stop_reason;
   fin.prompt_tokens = static_cast<int32_t>(s->req.prompt.size());
   fin.completion_tokens = static_cast<int32_t>(s->output.size());
+  fin.cached_tokens = s->cached_tokens;
+  if (kv->Has(s->id)) {
+    const int64_t blocks = static_cast<int64_t>(kv->Blocks(s->id).size());
+    fin.kv_bytes_stored = blocks * (kv_bytes.key_per_block + kv_bytes.value_per_block);
+    fin.kv_bytes_full = 2 * blocks * kv->block_size() * bf16_bytes_per_token;
+  }
   fin.ttft_s = s->output.empty() ? 0 : Seconds(s->arrival, s->first_token);
   fin.total_s = Seconds(s->arrival, now);
   s->stream->Push(std::move(fin));
   kv->Free(s->id);  // every block at once
+  ReleaseLane(s);
   if (metrics) {
     metrics->ObserveEndToEnd(fin.total_s);
     metrics->RequestFinished(MetricReason(reason));

@@ -25,15 +25,24 @@ struct EngineOptions {
   size_t max_running = 16;      // sequences decoded together
   int64_t kv_cache_bytes = 0;   // KV budget; 0: 1 GiB on the CPU, 85% of free GPU memory after weights
   int32_t block_size = 16;      // tokens per KV block
-  bool prefix_caching = true;   // share full blocks of identical prompt prefixes
+  bool prefix_caching = true;   // share full blocks of identical prompt prefixes (where sound)
+  std::string key_mode = "bf16";                  // server/kv/kv_modes.h
+  std::string value_mode = "bf16";
+  std::string svdq_schedule = "8,4,2,1,1,0,0,0";  // svdq key mode
+  std::string svdq_basis = "prefill";             // prefill | calibrated
+  std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
 
 // The KV cache's fixed configuration, for info calls (constant after Load()).
 struct KvConfigInfo {
-  std::string mode;
+  std::string mode;  // summary: "keys <key mode>, values <value mode>"
+  std::string key_mode, value_mode, svdq_schedule, svdq_basis;
   int32_t blocks_total = 0, block_size = 0;
-  int64_t bytes_per_token = 0;
-  bool prefix_caching = false;
+  int64_t bytes_per_token = 0;  // keys + values, rounded up
+  double key_bytes_per_token = 0, value_bytes_per_token = 0;
+  double key_compression_ratio = 0;  // bf16 key bytes / stored key bytes
+  int64_t bytes_per_running_sequence = 0;
+  bool prefix_caching = false;  // in effect (off where pages cannot be shared)
 };
 
 enum class SubmitResult { kOk, kQueueFull, kNotReady, kShuttingDown };

@@ -59,6 +59,9 @@ struct Event {
   FinishReason reason = FinishReason::kNone;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
+  int32_t cached_tokens = 0;      // prompt tokens found in the prefix cache
+  int64_t kv_bytes_stored = 0;    // the sequence's pages at its end, and their bf16 equivalent
+  int64_t kv_bytes_full = 0;
   double ttft_s = 0;
   double total_s = 0;
   std::string error;

@@ -1,59 +1,374 @@
 #include "server/kv/paged_storage.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
-namespace svdq::kv {
+#include "kernels/svdq/schedule.h"
+#include "kernels/svdq/svdq_ref.h"
+#ifdef SVDQ_WITH_CUDA
+#include "kernels/svdq/svdq_cuda.h"
+#endif
 
-PagedKvStorage::PagedKvStorage(int layers, int32_t num_blocks, int32_t block_size, int kv_heads, int head_dim,
-                               at::Device device, at::ScalarType dtype)
-    : block_size_(block_size), device_(device) {
-  auto opts = at::TensorOptions().device(device).dtype(dtype);
-  const int64_t slots = static_cast<int64_t>(num_blocks) * block_size;
-  for (int l = 0; l < layers; ++l) {
-    k_.push_back(at::empty({slots, kv_heads, head_dim}, opts));
-    v_.push_back(at::empty({slots, kv_heads, head_dim}, opts));
+namespace svdq::kv {
+namespace {
+
+using at::indexing::Slice;
+
+TokenStore::Kind KindOf(ValueMode m) {
+  switch (m) {
+    case ValueMode::kFp8: return TokenStore::Kind::kFp8;
+    case ValueMode::kInt8: return TokenStore::Kind::kInt8;
+    case ValueMode::kInt4: return TokenStore::Kind::kInt4;
+    default: return TokenStore::Kind::kFull;
   }
+}
+
+void Check(const kernels::Status& s, const char* what) {
+  if (!s.ok()) throw std::runtime_error(std::string(what) + ": " + s.message());
+}
+
+at::Tensor ToDevice(const std::vector<int64_t>& v, at::Device d) { return at::tensor(v, at::kLong).to(d); }
+
+}  // namespace
+
+TokenStore::TokenStore(Kind kind, int32_t num_blocks, const KvShape& s, at::ScalarType dtype, at::Device device)
+    : kind_(kind), dtype_(dtype), head_dim_(s.head_dim) {
+  auto o = at::TensorOptions().device(device);
+  const int64_t B = num_blocks, KV = s.kv_heads, P = s.block_size, D = s.head_dim;
+  switch (kind) {
+    case Kind::kFull: data_ = at::zeros({B, KV, P, D}, o.dtype(dtype)); break;
+    case Kind::kFp8: data_ = at::zeros({B, KV, P, D}, o.dtype(at::kFloat8_e4m3fn)); break;
+    case Kind::kInt8: data_ = at::zeros({B, KV, P, D}, o.dtype(at::kChar)); break;
+    case Kind::kInt4: data_ = at::zeros({B, KV, P, D / 2}, o.dtype(at::kByte)); break;
+  }
+  if (kind != Kind::kFull) scale_ = at::zeros({B, KV, P, D / kTokenGroup}, o.dtype(at::kBFloat16));
+}
+
+int64_t TokenStore::bytes() const {
+  int64_t b = data_.numel() * static_cast<int64_t>(data_.element_size());
+  if (scale_.defined()) b += scale_.numel() * static_cast<int64_t>(scale_.element_size());
+  return b;
+}
+
+void TokenStore::Write(const at::Tensor& block, const at::Tensor& offset, const at::Tensor& x) {
+  if (kind_ == Kind::kFull) {
+    data_.index_put_({block, Slice(), offset}, x.to(dtype_));
+    return;
+  }
+  // Symmetric absmax scale per token and group of 32 channels, rounded to bf16 first so
+  // that the codes are computed against the scale that is stored.
+  const int64_t T = x.size(0), KV = x.size(1), D = x.size(2), G = D / kTokenGroup;
+  const double qmax = kind_ == Kind::kFp8 ? 448.0 : kind_ == Kind::kInt8 ? 127.0 : 7.0;
+  at::Tensor xg = x.to(at::kFloat).reshape({T, KV, G, kTokenGroup});
+  at::Tensor scale = (xg.abs().amax(-1) / qmax).clamp_min(1e-30).to(at::kBFloat16);
+  at::Tensor y = (xg / scale.to(at::kFloat).unsqueeze(-1)).clamp(-qmax, qmax).reshape({T, KV, D});
+  at::Tensor q;
+  if (kind_ == Kind::kFp8) {
+    q = y.to(at::kFloat8_e4m3fn);
+  } else if (kind_ == Kind::kInt8) {
+    q = y.round().to(at::kChar);
+  } else {
+    // Two codes per byte, code + 8 in [1, 15]: channel 2i in the low nibble, 2i + 1 in the high.
+    at::Tensor u = (y.round() + 8).to(at::kShort).reshape({T, KV, D / 2, 2});
+    q = (u.select(-1, 0) + u.select(-1, 1) * 16).to(at::kByte);
+  }
+  data_.index_put_({block, Slice(), offset}, q);
+  scale_.index_put_({block, Slice(), offset}, scale);
+}
+
+at::Tensor TokenStore::Read(const at::Tensor& block, const at::Tensor& offset) const {
+  at::Tensor q = data_.index({block, Slice(), offset});  // [n, KV, X]
+  if (kind_ == Kind::kFull) return q;
+  const int64_t n = q.size(0), KV = q.size(1), D = head_dim_, G = D / kTokenGroup;
+  at::Tensor y;
+  if (kind_ == Kind::kInt4) {
+    at::Tensor b = q.to(at::kShort);
+    y = at::stack({at::remainder(b, 16), at::div(b, 16, "floor")}, -1).reshape({n, KV, D}).to(at::kFloat) - 8;
+  } else {
+    y = q.to(at::kFloat);
+  }
+  at::Tensor scale = scale_.index({block, Slice(), offset}).to(at::kFloat);  // [n, KV, G]
+  return (y.reshape({n, KV, G, kTokenGroup}) * scale.unsqueeze(-1)).reshape({n, KV, D}).to(dtype_);
+}
+
+PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
+  const KvShape& s = spec_.shape;
+  const KvModes& m = spec_.modes;
+  auto o = at::TensorOptions().device(spec_.device);
+  const int64_t KV = s.kv_heads, D = s.head_dim, P = s.block_size;
+  for (int l = 0; l < s.layers; ++l) {
+    values_.emplace_back(KindOf(m.value), spec_.num_blocks, s, spec_.dtype, spec_.device);
+    if (!m.page_coded_keys())
+      keys_.emplace_back(m.key == KeyMode::kFp8 ? TokenStore::Kind::kFp8 : TokenStore::Kind::kFull, spec_.num_blocks, s,
+                         spec_.dtype, spec_.device);
+  }
+  if (!m.page_coded_keys()) return;
+  Check(kernels::MakeLayout(s.head_dim, s.block_size, m.CodecSchedule(), &layout_), "key page layout");
+  const bool per_lane = m.key == KeyMode::kSvdq && m.basis == BasisSource::kPrefill;
+  const bool calibrated = m.key == KeyMode::kSvdq && m.basis == BasisSource::kCalibrated;
+  if (calibrated && static_cast<int>(spec_.calibrated_vectors.size()) != s.layers)
+    throw std::invalid_argument("the calibrated SVDq basis source needs a basis for every layer");
+  for (int l = 0; l < s.layers; ++l) {
+    codes_.push_back(at::zeros({spec_.num_blocks, KV, layout_.page_bytes}, o.dtype(at::kByte)));
+    tail_.push_back(at::zeros({spec_.lanes, P, KV, D}, o.dtype(spec_.dtype)));
+    if (per_lane) {
+      mean_.push_back(at::zeros({spec_.lanes, KV, D}, o.dtype(at::kFloat)));
+      vectors_.push_back(at::zeros({spec_.lanes, KV, D, D}, o.dtype(at::kFloat)));
+    } else if (calibrated) {
+      mean_.push_back(spec_.calibrated_mean[l].to(spec_.device, at::kFloat).reshape({1, KV, D}).contiguous());
+      vectors_.push_back(spec_.calibrated_vectors[l].to(spec_.device, at::kFloat).reshape({1, KV, D, D}).contiguous());
+    } else {  // direct per-channel quantization: identity basis, no centring
+      mean_.push_back(at::zeros({1, KV, D}, o.dtype(at::kFloat)));
+      vectors_.push_back(at::eye(D, o.dtype(at::kFloat)).expand({1, KV, D, D}).contiguous());
+    }
+  }
+  lane_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
 }
 
 int64_t PagedKvStorage::bytes() const {
   int64_t b = 0;
-  for (size_t l = 0; l < k_.size(); ++l) b += (k_[l].numel() + v_[l].numel()) * k_[l].element_size();
+  for (const auto& t : keys_) b += t.bytes();
+  for (const auto& t : values_) b += t.bytes();
+  for (const auto* v : {&codes_, &tail_, &mean_, &vectors_})
+    for (const auto& t : *v) b += t.numel() * static_cast<int64_t>(t.element_size());
   return b;
 }
 
+PagedSeqView::PagedSeqView(PagedKvStorage* storage, const std::vector<BlockId>& blocks, int64_t length, int lane)
+    : st_(storage), blocks_(blocks), length_(length), lane_(lane) {
+  if (lane < 0 || lane >= storage->spec().lanes) throw std::logic_error("KV view with an invalid lane");
+}
+
 void PagedSeqView::Reserve(int64_t n) {
-  const int64_t have = static_cast<int64_t>(blocks_.size()) * storage_->block_size();
+  const int64_t have = static_cast<int64_t>(blocks_.size()) * st_->block_size();
   if (n > have)
     throw std::logic_error("paged KV view needs " + std::to_string(n) + " tokens but its blocks hold " +
                            std::to_string(have));
 }
 
-at::Tensor PagedSeqView::Slots(int64_t from, int64_t to) {
-  const int64_t bs = storage_->block_size();
-  std::vector<int64_t> slots(static_cast<size_t>(to - from));
-  for (int64_t p = from; p < to; ++p) slots[p - from] = static_cast<int64_t>(blocks_[p / bs]) * bs + p % bs;
-  return at::tensor(slots, at::kLong).to(storage_->device());
+std::pair<at::Tensor, at::Tensor> PagedSeqView::Where(int64_t from, int64_t to) const {
+  const int64_t P = st_->block_size();
+  std::vector<int64_t> blk, off;
+  for (int64_t p = from; p < to; ++p) {
+    blk.push_back(blocks_[p / P]);
+    off.push_back(p % P);
+  }
+  return {ToDevice(blk, st_->spec().device), ToDevice(off, st_->spec().device)};
 }
 
-void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t to = pos0 + k.size(0);
-  if (pos0 != write_from_ || to != write_to_) {
-    write_slots_ = Slots(pos0, to);
-    write_from_ = pos0;
-    write_to_ = to;
+at::Tensor PagedSeqView::BlockIds(int64_t first_page, int64_t pages) const {
+  return ToDevice(std::vector<int64_t>(blocks_.begin() + first_page, blocks_.begin() + first_page + pages),
+                  st_->spec().device);
+}
+
+int PagedSeqView::BasisSlot() const { return st_->mean_.empty() || st_->mean_[0].size(0) == 1 ? 0 : lane_; }
+
+void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
+  const auto& sp = st_->spec();
+  const int64_t T = k_pre.size(0), D = sp.shape.head_dim;
+  at::Tensor mean = st_->mean_[layer][lane_], vectors = st_->vectors_[layer][lane_];
+  if (T < D && !sp.calibrated_vectors.empty()) {
+    // Too few prompt keys to span the head: the calibrated basis stands in.
+    mean.copy_(sp.calibrated_mean[layer].reshape_as(mean));
+    vectors.copy_(sp.calibrated_vectors[layer].reshape_as(vectors));
+    return;
   }
-  storage_->keys(layer).index_copy_(0, write_slots_, k);
-  storage_->values(layer).index_copy_(0, write_slots_, v);
+  // Eigenvectors of the centred Gram matrix per KV head, by descending eigenvalue (fp64).
+  at::Tensor kf = k_pre.to(at::kDouble).transpose(0, 1);  // [KV, T, D]
+  at::Tensor mu = kf.mean(1, /*keepdim=*/true);
+  at::Tensor c = kf - mu;
+  at::Tensor gram = at::matmul(c.transpose(1, 2), c).cpu();
+  at::Tensor evecs = std::get<1>(at::linalg_eigh(gram)).flip({-1});
+  mean.copy_(mu.squeeze(1));
+  vectors.copy_(evecs);
+}
+
+void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre) {
+  const auto& sp = st_->spec();
+  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
+  const int64_t n = keys_pre.size(0) / P;
+  const int slot = BasisSlot();
+  at::Tensor x = keys_pre.to(at::kFloat).reshape({n, P, KV, D}).permute({0, 2, 1, 3}).contiguous();
+  at::Tensor mean = st_->mean_[layer][slot].unsqueeze(0).expand({n, KV, D}).contiguous();
+  at::Tensor vec = st_->vectors_[layer][slot].unsqueeze(0).expand({n, KV, D, D}).contiguous();
+  at::Tensor out = at::empty({n, KV, st_->layout_.page_bytes}, x.options().dtype(at::kByte));
+  kernels::SvdqEncodeParams p;
+  p.layout = st_->layout_;
+  p.num_pages = static_cast<int>(n);
+  p.kv_heads = static_cast<int>(KV);
+  p.keys = x.data_ptr<float>();
+  p.mean = mean.data_ptr<float>();
+  p.basis = vec.data_ptr<float>();
+  p.out = out.data_ptr<uint8_t>();
+#ifdef SVDQ_WITH_CUDA
+  if (sp.device.is_cuda()) Check(kernels::SvdqEncode(p, nullptr), "SVDq encode");
+  else
+#endif
+    Check(kernels::SvdqEncodeRef(p), "SVDq encode");
+  st_->codes_[layer].index_copy_(0, BlockIds(first_page, n), out);
+}
+
+at::Tensor PagedSeqView::DecodePages(int layer, int64_t pages) {
+  const auto& sp = st_->spec();
+  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
+  const int slot = BasisSlot();
+  at::Tensor codes = st_->codes_[layer].index_select(0, BlockIds(0, pages)).contiguous();
+  at::Tensor mean = st_->mean_[layer][slot].unsqueeze(0).expand({pages, KV, D}).contiguous();
+  at::Tensor vec = st_->vectors_[layer][slot].unsqueeze(0).expand({pages, KV, D, D}).contiguous();
+  at::Tensor first = at::arange(0, pages * P, P, codes.options().dtype(at::kInt));
+  at::Tensor out = at::empty({pages, KV, P, D}, codes.options().dtype(at::kFloat));
+  kernels::SvdqDecodeParams p;
+  p.layout = st_->layout_;
+  p.num_pages = static_cast<int>(pages);
+  p.kv_heads = static_cast<int>(KV);
+  p.pages = codes.data_ptr<uint8_t>();
+  p.mean = mean.data_ptr<float>();
+  p.basis = vec.data_ptr<float>();
+  p.first_pos = first.data_ptr<int32_t>();
+  p.rope_cos = sp.rope_cos.data_ptr<float>();
+  p.rope_sin = sp.rope_sin.data_ptr<float>();
+  p.out = out.data_ptr<float>();
+#ifdef SVDQ_WITH_CUDA
+  if (sp.device.is_cuda()) Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
+  else
+#endif
+    Check(kernels::SvdqDecodeRef(p), "SVDq decode");
+  return out.permute({0, 2, 1, 3}).reshape({pages * P, KV, D});
+}
+
+void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) {
+  const auto& sp = st_->spec();
+  const int64_t T = k.size(0), to = pos0 + T, P = sp.shape.block_size;
+  fresh_layer_ = layer;
+  fresh_pos0_ = pos0;
+  fresh_k_ = k;
+  fresh_v_ = v;
+  auto [blk, off] = Where(pos0, to);
+  st_->values_[layer].Write(blk, off, v);
+  if (!sp.modes.page_coded_keys()) {
+    st_->keys_[layer].Write(blk, off, k);
+    return;
+  }
+  if (sp.modes.key == KeyMode::kSvdq && sp.modes.basis == BasisSource::kPrefill) {
+    char& set = st_->lane_basis_set_[static_cast<size_t>(lane_) * sp.shape.layers + layer];
+    if (pos0 == 0) {
+      ComputeBasis(layer, k_pre);
+      set = 1;
+    } else if (!set) {
+      throw std::logic_error("SVDq prefill basis: the sequence's first forward did not start at position 0");
+    }
+  }
+  // Pages completed by this write are encoded (with the tail's earlier rows); the rest of
+  // the new keys wait in the lane's tail page, pre-RoPE.
+  at::Tensor tail = st_->tail_[layer][lane_];  // [P, KV, D]
+  const int64_t page0 = pos0 / P, start = page0 * P, full_end = to / P * P;
+  if (full_end > start) {
+    at::Tensor keys = k_pre.narrow(0, 0, full_end - pos0);
+    if (pos0 > start) keys = at::cat({tail.narrow(0, 0, pos0 - start), keys.to(tail.scalar_type())}, 0);
+    EncodePages(layer, page0, keys);
+  }
+  const int64_t rest = std::max(pos0, full_end);
+  if (to > rest) tail.narrow(0, rest % P, to - rest).copy_(k_pre.narrow(0, rest - pos0, to - rest));
+}
+
+at::Tensor PagedSeqView::StoredKeys(int layer, int64_t n) {
+  const auto& sp = st_->spec();
+  if (!sp.modes.page_coded_keys()) {
+    auto [blk, off] = Where(0, n);
+    return st_->keys_[layer].Read(blk, off);
+  }
+  const int64_t P = sp.shape.block_size;
+  // Full pages are encoded; the page being filled is in the tail.
+  const int64_t filled = fresh_layer_ == layer ? fresh_pos0_ + fresh_k_.size(0) : length_;
+  const int64_t pages = std::min((n + P - 1) / P, filled / P);
+  std::vector<at::Tensor> parts;
+  if (pages > 0) parts.push_back(DecodePages(layer, pages).narrow(0, 0, std::min(n, pages * P)).to(sp.dtype));
+  const int64_t from = pages * P;
+  if (n > from) {
+    at::Tensor t = st_->tail_[layer][lane_].narrow(0, 0, n - from);
+    parts.push_back(models::ApplyRotaryHalf(t, sp.rope_cos, sp.rope_sin, from, sp.dtype));
+  }
+  return at::cat(parts, 0);
 }
 
 std::pair<at::Tensor, at::Tensor> PagedSeqView::Read(int layer, int64_t n) {
-  if (n != read_to_) {
-    read_slots_ = Slots(0, n);
-    read_to_ = n;
+  const auto& sp = st_->spec();
+  const int64_t stored = fresh_layer_ == layer ? fresh_pos0_ : n;
+  at::Tensor k, v;
+  if (stored > 0) {
+    k = StoredKeys(layer, stored);
+    auto [blk, off] = Where(0, stored);
+    v = st_->values_[layer].Read(blk, off);
   }
-  return {storage_->keys(layer).index_select(0, read_slots_).transpose(0, 1),
-          storage_->values(layer).index_select(0, read_slots_).transpose(0, 1)};
+  if (stored < n) {
+    at::Tensor fk = fresh_k_.narrow(0, 0, n - stored).to(sp.dtype), fv = fresh_v_.narrow(0, 0, n - stored).to(sp.dtype);
+    k = k.defined() ? at::cat({k, fk}, 0) : fk;
+    v = v.defined() ? at::cat({v, fv}, 0) : fv;
+  }
+  return {k.transpose(0, 1), v.transpose(0, 1)};
+}
+
+at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
+#ifdef SVDQ_WITH_CUDA
+  const auto& sp = st_->spec();
+  if (!sp.device.is_cuda() || !sp.modes.page_coded_keys() || sp.modes.value != ValueMode::kFull ||
+      sp.dtype != at::kBFloat16 || fresh_layer_ != layer)
+    return {};
+  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim, NH = q.size(1);
+  const int64_t L = fresh_pos0_ + fresh_k_.size(0);
+  const int64_t pages = L / P, tail_len = L - pages * P;
+  auto opts = q.options();
+  at::Tensor table = BlockIds(0, std::max<int64_t>(pages, 1)).to(at::kInt).unsqueeze(0).contiguous();
+  at::Tensor npages = at::full({1}, pages, opts.dtype(at::kInt));
+  at::Tensor tlen = at::full({1}, tail_len, opts.dtype(at::kInt));
+  at::Tensor tail_k = at::zeros({P, KV, D}, opts.dtype(at::kBFloat16));
+  at::Tensor tail_v = at::zeros({KV, P, D}, opts.dtype(at::kBFloat16));
+  if (tail_len > 0) {
+    at::Tensor t = st_->tail_[layer][lane_].narrow(0, 0, tail_len);
+    tail_k.narrow(0, 0, tail_len).copy_(models::ApplyRotaryHalf(t, sp.rope_cos, sp.rope_sin, pages * P, at::kBFloat16));
+    tail_v.copy_(st_->values_[layer].data()[blocks_[pages]]);
+  }
+  tail_k = tail_k.permute({1, 0, 2}).unsqueeze(0).contiguous();
+  tail_v = tail_v.unsqueeze(0).contiguous();
+  const int slot = BasisSlot();
+  at::Tensor mean = st_->mean_[layer][slot].unsqueeze(0).contiguous();
+  at::Tensor vec = st_->vectors_[layer][slot].unsqueeze(0).contiguous();
+  at::Tensor qb = q.to(at::kBFloat16).contiguous();
+  at::Tensor out = at::empty({1, NH, D}, opts.dtype(at::kFloat));
+  kernels::SvdqAttentionParams p;
+  p.layout = st_->layout_;
+  p.batch = 1;
+  p.num_heads = static_cast<int>(NH);
+  p.kv_heads = static_cast<int>(KV);
+  p.max_pages = static_cast<int>(table.size(1));
+  p.sm_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  p.q = static_cast<const uint16_t*>(qb.data_ptr());
+  p.key_pages = st_->codes_[layer].data_ptr<uint8_t>();
+  p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
+  p.page_table = table.data_ptr<int32_t>();
+  p.num_pages = npages.data_ptr<int32_t>();
+  p.mean = mean.data_ptr<float>();
+  p.basis = vec.data_ptr<float>();
+  p.tail_keys = static_cast<const uint16_t*>(tail_k.data_ptr());
+  p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
+  p.tail_len = tlen.data_ptr<int32_t>();
+  p.rope_cos = sp.rope_cos.data_ptr<float>();
+  p.rope_sin = sp.rope_sin.data_ptr<float>();
+  p.out = out.data_ptr<float>();
+  at::Tensor ws;
+  if (pages > 64) {
+    p.pages_per_split = 32;
+    ws = at::empty({static_cast<int64_t>(kernels::SvdqAttentionWorkspaceFloats(p))}, opts.dtype(at::kFloat));
+    p.workspace = ws.data_ptr<float>();
+  }
+  Check(kernels::SvdqAttention(p, nullptr), "SVDq attention");
+  return out;
+#else
+  (void)layer;
+  (void)q;
+  return {};
+#endif
 }
 
 }  // namespace svdq::kv

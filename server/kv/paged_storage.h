@@ -1,54 +1,109 @@
-// The KV pool's tensors: for each layer, keys and values of every block, stored as
-// [num_blocks * block_size, kv_heads, head_dim] (slot = block * block_size + offset), and a
-// per-sequence view that maps positions to slots through the sequence's block table.
-// (bf16/fp32 pages; SVDq-coded key pages are the next step.) Used by the engine thread only.
+// The KV pool's tensors in every cache mode (kv_modes.h), and a per-sequence view that the
+// model writes and reads through (models/kv_view.h). Block b holds the tokens of one page
+// of a sequence for every layer; which blocks a sequence has is the KvCacheManager's
+// business, which lane (tail page and basis slot) it has is the engine's.
+//
+// Layouts (per layer, all page-major so kernels can walk pages):
+//   per-token codecs (bf16, fp8 keys; every value mode): data [blocks, kv, P, X] and
+//     bf16 scales [blocks, kv, P, D / 32] (none for bf16);
+//   page-coded keys (int4, int2, svdq): codes [blocks, kv, page_bytes] (kernels/svdq/svdq_params.h),
+//     tail [lanes, P, kv, D] pre-RoPE in the model's dtype, basis mean [.., kv, D] and
+//     vectors [.., kv, D, D] fp32, one per lane (prefill basis) or one shared.
+// Used by the engine thread only.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <vector>
 
+#include "kernels/svdq/svdq_params.h"
 #include "models/kv_view.h"
 #include "server/kv/block_pool.h"
+#include "server/kv/kv_modes.h"
 
 namespace svdq::kv {
 
-class PagedKvStorage {
+struct StorageSpec {
+  KvModes modes;
+  KvShape shape;
+  int32_t num_blocks = 0;
+  int lanes = 1;  // sequences that can run at once
+  at::Device device{at::kCPU};
+  at::ScalarType dtype = at::kFloat;
+  at::Tensor rope_cos, rope_sin;  // [max_pos, head_dim] fp32 on the device (the model's)
+  // svdq: the calibrated basis per layer (mean [kv, D], vectors [kv, D, D], fp32); required
+  // for the calibrated source, the fallback for short prompts with the prefill source.
+  std::vector<at::Tensor> calibrated_mean, calibrated_vectors;
+};
+
+// Per-token quantized pages: one tensor kind of the cache (keys or values) for one layer.
+class TokenStore {
  public:
-  PagedKvStorage(int layers, int32_t num_blocks, int32_t block_size, int kv_heads, int head_dim, at::Device device,
-                 at::ScalarType dtype);
-  int32_t block_size() const { return block_size_; }
-  at::Device device() const { return device_; }
-  at::Tensor& keys(int layer) { return k_[layer]; }
-  at::Tensor& values(int layer) { return v_[layer]; }
+  enum class Kind { kFull, kFp8, kInt8, kInt4 };
+  TokenStore(Kind kind, int32_t num_blocks, const KvShape& s, at::ScalarType dtype, at::Device device);
+  // x [T, kv, D] goes to (block[i], offset[i]) for token i.
+  void Write(const at::Tensor& block, const at::Tensor& offset, const at::Tensor& x);
+  // [n, kv, D] in the model's dtype.
+  at::Tensor Read(const at::Tensor& block, const at::Tensor& offset) const;
+  const at::Tensor& data() const { return data_; }  // [blocks, kv, P, X]
   int64_t bytes() const;
 
  private:
-  int32_t block_size_;
-  at::Device device_;
-  std::vector<at::Tensor> k_, v_;
+  Kind kind_;
+  at::ScalarType dtype_;
+  int head_dim_;
+  at::Tensor data_, scale_;
+};
+
+class PagedKvStorage {
+ public:
+  explicit PagedKvStorage(StorageSpec spec);
+  const StorageSpec& spec() const { return spec_; }
+  int32_t block_size() const { return spec_.shape.block_size; }
+  int64_t bytes() const;  // every tensor allocated
+  const kernels::SvdqLayout& layout() const { return layout_; }
+
+ private:
+  friend class PagedSeqView;
+  StorageSpec spec_;
+  kernels::SvdqLayout layout_;  // page-coded keys
+  std::vector<TokenStore> keys_, values_;  // keys_ empty for page-coded keys
+  std::vector<at::Tensor> codes_, tail_, mean_, vectors_;
+  std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed
 };
 
 // One sequence's view of the pool for one forward. `blocks` must already cover every
-// position the forward writes (KvCacheManager::Allocate / Append).
+// position the forward writes (KvCacheManager::Allocate / Append); `lane` is the
+// sequence's slot for its tail page and basis, owned by it while it runs.
 class PagedSeqView : public models::KvView {
  public:
-  PagedSeqView(PagedKvStorage* storage, const std::vector<BlockId>& blocks, int64_t length)
-      : storage_(storage), blocks_(blocks), length_(length) {}
+  PagedSeqView(PagedKvStorage* storage, const std::vector<BlockId>& blocks, int64_t length, int lane);
   int64_t length() const override { return length_; }
   void Reserve(int64_t n) override;
-  void Write(int layer, int64_t pos0, const at::Tensor& k, const at::Tensor& v) override;
+  void Write(int layer, int64_t pos0, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) override;
   std::pair<at::Tensor, at::Tensor> Read(int layer, int64_t n) override;
+  at::Tensor Attend(int layer, const at::Tensor& q) override;
   void SetLength(int64_t n) override { length_ = n; }
 
  private:
-  at::Tensor Slots(int64_t from, int64_t to);  // int64 slot ids of positions [from, to), on the device
-  PagedKvStorage* storage_;
+  // Block ids and in-block offsets of positions [from, to), int64 on the device.
+  std::pair<at::Tensor, at::Tensor> Where(int64_t from, int64_t to) const;
+  at::Tensor BlockIds(int64_t first_page, int64_t pages) const;  // int64 on the device
+  int BasisSlot() const;
+  void ComputeBasis(int layer, const at::Tensor& k_pre);
+  void EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre);  // [pages * P, kv, D]
+  at::Tensor DecodePages(int layer, int64_t pages);  // post-RoPE [pages * P, kv, D] fp32
+  at::Tensor StoredKeys(int layer, int64_t n);       // post-RoPE keys of positions [0, n), dtype
+
+  PagedKvStorage* st_;
   const std::vector<BlockId>& blocks_;
   int64_t length_;
-  // Slot tensors are the same for every layer of a forward: built once.
-  int64_t write_from_ = -1, write_to_ = -1, read_to_ = -1;
-  at::Tensor write_slots_, read_slots_;
+  int lane_;
+  // The current forward's tokens, as written (attention sees them unquantized).
+  int64_t fresh_pos0_ = -1;
+  at::Tensor fresh_k_, fresh_v_;
+  int fresh_layer_ = -1;
 };
 
 }  // namespace svdq::kv

@@ -101,7 +101,8 @@ def test_tokenize_detokenize_and_server_info(cpu_server, stubs):
         rpc(stubs, cpu_server.addr, "Detokenize", pb.DetokenizeRequest(ids=[10 ** 6]))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = rpc(stubs, cpu_server.addr, "GetServerInfo", pb.GetServerInfoRequest())
-    assert info.kv_cache_mode == "fp32" and info.kv_bytes_per_token == 2 * 30 * 3 * 64 * 4
+    assert info.kv_cache_mode == "keys fp32, values fp32" and info.kv_bytes_per_token == 2 * 30 * 3 * 64 * 4
+    assert info.key_mode == "fp32" and info.value_mode == "fp32" and info.key_compression_ratio == 0.5
     assert info.kv_capacity_tokens == info.kv_blocks_total * info.kv_block_size > 0
     assert info.prefix_caching and info.max_running == 16
 

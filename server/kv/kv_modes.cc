@@ -1,0 +1,102 @@
+#include "server/kv/kv_modes.h"
+
+namespace svdq::kv {
+
+kernels::Schedule KvModes::CodecSchedule() const {
+  if (key == KeyMode::kSvdq) return schedule;
+  kernels::Schedule s;
+  for (int& b : s.bits) b = key == KeyMode::kInt4 ? 4 : 2;
+  return s;
+}
+
+std::string KvModes::KeyName() const {
+  switch (key) {
+    case KeyMode::kFull: return "bf16";
+    case KeyMode::kFp8: return "fp8";
+    case KeyMode::kInt4: return "int4";
+    case KeyMode::kInt2: return "int2";
+    case KeyMode::kSvdq:
+      return "svdq(" + schedule.ToString() + "; " + (basis == BasisSource::kPrefill ? "prefill" : "calibrated") +
+             " basis)";
+  }
+  return "?";
+}
+
+std::string KvModes::ValueName() const {
+  switch (value) {
+    case ValueMode::kFull: return "bf16";
+    case ValueMode::kFp8: return "fp8";
+    case ValueMode::kInt8: return "int8";
+    case ValueMode::kInt4: return "int4";
+  }
+  return "?";
+}
+
+bool ParseKeyMode(const std::string& s, KeyMode* out) {
+  if (s == "bf16") *out = KeyMode::kFull;
+  else if (s == "fp8") *out = KeyMode::kFp8;
+  else if (s == "int4") *out = KeyMode::kInt4;
+  else if (s == "int2") *out = KeyMode::kInt2;
+  else if (s == "svdq") *out = KeyMode::kSvdq;
+  else return false;
+  return true;
+}
+
+bool ParseValueMode(const std::string& s, ValueMode* out) {
+  if (s == "bf16") *out = ValueMode::kFull;
+  else if (s == "fp8") *out = ValueMode::kFp8;
+  else if (s == "int8") *out = ValueMode::kInt8;
+  else if (s == "int4") *out = ValueMode::kInt4;
+  else return false;
+  return true;
+}
+
+bool ParseBasisSource(const std::string& s, BasisSource* out) {
+  if (s == "prefill") *out = BasisSource::kPrefill;
+  else if (s == "calibrated") *out = BasisSource::kCalibrated;
+  else return false;
+  return true;
+}
+
+double KvBytes::key_per_token() const { return static_cast<double>(key_per_block) / block_size; }
+double KvBytes::value_per_token() const { return static_cast<double>(value_per_block) / block_size; }
+
+int64_t Bf16BytesPerToken(const KvShape& s) { return 2LL * s.layers * s.kv_heads * s.head_dim; }
+
+std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
+  KvBytes b;
+  b.block_size = s.block_size;
+  const int64_t heads_layers = static_cast<int64_t>(s.layers) * s.kv_heads;
+  const int64_t D = s.head_dim, P = s.block_size;
+  const bool grouped = m.key == KeyMode::kFp8 || m.value != ValueMode::kFull;
+  if (grouped && D % kTokenGroup != 0)
+    return "head_dim " + std::to_string(D) + " is not a multiple of " + std::to_string(kTokenGroup) +
+           ", which the fp8/int8/int4 per-token codecs need";
+  const int64_t scales = 2 * (D / kTokenGroup);  // bf16 scale per group
+  const int64_t full_token = D * s.dtype_bytes;
+  switch (m.key) {
+    case KeyMode::kFull: b.key_per_block = heads_layers * P * full_token; break;
+    case KeyMode::kFp8: b.key_per_block = heads_layers * P * (D + scales); break;
+    default: {
+      kernels::SvdqLayout layout;
+      kernels::Status st = kernels::MakeLayout(s.head_dim, s.block_size, m.CodecSchedule(), &layout);
+      if (!st.ok()) return st.message();
+      b.key_per_block = heads_layers * layout.page_bytes;
+      // The tail page, pre-RoPE in the model's dtype; the basis (fp32 mean and vectors).
+      const int64_t basis = heads_layers * (D * D + D) * 4;
+      b.per_lane = heads_layers * P * full_token;
+      if (m.key == KeyMode::kSvdq && m.basis == BasisSource::kPrefill) b.per_lane += basis;
+      b.shared = basis;  // the calibrated basis, or the identity of the direct codecs
+    }
+  }
+  switch (m.value) {
+    case ValueMode::kFull: b.value_per_block = heads_layers * P * full_token; break;
+    case ValueMode::kFp8:
+    case ValueMode::kInt8: b.value_per_block = heads_layers * P * (D + scales); break;
+    case ValueMode::kInt4: b.value_per_block = heads_layers * P * (D / 2 + scales); break;
+  }
+  *out = b;
+  return "";
+}
+
+}  // namespace svdq::kv

@@ -1,0 +1,76 @@
+// The KV cache's modes: how keys and values are stored in the pages, and what that costs
+// in bytes. Torch-free arithmetic, shared by the storage (paged_storage.h), the engine's
+// budget, the metrics and the info RPCs.
+//
+// Key modes:
+//   bf16   unquantized, in the model's dtype (bf16 on the GPU, fp32 on the CPU by default)
+//   fp8    e4m3 per token, one bf16 scale per group of 32 channels (post-RoPE)
+//   int4   direct per-channel int4 per page (KIVI-style, the paper's baseline): the SVDq page
+//   int2   codec with an identity basis, no mean, and 4 or 2 bits on every channel (pre-RoPE)
+//   svdq   pre-RoPE keys projected on an SVD basis, latent channels quantized by the schedule
+// Page-coded keys (int4, int2, svdq) keep each sequence's unfilled tail page unquantized, in
+// a per-sequence slot ("lane"), and encode it when it fills.
+// Value modes: bf16 (the model's dtype), fp8, int8, int4 (per token, bf16 scale per group of 32).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/svdq/schedule.h"
+
+namespace svdq::kv {
+
+enum class KeyMode { kFull, kFp8, kInt4, kInt2, kSvdq };
+enum class ValueMode { kFull, kFp8, kInt8, kInt4 };
+enum class BasisSource { kPrefill, kCalibrated };
+
+struct KvModes {
+  KeyMode key = KeyMode::kFull;
+  ValueMode value = ValueMode::kFull;
+  kernels::Schedule schedule;  // svdq only
+  BasisSource basis = BasisSource::kPrefill;
+
+  bool page_coded_keys() const { return key == KeyMode::kInt4 || key == KeyMode::kInt2 || key == KeyMode::kSvdq; }
+  // The schedule the page codec runs: the SVDq schedule, or uniform bits for int4/int2.
+  kernels::Schedule CodecSchedule() const;
+  // Per-sequence state (basis) makes pages of equal tokens differ between sequences.
+  bool pages_shareable() const { return !(key == KeyMode::kSvdq && basis == BasisSource::kPrefill); }
+  // "svdq(8,4,2,1,1,0,0,0; prefill basis)", "int4", ...: for logs and info calls.
+  std::string KeyName() const;
+  std::string ValueName() const;
+};
+
+// "bf16" | "fp8" | "int4" | "int2" | "svdq"; false on anything else.
+bool ParseKeyMode(const std::string& s, KeyMode* out);
+// "bf16" | "fp8" | "int8" | "int4".
+bool ParseValueMode(const std::string& s, ValueMode* out);
+// "prefill" | "calibrated".
+bool ParseBasisSource(const std::string& s, BasisSource* out);
+
+// Channels per scale group of the per-token codecs (fp8 keys, fp8/int8/int4 values).
+constexpr int kTokenGroup = 32;
+
+// Byte accounting for one model shape. Per-token figures cover all layers and KV heads.
+struct KvShape {
+  int layers = 0, kv_heads = 0, head_dim = 0;
+  int block_size = 16;
+  int dtype_bytes = 2;  // the model's dtype (unquantized modes store in it)
+};
+
+struct KvBytes {
+  int64_t key_per_block = 0;    // one block of every layer: codes + scales (+ unquantized data)
+  int64_t value_per_block = 0;
+  int64_t per_lane = 0;         // per running sequence: tail page (page-coded keys) and basis
+  int64_t shared = 0;           // per server: a calibrated or identity basis
+  double key_per_token() const;
+  double value_per_token() const;
+  int block_size = 16;
+};
+
+// Fails (returns a message) when the mode does not fit the shape, e.g. a head_dim that is not
+// a multiple of 32 for the grouped codecs.
+std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out);
+// Bytes per token of keys (or values) at full precision (bf16), all layers and heads.
+int64_t Bf16BytesPerToken(const KvShape& s);
+
+}  // namespace svdq::kv

@@ -1,0 +1,87 @@
+// KV cache modes: flag parsing and the byte accounting the budget, the metrics and the
+// README table rest on, checked against sums written out by hand.
+#include <gtest/gtest.h>
+
+#include "server/kv/kv_modes.h"
+
+using namespace svdq::kv;
+
+namespace {
+
+KvShape SmolLm2() {  // 30 layers, 3 KV heads of 64, blocks of 16, fp32 model
+  KvShape s;
+  s.layers = 30;
+  s.kv_heads = 3;
+  s.head_dim = 64;
+  s.block_size = 16;
+  s.dtype_bytes = 4;
+  return s;
+}
+
+KvModes Modes(const char* key, const char* value) {
+  KvModes m;
+  EXPECT_TRUE(ParseKeyMode(key, &m.key)) << key;
+  EXPECT_TRUE(ParseValueMode(value, &m.value)) << value;
+  EXPECT_TRUE(svdq::kernels::ParseSchedule("8,4,2,1,1,0,0,0", &m.schedule).ok());
+  return m;
+}
+
+TEST(KvModes, ParsingRefusesUnknownNames) {
+  KeyMode k;
+  ValueMode v;
+  BasisSource b;
+  EXPECT_FALSE(ParseKeyMode("int8", &k));  // int8 is a value mode only
+  EXPECT_FALSE(ParseKeyMode("", &k));
+  EXPECT_FALSE(ParseValueMode("int2", &v));
+  EXPECT_FALSE(ParseBasisSource("random", &b));
+  EXPECT_TRUE(ParseBasisSource("calibrated", &b) && b == BasisSource::kCalibrated);
+}
+
+TEST(KvModes, UnquantizedBytesAreTheModelDtype) {
+  KvBytes b;
+  ASSERT_EQ(ComputeKvBytes(Modes("bf16", "bf16"), SmolLm2(), &b), "");
+  EXPECT_EQ(b.key_per_block, 30LL * 3 * 16 * 64 * 4);
+  EXPECT_EQ(b.value_per_block, b.key_per_block);
+  EXPECT_EQ(b.per_lane, 0);
+  EXPECT_DOUBLE_EQ(b.key_per_token(), 30.0 * 3 * 64 * 4);
+  EXPECT_EQ(Bf16BytesPerToken(SmolLm2()), 30LL * 3 * 64 * 2);
+}
+
+TEST(KvModes, PerTokenCodecsCountCodesAndScales) {
+  KvBytes b;
+  ASSERT_EQ(ComputeKvBytes(Modes("fp8", "int4"), SmolLm2(), &b), "");
+  // fp8: 64 one-byte codes and 2 bf16 scales per token and head; int4: 32 bytes + 2 scales.
+  EXPECT_DOUBLE_EQ(b.key_per_token(), 30.0 * 3 * (64 + 4));
+  EXPECT_DOUBLE_EQ(b.value_per_token(), 30.0 * 3 * (32 + 4));
+  ASSERT_EQ(ComputeKvBytes(Modes("bf16", "int8"), SmolLm2(), &b), "");
+  EXPECT_DOUBLE_EQ(b.value_per_token(), 30.0 * 3 * (64 + 4));
+}
+
+TEST(KvModes, PageCodedKeysCountPagesTailsAndBases) {
+  KvBytes b;
+  ASSERT_EQ(ComputeKvBytes(Modes("int4", "bf16"), SmolLm2(), &b), "");
+  // A page of one head: 16 x 64 codes of 4 bits (512 B), fp16 scale and zero per channel (256 B).
+  EXPECT_EQ(b.key_per_block, 30LL * 3 * (512 + 256));
+  EXPECT_EQ(b.per_lane, 30LL * 3 * 16 * 64 * 4);               // the tail page, fp32
+  EXPECT_EQ(b.shared, 30LL * 3 * (64 * 64 + 64) * 4);           // the identity basis
+  ASSERT_EQ(ComputeKvBytes(Modes("svdq", "bf16"), SmolLm2(), &b), "");
+  // 8,4,2,1,1 bits on groups of 8 channels: 16 x 8 x (8+4+2+1+1) bits = 256 B of codes,
+  // and 40 retained channels x 4 B of scale and zero = 160 B; 416 B, already a multiple of 16.
+  EXPECT_EQ(b.key_per_block, 30LL * 3 * 416);
+  EXPECT_EQ(b.per_lane, 30LL * 3 * (16 * 64 * 4 + (64 * 64 + 64) * 4));  // tail + prefill basis
+  KvModes cal = Modes("svdq", "bf16");
+  cal.basis = BasisSource::kCalibrated;
+  EXPECT_TRUE(cal.pages_shareable());
+  EXPECT_FALSE(Modes("svdq", "bf16").pages_shareable());
+  EXPECT_TRUE(Modes("int2", "bf16").pages_shareable());
+}
+
+TEST(KvModes, GroupedCodecsNeedHeadDimMultipleOf32) {
+  KvShape s = SmolLm2();
+  s.head_dim = 48;
+  KvBytes b;
+  EXPECT_NE(ComputeKvBytes(Modes("bf16", "int8"), s, &b).find("multiple of 32"), std::string::npos);
+  EXPECT_EQ(ComputeKvBytes(Modes("bf16", "bf16"), s, &b), "");
+}
+
+}  // namespace
