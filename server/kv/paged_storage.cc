@@ -148,18 +148,26 @@ void PagedSeqView::Reserve(int64_t n) {
 }
 
 std::pair<at::Tensor, at::Tensor> PagedSeqView::Where(int64_t from, int64_t to) const {
+  auto hit = where_cache_.find({from, to});
+  if (hit != where_cache_.end()) return hit->second;
   const int64_t P = st_->block_size();
   std::vector<int64_t> blk, off;
   for (int64_t p = from; p < to; ++p) {
     blk.push_back(blocks_[p / P]);
     off.push_back(p % P);
   }
-  return {ToDevice(blk, st_->spec().device), ToDevice(off, st_->spec().device)};
+  auto r = std::make_pair(ToDevice(blk, st_->spec().device), ToDevice(off, st_->spec().device));
+  where_cache_.emplace(std::make_pair(from, to), r);
+  return r;
 }
 
 at::Tensor PagedSeqView::BlockIds(int64_t first_page, int64_t pages) const {
-  return ToDevice(std::vector<int64_t>(blocks_.begin() + first_page, blocks_.begin() + first_page + pages),
-                  st_->spec().device);
+  auto hit = block_cache_.find({first_page, pages});
+  if (hit != block_cache_.end()) return hit->second;
+  at::Tensor t = ToDevice(std::vector<int64_t>(blocks_.begin() + first_page, blocks_.begin() + first_page + pages),
+                          st_->spec().device);
+  block_cache_.emplace(std::make_pair(first_page, pages), t);
+  return t;
 }
 
 int PagedSeqView::BasisSlot() const { return st_->mean_.empty() || st_->mean_[0].size(0) == 1 ? 0 : lane_; }

@@ -14,6 +14,7 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -104,6 +105,9 @@ class PagedSeqView : public models::KvView {
   int64_t fresh_pos0_ = -1;
   at::Tensor fresh_k_, fresh_v_;
   int fresh_layer_ = -1;
+  // Index tensors are the same for every layer of a forward: built once per view.
+  mutable std::map<std::pair<int64_t, int64_t>, std::pair<at::Tensor, at::Tensor>> where_cache_;
+  mutable std::map<std::pair<int64_t, int64_t>, at::Tensor> block_cache_;
 };
 
 }  // namespace svdq::kv

@@ -121,9 +121,10 @@ double RunCase(const Case& c, at::Device device, at::ScalarType dtype) {
         EXPECT_LT(ev, c.value_tol + slack) << c.value << " values, layer " << l << ", " << pos0 << " stored";
         worst_key = std::max(worst_key, ek);
       }
-      if (T == 1 && device.is_cuda()) {
+      if (T == 1 && device.is_cuda() && (pos0 + 1) % kPage != 0) {
         // Where the storage attends itself (page-coded keys, bf16 values), it must agree
-        // with SDPA over what Read returns.
+        // with SDPA over what Read returns. (Not when this token completes its page: the
+        // kernel then reads the token's key from the freshly encoded page, Read as written.)
         at::manual_seed(l);
         at::Tensor q = at::randn({1, kHeads, kDim}, k.options());
         at::Tensor o = view.Attend(l, q);
