@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything svdq-serve needs on a fresh Debian 12 machine. Idempotent: a
-# second run checks and returns in seconds.
-#   - Debian 12 packages (gRPC, protobuf, abseil, civetweb, curl, ICU, GoogleTest, ...)
+# Installs everything svdq-serve needs on a fresh Debian 12 machine, or on Ubuntu 24.04
+# (the Docker image's build stage runs this same script). Idempotent: a second run checks
+# and returns in seconds.
+#   - distribution packages (gRPC, protobuf, abseil, civetweb, curl, GoogleTest, ...)
 #   - prometheus-cpp from Debian 13's binary packages, unpacked into a private prefix
 #   - a Python virtual environment at .venv with torch (its libtorch is what C++ links)
 set -euo pipefail
@@ -21,8 +22,16 @@ APT_PACKAGES=(
   python3-venv curl ca-certificates
 )
 
+# Ubuntu 24.04: the same libraries under the same names; Debian's archive key for the
+# prometheus-cpp download below. Prometheus itself (for the tests) is optional there.
+. /etc/os-release
+if [ "${ID:-}" = ubuntu ]; then
+  APT_PACKAGES=("${APT_PACKAGES[@]/prometheus/}" debian-archive-keyring python3-pip)
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
+  [ -n "$p" ] || continue
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
