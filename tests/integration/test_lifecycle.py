@@ -152,3 +152,39 @@ def test_cli_health(cpu_server):
     out = subprocess.run([str(BUILD / "clients" / "svdq-cli"), "--addr", cpu_server.addr, "health"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.count("SERVING") == 2
+
+
+def test_readiness_is_not_serving_while_the_model_loads(model_path, stubs):
+    """Liveness answers SERVING from the start; readiness answers NOT_SERVING until the model
+    and the KV cache are loaded (a 3 GiB cache makes loading take long enough to see), and
+    Generate answers UNAVAILABLE meanwhile."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    pb, pb_grpc = stubs
+    s = Server(model_path, "cpu", extra=["--kv-cache-bytes", "3G"])
+    seen, live, refused = [], set(), None
+    try:
+        deadline = time.time() + 120
+        with grpc.insecure_channel(s.addr) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.time() < deadline:
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(service="svdq.v1.Generation"), timeout=0.5)
+                except grpc.RpcError:
+                    time.sleep(0.01)  # not listening yet
+                    continue
+                if not seen or seen[-1] != r.status:
+                    seen.append(r.status)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                live.add(stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5).status)
+                if refused is None:
+                    try:
+                        next(iter(pb_grpc.GenerationStub(ch).Generate(pb.GenerateRequest(text="hi", max_tokens=1),
+                                                                       timeout=5)))
+                    except grpc.RpcError as e:
+                        refused = e.code()
+        assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING], seen
+        assert live == {health_pb2.HealthCheckResponse.SERVING}
+        assert refused == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert s.stop() == 0
