@@ -126,12 +126,17 @@ at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int
     capture_->k_pre_rope.push_back(k_pre.to(at::kCPU, at::kFloat));
     capture_->v.push_back(v.to(at::kCPU, at::kFloat));
   }
-  at::Tensor q = ApplyRope(q_pre, pos0);
-  at::Tensor k = ApplyRope(k_pre, pos0);
+  at::Tensor out = AttendOne(layer, ApplyRope(q_pre, pos0), k_pre, ApplyRope(k_pre, pos0), v, pos0, kv);
+  return at::linear(out, w.wo);
+}
+
+at::Tensor LlamaModel::AttendOne(int layer, const at::Tensor& q, const at::Tensor& k_pre, const at::Tensor& k,
+                                 const at::Tensor& v, int64_t pos0, KvView* kv) {
+  const int64_t T = q.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
   kv->Write(layer, pos0, k_pre, k, v);
   if (T == 1) {
     at::Tensor o = kv->Attend(layer, q);  // [1, NH, D] where the storage attends itself
-    if (o.defined()) return at::linear(o.reshape({1, NH * D}).to(dtype_), w.wo);
+    if (o.defined()) return o.reshape({1, NH * D}).to(dtype_);
   }
   const int64_t L = pos0 + T;
   auto [k_all, v_all] = kv->Read(layer, L);                // [NKV, L, D]
@@ -149,7 +154,7 @@ at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int
     at::Tensor kpos = at::arange(0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(0);
     out = at::scaled_dot_product_attention(qh, keys, vals, kpos <= qpos);
   }
-  return at::linear(out.transpose(0, 1).reshape({T, NH * D}), w.wo);
+  return out.transpose(0, 1).reshape({T, NH * D});
 }
 
 at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, KvView* kv) {
@@ -177,6 +182,62 @@ at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, KvView* kv) {
 at::Tensor LlamaModel::Forward(const std::vector<int32_t>& tokens, KvView* kv) {
   at::Tensor h = Hidden(tokens, kv);
   return at::linear(h.narrow(0, h.size(0) - 1, 1), output_).to(at::kFloat).squeeze(0);
+}
+
+at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tokens, const std::vector<KvView*>& kvs) {
+  const size_t B = tokens.size();
+  if (B == 0 || kvs.size() != B) throw std::invalid_argument("ForwardBatch needs one KV view per sequence");
+  if (B == 1) return Forward(tokens[0], kvs[0]).unsqueeze(0);
+  const int64_t D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
+  std::vector<int32_t> all;
+  std::vector<int64_t> pos0(B), len(B), positions, last(B);
+  for (size_t i = 0; i < B; ++i) {
+    pos0[i] = kvs[i]->length();
+    len[i] = static_cast<int64_t>(tokens[i].size());
+    if (len[i] == 0) throw std::invalid_argument("forward called with no tokens");
+    if (pos0[i] + len[i] > cfg_.max_context)
+      throw std::out_of_range("sequence of " + std::to_string(pos0[i] + len[i]) + " tokens exceeds the model context of " +
+                              std::to_string(cfg_.max_context));
+    for (int32_t id : tokens[i])
+      if (id < 0 || id >= cfg_.vocab_size) throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary");
+    kvs[i]->Reserve(pos0[i] + len[i]);
+    all.insert(all.end(), tokens[i].begin(), tokens[i].end());
+    for (int64_t t = 0; t < len[i]; ++t) positions.push_back(pos0[i] + t);
+    last[i] = static_cast<int64_t>(positions.size()) - 1;
+  }
+  const int64_t N = static_cast<int64_t>(all.size());
+  auto on_device = [&](const std::vector<int64_t>& v) { return at::tensor(v, at::kLong).to(device_); };
+  at::Tensor ids = at::from_blob(all.data(), {N}, at::kInt).to(device_, at::kLong);
+  at::Tensor pos = on_device(positions);
+  // RoPE of every row at its own position, in one go.
+  at::Tensor cos = rope_cos_.index_select(0, pos).unsqueeze(1), sin = rope_sin_.index_select(0, pos).unsqueeze(1);
+  auto rope = [&](const at::Tensor& x) {
+    at::Tensor xf = x.to(at::kFloat);
+    at::Tensor rot = at::cat({-xf.narrow(-1, D / 2, D / 2), xf.narrow(-1, 0, D / 2)}, -1);
+    return (xf * cos + rot * sin).to(dtype_);
+  };
+  at::Tensor x = tok_embd_.index_select(0, ids);
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    at::Tensor h = RmsNorm(x, w.attn_norm);
+    at::Tensor k_pre = at::linear(h, w.wk).view({N, NKV, D});
+    at::Tensor v = at::linear(h, w.wv).view({N, NKV, D});
+    at::Tensor q = rope(at::linear(h, w.wq).view({N, NH, D}));
+    at::Tensor k = rope(k_pre);
+    std::vector<at::Tensor> outs;
+    int64_t row = 0;
+    for (size_t i = 0; i < B; ++i) {
+      outs.push_back(AttendOne(l, q.narrow(0, row, len[i]), k_pre.narrow(0, row, len[i]), k.narrow(0, row, len[i]),
+                               v.narrow(0, row, len[i]), pos0[i], kvs[i]));
+      row += len[i];
+    }
+    x = x + at::linear(at::cat(outs, 0), w.wo);
+    at::Tensor h2 = RmsNorm(x, w.ffn_norm);
+    x = x + at::linear(at::silu(at::linear(h2, w.w_gate)) * at::linear(h2, w.w_up), w.w_down);
+  }
+  for (size_t i = 0; i < B; ++i) kvs[i]->SetLength(pos0[i] + len[i]);
+  at::Tensor h = RmsNorm(x.index_select(0, on_device(last)), output_norm_);
+  return at::linear(h, output_).to(at::kFloat);
 }
 
 at::Tensor LlamaModel::ForwardAll(const std::vector<int32_t>& tokens, KvView* kv) {

@@ -43,6 +43,11 @@ class LlamaModel {
   at::Tensor Forward(const std::vector<int32_t>& tokens, KvView* kv);
   // Same, returning logits for every position: [T, vocab].
   at::Tensor ForwardAll(const std::vector<int32_t>& tokens, KvView* kv);
+  // Several sequences in one forward (continuous batching): tokens[i] runs at positions
+  // kvs[i]->length() ... of sequence i (a decode token or a prefill chunk). The projections
+  // and the MLP run once over all rows; attention runs per sequence over its own KV.
+  // Returns fp32 logits of each sequence's last position, [B, vocab].
+  at::Tensor ForwardBatch(const std::vector<std::vector<int32_t>>& tokens, const std::vector<KvView*>& kvs);
   // Records activations of every following forward into `capture` (null stops recording).
   void set_capture(ForwardCapture* capture) { capture_ = capture; }
   // The RoPE tables, [max_context, head_dim] fp32 (rotate-half, halves duplicated).
@@ -53,6 +58,9 @@ class LlamaModel {
   LlamaModel() = default;
   at::Tensor Hidden(const std::vector<int32_t>& tokens, KvView* kv);
   at::Tensor Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, KvView* kv);
+  // Attention of one sequence's rows: q, k (post-RoPE), k_pre, v [T, heads, D]; returns [T, heads * D].
+  at::Tensor AttendOne(int layer, const at::Tensor& q, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
+                       int64_t pos0, KvView* kv);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x: [T, heads, head_dim]
 

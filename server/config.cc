@@ -66,6 +66,8 @@ std::vector<Flag> Flags(ServerConfig* c) {
       {"device", "auto | cuda | cpu (default auto: the GPU when there is one)", str(&c->device)},
       {"dtype", "auto | float32 | bfloat16 | float16 (default auto: bf16 on GPU, fp32 on CPU)", str(&c->dtype)},
       {"max-running", "sequences decoded together (default 16)", num(&c->max_running, 1, 4096)},
+      {"max-batch-tokens", "tokens per engine step, decodes and prompt chunks together; longer prompts are prefilled in chunks (default 2048)",
+       num(&c->max_batch_tokens, 1, 1 << 20)},
       {"max-waiting", "queued requests before RESOURCE_EXHAUSTED (default 256)", num(&c->max_waiting, 1, 1 << 20)},
       {"kv-cache-bytes", "KV cache budget, e.g. 512M or 2G (default: 1G on CPU, 85% of free GPU memory)",
        [c](const std::string& v) { return ParseBytes(v, &c->kv_cache_bytes); }},

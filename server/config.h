@@ -16,6 +16,7 @@ struct ServerConfig {
   std::string dtype = "auto";
   int max_running = 16;
   int max_waiting = 256;
+  int max_batch_tokens = 2048;
   int64_t kv_cache_bytes = 0;  // 0: automatic
   int block_size = 16;
   bool prefix_caching = true;

@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   eo.dtype = cfg.dtype;
   eo.max_running = static_cast<size_t>(cfg.max_running);
   eo.max_waiting = static_cast<size_t>(cfg.max_waiting);
+  eo.max_batch_tokens = cfg.max_batch_tokens;
   eo.kv_cache_bytes = cfg.kv_cache_bytes;
   eo.block_size = cfg.block_size;
   eo.prefix_caching = cfg.prefix_caching;

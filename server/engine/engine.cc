@@ -110,8 +110,14 @@ struct Engine::Impl {
 
   void Loop();
   void Step();
-  // Returns true if the sequence finished.
-  bool Advance(Sequence* s);
+  // Runs one step's forward over every running sequence: a decode token each, and prompt
+  // chunks in arrival order under the step's token budget.
+  void RunBatch();
+  // A sequence that asked for prompt logprobs is prefilled alone, in one piece. True if it finished.
+  bool PrefillWithPromptLogprobs(Sequence* s);
+  // Samples the next token from `logits`, emits it, and checks the stop conditions. True if
+  // the sequence finished.
+  bool Emit(Sequence* s, const at::Tensor& logits);
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
   void ReleaseLane(Sequence* s) {
@@ -410,22 +416,9 @@ void Engine::Impl::Step() {
   // Step time by phase: a step that prefills any sequence counts as "prefill".
   const auto step_start = Clock::now();
   bool any_prefill = false;
+  for (const auto& r : running) any_prefill = any_prefill || !r->prefilled;
   const int batch = static_cast<int>(running.size());
-  for (auto it = running.begin(); it != running.end();) {
-    bool done;
-    any_prefill = any_prefill || !(*it)->prefilled;
-    try {
-      done = Advance(it->get());
-    } catch (const std::exception& e) {
-      Finish(it->get(), FinishReason::kError, e.what());
-      done = true;
-    }
-    if (done) {
-      it = running.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  RunBatch();
   if (metrics) {
     metrics->SetRunning(static_cast<double>(running.size()));
     metrics->SetWaiting(static_cast<double>(waiting.size()));
@@ -452,50 +445,138 @@ bool Engine::Impl::PreemptNewest(const Sequence* keep) {
   return false;
 }
 
-bool Engine::Impl::Advance(Sequence* s) {
-  if (s->stream->cancelled()) {
-    Finish(s, FinishReason::kCancelled, "");
-    return true;
-  }
-  const auto& cfg = model->config();
-  at::Tensor logits;
-  if (!s->prefilled) {
-    // First prefill, or a recompute after preemption: the blocks were allocated at
-    // admission, and a prefix-cache hit already holds the first `computed` tokens.
-    std::vector<int32_t> tokens = AllTokens(*s);
-    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
-    std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
-    if (s->req.prompt_logprobs && s->output.empty() && s->prompt_logprobs.empty()) {
-      // Every position's logits: the log-probability of each prompt token given those before it.
-      at::Tensor all = model->ForwardAll(uncached, &view);  // [T, vocab], computed = 0 (no cache hits)
-      at::Tensor lp = at::log_softmax(all, -1);
-      const int64_t T = static_cast<int64_t>(uncached.size());
-      if (T > 1) {
-        at::Tensor next = at::tensor(std::vector<int64_t>(uncached.begin() + 1, uncached.end()), at::kLong).to(lp.device());
-        at::Tensor picked = lp.narrow(0, 0, T - 1).gather(1, next.unsqueeze(1)).squeeze(1).to(at::kCPU).contiguous();
-        s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
-      }
-      logits = all[T - 1];
+void Engine::Impl::RunBatch() {
+  // Cancelled sequences leave first; then every decoding sequence gets room for one more
+  // token, oldest first, newer sequences giving way (preemption) when the pool is exhausted.
+  for (auto it = running.begin(); it != running.end();) {
+    if ((*it)->stream->cancelled()) {
+      Finish(it->get(), FinishReason::kCancelled, "");
+      it = running.erase(it);
     } else {
-      logits = model->Forward(uncached, &view);
+      ++it;
     }
-    s->computed = static_cast<int64_t>(tokens.size());
-    kv->Commit(s->id, static_cast<int32_t>(s->computed));
-    s->prefilled = true;
-    if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
-  } else {
-    // One more token needs room; when the pool is exhausted, newer sequences give way.
+  }
+  std::vector<Sequence*> order;
+  for (auto& r : running) order.push_back(r.get());
+  for (Sequence* s : order) {
+    if (s->lane < 0 || !s->prefilled) continue;  // preempted meanwhile, or still prefilling
+    bool room = true;
     while (!kv->CanAppend(s->id)) {
       if (!PreemptNewest(s)) {
-        Finish(s, FinishReason::kError, "the KV cache cannot hold this sequence");
-        return true;
+        room = false;
+        break;
       }
     }
-    kv->Append(s->id, s->output.back());
-    kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
-    logits = model->Forward({s->output.back()}, &view);
-    kv->Commit(s->id, static_cast<int32_t>(++s->computed));
+    if (room) {
+      kv->Append(s->id, s->output.back());
+    } else {
+      Finish(s, FinishReason::kError, "the KV cache cannot hold this sequence");
+      running.remove_if([s](const std::unique_ptr<Sequence>& r) { return r.get() == s; });
+    }
   }
+  // The step's work: decodes (one token each) first, then prompt chunks in arrival order
+  // while the token budget lasts. A chunk that ends its prompt samples the first token.
+  struct Work {
+    Sequence* s;
+    std::vector<int32_t> tokens;
+    bool samples;
+  };
+  std::vector<Work> work;
+  int64_t budget = opts.max_batch_tokens;
+  for (auto& r : running)
+    if (r->prefilled) {
+      work.push_back({r.get(), {r->output.back()}, true});
+      --budget;
+    }
+  std::vector<Sequence*> finished;
+  for (auto& r : running) {
+    Sequence* s = r.get();
+    if (s->prefilled) continue;
+    if (s->req.prompt_logprobs && s->output.empty() && s->prompt_logprobs.empty()) {
+      bool done;
+      try {
+        done = PrefillWithPromptLogprobs(s);
+      } catch (const std::exception& e) {
+        Finish(s, FinishReason::kError, e.what());
+        done = true;
+      }
+      if (done) finished.push_back(s);
+      continue;
+    }
+    if (budget <= 0) continue;
+    std::vector<int32_t> tokens = AllTokens(*s);
+    const int64_t chunk = std::min<int64_t>(budget, static_cast<int64_t>(tokens.size()) - s->computed);
+    budget -= chunk;
+    work.push_back({s, std::vector<int32_t>(tokens.begin() + s->computed, tokens.begin() + s->computed + chunk),
+                    s->computed + chunk == static_cast<int64_t>(tokens.size())});
+  }
+  if (!work.empty()) {
+    std::vector<std::unique_ptr<kv::PagedSeqView>> views;
+    std::vector<models::KvView*> kvs;
+    std::vector<std::vector<int32_t>> tokens;
+    for (const Work& w : work) {
+      views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(w.s->id), w.s->computed, w.s->lane));
+      kvs.push_back(views.back().get());
+      tokens.push_back(w.tokens);
+    }
+    at::Tensor logits;
+    std::string error;
+    try {
+      logits = model->ForwardBatch(tokens, kvs);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    for (size_t i = 0; i < work.size(); ++i) {
+      Sequence* s = work[i].s;
+      if (!error.empty()) {
+        Finish(s, FinishReason::kError, error);
+        finished.push_back(s);
+        continue;
+      }
+      s->computed += static_cast<int64_t>(work[i].tokens.size());
+      kv->Commit(s->id, static_cast<int32_t>(s->computed));
+      if (!work[i].samples) continue;
+      if (!s->prefilled) {
+        s->prefilled = true;
+        if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
+      }
+      bool done;
+      try {
+        done = Emit(s, logits[static_cast<int64_t>(i)]);
+      } catch (const std::exception& e) {
+        Finish(s, FinishReason::kError, e.what());
+        done = true;
+      }
+      if (done) finished.push_back(s);
+    }
+  }
+  for (Sequence* s : finished)
+    running.remove_if([s](const std::unique_ptr<Sequence>& r) { return r.get() == s; });
+}
+
+bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
+  // Every position's logits: the log-probability of each prompt token given those before it
+  // (no prefix-cache hits: admission computed the whole prompt).
+  std::vector<int32_t> tokens = AllTokens(*s);
+  kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
+  std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
+  at::Tensor all = model->ForwardAll(uncached, &view);  // [T, vocab]
+  at::Tensor lp = at::log_softmax(all, -1);
+  const int64_t T = static_cast<int64_t>(uncached.size());
+  if (T > 1) {
+    at::Tensor next = at::tensor(std::vector<int64_t>(uncached.begin() + 1, uncached.end()), at::kLong).to(lp.device());
+    at::Tensor picked = lp.narrow(0, 0, T - 1).gather(1, next.unsqueeze(1)).squeeze(1).to(at::kCPU).contiguous();
+    s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
+  }
+  s->computed = static_cast<int64_t>(tokens.size());
+  kv->Commit(s->id, static_cast<int32_t>(s->computed));
+  s->prefilled = true;
+  if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
+  return Emit(s, all[T - 1]);
+}
+
+bool Engine::Impl::Emit(Sequence* s, const at::Tensor& logits) {
+  const auto& cfg = model->config();
   // Until min_tokens, the end of sequence and the stop token ids cannot be sampled.
   const Request& rq = s->req;
   std::vector<int32_t> banned;

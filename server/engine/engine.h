@@ -23,6 +23,7 @@ struct EngineOptions {
   std::string dtype = "auto";   // auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
   size_t max_waiting = 256;     // queue bound; Submit beyond it is refused
   size_t max_running = 16;      // sequences decoded together
+  int64_t max_batch_tokens = 2048;  // tokens per step (decodes + prompt chunks); longer prompts are chunked
   int64_t kv_cache_bytes = 0;   // KV budget; 0: 1 GiB on the CPU, 85% of free GPU memory after weights
   int32_t block_size = 16;      // tokens per KV block
   bool prefix_caching = true;   // share full blocks of identical prompt prefixes (where sound)

@@ -94,3 +94,23 @@ def test_prefix_cache_reuses_blocks_and_keeps_outputs(cpu_server, stubs, probe, 
     # The reused blocks give the same tokens as computing everything.
     ids = probe("tokenize", stdin=[second])[0]
     assert got == hf_greedy(hf_model, ids, 12)
+
+
+def test_batched_steps_and_chunked_prefill_keep_outputs(model_path, stubs, sequential):
+    # A 5-token step budget: the four requests' decodes share one forward per step, and each
+    # prompt is prefilled in chunks of at most 5 tokens (fewer while others decode).
+    s = Server(model_path, "cpu", extra=["--max-batch-tokens", "5"])
+    try:
+        s.wait_ready()
+        before = scrape(s)
+        assert run_concurrently(stubs, s.addr) == sequential
+        m = wait_blocks_free(s)
+        steps = lambda x, phase: sum(v for k, v in x.items()
+                                     if k.startswith("svdq_step_duration_seconds_count") and f'phase="{phase}"' in k)
+        prefill_steps = steps(m, "prefill") - steps(before, "prefill")
+        # The four prompts have about 20 tokens together: at least 4 steps of 5 tokens.
+        assert prefill_steps >= 4, prefill_steps
+        # Steps advanced several sequences at once: fewer decode steps than decoded tokens.
+        assert steps(m, "decode") - steps(before, "decode") < len(PROMPTS) * (N - 1)
+    finally:
+        s.stop()
