@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# On the GPU host, after `source tools/gpu/build.sh`: serving throughput per KV mode at
+# concurrency 1 and 16 (bench/serve_load.py), results appended to $1/serve_load.json.
+set -u
+out="${1:-/tmp}"
+for m in "bf16 bf16" "svdq bf16" "int4 bf16" "svdq int4" "bf16 int8"; do
+  set -- $m
+  build-gpu/server/svdq-server --device cuda --port 50990 --metrics-port 0 --key-mode "$1" --value-mode "$2" \
+    --kv-cache-bytes 8G > /tmp/serve_bench.log 2>&1 &
+  pid=$!
+  for _ in $(seq 300); do grep -q ready /tmp/serve_bench.log && break; sleep 0.2; done
+  for c in 1 16; do
+    python3 bench/serve_load.py --addr 127.0.0.1:50990 --concurrency "$c" --prompt-words 1500 --max-tokens 128 \
+      --label "keys $1 values $2" --json "$out/serve_load.json"
+  done
+  kill "$pid"; wait "$pid"
+done
