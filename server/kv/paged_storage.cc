@@ -192,14 +192,20 @@ void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
   vectors.copy_(evecs);
 }
 
+std::pair<at::Tensor, at::Tensor> PagedSeqView::PageBases(int layer, int64_t pages) const {
+  // The codec ops take a mean and a basis per page: the sequence's, repeated.
+  const int slot = BasisSlot();
+  const auto& s = st_->spec().shape;
+  return {st_->mean_[layer][slot].unsqueeze(0).expand({pages, s.kv_heads, s.head_dim}).contiguous(),
+          st_->vectors_[layer][slot].unsqueeze(0).expand({pages, s.kv_heads, s.head_dim, s.head_dim}).contiguous()};
+}
+
 void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre) {
   const auto& sp = st_->spec();
   const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
   const int64_t n = keys_pre.size(0) / P;
-  const int slot = BasisSlot();
   at::Tensor x = keys_pre.to(at::kFloat).reshape({n, P, KV, D}).permute({0, 2, 1, 3}).contiguous();
-  at::Tensor mean = st_->mean_[layer][slot].unsqueeze(0).expand({n, KV, D}).contiguous();
-  at::Tensor vec = st_->vectors_[layer][slot].unsqueeze(0).expand({n, KV, D, D}).contiguous();
+  auto [mean, vec] = PageBases(layer, n);
   at::Tensor out = at::empty({n, KV, st_->layout_.page_bytes}, x.options().dtype(at::kByte));
   kernels::SvdqEncodeParams p;
   p.layout = st_->layout_;
@@ -220,10 +226,8 @@ void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& 
 at::Tensor PagedSeqView::DecodePages(int layer, int64_t pages) {
   const auto& sp = st_->spec();
   const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
-  const int slot = BasisSlot();
   at::Tensor codes = st_->codes_[layer].index_select(0, BlockIds(0, pages)).contiguous();
-  at::Tensor mean = st_->mean_[layer][slot].unsqueeze(0).expand({pages, KV, D}).contiguous();
-  at::Tensor vec = st_->vectors_[layer][slot].unsqueeze(0).expand({pages, KV, D, D}).contiguous();
+  auto [mean, vec] = PageBases(layer, pages);
   at::Tensor first = at::arange(0, pages * P, P, codes.options().dtype(at::kInt));
   at::Tensor out = at::empty({pages, KV, P, D}, codes.options().dtype(at::kFloat));
   kernels::SvdqDecodeParams p;

@@ -92,6 +92,7 @@ class PagedSeqView : public models::KvView {
   std::pair<at::Tensor, at::Tensor> Where(int64_t from, int64_t to) const;
   at::Tensor BlockIds(int64_t first_page, int64_t pages) const;  // int64 on the device
   int BasisSlot() const;
+  std::pair<at::Tensor, at::Tensor> PageBases(int layer, int64_t pages) const;  // mean, vectors per page
   void ComputeBasis(int layer, const at::Tensor& k_pre);
   void EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre);  // [pages * P, kv, D]
   at::Tensor DecodePages(int layer, int64_t pages);  // post-RoPE [pages * P, kv, D] fp32
