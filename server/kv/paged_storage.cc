@@ -7,6 +7,7 @@
 #include "kernels/svdq/schedule.h"
 #include "kernels/svdq/svdq_ref.h"
 #ifdef SVDQ_WITH_CUDA
+#include "kernels/attention/paged_decode.h"
 #include "kernels/svdq/svdq_cuda.h"
 #endif
 
@@ -324,11 +325,38 @@ std::pair<at::Tensor, at::Tensor> PagedSeqView::Read(int layer, int64_t n) {
 at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
 #ifdef SVDQ_WITH_CUDA
   const auto& sp = st_->spec();
-  if (!sp.device.is_cuda() || !sp.modes.page_coded_keys() || sp.modes.value != ValueMode::kFull ||
-      sp.dtype != at::kBFloat16 || fresh_layer_ != layer)
+  if (!sp.device.is_cuda() || sp.modes.value != ValueMode::kFull || sp.dtype != at::kBFloat16 || fresh_layer_ != layer)
     return {};
   const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim, NH = q.size(1);
   const int64_t L = fresh_pos0_ + fresh_k_.size(0);
+  if (sp.modes.key == KeyMode::kFull) {
+    // The baseline: bf16 keys and values straight from their pages.
+    const int64_t pages = (L + P - 1) / P;
+    at::Tensor table = BlockIds(0, pages).to(at::kInt).unsqueeze(0).contiguous();
+    at::Tensor len = at::full({1}, L, q.options().dtype(at::kInt));
+    at::Tensor qb = q.to(at::kBFloat16).contiguous();
+    at::Tensor out = at::empty({1, NH, D}, q.options().dtype(at::kFloat));
+    kernels::PagedDecodeParams p;
+    p.batch = 1;
+    p.num_heads = static_cast<int>(NH);
+    p.kv_heads = static_cast<int>(KV);
+    p.head_dim = static_cast<int>(D);
+    p.page_size = static_cast<int>(P);
+    p.max_pages = static_cast<int>(pages);
+    p.max_seq_len = static_cast<int>(L);
+    p.sm_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+    p.q = static_cast<const uint16_t*>(qb.data_ptr());
+    p.key_pages = static_cast<const uint16_t*>(st_->keys_[layer].data().data_ptr());
+    p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
+    p.page_table = table.data_ptr<int32_t>();
+    p.seq_len = len.data_ptr<int32_t>();
+    p.out = out.data_ptr<float>();
+    // Past the kernel's shared-memory bound for the scores, Read + SDPA take over.
+    if ((D + 4 + L) * 4 > 200 * 1024) return {};
+    Check(kernels::PagedDecodeAttention(p, nullptr), "paged decode attention");
+    return out;
+  }
+  if (!sp.modes.page_coded_keys()) return {};
   const int64_t pages = L / P, tail_len = L - pages * P;
   auto opts = q.options();
   at::Tensor table = BlockIds(0, std::max<int64_t>(pages, 1)).to(at::kInt).unsqueeze(0).contiguous();
