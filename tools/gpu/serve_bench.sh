@@ -3,7 +3,9 @@
 # concurrency 1 and 16 (bench/serve_load.py), results appended to $1/serve_load.json.
 set -u
 out="${1:-/tmp}"
-for m in "bf16 bf16" "svdq bf16" "int4 bf16" "svdq int4" "bf16 int8"; do
+# MODES="keys values" pairs, e.g. MODES="bf16_bf16 svdq_int4" (underscore between key and value mode).
+for m in ${MODES:-bf16_bf16 svdq_bf16 int4_bf16 svdq_int4 bf16_int8}; do
+  m="${m/_/ }"
   set -- $m
   build-gpu/server/svdq-server --device cuda --port 50990 --metrics-port 0 --key-mode "$1" --value-mode "$2" \
     --kv-cache-bytes 8G > /tmp/serve_bench.log 2>&1 &
