@@ -4,9 +4,15 @@ namespace svdq::models {
 
 at::Tensor ApplyRotaryHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t pos0,
                            at::ScalarType out) {
-  const int64_t T = x.size(0), D = x.size(-1);
-  at::Tensor c = cos.narrow(0, pos0, T).unsqueeze(1);  // [T, 1, D]
-  at::Tensor s = sin.narrow(0, pos0, T).unsqueeze(1);
+  const int64_t T = x.size(0);
+  return ApplyRotaryHalfRows(x, cos.narrow(0, pos0, T), sin.narrow(0, pos0, T), out);
+}
+
+at::Tensor ApplyRotaryHalfRows(const at::Tensor& x, const at::Tensor& cos_rows, const at::Tensor& sin_rows,
+                               at::ScalarType out) {
+  const int64_t D = x.size(-1);
+  at::Tensor c = cos_rows.unsqueeze(1);  // [T, 1, D]
+  at::Tensor s = sin_rows.unsqueeze(1);
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor rot = at::cat({-xf.narrow(-1, D / 2, D / 2), xf.narrow(-1, 0, D / 2)}, -1);
   return (xf * c + rot * s).to(out);

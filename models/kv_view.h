@@ -38,6 +38,9 @@ class KvView {
 // fp32 (halves duplicated). Computed in fp32, returned in `out`.
 at::Tensor ApplyRotaryHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t pos0,
                            at::ScalarType out);
+// The same with each row's own table rows: cos_rows/sin_rows [T, head_dim] (rows of different sequences).
+at::Tensor ApplyRotaryHalfRows(const at::Tensor& x, const at::Tensor& cos_rows, const at::Tensor& sin_rows,
+                               at::ScalarType out);
 
 class SequenceKv : public KvView {
  public:

@@ -210,12 +210,8 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
   at::Tensor ids = at::from_blob(all.data(), {N}, at::kInt).to(device_, at::kLong);
   at::Tensor pos = on_device(positions);
   // RoPE of every row at its own position, in one go.
-  at::Tensor cos = rope_cos_.index_select(0, pos).unsqueeze(1), sin = rope_sin_.index_select(0, pos).unsqueeze(1);
-  auto rope = [&](const at::Tensor& x) {
-    at::Tensor xf = x.to(at::kFloat);
-    at::Tensor rot = at::cat({-xf.narrow(-1, D / 2, D / 2), xf.narrow(-1, 0, D / 2)}, -1);
-    return (xf * cos + rot * sin).to(dtype_);
-  };
+  at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
+  auto rope = [&](const at::Tensor& t) { return ApplyRotaryHalfRows(t, cos, sin, dtype_); };
   at::Tensor x = tok_embd_.index_select(0, ids);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[l];

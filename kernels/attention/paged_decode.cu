@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/common/cuda_launch.h"
+#include "kernels/common/warp.cuh"
 
 namespace svdq::kernels {
 namespace {
@@ -13,10 +14,7 @@ namespace {
 constexpr int kThreads = 128;
 
 __device__ float BlockReduce(float v, float* scratch, bool is_max) {
-  for (int o = 16; o > 0; o >>= 1) {
-    float other = __shfl_xor_sync(0xffffffffu, v, o);
-    v = is_max ? fmaxf(v, other) : v + other;
-  }
+  v = is_max ? WarpMax(v) : WarpSum(v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0) scratch[warp] = v;

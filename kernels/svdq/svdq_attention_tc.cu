@@ -17,6 +17,7 @@
 #include <string>
 
 #include "kernels/common/cuda_launch.h"
+#include "kernels/common/warp.cuh"
 #include "kernels/svdq/svdq_attention_tc.h"
 #include "kernels/svdq/svdq_device.cuh"
 
@@ -227,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     for (int g = warp; g < G; g += kWarps) {
       float mx = m[g];
       for (int t = lane; t < n; t += 32) mx = fmaxf(mx, scores[g * kLdS + t] * p.sm_scale);
-      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      mx = WarpMax(mx);
       float sum = 0.f;
       for (int t = lane; t < kChunk; t += 32) {
         float e = t < n ? __expf(scores[g * kLdS + t] * p.sm_scale - mx) : 0.f;
@@ -235,7 +236,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
         prob[g * kLdP + t] = eb;
         sum += __bfloat162float(eb);  // the same rounded weights as P V uses
       }
-      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      sum = WarpSum(sum);
       if (lane == 0) {
         float c = __expf(m[g] - mx);
         lsum[g] = lsum[g] * c + sum;

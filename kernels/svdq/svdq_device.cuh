@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cuda_bf16.h>
+
+#include "kernels/common/warp.cuh"
 #include <cuda_fp16.h>
 
 #include "kernels/svdq/svdq_params.h"
@@ -77,7 +79,7 @@ __device__ void Fold(int n, int G, int W, float sm_scale, const float* q, const 
     int g = pair / n, t = pair - g * n;
     float s = 0.f;
     for (int i = lane; i < W; i += 32) s = fmaf(q[g * W + i], keys[t * W + i], s);
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    s = WarpSum(s);
     if (lane == 0) scores[g * score_stride + t] = s * sm_scale;
   }
   __syncthreads();
@@ -86,14 +88,14 @@ __device__ void Fold(int n, int G, int W, float sm_scale, const float* q, const 
     const int g = warp;
     float mx = m[g];
     for (int t = lane; t < n; t += 32) mx = fmaxf(mx, scores[g * score_stride + t]);
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    mx = WarpMax(mx);
     float sum = 0.f;
     for (int t = lane; t < n; t += 32) {
       float e = __expf(scores[g * score_stride + t] - mx);
       scores[g * score_stride + t] = e;
       sum += e;
     }
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    sum = WarpSum(sum);
     if (lane == 0) {
       float c = __expf(m[g] - mx);
       lsum[g] = lsum[g] * c + sum;
