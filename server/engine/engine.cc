@@ -115,9 +115,11 @@ struct Engine::Impl {
   void RunBatch();
   // A sequence that asked for prompt logprobs is prefilled alone, in one piece. True if it finished.
   bool PrefillWithPromptLogprobs(Sequence* s);
-  // Samples the next token from `logits`, emits it, and checks the stop conditions. True if
+  // The sampler's row for `s`: its settings, history, banned ids and next draw.
+  SampleRow RowFor(Sequence* s);
+  // Emits `tok` (sampled from `logits`, kept for logprobs) and checks the stop conditions. True if
   // the sequence finished.
-  bool Emit(Sequence* s, const at::Tensor& logits);
+  bool Emit(Sequence* s, const at::Tensor& logits, int32_t tok);
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
   void ReleaseLane(Sequence* s) {
@@ -526,6 +528,7 @@ void Engine::Impl::RunBatch() {
     } catch (const std::exception& e) {
       error = e.what();
     }
+    std::vector<size_t> sampling;  // rows of `work` that choose a token this step
     for (size_t i = 0; i < work.size(); ++i) {
       Sequence* s = work[i].s;
       if (!error.empty()) {
@@ -540,14 +543,34 @@ void Engine::Impl::RunBatch() {
         s->prefilled = true;
         if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
       }
-      bool done;
-      try {
-        done = Emit(s, logits[static_cast<int64_t>(i)]);
-      } catch (const std::exception& e) {
-        Finish(s, FinishReason::kError, e.what());
-        done = true;
+      sampling.push_back(i);
+    }
+    if (!sampling.empty()) {
+      // One sampler call for the whole batch, on the logits' device.
+      std::vector<SampleRow> rows;
+      std::vector<int64_t> picked;
+      for (size_t i : sampling) {
+        rows.push_back(RowFor(work[i].s));
+        picked.push_back(static_cast<int64_t>(i));
       }
-      if (done) finished.push_back(s);
+      at::Tensor sub = logits.index_select(0, at::tensor(picked, at::kLong).to(logits.device()));
+      std::vector<int32_t> toks;
+      try {
+        toks = SampleBatch(sub, rows);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      for (size_t j = 0; j < sampling.size(); ++j) {
+        Sequence* s = work[sampling[j]].s;
+        bool done = true;
+        try {
+          if (!error.empty()) throw std::runtime_error(error);
+          done = Emit(s, sub[static_cast<int64_t>(j)], toks[j]);
+        } catch (const std::exception& e) {
+          Finish(s, FinishReason::kError, e.what());
+        }
+        if (done) finished.push_back(s);
+      }
     }
   }
   for (Sequence* s : finished)
@@ -572,19 +595,27 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   kv->Commit(s->id, static_cast<int32_t>(s->computed));
   s->prefilled = true;
   if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
-  return Emit(s, all[T - 1]);
+  at::Tensor last = all.narrow(0, T - 1, 1);
+  return Emit(s, last[0], SampleBatch(last, {RowFor(s)})[0]);
 }
 
-bool Engine::Impl::Emit(Sequence* s, const at::Tensor& logits) {
-  const auto& cfg = model->config();
+SampleRow Engine::Impl::RowFor(Sequence* s) {
   // Until min_tokens, the end of sequence and the stop token ids cannot be sampled.
   const Request& rq = s->req;
-  std::vector<int32_t> banned;
+  SampleRow row;
+  row.params = &rq.sampling;
+  row.history = TokenHistory{&rq.prompt, &s->output};
   if (static_cast<int32_t>(s->output.size()) < rq.min_tokens) {
-    if (!rq.ignore_eos) banned.push_back(tokenizer->eos_id());
-    banned.insert(banned.end(), rq.stop_token_ids.begin(), rq.stop_token_ids.end());
+    if (!rq.ignore_eos) row.banned.push_back(tokenizer->eos_id());
+    row.banned.insert(row.banned.end(), rq.stop_token_ids.begin(), rq.stop_token_ids.end());
   }
-  int32_t tok = SampleToken(logits, rq.sampling, TokenHistory{&rq.prompt, &s->output}, banned, &s->rng);
+  if (rq.sampling.temperature > 0.f) row.u = std::uniform_real_distribution<double>(0.0, 1.0)(s->rng);
+  return row;
+}
+
+bool Engine::Impl::Emit(Sequence* s, const at::Tensor& logits, int32_t tok) {
+  const auto& cfg = model->config();
+  const Request& rq = s->req;
   auto now = Clock::now();
   if (s->output.empty()) {
     s->first_token = now;

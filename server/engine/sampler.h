@@ -1,9 +1,12 @@
-// Token sampling from one row of logits: greedy, or temperature with top-k and top-p.
+// Token sampling for a whole batch at once, on the logits' device: penalties, banned ids,
+// then greedy or temperature sampling with top-k, top-p and min-p. One small host-to-device
+// copy of the per-row settings and one device-to-host copy of the chosen ids per step.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <random>
+#include <cstdint>
+#include <vector>
 
 #include "server/engine/request.h"
 
@@ -15,9 +18,20 @@ struct TokenHistory {
   const std::vector<int32_t>* output = nullptr;
 };
 
-// logits: [vocab] fp32 on any device. Applies the penalties, bans `banned` ids, then takes
-// the argmax (temperature 0) or samples with top-k, top-p and min-p.
-int32_t SampleToken(const at::Tensor& logits, const SamplingParams& p, const TokenHistory& hist,
-                    const std::vector<int32_t>& banned, std::mt19937_64* rng);
+// One sequence's row of the batch.
+struct SampleRow {
+  const SamplingParams* params = nullptr;
+  TokenHistory history;
+  std::vector<int32_t> banned;  // ids that cannot be chosen (min_tokens)
+  // A uniform draw in [0, 1) from the request's own generator: it alone decides among the
+  // kept tokens, so a seeded request repeats on any device and in any batch. Unused when greedy.
+  double u = 0;
+};
+
+// logits: [B, vocab] fp32 on any device, one row per entry of `rows`. Returns the chosen id
+// of each row. Rows are independent: a row's result does not depend on the others.
+// Probabilities are computed in fp64 after an fp32 sort, so that the choice at a given
+// draw is stable to rounding.
+std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<SampleRow>& rows);
 
 }  // namespace svdq::engine
