@@ -90,6 +90,8 @@ std::vector<Flag> Flags(ServerConfig* c) {
        }},
       {"svdq-basis", "prefill (per sequence, from its prompt) | calibrated (the basis file) (default prefill)",
        oneof(&c->svdq_basis, {"prefill", "calibrated"})},
+      {"svdq-scope", "head (a basis per layer and KV head) | layer (one per layer, KV heads concatenated) (default head)",
+       oneof(&c->svdq_scope, {"head", "layer"})},
       {"svdq-basis-file", "calibrated basis (tools/svdq_calibrate; default <model>.svdq-basis)", str(&c->svdq_basis_file)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {

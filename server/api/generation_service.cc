@@ -281,6 +281,7 @@ grpc::Status GenerationService::GetServerInfo(grpc::ServerContext*, const svdq::
   out->set_value_mode(k.value_mode);
   out->set_svdq_schedule(k.svdq_schedule);
   out->set_svdq_basis(k.svdq_basis);
+  out->set_svdq_scope(k.svdq_scope);
   out->set_key_bytes_per_token(k.key_bytes_per_token);
   out->set_value_bytes_per_token(k.value_bytes_per_token);
   out->set_key_compression_ratio(k.key_compression_ratio);

@@ -189,6 +189,8 @@ void Engine::Load() {
     throw std::runtime_error("unknown value mode '" + m.opts.value_mode + "' (bf16, fp8, int8, int4)");
   if (!kv::ParseBasisSource(m.opts.svdq_basis, &modes.basis))
     throw std::runtime_error("unknown SVDq basis source '" + m.opts.svdq_basis + "' (prefill, calibrated)");
+  if (!kv::ParseBasisScope(m.opts.svdq_scope, &modes.scope))
+    throw std::runtime_error("unknown SVDq basis scope '" + m.opts.svdq_scope + "' (head, layer)");
   if (kernels::Status st = kernels::ParseSchedule(m.opts.svdq_schedule, &modes.schedule); !st.ok())
     throw std::runtime_error(st.message());
   if (m.opts.block_size < 1 || m.opts.block_size > 1024) throw std::runtime_error("block size must be in [1, 1024]");
@@ -216,15 +218,27 @@ void Engine::Load() {
     // of the prefill source when its file exists.
     std::string path = m.opts.svdq_basis_file.empty() ? m.opts.model_path + ".svdq-basis" : m.opts.svdq_basis_file;
     const bool need = modes.basis == kv::BasisSource::kCalibrated || !m.opts.svdq_basis_file.empty();
+    models::BasisSet b;
+    const kv::CodecShape cs = kv::CodecShapeOf(modes, kv::KvShape{c.n_layers, c.n_kv_heads, c.head_dim});
+    bool use = need;
     if (need || std::ifstream(path).good()) {
-      models::BasisSet b = models::ReadBasisFile(path);
-      if (b.scope != "head" || b.layers != c.n_layers || b.units != c.n_kv_heads || b.width != c.head_dim)
-        throw std::runtime_error(path + ": basis is for " + std::to_string(b.layers) + " layers x " +
-                                 std::to_string(b.units) + " units of width " + std::to_string(b.width) + " (" +
-                                 b.scope + " scope); the server needs head scope, " + std::to_string(c.n_layers) +
-                                 " layers x " + std::to_string(c.n_kv_heads) + " KV heads of width " +
-                                 std::to_string(c.head_dim) + " (run svdq_calibrate --scope head)");
-      const int64_t KV = c.n_kv_heads, D = c.head_dim;
+      b = models::ReadBasisFile(path);
+      if (b.scope != m.opts.svdq_scope || b.layers != c.n_layers || b.units != cs.units || b.width != cs.width) {
+        const std::string why = path + ": basis is for " + std::to_string(b.layers) + " layers x " +
+                                std::to_string(b.units) + " units of width " + std::to_string(b.width) + " (" +
+                                b.scope + " scope); the server needs " + m.opts.svdq_scope + " scope, " +
+                                std::to_string(c.n_layers) + " layers x " + std::to_string(cs.units) +
+                                " units of width " + std::to_string(cs.width) + " (run svdq_calibrate --scope " +
+                                m.opts.svdq_scope + ")";
+        if (need) throw std::runtime_error(why);
+        // Only the optional short-prompt fallback: go on without it.
+        std::cout << "svdq-server: not using " << why << std::endl;
+      } else {
+        use = true;
+      }
+    }
+    if (use) {
+      const int64_t KV = cs.units, D = cs.width;
       for (int l = 0; l < c.n_layers; ++l) {
         at::Tensor mean = at::empty({KV, D}, at::kFloat), vec = at::empty({KV, D, D}, at::kFloat);
         for (int64_t h = 0; h < KV; ++h) {
@@ -317,6 +331,7 @@ KvConfigInfo Engine::kv_config() const {
   if (m.modes.key == kv::KeyMode::kSvdq) {
     k.svdq_schedule = m.modes.schedule.ToString();
     k.svdq_basis = m.modes.basis == kv::BasisSource::kPrefill ? "prefill" : "calibrated";
+    k.svdq_scope = m.modes.scope == kv::BasisScope::kHead ? "head" : "layer";
   }
   k.blocks_total = m.kv->num_blocks();
   k.block_size = m.kv->block_size();

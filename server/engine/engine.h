@@ -31,13 +31,14 @@ struct EngineOptions {
   std::string value_mode = "bf16";
   std::string svdq_schedule = "8,4,2,1,1,0,0,0";  // svdq key mode
   std::string svdq_basis = "prefill";             // prefill | calibrated
+  std::string svdq_scope = "head";                // head | layer
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
 
 // The KV cache's fixed configuration, for info calls (constant after Load()).
 struct KvConfigInfo {
   std::string mode;  // summary: "keys <key mode>, values <value mode>"
-  std::string key_mode, value_mode, svdq_schedule, svdq_basis;
+  std::string key_mode, value_mode, svdq_schedule, svdq_basis, svdq_scope;
   int32_t blocks_total = 0, block_size = 0;
   int64_t bytes_per_token = 0;  // keys + values, rounded up
   double key_bytes_per_token = 0, value_bytes_per_token = 0;

@@ -17,7 +17,7 @@ std::string KvModes::KeyName() const {
     case KeyMode::kInt2: return "int2";
     case KeyMode::kSvdq:
       return "svdq(" + schedule.ToString() + "; " + (basis == BasisSource::kPrefill ? "prefill" : "calibrated") +
-             " basis)";
+             " basis" + (scope == BasisScope::kLayer ? ", layer scope" : "") + ")";
   }
   return "?";
 }
@@ -58,6 +58,18 @@ bool ParseBasisSource(const std::string& s, BasisSource* out) {
   return true;
 }
 
+bool ParseBasisScope(const std::string& s, BasisScope* out) {
+  if (s == "head") *out = BasisScope::kHead;
+  else if (s == "layer") *out = BasisScope::kLayer;
+  else return false;
+  return true;
+}
+
+CodecShape CodecShapeOf(const KvModes& m, const KvShape& s) {
+  if (m.layer_scope()) return {1, s.kv_heads * s.head_dim};
+  return {s.kv_heads, s.head_dim};
+}
+
 double KvBytes::key_per_token() const { return static_cast<double>(key_per_block) / block_size; }
 double KvBytes::value_per_token() const { return static_cast<double>(value_per_block) / block_size; }
 
@@ -78,12 +90,14 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
     case KeyMode::kFull: b.key_per_block = heads_layers * P * full_token; break;
     case KeyMode::kFp8: b.key_per_block = heads_layers * P * (D + scales); break;
     default: {
+      const CodecShape c = CodecShapeOf(m, s);
+      const int64_t units_layers = static_cast<int64_t>(s.layers) * c.units, W = c.width;
       kernels::SvdqLayout layout;
-      kernels::Status st = kernels::MakeLayout(s.head_dim, s.block_size, m.CodecSchedule(), &layout);
+      kernels::Status st = kernels::MakeLayout(c.width, s.block_size, m.CodecSchedule(), &layout);
       if (!st.ok()) return st.message();
-      b.key_per_block = heads_layers * layout.page_bytes;
+      b.key_per_block = units_layers * layout.page_bytes;
       // The tail page, pre-RoPE in the model's dtype; the basis (fp32 mean and vectors).
-      const int64_t basis = heads_layers * (D * D + D) * 4;
+      const int64_t basis = units_layers * (W * W + W) * 4;
       b.per_lane = heads_layers * P * full_token;
       if (m.key == KeyMode::kSvdq && m.basis == BasisSource::kPrefill) b.per_lane += basis;
       b.shared = basis;  // the calibrated basis, or the identity of the direct codecs

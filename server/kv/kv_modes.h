@@ -23,16 +23,22 @@ namespace svdq::kv {
 enum class KeyMode { kFull, kFp8, kInt4, kInt2, kSvdq };
 enum class ValueMode { kFull, kFp8, kInt8, kInt4 };
 enum class BasisSource { kPrefill, kCalibrated };
+// SVDq basis per layer and KV head (width head_dim), or per layer over the KV heads
+// concatenated (width kv_heads * head_dim, the paper's setting).
+enum class BasisScope { kHead, kLayer };
 
 struct KvModes {
   KeyMode key = KeyMode::kFull;
   ValueMode value = ValueMode::kFull;
   kernels::Schedule schedule;  // svdq only
   BasisSource basis = BasisSource::kPrefill;
+  BasisScope scope = BasisScope::kHead;
 
   bool page_coded_keys() const { return key == KeyMode::kInt4 || key == KeyMode::kInt2 || key == KeyMode::kSvdq; }
   // The schedule the page codec runs: the SVDq schedule, or uniform bits for int4/int2.
   kernels::Schedule CodecSchedule() const;
+  // Layer scope codes one latent of width kv_heads * head_dim per layer (svdq only).
+  bool layer_scope() const { return key == KeyMode::kSvdq && scope == BasisScope::kLayer; }
   // Per-sequence state (basis) makes pages of equal tokens differ between sequences.
   bool pages_shareable() const { return !(key == KeyMode::kSvdq && basis == BasisSource::kPrefill); }
   // "svdq(8,4,2,1,1,0,0,0; prefill basis)", "int4", ...: for logs and info calls.
@@ -46,6 +52,8 @@ bool ParseKeyMode(const std::string& s, KeyMode* out);
 bool ParseValueMode(const std::string& s, ValueMode* out);
 // "prefill" | "calibrated".
 bool ParseBasisSource(const std::string& s, BasisSource* out);
+// "head" | "layer".
+bool ParseBasisScope(const std::string& s, BasisScope* out);
 
 // Channels per scale group of the per-token codecs (fp8 keys, fp8/int8/int4 values).
 constexpr int kTokenGroup = 32;
@@ -56,6 +64,13 @@ struct KvShape {
   int block_size = 16;
   int dtype_bytes = 2;  // the model's dtype (unquantized modes store in it)
 };
+
+// The page codec's units per layer and latent width: (kv_heads, head_dim) for head scope and
+// the direct codecs, (1, kv_heads * head_dim) for layer scope.
+struct CodecShape {
+  int units = 0, width = 0;
+};
+CodecShape CodecShapeOf(const KvModes& m, const KvShape& s);
 
 struct KvBytes {
   int64_t key_per_block = 0;    // one block of every layer: codes + scales (+ unquantized data)

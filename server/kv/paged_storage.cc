@@ -105,23 +105,27 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
                          spec_.dtype, spec_.device);
   }
   if (!m.page_coded_keys()) return;
-  Check(kernels::MakeLayout(s.head_dim, s.block_size, m.CodecSchedule(), &layout_), "key page layout");
+  codec_ = CodecShapeOf(m, s);
+  const int64_t U = codec_.units, W = codec_.width;
+  Check(kernels::MakeLayout(codec_.width, s.block_size, m.CodecSchedule(), &layout_), "key page layout");
   const bool per_lane = m.key == KeyMode::kSvdq && m.basis == BasisSource::kPrefill;
   const bool calibrated = m.key == KeyMode::kSvdq && m.basis == BasisSource::kCalibrated;
   if (calibrated && static_cast<int>(spec_.calibrated_vectors.size()) != s.layers)
     throw std::invalid_argument("the calibrated SVDq basis source needs a basis for every layer");
   for (int l = 0; l < s.layers; ++l) {
-    codes_.push_back(at::zeros({spec_.num_blocks, KV, layout_.page_bytes}, o.dtype(at::kByte)));
+    codes_.push_back(at::zeros({spec_.num_blocks, U, layout_.page_bytes}, o.dtype(at::kByte)));
     tail_.push_back(at::zeros({spec_.lanes, P, KV, D}, o.dtype(spec_.dtype)));
     if (per_lane) {
-      mean_.push_back(at::zeros({spec_.lanes, KV, D}, o.dtype(at::kFloat)));
-      vectors_.push_back(at::zeros({spec_.lanes, KV, D, D}, o.dtype(at::kFloat)));
+      mean_.push_back(at::zeros({spec_.lanes, U, W}, o.dtype(at::kFloat)));
+      vectors_.push_back(at::zeros({spec_.lanes, U, W, W}, o.dtype(at::kFloat)));
     } else if (calibrated) {
-      mean_.push_back(spec_.calibrated_mean[l].to(spec_.device, at::kFloat).reshape({1, KV, D}).contiguous());
-      vectors_.push_back(spec_.calibrated_vectors[l].to(spec_.device, at::kFloat).reshape({1, KV, D, D}).contiguous());
+      if (spec_.calibrated_vectors[l].numel() != U * W * W || spec_.calibrated_mean[l].numel() != U * W)
+        throw std::invalid_argument("the calibrated SVDq basis does not match the scope's units and width");
+      mean_.push_back(spec_.calibrated_mean[l].to(spec_.device, at::kFloat).reshape({1, U, W}).contiguous());
+      vectors_.push_back(spec_.calibrated_vectors[l].to(spec_.device, at::kFloat).reshape({1, U, W, W}).contiguous());
     } else {  // direct per-channel quantization: identity basis, no centring
-      mean_.push_back(at::zeros({1, KV, D}, o.dtype(at::kFloat)));
-      vectors_.push_back(at::eye(D, o.dtype(at::kFloat)).expand({1, KV, D, D}).contiguous());
+      mean_.push_back(at::zeros({1, U, W}, o.dtype(at::kFloat)));
+      vectors_.push_back(at::eye(W, o.dtype(at::kFloat)).expand({1, U, W, W}).contiguous());
     }
   }
   lane_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
@@ -175,16 +179,16 @@ int PagedSeqView::BasisSlot() const { return st_->mean_.empty() || st_->mean_[0]
 
 void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
   const auto& sp = st_->spec();
-  const int64_t T = k_pre.size(0), D = sp.shape.head_dim;
+  const int64_t T = k_pre.size(0), U = st_->codec_.units, W = st_->codec_.width;
   at::Tensor mean = st_->mean_[layer][lane_], vectors = st_->vectors_[layer][lane_];
-  if (T < D && !sp.calibrated_vectors.empty()) {
+  if (T < W && !sp.calibrated_vectors.empty()) {
     // Too few prompt keys to span the head: the calibrated basis stands in.
     mean.copy_(sp.calibrated_mean[layer].reshape_as(mean));
     vectors.copy_(sp.calibrated_vectors[layer].reshape_as(vectors));
     return;
   }
-  // Eigenvectors of the centred Gram matrix per KV head, by descending eigenvalue (fp64).
-  at::Tensor kf = k_pre.to(at::kDouble).transpose(0, 1);  // [KV, T, D]
+  // Eigenvectors of the centred Gram matrix per unit, by descending eigenvalue (fp64).
+  at::Tensor kf = k_pre.to(at::kDouble).reshape({T, U, W}).transpose(0, 1);  // [U, T, W]
   at::Tensor mu = kf.mean(1, /*keepdim=*/true);
   at::Tensor c = kf - mu;
   at::Tensor gram = at::matmul(c.transpose(1, 2), c).cpu();
@@ -196,22 +200,22 @@ void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
 std::pair<at::Tensor, at::Tensor> PagedSeqView::PageBases(int layer, int64_t pages) const {
   // The codec ops take a mean and a basis per page: the sequence's, repeated.
   const int slot = BasisSlot();
-  const auto& s = st_->spec().shape;
-  return {st_->mean_[layer][slot].unsqueeze(0).expand({pages, s.kv_heads, s.head_dim}).contiguous(),
-          st_->vectors_[layer][slot].unsqueeze(0).expand({pages, s.kv_heads, s.head_dim, s.head_dim}).contiguous()};
+  const int64_t U = st_->codec_.units, W = st_->codec_.width;
+  return {st_->mean_[layer][slot].unsqueeze(0).expand({pages, U, W}).contiguous(),
+          st_->vectors_[layer][slot].unsqueeze(0).expand({pages, U, W, W}).contiguous()};
 }
 
 void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre) {
   const auto& sp = st_->spec();
-  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
+  const int64_t P = sp.shape.block_size, U = st_->codec_.units, W = st_->codec_.width;
   const int64_t n = keys_pre.size(0) / P;
-  at::Tensor x = keys_pre.to(at::kFloat).reshape({n, P, KV, D}).permute({0, 2, 1, 3}).contiguous();
+  at::Tensor x = keys_pre.to(at::kFloat).reshape({n, P, U, W}).permute({0, 2, 1, 3}).contiguous();
   auto [mean, vec] = PageBases(layer, n);
-  at::Tensor out = at::empty({n, KV, st_->layout_.page_bytes}, x.options().dtype(at::kByte));
+  at::Tensor out = at::empty({n, U, st_->layout_.page_bytes}, x.options().dtype(at::kByte));
   kernels::SvdqEncodeParams p;
   p.layout = st_->layout_;
   p.num_pages = static_cast<int>(n);
-  p.kv_heads = static_cast<int>(KV);
+  p.kv_heads = static_cast<int>(U);
   p.keys = x.data_ptr<float>();
   p.mean = mean.data_ptr<float>();
   p.basis = vec.data_ptr<float>();
@@ -227,27 +231,32 @@ void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& 
 at::Tensor PagedSeqView::DecodePages(int layer, int64_t pages) {
   const auto& sp = st_->spec();
   const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
+  const int64_t U = st_->codec_.units, W = st_->codec_.width;
+  const bool layer_scope = sp.modes.layer_scope();
   at::Tensor codes = st_->codes_[layer].index_select(0, BlockIds(0, pages)).contiguous();
   auto [mean, vec] = PageBases(layer, pages);
   at::Tensor first = at::arange(0, pages * P, P, codes.options().dtype(at::kInt));
-  at::Tensor out = at::empty({pages, KV, P, D}, codes.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({pages, U, P, W}, codes.options().dtype(at::kFloat));
   kernels::SvdqDecodeParams p;
   p.layout = st_->layout_;
   p.num_pages = static_cast<int>(pages);
-  p.kv_heads = static_cast<int>(KV);
+  p.kv_heads = static_cast<int>(U);
   p.pages = codes.data_ptr<uint8_t>();
   p.mean = mean.data_ptr<float>();
   p.basis = vec.data_ptr<float>();
   p.first_pos = first.data_ptr<int32_t>();
-  p.rope_cos = sp.rope_cos.data_ptr<float>();
-  p.rope_sin = sp.rope_sin.data_ptr<float>();
+  if (!layer_scope) {  // a layer-wide latent is rotated per head below, once decoded
+    p.rope_cos = sp.rope_cos.data_ptr<float>();
+    p.rope_sin = sp.rope_sin.data_ptr<float>();
+  }
   p.out = out.data_ptr<float>();
 #ifdef SVDQ_WITH_CUDA
   if (sp.device.is_cuda()) Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
   else
 #endif
     Check(kernels::SvdqDecodeRef(p), "SVDq decode");
-  return out.permute({0, 2, 1, 3}).reshape({pages * P, KV, D});
+  at::Tensor keys = out.permute({0, 2, 1, 3}).reshape({pages * P, KV, D});
+  return layer_scope ? models::ApplyRotaryHalf(keys, sp.rope_cos, sp.rope_sin, 0, at::kFloat) : keys;
 }
 
 void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) {
@@ -356,7 +365,8 @@ at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
     Check(kernels::PagedDecodeAttention(p, nullptr), "paged decode attention");
     return out;
   }
-  if (!sp.modes.page_coded_keys()) return {};
+  // The SVDq kernel rebuilds one head's latent per KV head: head scope and the direct codecs.
+  if (!sp.modes.page_coded_keys() || sp.modes.layer_scope()) return {};
   const int64_t pages = L / P, tail_len = L - pages * P;
   auto opts = q.options();
   at::Tensor table = BlockIds(0, std::max<int64_t>(pages, 1)).to(at::kInt).unsqueeze(0).contiguous();

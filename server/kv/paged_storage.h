@@ -6,9 +6,11 @@
 // Layouts (per layer, all page-major so kernels can walk pages):
 //   per-token codecs (bf16, fp8 keys; every value mode): data [blocks, kv, P, X] and
 //     bf16 scales [blocks, kv, P, D / 32] (none for bf16);
-//   page-coded keys (int4, int2, svdq): codes [blocks, kv, page_bytes] (kernels/svdq/svdq_params.h),
-//     tail [lanes, P, kv, D] pre-RoPE in the model's dtype, basis mean [.., kv, D] and
-//     vectors [.., kv, D, D] fp32, one per lane (prefill basis) or one shared.
+//   page-coded keys (int4, int2, svdq): codes [blocks, U, page_bytes] (kernels/svdq/svdq_params.h),
+//     tail [lanes, P, kv, D] pre-RoPE in the model's dtype, basis mean [.., U, W] and
+//     vectors [.., U, W, W] fp32, one per lane (prefill basis) or one shared. U x W is
+//     kv x D (head scope, direct codecs) or 1 x kv*D (SVDq layer scope: RoPE is applied per
+//     head after decoding, and attention reads decoded keys).
 // Used by the engine thread only.
 #pragma once
 
@@ -33,7 +35,7 @@ struct StorageSpec {
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
   at::Tensor rope_cos, rope_sin;  // [max_pos, head_dim] fp32 on the device (the model's)
-  // svdq: the calibrated basis per layer (mean [kv, D], vectors [kv, D, D], fp32); required
+  // svdq: the calibrated basis per layer (mean [U, W], vectors [U, W, W], fp32); required
   // for the calibrated source, the fallback for short prompts with the prefill source.
   std::vector<at::Tensor> calibrated_mean, calibrated_vectors;
 };
@@ -69,6 +71,7 @@ class PagedKvStorage {
   friend class PagedSeqView;
   StorageSpec spec_;
   kernels::SvdqLayout layout_;  // page-coded keys
+  CodecShape codec_;
   std::vector<TokenStore> keys_, values_;  // keys_ empty for page-coded keys
   std::vector<at::Tensor> codes_, tail_, mean_, vectors_;
   std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed

@@ -21,16 +21,19 @@ PROMPTS = ["The history of the Roman Empire begins with", "def quicksort(items):
 N = 10
 
 
-def page_bytes(bits):
-    """SVDq page of one KV head (kernels/svdq/svdq_params.h): codes per group padded to 4 bytes,
-    fp16 scale and zero per retained channel, the record padded to 16 bytes."""
-    gs = D // 8
+def page_bytes(bits, width=D):
+    """SVDq page of one unit (a KV head, or a layer's KV heads in layer scope;
+    kernels/svdq/svdq_params.h): codes per group padded to 4 bytes, fp16 scale and zero per
+    retained channel, the record padded to 16 bytes."""
+    gs = width // 8
     codes = sum(math.ceil(P * gs * b / 8 / 4) * 4 for b in bits if b)
     retained = gs * sum(1 for b in bits if b)
     return math.ceil((codes + 4 * retained) / 16) * 16
 
 
-def key_bytes(mode, schedule, full):
+def key_bytes(mode, schedule, full, scope="head"):
+    if mode == "svdq" and scope == "layer":
+        return L * page_bytes(schedule, KV * D) / P
     if mode == "full":
         return L * KV * D * full
     if mode == "fp8":
@@ -70,6 +73,7 @@ def run_mode(model_path, stubs, device, key, value, schedule, prefix, extra=(), 
     args = ["--key-mode", key, "--value-mode", value, "--kv-cache-bytes", "64M", "--max-running", "4", *extra]
     if schedule:
         args += ["--svdq-schedule", schedule]
+    scope = "layer" if "layer" in extra else "head"
     s = Server(model_path, device, extra=args)
     try:
         s.wait_ready()
@@ -82,16 +86,19 @@ def run_mode(model_path, stubs, device, key, value, schedule, prefix, extra=(), 
         bits = [int(b) for b in schedule.split(",")] if schedule else None
         if key == "svdq":
             assert info.key_mode.startswith(f"svdq({schedule}; ") and info.svdq_schedule == schedule
+            assert info.svdq_scope == scope and (scope == "layer") == ("layer scope" in info.key_mode)
         else:
             assert info.key_mode == name(key)
         assert info.value_mode == name(value)
-        assert info.key_bytes_per_token == pytest.approx(key_bytes(kmode, bits, full))
+        assert info.key_bytes_per_token == pytest.approx(key_bytes(kmode, bits, full, scope))
         assert info.value_bytes_per_token == pytest.approx(value_bytes(vmode, full))
-        assert info.key_compression_ratio == pytest.approx(L * KV * D * 2 / key_bytes(kmode, bits, full))
+        assert info.key_compression_ratio == pytest.approx(L * KV * D * 2 / key_bytes(kmode, bits, full, scope))
         assert info.prefix_caching == prefix
+        W = KV * D if scope == "layer" else D
+        basis_bytes = L * (KV * D // W) * (W * W + W) * 4
         per_block = (info.key_bytes_per_token + info.value_bytes_per_token) * P
         assert info.kv_blocks_total == int((64 * 2 ** 20 - 4 * info.kv_bytes_per_running_sequence
-                                            - (L * KV * (D * D + D) * 4 if key in ("int4", "int2", "svdq") else 0))
+                                            - (basis_bytes if key in ("int4", "int2", "svdq") else 0))
                                            // per_block)
 
         results = [None] * len(PROMPTS)
@@ -127,6 +134,9 @@ def check_all_modes(model_path, stubs, device, calibrated_basis):
     reference = run_mode(model_path, stubs, device, *MODES[0])
     for key, value, schedule, prefix in MODES[1:]:
         run_mode(model_path, stubs, device, key, value, schedule, prefix, reference=reference)
+    # Layer scope: one basis per layer over the KV heads concatenated (width KV * D).
+    run_mode(model_path, stubs, device, "svdq", "int4", "8,4,2,1,1,0,0,0", False, extra=["--svdq-scope", "layer"],
+             reference=reference)
     # SVDq with the calibrated basis: pages are the same for every sequence, so they are shared.
     run_mode(model_path, stubs, device, "svdq", "bf16", "8,4,2,1,1,0,0,0", True,
              extra=["--svdq-basis", "calibrated", "--svdq-basis-file", str(calibrated_basis)], reference=reference)
@@ -148,6 +158,9 @@ def test_bad_mode_settings_are_refused(model_path, calibrated_basis, tmp_path):
         (["--svdq-schedule", "8,4,2"], "invalid value '8,4,2' for --svdq-schedule"),
         (["--key-mode", "svdq", "--svdq-basis", "calibrated", "--svdq-basis-file", str(tmp_path / "none")], "none"),
         (["--key-mode", "svdq", "--kv-cache-bytes", "1M", "--max-running", "64"], "holds no block"),
+        (["--svdq-scope", "model"], "invalid value 'model' for --svdq-scope"),
+        (["--key-mode", "svdq", "--svdq-scope", "layer", "--svdq-basis", "calibrated", "--svdq-basis-file",
+          str(calibrated_basis)], "the server needs layer scope"),
     ]:
         r = subprocess.run([str(BUILD / "server" / "svdq-server"), "--model", str(model_path), "--device", "cpu",
                             "--port", "0", "--metrics-port", "0", *args], capture_output=True, text=True, timeout=120)

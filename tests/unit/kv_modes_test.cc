@@ -76,6 +76,26 @@ TEST(KvModes, PageCodedKeysCountPagesTailsAndBases) {
   EXPECT_TRUE(Modes("int2", "bf16").pages_shareable());
 }
 
+TEST(KvModes, LayerScopeCodesOneLatentPerLayer) {
+  KvModes m = Modes("svdq", "bf16");
+  ASSERT_TRUE(ParseBasisScope("layer", &m.scope));
+  BasisScope sc;
+  EXPECT_FALSE(ParseBasisScope("model", &sc));
+  EXPECT_EQ(CodecShapeOf(m, SmolLm2()).units, 1);
+  EXPECT_EQ(CodecShapeOf(m, SmolLm2()).width, 192);
+  // The direct codecs ignore the scope.
+  KvModes direct = Modes("int4", "bf16");
+  direct.scope = BasisScope::kLayer;
+  EXPECT_EQ(CodecShapeOf(direct, SmolLm2()).width, 64);
+  KvBytes b;
+  ASSERT_EQ(ComputeKvBytes(m, SmolLm2(), &b), "");
+  // Width 192, groups of 24: 16 x 24 x (8+4+2+1+1) bits = 768 B of codes, 120 retained channels
+  // x 4 B = 480 B; 1248 B per layer (a multiple of 16), as many as three heads of 416 B.
+  EXPECT_EQ(b.key_per_block, 30LL * 1248);
+  EXPECT_EQ(b.per_lane, 30LL * 3 * 16 * 64 * 4 + 30LL * (192 * 192 + 192) * 4);  // tail + basis
+  EXPECT_NE(m.KeyName().find("layer scope"), std::string::npos);
+}
+
 TEST(KvModes, GroupedCodecsNeedHeadDimMultipleOf32) {
   KvShape s = SmolLm2();
   s.head_dim = 48;

@@ -23,6 +23,7 @@ struct Case {
   const char* value;
   const char* schedule;
   double key_tol, value_tol;  // relative Frobenius error of the stored (not fresh) positions
+  const char* scope = "head";  // svdq basis scope
 };
 
 const Case kCases[] = {
@@ -34,6 +35,8 @@ const Case kCases[] = {
     {"int2", "bf16", "8,4,2,1,1,0,0,0", 0.6, 1e-6},
     {"svdq", "bf16", "8,8,8,8,8,8,8,8", 0.02, 1e-6},
     {"svdq", "int4", "8,4,2,1,1,0,0,0", 0.25, 0.2},
+    {"svdq", "bf16", "8,8,8,8,8,8,8,8", 0.02, 1e-6, "layer"},
+    {"svdq", "int4", "8,4,2,1,1,0,0,0", 0.3, 0.2, "layer"},
 };
 
 struct Seq {
@@ -77,6 +80,7 @@ double RunCase(const Case& c, at::Device device, at::ScalarType dtype) {
   EXPECT_TRUE(ParseKeyMode(c.key, &spec.modes.key));
   EXPECT_TRUE(ParseValueMode(c.value, &spec.modes.value));
   EXPECT_TRUE(svdq::kernels::ParseSchedule(c.schedule, &spec.modes.schedule).ok());
+  EXPECT_TRUE(ParseBasisScope(c.scope, &spec.modes.scope));
   spec.shape = {kLayers, kKv, kDim, kPage, static_cast<int>(c10::elementSize(dtype))};
   spec.num_blocks = 16;
   spec.lanes = 2;
@@ -152,7 +156,8 @@ void RunAll(at::Device device, at::ScalarType dtype) {
   for (const Case& c : kCases) {
     SCOPED_TRACE(std::string("keys ") + c.key + " (" + c.schedule + "), values " + c.value);
     const double e = RunCase(c, device, dtype);
-    std::printf("  keys %-5s (%s), values %-5s: worst stored-key error %.4f\n", c.key, c.schedule, c.value, e);
+    std::printf("  keys %-5s (%s, %s scope), values %-5s: worst stored-key error %.4f\n", c.key, c.schedule, c.scope,
+                c.value, e);
     if (std::string(c.key) == "int2") int2 = e;
     if (std::string(c.key) == "svdq" && std::string(c.schedule) == "8,4,2,1,1,0,0,0") svdq_low = e;
   }
