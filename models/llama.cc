@@ -2,12 +2,14 @@
 // rotate-half RoPE with fp32 angles, SDPA attention with grouped KV heads.
 #include "models/llama.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "models/dequant.h"
 #include "models/gguf.h"
+#include "models/safetensors.h"
 
 namespace svdq::models {
 namespace {
@@ -96,13 +98,111 @@ std::unique_ptr<LlamaModel> LlamaModel::LoadGguf(const GgufFile& f, at::Device d
     m->layers_.push_back(std::move(w));
   }
 
-  // RoPE tables, fp32 like the reference: inv_freq = theta^(-2i/d), angle = pos * inv_freq.
-  at::Tensor inv = 1.0 / at::pow(c.rope_theta, at::arange(0, D, 2, at::kFloat) / static_cast<double>(D));
-  at::Tensor pos = at::arange(0, c.max_context, at::kFloat);
+  m->InitRope();
+  return m;
+}
+
+void LlamaModel::InitRope() {
+  // fp32 like the reference: inv_freq = theta^(-2i/d), angle = pos * inv_freq.
+  const int64_t D = cfg_.head_dim;
+  at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, D, 2, at::kFloat) / static_cast<double>(D));
+  const RopeScaling& s = cfg_.rope_scaling;
+  if (s.type == "llama3") {
+    // Llama 3.1: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between.
+    const double old_len = s.original_max_position;
+    const double low_wavelen = old_len / s.low_freq_factor, high_wavelen = old_len / s.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / inv;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv / s.factor, inv);
+    at::Tensor smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+    at::Tensor medium = wavelen.ge(high_wavelen).logical_and(wavelen.le(low_wavelen));
+    inv = at::where(medium, smoothed, scaled);
+  } else if (!s.type.empty()) {
+    throw FormatError("RoPE scaling '" + s.type + "' is not supported (llama3)");
+  }
+  at::Tensor pos = at::arange(0, cfg_.max_context, at::kFloat);
   at::Tensor ang = at::outer(pos, inv);
   at::Tensor emb2 = at::cat({ang, ang}, -1);
-  m->rope_cos_ = emb2.cos().to(device);
-  m->rope_sin_ = emb2.sin().to(device);
+  rope_cos_ = emb2.cos().to(device_);
+  rope_sin_ = emb2.sin().to(device_);
+}
+
+void LlamaModel::FillWeights(const WeightGetter& get, bool fresh) {
+  const ModelConfig& c = cfg_;
+  const int64_t H = c.hidden, D = c.head_dim, V = c.vocab_size, F = c.ffn_hidden;
+  const int64_t Q = static_cast<int64_t>(c.n_heads) * D, KV = static_cast<int64_t>(c.n_kv_heads) * D;
+  auto place_as = [&](const at::Tensor& t, at::ScalarType dt) {
+    at::Tensor d = t.to(device_, dt, /*non_blocking=*/false, /*copy=*/!fresh).contiguous();
+    weight_bytes_ += d.numel() * d.element_size();
+    return d;
+  };
+  auto place = [&](const std::string& name, std::vector<int64_t> shape) { return place_as(get(name, shape), dtype_); };
+  // Norm weights stay fp32: the norm runs in fp32 like the reference.
+  auto place_f32 = [&](const std::string& name, std::vector<int64_t> shape) {
+    return place_as(get(name, shape), at::kFloat);
+  };
+  tok_embd_ = place("model.embed_tokens.weight", {V, H});
+  output_norm_ = place_f32("model.norm.weight", {H});
+  output_ = c.tied_embeddings ? tok_embd_ : place("lm_head.weight", {V, H});
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights w;
+    w.attn_norm = place_f32(p + "input_layernorm.weight", {H});
+    w.wq = place(p + "self_attn.q_proj.weight", {Q, H});
+    w.wk = place(p + "self_attn.k_proj.weight", {KV, H});
+    w.wv = place(p + "self_attn.v_proj.weight", {KV, H});
+    if (c.qkv_bias) {
+      w.bq = place(p + "self_attn.q_proj.bias", {Q});
+      w.bk = place(p + "self_attn.k_proj.bias", {KV});
+      w.bv = place(p + "self_attn.v_proj.bias", {KV});
+    }
+    w.wo = place(p + "self_attn.o_proj.weight", {H, Q});
+    w.ffn_norm = place_f32(p + "post_attention_layernorm.weight", {H});
+    w.w_gate = place(p + "mlp.gate_proj.weight", {F, H});
+    w.w_up = place(p + "mlp.up_proj.weight", {F, H});
+    w.w_down = place(p + "mlp.down_proj.weight", {H, F});
+    layers_.push_back(std::move(w));
+  }
+}
+
+std::unique_ptr<LlamaModel> LlamaModel::LoadHuggingFace(const ModelConfig& c, const SafetensorsCheckpoint& ckpt,
+                                                        at::Device device, at::ScalarType dtype) {
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->cfg_ = c;
+  m->device_ = device;
+  m->dtype_ = dtype;
+  if (c.tied_embeddings && ckpt.Find("lm_head.weight") == nullptr) {
+    // Tied: nothing to load.
+  } else if (!c.tied_embeddings && ckpt.Find("lm_head.weight") == nullptr) {
+    throw FormatError(ckpt.dir() + ": missing tensor lm_head.weight (the config does not tie embeddings)");
+  }
+  m->FillWeights(
+      [&](const std::string& name, const std::vector<int64_t>& shape) {
+        const StTensor& t = ckpt.Get(name, shape);
+        const at::ScalarType st = t.dtype == StDtype::kF32 ? at::kFloat : t.dtype == StDtype::kF16 ? at::kHalf : at::kBFloat16;
+        // A view of the mapping: FillWeights copies it (once) to the device.
+        return at::from_blob(const_cast<uint8_t*>(t.data), shape, at::TensorOptions().dtype(st));
+      },
+      /*fresh=*/false);
+  m->InitRope();
+  return m;
+}
+
+std::unique_ptr<LlamaModel> LlamaModel::Synthetic(const ModelConfig& c, uint64_t seed, at::Device device,
+                                                  at::ScalarType dtype) {
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->cfg_ = c;
+  m->device_ = device;
+  m->dtype_ = dtype;
+  at::manual_seed(seed);
+  m->FillWeights(
+      [&](const std::string& name, const std::vector<int64_t>& shape) {
+        auto o = at::TensorOptions().device(device).dtype(dtype);
+        if (name.find("norm") != std::string::npos) return at::ones(shape, o.dtype(at::kFloat));
+        return at::randn(shape, o) * 0.02;
+      },
+      /*fresh=*/true);
+  m->InitRope();
   return m;
 }
 
@@ -118,9 +218,9 @@ at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, int64_t pos0) const {
 
 at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, KvView* kv) {
   const int64_t T = h.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
-  at::Tensor q_pre = at::linear(h, w.wq).view({T, NH, D});
-  at::Tensor k_pre = at::linear(h, w.wk).view({T, NKV, D});
-  at::Tensor v = at::linear(h, w.wv).view({T, NKV, D});
+  at::Tensor q_pre = at::linear(h, w.wq, w.bq).view({T, NH, D});
+  at::Tensor k_pre = at::linear(h, w.wk, w.bk).view({T, NKV, D});
+  at::Tensor v = at::linear(h, w.wv, w.bv).view({T, NKV, D});
   if (capture_) {
     capture_->q_pre_rope.push_back(q_pre.to(at::kCPU, at::kFloat));
     capture_->k_pre_rope.push_back(k_pre.to(at::kCPU, at::kFloat));
@@ -216,9 +316,9 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[l];
     at::Tensor h = RmsNorm(x, w.attn_norm);
-    at::Tensor k_pre = at::linear(h, w.wk).view({N, NKV, D});
-    at::Tensor v = at::linear(h, w.wv).view({N, NKV, D});
-    at::Tensor q = rope(at::linear(h, w.wq).view({N, NH, D}));
+    at::Tensor k_pre = at::linear(h, w.wk, w.bk).view({N, NKV, D});
+    at::Tensor v = at::linear(h, w.wv, w.bv).view({N, NKV, D});
+    at::Tensor q = rope(at::linear(h, w.wq, w.bq).view({N, NH, D}));
     at::Tensor k = rope(k_pre);
     std::vector<at::Tensor> outs;
     int64_t row = 0;

@@ -1,10 +1,12 @@
-// The Llama-family forward pass on libtorch (RMSNorm, RoPE, grouped-query attention,
-// SwiGLU MLP, tied or separate output embedding), with a contiguous per-sequence KV
-// cache. Weights are dequantized from GGUF at load and kept resident on the device.
+// The Llama-family forward pass on libtorch (RMSNorm, RoPE with optional llama3 scaling,
+// grouped-query attention with optional q/k/v biases, SwiGLU MLP, tied or separate output
+// embedding). Weights come from GGUF (dequantized at load), a Hugging Face safetensors
+// directory, or a named synthetic shape (random weights), and stay resident on the device.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +17,7 @@
 namespace svdq::models {
 
 class GgufFile;
+class SafetensorsCheckpoint;
 
 
 // Per-layer activations recorded during a forward, for study tools: pre-RoPE queries
@@ -25,6 +28,7 @@ struct ForwardCapture {
 
 struct LayerWeights {
   at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+  at::Tensor bq, bk, bv;  // undefined unless the config has q/k/v biases (Qwen2)
 };
 
 class LlamaModel {
@@ -32,6 +36,13 @@ class LlamaModel {
   // Loads weights from a GGUF file (Llama architecture). Throws FormatError naming the
   // file and tensor on anything missing or inconsistent.
   static std::unique_ptr<LlamaModel> LoadGguf(const GgufFile& f, at::Device device, at::ScalarType dtype);
+  // Loads a Hugging Face checkpoint whose config.json was read into `c` (models/hf_config.h).
+  // Each tensor is copied once from the file mapping to the device, in `dtype`.
+  static std::unique_ptr<LlamaModel> LoadHuggingFace(const ModelConfig& c, const SafetensorsCheckpoint& ckpt,
+                                                     at::Device device, at::ScalarType dtype);
+  // Random weights (normal, std 0.02; norms 1) for the shape `c`, from `seed`, made on the device.
+  static std::unique_ptr<LlamaModel> Synthetic(const ModelConfig& c, uint64_t seed, at::Device device,
+                                               at::ScalarType dtype);
 
   const ModelConfig& config() const { return cfg_; }
   at::Device device() const { return device_; }
@@ -63,6 +74,11 @@ class LlamaModel {
                        int64_t pos0, KvView* kv);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x: [T, heads, head_dim]
+  void InitRope();  // the tables from cfg_ (theta, llama3 scaling)
+  // Fills every weight of cfg_'s shape from `get(name, shape)` (Hugging Face tensor names).
+  // `fresh`: get returns tensors nothing else holds (no copy is needed on the device).
+  using WeightGetter = std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>;
+  void FillWeights(const WeightGetter& get, bool fresh);
 
   ModelConfig cfg_;
   at::Device device_{at::kCPU};
