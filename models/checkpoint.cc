@@ -94,4 +94,22 @@ std::unique_ptr<LlamaModel> LoadModel(const std::string& path, at::Device device
   return LlamaModel::LoadGguf(*f, device, dtype);
 }
 
+std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& path, const ModelConfig& config) {
+  switch (SourceKindOf(path)) {
+    case SourceKind::kSynthetic: return Tokenizer::ByteLevel(config.vocab_size);
+    case SourceKind::kHuggingFace: return Tokenizer::FromHuggingFace(path);
+    case SourceKind::kGguf: break;
+  }
+  return Tokenizer::FromGguf(*GgufFile::Open(path));
+}
+
+const char* SourceKindName(SourceKind k) {
+  switch (k) {
+    case SourceKind::kGguf: return "gguf";
+    case SourceKind::kHuggingFace: return "huggingface";
+    case SourceKind::kSynthetic: return "synthetic";
+  }
+  return "?";
+}
+
 }  // namespace svdq::models

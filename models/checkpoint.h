@@ -10,6 +10,7 @@
 #include <string>
 
 #include "models/llama.h"
+#include "models/tokenizer.h"
 
 namespace svdq::models {
 
@@ -26,5 +27,11 @@ std::string SyntheticNames();  // "llama-3-8b, ..." for messages
 // context capped to a sliding window); may be null.
 std::unique_ptr<LlamaModel> LoadModel(const std::string& path, at::Device device, at::ScalarType dtype,
                                       std::string* note = nullptr);
+
+// The tokenizer that goes with the model at `path`: GGUF metadata, the directory's
+// tokenizer.json (+ tokenizer_config.json, generation_config.json), or a byte-level tokenizer of
+// the model's vocabulary size for a synthetic model. Throws FormatError.
+std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& path, const ModelConfig& config);
+const char* SourceKindName(SourceKind k);  // "gguf", "huggingface", "synthetic"
 
 }  // namespace svdq::models

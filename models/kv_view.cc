@@ -2,6 +2,12 @@
 
 namespace svdq::models {
 
+at::Tensor IndexToDevice(const std::vector<int64_t>& v, at::Device device) {
+  at::Tensor host = at::tensor(v, at::kLong);
+  if (!device.is_cuda()) return host.to(device);
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 at::Tensor ApplyRotaryHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t pos0,
                            at::ScalarType out) {
   const int64_t T = x.size(0);

@@ -33,6 +33,10 @@ class KvView {
   virtual void SetLength(int64_t n) = 0;
 };
 
+// Small host-built index lists (positions, page ids) to `device` as int64. To a GPU they go
+// through pinned memory without blocking, so that building them never waits for queued work.
+at::Tensor IndexToDevice(const std::vector<int64_t>& v, at::Device device);
+
 // Contiguous storage: per layer a [kv_heads, capacity, head_dim] tensor, grown by doubling.
 // Rotate-half RoPE of x [T, heads, head_dim] at positions pos0 ..; cos/sin [max_pos, head_dim]
 // fp32 (halves duplicated). Computed in fp32, returned in `out`.

@@ -267,7 +267,7 @@ at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, KvView* kv) {
   for (int32_t id : tokens)
     if (id < 0 || id >= cfg_.vocab_size) throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary");
   kv->Reserve(pos0 + T);
-  at::Tensor ids = at::from_blob(const_cast<int32_t*>(tokens.data()), {T}, at::kInt).to(device_, at::kLong);
+  at::Tensor ids = IndexToDevice(std::vector<int64_t>(tokens.begin(), tokens.end()), device_);
   at::Tensor x = tok_embd_.index_select(0, ids);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[l];
@@ -306,8 +306,8 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
     last[i] = static_cast<int64_t>(positions.size()) - 1;
   }
   const int64_t N = static_cast<int64_t>(all.size());
-  auto on_device = [&](const std::vector<int64_t>& v) { return at::tensor(v, at::kLong).to(device_); };
-  at::Tensor ids = at::from_blob(all.data(), {N}, at::kInt).to(device_, at::kLong);
+  auto on_device = [&](const std::vector<int64_t>& v) { return IndexToDevice(v, device_); };
+  at::Tensor ids = on_device(std::vector<int64_t>(all.begin(), all.end()));
   at::Tensor pos = on_device(positions);
   // RoPE of every row at its own position, in one go.
   at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);

@@ -91,6 +91,9 @@ int main(int argc, char** argv) {
     engine.Load();
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const auto& mc = engine.model_config();
+    if (mc.synthetic)
+      std::cout << "svdq-server: SYNTHETIC MODEL: random weights in the shape of " << cfg.model
+                << "; for throughput and memory measurements only, its text is meaningless" << std::endl;
     std::cout << "svdq-server: loaded " << mc.name << " (" << mc.architecture << ", " << mc.n_layers << " layers, "
               << mc.n_heads << "/" << mc.n_kv_heads << " heads, context " << mc.max_context << ") from " << cfg.model
               << " on " << engine.device_name() << " as " << engine.dtype_name() << " in " << s << " s; KV cache "

@@ -57,7 +57,7 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
     case svdq::v1::GenerateRequest::kText:
       if (in.text().empty()) return Invalid("input text is empty");
       if (!models::IsValidUtf8(in.text())) return Invalid("input text is not valid UTF-8");
-      out->prompt = tok.Encode(in.text());
+      out->prompt = tok.EncodePrompt(in.text());  // with BOS where the model's tokenizer adds one
       break;
     case svdq::v1::GenerateRequest::kTokenIds:
       if (in.token_ids().ids_size() == 0) return Invalid("token_ids is empty");
@@ -72,7 +72,7 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
       std::string prompt;
       grpc::Status st = RenderChat(in.chat(), tok, &prompt);
       if (!st.ok()) return st;
-      out->prompt = tok.Encode(prompt);
+      out->prompt = tok.Encode(prompt);  // the chat format writes its own BOS text
       break;
     }
     default:
@@ -240,7 +240,10 @@ grpc::Status GenerationService::Tokenize(grpc::ServerContext*, const svdq::v1::T
   } else {
     return Invalid("the request has no input: set text or chat");
   }
-  for (int32_t id : engine_->tokenizer().Encode(text)) out->add_ids(id);
+  // The ids Generate would run: BOS added to plain text where the tokenizer adds one.
+  const auto& tok = engine_->tokenizer();
+  for (int32_t id : req->input_case() == svdq::v1::TokenizeRequest::kChat ? tok.Encode(text) : tok.EncodePrompt(text))
+    out->add_ids(id);
   return grpc::Status::OK;
 }
 
@@ -305,6 +308,9 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const svdq::v
   out->set_device(engine_->device_name());
   out->set_dtype(engine_->dtype_name());
   out->set_eos_token_id(engine_->tokenizer().eos_id());
+  for (int32_t id : engine_->tokenizer().eos_ids()) out->add_eos_token_ids(id);
+  out->set_synthetic(c.synthetic);
+  out->set_source(engine_->model_source());
   return grpc::Status::OK;
 }
 

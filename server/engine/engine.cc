@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "models/basis_file.h"
+#include "models/checkpoint.h"
 #include "models/gguf.h"
 #include "models/llama.h"
 #include "models/tokenizer.h"
@@ -84,7 +85,7 @@ const char* FinishReasonName(FinishReason r) {
 struct Engine::Impl {
   EngineOptions opts;
   metrics::Metrics* metrics;
-  std::unique_ptr<models::GgufFile> file;
+  std::string source;  // "gguf", "huggingface" or "synthetic"
   std::unique_ptr<models::Tokenizer> tokenizer;
   std::unique_ptr<models::LlamaModel> model;
   std::atomic<bool> ready{false};
@@ -175,9 +176,11 @@ void Engine::Load() {
   else if (m.opts.dtype == "float16") dtype = at::kHalf;
   else throw std::runtime_error("unknown dtype '" + m.opts.dtype + "' (auto, float32, bfloat16, float16)");
 
-  m.file = models::GgufFile::Open(m.opts.model_path);
-  m.tokenizer = models::Tokenizer::FromGguf(*m.file);
-  m.model = models::LlamaModel::LoadGguf(*m.file, device, dtype);
+  std::string note;
+  m.model = models::LoadModel(m.opts.model_path, device, dtype, &note);
+  if (!note.empty()) std::cout << "svdq-server: " << note << std::endl;
+  m.tokenizer = models::LoadTokenizer(m.opts.model_path, m.model->config());
+  m.source = models::SourceKindName(models::SourceKindOf(m.opts.model_path));
   if (m.tokenizer->vocab_size() > m.model->config().vocab_size)
     throw std::runtime_error(m.opts.model_path + ": tokenizer vocabulary is larger than the embedding table");
   // The cache modes, their bytes, and the capacity in blocks that the budget leaves.
@@ -376,6 +379,7 @@ const models::ModelConfig& Engine::model_config() const { return impl_->model->c
 const models::Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
 std::string Engine::device_name() const { return impl_->model->device().str(); }
 std::string Engine::dtype_name() const { return std::string(c10::toString(impl_->model->dtype())); }
+std::string Engine::model_source() const { return impl_->source; }
 const EngineOptions& Engine::options() const { return impl_->opts; }
 
 void Engine::Impl::Loop() {
@@ -568,7 +572,7 @@ void Engine::Impl::RunBatch() {
         rows.push_back(RowFor(work[i].s));
         picked.push_back(static_cast<int64_t>(i));
       }
-      at::Tensor sub = logits.index_select(0, at::tensor(picked, at::kLong).to(logits.device()));
+      at::Tensor sub = logits.index_select(0, models::IndexToDevice(picked, logits.device()));
       std::vector<int32_t> toks;
       try {
         toks = SampleBatch(sub, rows);
@@ -621,7 +625,7 @@ SampleRow Engine::Impl::RowFor(Sequence* s) {
   row.params = &rq.sampling;
   row.history = TokenHistory{&rq.prompt, &s->output};
   if (static_cast<int32_t>(s->output.size()) < rq.min_tokens) {
-    if (!rq.ignore_eos) row.banned.push_back(tokenizer->eos_id());
+    if (!rq.ignore_eos) row.banned = tokenizer->eos_ids();
     row.banned.insert(row.banned.end(), rq.stop_token_ids.begin(), rq.stop_token_ids.end());
   }
   if (rq.sampling.temperature > 0.f) row.u = std::uniform_real_distribution<double>(0.0, 1.0)(s->rng);
@@ -646,7 +650,7 @@ bool Engine::Impl::Emit(Sequence* s, const at::Tensor& logits, int32_t tok) {
   FinishReason reason = FinishReason::kNone;
   std::string stop_reason;
   const bool may_stop = static_cast<int32_t>(s->output.size()) >= rq.min_tokens;
-  if (may_stop && !rq.ignore_eos && tok == tokenizer->eos_id()) {
+  if (may_stop && !rq.ignore_eos && tokenizer->IsEos(tok)) {
     reason = FinishReason::kStop;
   } else if (may_stop && std::find(rq.stop_token_ids.begin(), rq.stop_token_ids.end(), tok) != rq.stop_token_ids.end()) {
     reason = FinishReason::kStop;

@@ -71,6 +71,7 @@ class Engine {
   const models::Tokenizer& tokenizer() const;
   std::string device_name() const;
   std::string dtype_name() const;
+  std::string model_source() const;  // "gguf", "huggingface" or "synthetic"
   const EngineOptions& options() const;
 
  private:

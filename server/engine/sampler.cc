@@ -10,8 +10,12 @@
 namespace svdq::engine {
 namespace {
 
-at::Tensor OnDevice(const std::vector<int64_t>& v, at::Device d) { return at::tensor(v, at::kLong).to(d); }
-at::Tensor OnDevice(const std::vector<double>& v, at::Device d) { return at::tensor(v, at::kDouble).to(d); }
+// Through pinned memory without blocking: the forward that made the logits may still run.
+at::Tensor OnDevice(const at::Tensor& host, at::Device d) {
+  return d.is_cuda() ? host.pin_memory().to(d, /*non_blocking=*/true) : host.to(d);
+}
+at::Tensor OnDevice(const std::vector<int64_t>& v, at::Device d) { return OnDevice(at::tensor(v, at::kLong), d); }
+at::Tensor OnDevice(const std::vector<double>& v, at::Device d) { return OnDevice(at::tensor(v, at::kDouble), d); }
 
 // Adds penalties and bans to x [B, V] fp32 in place.
 void ApplyPenalties(at::Tensor& x, const std::vector<SampleRow>& rows) {

@@ -29,7 +29,7 @@ void Check(const kernels::Status& s, const char* what) {
   if (!s.ok()) throw std::runtime_error(std::string(what) + ": " + s.message());
 }
 
-at::Tensor ToDevice(const std::vector<int64_t>& v, at::Device d) { return at::tensor(v, at::kLong).to(d); }
+at::Tensor ToDevice(const std::vector<int64_t>& v, at::Device d) { return models::IndexToDevice(v, d); }
 
 }  // namespace
 

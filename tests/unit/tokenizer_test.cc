@@ -116,3 +116,22 @@ TEST(TokenizerLoad, RejectsUnsupportedModels) {
 }
 
 }  // namespace
+
+// Invalid UTF-8 in streamed output: one U+FFFD per maximal invalid subpart, as Python's and
+// Rust's lossy decoders (and so Hugging Face's decode) produce.
+TEST(IncrementalDetokenizerLossy, ReplacesMaximalSubparts) {
+  auto tok = svdq::models::Tokenizer::ByteLevel(300);  // ids 0..255 are the bytes
+  auto run = [&](std::initializer_list<int> bytes) {
+    svdq::models::IncrementalDetokenizer d(*tok);
+    std::string out;
+    for (int b : bytes) out += d.Push(b);
+    return out + d.Flush();
+  };
+  const std::string R = "\xEF\xBF\xBD";
+  EXPECT_EQ(run({0xE3, 0x83, 'A'}), R + "A");
+  EXPECT_EQ(run({0xED, 0xA0, 0x80}), R + R + R);
+  EXPECT_EQ(run({0xC0, 0x80}), R + R);
+  EXPECT_EQ(run({0xF0, 0x9F, 0x98}), R);
+  EXPECT_EQ(run({0xE0, 0x80, 0xAF, 'z'}), R + R + R + "z");
+  EXPECT_EQ(run({0xF0, 0x9F, 0x98, 0x80}), "\xF0\x9F\x98\x80");
+}
