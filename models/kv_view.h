@@ -29,6 +29,17 @@ class KvView {
   // kernel for it: q [1, heads, head_dim] post-RoPE, after Write of the token; returns
   // [1, heads, head_dim], or an undefined tensor to have the model Read and run SDPA.
   virtual at::Tensor Attend(int layer, const at::Tensor& q) { return {}; }
+  // Write of one new token for each of several sequences at once: called on views[0], every
+  // view of the same storage; k_pre, k, v [B, kv_heads, head_dim], row b at views[b]->length().
+  // Returns false (nothing written) where the storage cannot, to have the caller write per view.
+  virtual bool WriteMany(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
+                         const std::vector<KvView*>& views) {
+    return false;
+  }
+  // Decode attention for several sequences in one launch: called on views[0], every view of the same
+  // storage and each after Write of one new token of `layer`; q [B, heads, head_dim]. Returns
+  // [B, heads, head_dim], or undefined to have the caller attend per sequence.
+  virtual at::Tensor AttendMany(int layer, const at::Tensor& q, const std::vector<KvView*>& views) { return {}; }
   // Called once a forward has written every layer up to `n` tokens.
   virtual void SetLength(int64_t n) = 0;
 };

@@ -232,8 +232,12 @@ at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int
 
 at::Tensor LlamaModel::AttendOne(int layer, const at::Tensor& q, const at::Tensor& k_pre, const at::Tensor& k,
                                  const at::Tensor& v, int64_t pos0, KvView* kv) {
-  const int64_t T = q.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
   kv->Write(layer, pos0, k_pre, k, v);
+  return AttendStored(layer, q, pos0, kv);
+}
+
+at::Tensor LlamaModel::AttendStored(int layer, const at::Tensor& q, int64_t pos0, KvView* kv) {
+  const int64_t T = q.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
   if (T == 1) {
     at::Tensor o = kv->Attend(layer, q);  // [1, NH, D] where the storage attends itself
     if (o.defined()) return o.reshape({1, NH * D}).to(dtype_);
@@ -306,12 +310,24 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
     last[i] = static_cast<int64_t>(positions.size()) - 1;
   }
   const int64_t N = static_cast<int64_t>(all.size());
+  // Sequences with one new token (decodes) can attend in one launch where the storage allows.
+  std::vector<size_t> decodes;
+  std::vector<int64_t> decode_rows, first_row(B);
+  std::vector<KvView*> decode_views;
+  for (size_t i = 0, row = 0; i < B; row += len[i], ++i) {
+    first_row[i] = static_cast<int64_t>(row);
+    if (len[i] != 1) continue;
+    decodes.push_back(i);
+    decode_rows.push_back(static_cast<int64_t>(row));
+    decode_views.push_back(kvs[i]);
+  }
   auto on_device = [&](const std::vector<int64_t>& v) { return IndexToDevice(v, device_); };
   at::Tensor ids = on_device(std::vector<int64_t>(all.begin(), all.end()));
   at::Tensor pos = on_device(positions);
   // RoPE of every row at its own position, in one go.
   at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
   auto rope = [&](const at::Tensor& t) { return ApplyRotaryHalfRows(t, cos, sin, dtype_); };
+  at::Tensor decode_index = decodes.size() >= 2 ? on_device(decode_rows) : at::Tensor();
   at::Tensor x = tok_embd_.index_select(0, ids);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[l];
@@ -320,13 +336,22 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
     at::Tensor v = at::linear(h, w.wv, w.bv).view({N, NKV, D});
     at::Tensor q = rope(at::linear(h, w.wq, w.bq).view({N, NH, D}));
     at::Tensor k = rope(k_pre);
-    std::vector<at::Tensor> outs;
-    int64_t row = 0;
-    for (size_t i = 0; i < B; ++i) {
-      outs.push_back(AttendOne(l, q.narrow(0, row, len[i]), k_pre.narrow(0, row, len[i]), k.narrow(0, row, len[i]),
-                               v.narrow(0, row, len[i]), pos0[i], kvs[i]));
-      row += len[i];
+    std::vector<at::Tensor> outs(B);
+    const bool decodes_written =
+        decode_index.defined() &&
+        decode_views[0]->WriteMany(l, k_pre.index_select(0, decode_index), k.index_select(0, decode_index),
+                                   v.index_select(0, decode_index), decode_views);
+    for (size_t i = 0; i < B; ++i)
+      if (!decodes_written || len[i] != 1)
+        kvs[i]->Write(l, pos0[i], k_pre.narrow(0, first_row[i], len[i]), k.narrow(0, first_row[i], len[i]),
+                    v.narrow(0, first_row[i], len[i]));
+    if (decode_index.defined()) {
+      at::Tensor o = decode_views[0]->AttendMany(l, q.index_select(0, decode_index), decode_views);
+      if (o.defined())
+        for (size_t j = 0; j < decodes.size(); ++j) outs[decodes[j]] = o[j].reshape({1, NH * D}).to(dtype_);
     }
+    for (size_t i = 0; i < B; ++i)
+      if (!outs[i].defined()) outs[i] = AttendStored(l, q.narrow(0, first_row[i], len[i]), pos0[i], kvs[i]);
     x = x + at::linear(at::cat(outs, 0), w.wo);
     at::Tensor h2 = RmsNorm(x, w.ffn_norm);
     x = x + at::linear(at::silu(at::linear(h2, w.w_gate)) * at::linear(h2, w.w_up), w.w_down);

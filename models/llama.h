@@ -72,6 +72,8 @@ class LlamaModel {
   // Attention of one sequence's rows: q, k (post-RoPE), k_pre, v [T, heads, D]; returns [T, heads * D].
   at::Tensor AttendOne(int layer, const at::Tensor& q, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
                        int64_t pos0, KvView* kv);
+  // The attention part of AttendOne, after kv->Write of the rows.
+  at::Tensor AttendStored(int layer, const at::Tensor& q, int64_t pos0, KvView* kv);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x: [T, heads, head_dim]
   void InitRope();  // the tables from cfg_ (theta, llama3 scaling)

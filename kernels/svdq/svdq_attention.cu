@@ -39,8 +39,9 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
   }
   __syncthreads();
   const int64_t bh = static_cast<int64_t>(b) * p.kv_heads + h;
-  const float* mean = p.mean + bh * W;
-  const float* basis = p.basis + bh * W * W;
+  const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * p.kv_heads + h;
+  const float* mean = p.mean + brow * W;
+  const float* basis = p.basis + brow * W * W;
   const int np = p.num_pages[b];
   const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
   const int first = split * pps, last = min(np, first + pps);

@@ -94,6 +94,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   float* lsum = smem + s.l;
   float* corr = smem + s.corr;
   const int64_t bh = static_cast<int64_t>(b) * p.kv_heads + h;
+  const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * p.kv_heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const int np = p.num_pages[b];
@@ -112,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
     lsum[threadIdx.x] = 0.f;
   }
   if (last > first) {
-    const float* basis = p.basis + bh * W * W;
+    const float* basis = p.basis + brow * W * W;
     for (int j = threadIdx.x; j < r; j += blockDim.x) {
       int c = device::RetainedChannel(l, j), g = c / l.group_size;
       goff[j] = l.group_offset[g];
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
       int j = idx / W, i = idx - j * W;
       vt[j * ldw + i] = wmma::__float_to_tf32(basis[i * W + device::RetainedChannel(l, j)]);
     }
-    for (int i = threadIdx.x; i < W; i += blockDim.x) mean[i] = p.mean[bh * W + i];
+    for (int i = threadIdx.x; i < W; i += blockDim.x) mean[i] = p.mean[brow * W + i];
   }
   __syncthreads();
 

@@ -79,8 +79,11 @@ struct SvdqAttentionParams {
   const uint16_t* value_pages = nullptr;   // bf16 [pool_pages, kv_heads, P, width]
   const int32_t* page_table = nullptr;     // [batch, max_pages]: pool page ids
   const int32_t* num_pages = nullptr;      // [batch]: encoded full pages
-  const float* mean = nullptr;             // [batch, kv_heads, width]
-  const float* basis = nullptr;            // [batch, kv_heads, width, width]
+  const float* mean = nullptr;             // [basis_rows, kv_heads, width]
+  const float* basis = nullptr;            // [basis_rows, kv_heads, width, width]
+  // [batch], optional: the mean/basis row of each sequence (sequences that share a basis, or a
+  // pool of per-sequence bases); null: row b for sequence b (basis_rows = batch).
+  const int32_t* basis_index = nullptr;
   const uint16_t* tail_keys = nullptr;     // bf16 [batch, kv_heads, P, width], post-RoPE
   const uint16_t* tail_values = nullptr;   // bf16 [batch, kv_heads, P, width]
   const int32_t* tail_len = nullptr;       // [batch]: 0 .. P-1

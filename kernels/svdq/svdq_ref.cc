@@ -245,8 +245,9 @@ Status SvdqAttentionRef(const SvdqAttentionParams& p) {
       const int64_t n = static_cast<int64_t>(np) * P + tail;
       keys.assign(n * W, 0.f);
       vals.assign(n * W, 0.f);
-      const float* mean = p.mean + (static_cast<int64_t>(b) * p.kv_heads + h) * W;
-      const float* basis = p.basis + (static_cast<int64_t>(b) * p.kv_heads + h) * W * W;
+      const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * p.kv_heads + h;
+      const float* mean = p.mean + brow * W;
+      const float* basis = p.basis + brow * W * W;
       for (int pg = 0; pg < np; ++pg) {
         int64_t pool = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg];
         DequantLatent(l, PageRecord(p.key_pages, l, pool, p.kv_heads, h), &z);

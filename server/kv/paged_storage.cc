@@ -191,7 +191,8 @@ void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
   at::Tensor kf = k_pre.to(at::kDouble).reshape({T, U, W}).transpose(0, 1);  // [U, T, W]
   at::Tensor mu = kf.mean(1, /*keepdim=*/true);
   at::Tensor c = kf - mu;
-  at::Tensor gram = at::matmul(c.transpose(1, 2), c).cpu();
+  // On the device (cuSOLVER on a GPU): no round trip through the host per layer.
+  at::Tensor gram = at::matmul(c.transpose(1, 2), c);
   at::Tensor evecs = std::get<1>(at::linalg_eigh(gram)).flip({-1});
   mean.copy_(mu.squeeze(1));
   vectors.copy_(evecs);
@@ -417,6 +418,197 @@ at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
 #else
   (void)layer;
   (void)q;
+  return {};
+#endif
+}
+
+const PagedSeqView::WriteTables& PagedSeqView::Writes(const std::vector<models::KvView*>& views) {
+  if (writes_ && writes_->views == views) return *writes_;
+  const auto& sp = st_->spec();
+  const int64_t P = sp.shape.block_size;
+  auto w = std::make_unique<WriteTables>();
+  w->views = views;
+  std::vector<int64_t> block, offset, lanes, tail_offset;
+  for (size_t b = 0; b < views.size(); ++b) {
+    const auto* v = static_cast<const PagedSeqView*>(views[b]);
+    const int64_t pos = v->length_;
+    block.push_back(v->blocks_[pos / P]);
+    offset.push_back(pos % P);
+    lanes.push_back(v->lane_);
+    if (pos % P == P - 1) w->completing.push_back(b);
+  }
+  w->block = ToDevice(block, sp.device);
+  w->offset = ToDevice(offset, sp.device);
+  w->lanes = ToDevice(lanes, sp.device);
+  w->tail_offset = w->offset;  // a token's place in its tail page is its place in its block
+  writes_ = std::move(w);
+  return *writes_;
+}
+
+bool PagedSeqView::WriteMany(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
+                             const std::vector<models::KvView*>& views) {
+  const auto& sp = st_->spec();
+  const int64_t P = sp.shape.block_size;
+  std::vector<PagedSeqView*> seqs;
+  for (models::KvView* kv : views) {
+    auto* s = dynamic_cast<PagedSeqView*>(kv);
+    // A sequence's first forward computes its prefill basis: that one goes through Write.
+    if (!s || s->st_ != st_ || s->length_ == 0 || s->length_ >= static_cast<int64_t>(s->blocks_.size()) * P) return false;
+    seqs.push_back(s);
+  }
+  const bool prefill_basis = sp.modes.key == KeyMode::kSvdq && sp.modes.basis == BasisSource::kPrefill;
+  for (PagedSeqView* s : seqs)
+    if (prefill_basis && !st_->lane_basis_set_[static_cast<size_t>(s->lane_) * sp.shape.layers + layer])
+      throw std::logic_error("SVDq prefill basis: the sequence's first forward did not start at position 0");
+  const WriteTables& w = Writes(views);
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    PagedSeqView* s = seqs[b];
+    s->fresh_layer_ = layer;
+    s->fresh_pos0_ = s->length_;
+    s->fresh_k_ = k.narrow(0, static_cast<int64_t>(b), 1);
+    s->fresh_v_ = v.narrow(0, static_cast<int64_t>(b), 1);
+  }
+  st_->values_[layer].Write(w.block, w.offset, v);
+  if (!sp.modes.page_coded_keys()) {
+    st_->keys_[layer].Write(w.block, w.offset, k);
+    return true;
+  }
+  // Every new key goes to its lane's tail page; a tail that this token fills is encoded now.
+  at::Tensor& tail = st_->tail_[layer];
+  tail.index_put_({w.lanes, w.tail_offset}, k_pre.to(tail.scalar_type()));
+  for (size_t b : w.completing) {
+    PagedSeqView* s = seqs[b];
+    s->EncodePages(layer, s->length_ / P, tail[s->lane_]);
+  }
+  return true;
+}
+
+const PagedSeqView::BatchTables& PagedSeqView::Tables(const std::vector<models::KvView*>& views) {
+  if (batch_ && batch_->views == views) return *batch_;
+  const auto& sp = st_->spec();
+  const int64_t P = sp.shape.block_size, B = static_cast<int64_t>(views.size());
+  const bool coded = sp.modes.page_coded_keys();
+  auto t = std::make_unique<BatchTables>();
+  t->views = views;
+  std::vector<int64_t> pages(B), lens(B);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto* v = static_cast<const PagedSeqView*>(views[b]);
+    lens[b] = v->fresh_pos0_ + 1;
+    // bf16 keys: every page that holds a token; page-coded: the full (encoded) pages only.
+    pages[b] = coded ? lens[b] / P : (lens[b] + P - 1) / P;
+    t->max_pages = std::max(t->max_pages, pages[b]);
+    t->max_len = std::max(t->max_len, lens[b]);
+  }
+  t->max_pages = std::max<int64_t>(t->max_pages, 1);
+  std::vector<int64_t> table(B * t->max_pages, 0), len, tail_len, basis_index, lanes, tail_block, tail_pos;
+  const int64_t max_pos = sp.rope_cos.size(0) - 1;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto* v = static_cast<const PagedSeqView*>(views[b]);
+    std::copy(v->blocks_.begin(), v->blocks_.begin() + pages[b], table.begin() + b * t->max_pages);
+    if (!coded) {
+      len.push_back(lens[b]);
+      continue;
+    }
+    len.push_back(pages[b]);
+    tail_len.push_back(lens[b] - pages[b] * P);
+    basis_index.push_back(v->BasisSlot());
+    lanes.push_back(v->lane_);
+    tail_block.push_back(tail_len.back() > 0 ? v->blocks_[pages[b]] : v->blocks_[0]);
+    for (int64_t i = 0; i < P; ++i) tail_pos.push_back(std::min(pages[b] * P + i, max_pos));
+  }
+  const at::Device d = sp.device;
+  auto int32 = [&](const std::vector<int64_t>& x) { return ToDevice(x, d).to(at::kInt); };
+  t->table = int32(table).reshape({B, t->max_pages});
+  t->len = int32(len);
+  if (coded) {
+    t->tail_len = int32(tail_len);
+    t->basis_index = int32(basis_index);
+    t->lanes = ToDevice(lanes, d);
+    t->tail_block = ToDevice(tail_block, d);
+    t->tail_pos = ToDevice(tail_pos, d);
+  }
+  batch_ = std::move(t);
+  return *batch_;
+}
+
+at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::vector<models::KvView*>& views) {
+#ifdef SVDQ_WITH_CUDA
+  const auto& sp = st_->spec();
+  if (!sp.device.is_cuda() || sp.modes.value != ValueMode::kFull || sp.dtype != at::kBFloat16) return {};
+  const bool coded = sp.modes.page_coded_keys();
+  if ((!coded && sp.modes.key != KeyMode::kFull) || sp.modes.layer_scope()) return {};
+  for (models::KvView* kv : views) {
+    auto* v = dynamic_cast<PagedSeqView*>(kv);
+    if (!v || v->st_ != st_ || v->fresh_layer_ != layer || v->fresh_k_.size(0) != 1) return {};
+  }
+  const BatchTables& t = Tables(views);
+  const int64_t B = static_cast<int64_t>(views.size()), P = sp.shape.block_size, KV = sp.shape.kv_heads;
+  const int64_t D = sp.shape.head_dim, NH = q.size(1);
+  at::Tensor qb = q.to(at::kBFloat16).contiguous();
+  at::Tensor out = at::empty({B, NH, D}, q.options().dtype(at::kFloat));
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  if (!coded) {
+    if ((D + 4 + t.max_len) * 4 > 200 * 1024) return {};  // scores past the kernel's shared memory
+    kernels::PagedDecodeParams p;
+    p.batch = static_cast<int>(B);
+    p.num_heads = static_cast<int>(NH);
+    p.kv_heads = static_cast<int>(KV);
+    p.head_dim = static_cast<int>(D);
+    p.page_size = static_cast<int>(P);
+    p.max_pages = static_cast<int>(t.max_pages);
+    p.max_seq_len = static_cast<int>(t.max_len);
+    p.sm_scale = scale;
+    p.q = static_cast<const uint16_t*>(qb.data_ptr());
+    p.key_pages = static_cast<const uint16_t*>(st_->keys_[layer].data().data_ptr());
+    p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
+    p.page_table = t.table.data_ptr<int32_t>();
+    p.seq_len = t.len.data_ptr<int32_t>();
+    p.out = out.data_ptr<float>();
+    Check(kernels::PagedDecodeAttention(p, nullptr), "paged decode attention");
+    return out;
+  }
+  // Each sequence's tail page (pre-RoPE in its lane) rotated at its positions, and the value
+  // page it shares; the bases stay where they are, addressed through basis_index.
+  at::Tensor rows = st_->tail_[layer].index_select(0, t.lanes).reshape({B * P, KV, D});
+  at::Tensor tail_k = models::ApplyRotaryHalfRows(rows, sp.rope_cos.index_select(0, t.tail_pos),
+                                                  sp.rope_sin.index_select(0, t.tail_pos), at::kBFloat16)
+                          .reshape({B, P, KV, D})
+                          .permute({0, 2, 1, 3})
+                          .contiguous();
+  at::Tensor tail_v = st_->values_[layer].data().index_select(0, t.tail_block).contiguous();
+  kernels::SvdqAttentionParams p;
+  p.layout = st_->layout_;
+  p.batch = static_cast<int>(B);
+  p.num_heads = static_cast<int>(NH);
+  p.kv_heads = static_cast<int>(KV);
+  p.max_pages = static_cast<int>(t.max_pages);
+  p.sm_scale = scale;
+  p.q = static_cast<const uint16_t*>(qb.data_ptr());
+  p.key_pages = st_->codes_[layer].data_ptr<uint8_t>();
+  p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
+  p.page_table = t.table.data_ptr<int32_t>();
+  p.num_pages = t.len.data_ptr<int32_t>();
+  p.mean = st_->mean_[layer].data_ptr<float>();
+  p.basis = st_->vectors_[layer].data_ptr<float>();
+  p.basis_index = t.basis_index.data_ptr<int32_t>();
+  p.tail_keys = static_cast<const uint16_t*>(tail_k.data_ptr());
+  p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
+  p.tail_len = t.tail_len.data_ptr<int32_t>();
+  p.rope_cos = sp.rope_cos.data_ptr<float>();
+  p.rope_sin = sp.rope_sin.data_ptr<float>();
+  p.out = out.data_ptr<float>();
+  at::Tensor ws;
+  if (t.max_pages > 64) {
+    p.pages_per_split = 32;
+    ws = at::empty({static_cast<int64_t>(kernels::SvdqAttentionWorkspaceFloats(p))}, q.options().dtype(at::kFloat));
+    p.workspace = ws.data_ptr<float>();
+  }
+  Check(kernels::SvdqAttention(p, nullptr), "SVDq attention");
+  return out;
+#else
+  (void)layer;
+  (void)q;
+  (void)views;
   return {};
 #endif
 }

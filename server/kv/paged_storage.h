@@ -88,6 +88,9 @@ class PagedSeqView : public models::KvView {
   void Write(int layer, int64_t pos0, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) override;
   std::pair<at::Tensor, at::Tensor> Read(int layer, int64_t n) override;
   at::Tensor Attend(int layer, const at::Tensor& q) override;
+  at::Tensor AttendMany(int layer, const at::Tensor& q, const std::vector<models::KvView*>& views) override;
+  bool WriteMany(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
+                 const std::vector<models::KvView*>& views) override;
   void SetLength(int64_t n) override { length_ = n; }
 
  private:
@@ -112,6 +115,25 @@ class PagedSeqView : public models::KvView {
   // Index tensors are the same for every layer of a forward: built once per view.
   mutable std::map<std::pair<int64_t, int64_t>, std::pair<at::Tensor, at::Tensor>> where_cache_;
   mutable std::map<std::pair<int64_t, int64_t>, at::Tensor> block_cache_;
+  // AttendMany's per-step tables (the same for every layer), held by the batch's first view.
+  struct BatchTables {
+    std::vector<models::KvView*> views;
+    int64_t max_pages = 0, max_len = 0;
+    at::Tensor table, len;             // int32 [B, max_pages] page ids, [B] lengths (bf16 keys) or full pages
+    at::Tensor tail_len, basis_index;  // int32 [B] (page-coded keys)
+    at::Tensor lanes, tail_block, tail_pos;  // int64 [B], [B], [B * P]
+  };
+  std::unique_ptr<BatchTables> batch_;
+  const BatchTables& Tables(const std::vector<models::KvView*>& views);
+  // WriteMany's per-step indices: where each sequence's new token goes.
+  struct WriteTables {
+    std::vector<models::KvView*> views;
+    at::Tensor block, offset;      // int64 [B]: pool block and in-block offset
+    at::Tensor lanes, tail_offset;  // int64 [B] (page-coded keys)
+    std::vector<size_t> completing;  // rows whose token fills its page (encoded at once)
+  };
+  std::unique_ptr<WriteTables> writes_;
+  const WriteTables& Writes(const std::vector<models::KvView*>& views);
 };
 
 }  // namespace svdq::kv

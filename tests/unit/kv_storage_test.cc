@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "server/kv/paged_storage.h"
@@ -17,6 +18,8 @@ using namespace svdq::kv;
 namespace {
 
 constexpr int kLayers = 2, kKv = 2, kDim = 64, kPage = 16, kPrompt = 37, kTotal = 70, kHeads = 4;
+// The second sequence runs kLag positions behind the first; its last token (position 63) fills a page.
+constexpr int kLag = 6;
 
 struct Case {
   const char* key;
@@ -143,10 +146,50 @@ double RunCase(const Case& c, at::Device device, at::ScalarType dtype) {
     view.SetLength(pos0 + T);
   };
   step(seqs[0], 0, kPrompt);
-  step(seqs[1], 0, kPrompt - 5);
-  for (int64_t t = kPrompt; t < kTotal; ++t) {
+  step(seqs[1], 0, kPrompt - kLag);
+  for (int64_t t = kPrompt; t < kTotal - 1; ++t) {
     step(seqs[0], t, 1);
-    step(seqs[1], t - 5, 1);
+    step(seqs[1], t - kLag, 1);
+  }
+  // The last token of both in one joint step: AttendMany over the pair equals each view's own
+  // Attend (the same kernels, batched), and is taken wherever the storage attends itself.
+  const int64_t p0 = kTotal - 1, p1 = kTotal - 1 - kLag;  // p1 fills its page
+  PagedSeqView a(&storage, seqs[0].blocks, p0, seqs[0].lane), b(&storage, seqs[1].blocks, p1, seqs[1].lane);
+  a.Reserve(p0 + 1);
+  b.Reserve(p1 + 1);
+  const std::string key(c.key), scope(c.scope);
+  const bool batched = device.is_cuda() && dtype == at::kBFloat16 && std::string(c.value) == "bf16" &&
+                       key != "fp8" && scope == "head";
+  // Both tokens are written by one WriteMany (every mode), then read back as in `step`.
+  auto rows = [&](const at::Tensor Seq::*field, double f) {
+    return at::cat({(seqs[0].*field).narrow(0, p0, 1), (seqs[1].*field).narrow(0, p1, 1)}, 0) * f;
+  };
+  for (int l = 0; l < kLayers; ++l) {
+    const double f = 1.0 + l;
+    if (!a.WriteMany(l, rows(&Seq::k_pre, f).to(dtype), rows(&Seq::k, f).to(dtype), rows(&Seq::v, f).to(dtype),
+                     {&a, &b})) {
+      ADD_FAILURE() << c.key << "/" << c.value << ": WriteMany refused";
+      continue;
+    }
+    for (auto [view, s, pos] : {std::make_tuple(&a, &seqs[0], p0), std::make_tuple(&b, &seqs[1], p1)}) {
+      auto [k, v] = view->Read(l, pos + 1);
+      at::Tensor kt = k.transpose(0, 1), vt = v.transpose(0, 1);
+      EXPECT_LT(RelErr(kt.narrow(0, pos, 1), (s->k.narrow(0, pos, 1) * f).to(dtype)), 1e-6);
+      EXPECT_LT(RelErr(vt.narrow(0, pos, 1), (s->v.narrow(0, pos, 1) * f).to(dtype)), 1e-6);
+      const double slack = dtype == at::kFloat ? 1e-5 : 1e-2;
+      EXPECT_LT(RelErr(kt.narrow(0, 0, pos), s->k.narrow(0, 0, pos) * f), c.key_tol + slack) << c.key << " WriteMany";
+      EXPECT_LT(RelErr(vt.narrow(0, 0, pos), s->v.narrow(0, 0, pos) * f), c.value_tol + slack) << c.value << " WriteMany";
+    }
+    at::manual_seed(100 + l);
+    at::Tensor q = at::randn({2, kHeads, kDim}, at::TensorOptions().device(device).dtype(dtype));
+    at::Tensor many = a.AttendMany(l, q, {&a, &b});
+    EXPECT_EQ(many.defined(), batched) << c.key << "/" << c.value << " (" << c.scope << " scope)";
+    if (!many.defined()) continue;
+    at::Tensor oa = a.Attend(l, q.narrow(0, 0, 1)), ob = b.Attend(l, q.narrow(0, 1, 1));
+    EXPECT_TRUE(oa.defined() && ob.defined());
+    if (!oa.defined() || !ob.defined()) continue;
+    EXPECT_LT(RelErr(many[0], oa[0]), 1e-5) << c.key << " batched attention, sequence 0, layer " << l;
+    EXPECT_LT(RelErr(many[1], ob[0]), 1e-5) << c.key << " batched attention, sequence 1, layer " << l;
   }
   return worst_key;
 }
