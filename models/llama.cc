@@ -361,6 +361,25 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
   return at::linear(h, output_).to(at::kFloat);
 }
 
+at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos, const StaticDecodeKv& kv) {
+  const int64_t B = ids.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
+  at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
+  auto rope = [&](const at::Tensor& t) { return ApplyRotaryHalfRows(t, cos, sin, dtype_); };
+  at::Tensor x = tok_embd_.index_select(0, ids);
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    at::Tensor h = RmsNorm(x, w.attn_norm);
+    at::Tensor k = rope(at::linear(h, w.wk, w.bk).view({B, NKV, D}));
+    at::Tensor v = at::linear(h, w.wv, w.bv).view({B, NKV, D});
+    at::Tensor q = rope(at::linear(h, w.wq, w.bq).view({B, NH, D}));
+    kv.write(l, k, v);
+    x = x + at::linear(kv.attend(l, q).reshape({B, NH * D}).to(dtype_), w.wo);
+    at::Tensor h2 = RmsNorm(x, w.ffn_norm);
+    x = x + at::linear(at::silu(at::linear(h2, w.w_gate)) * at::linear(h2, w.w_up), w.w_down);
+  }
+  return at::linear(RmsNorm(x, output_norm_), output_).to(at::kFloat);
+}
+
 at::Tensor LlamaModel::ForwardAll(const std::vector<int32_t>& tokens, KvView* kv) {
   return at::linear(Hidden(tokens, kv), output_).to(at::kFloat);
 }

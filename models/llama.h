@@ -26,6 +26,14 @@ struct ForwardCapture {
   std::vector<at::Tensor> q_pre_rope, k_pre_rope, v;
 };
 
+// The storage side of a fixed-shape decode step (capturable in a CUDA graph): stores row b's
+// new key and value, and attends row b's query over its sequence. Neither may do host work
+// that depends on the step's data or synchronize with the device.
+struct StaticDecodeKv {
+  std::function<void(int layer, const at::Tensor& k, const at::Tensor& v)> write;  // [B, kv_heads, D] post-RoPE
+  std::function<at::Tensor(int layer, const at::Tensor& q)> attend;              // [B, heads, D] -> same, fp32
+};
+
 struct LayerWeights {
   at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
   at::Tensor bq, bk, bv;  // undefined unless the config has q/k/v biases (Qwen2)
@@ -59,6 +67,10 @@ class LlamaModel {
   // and the MLP run once over all rows; attention runs per sequence over its own KV.
   // Returns fp32 logits of each sequence's last position, [B, vocab].
   at::Tensor ForwardBatch(const std::vector<std::vector<int32_t>>& tokens, const std::vector<KvView*>& kvs);
+  // One decode token per row, every input on the device: ids and positions [B] int64. Shapes
+  // depend on B only and nothing waits for the device, so it can be captured in a CUDA graph.
+  // Returns fp32 logits [B, vocab].
+  at::Tensor DecodeStatic(const at::Tensor& ids, const at::Tensor& pos, const StaticDecodeKv& kv);
   // Records activations of every following forward into `capture` (null stops recording).
   void set_capture(ForwardCapture* capture) { capture_ = capture; }
   // The RoPE tables, [max_context, head_dim] fp32 (rotate-half, halves duplicated).

@@ -3,6 +3,7 @@
 #include "models/pre_tokenizer.h"
 
 #include "models/unicode.h"
+#include "models/unicode_normalize.h"
 
 namespace svdq::models {
 namespace {
@@ -176,6 +177,14 @@ void ApplyPreTokenizeStep(const PreTokenizeStep& step, std::vector<PreToken>* pi
 namespace svdq::models {
 
 void ApplyNormalizeStep(const NormalizeStep& step, std::u32string* text) {
+  if (step.kind == NormalizeStep::Kind::kNfc) {
+    ToNfc(text);
+    return;
+  }
+  if (step.kind == NormalizeStep::Kind::kNfd) {
+    ToNfd(text);
+    return;
+  }
   if (step.kind == NormalizeStep::Kind::kPrepend) {
     if (!text->empty()) text->insert(0, step.to);
     return;

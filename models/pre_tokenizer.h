@@ -48,10 +48,11 @@ void ApplyPreTokenizeStep(const PreTokenizeStep& step, std::vector<PreToken>* pi
 
 namespace svdq::models {
 
-// One step of a Hugging Face normalizer (Sequence of Prepend and Replace): Llama 2's
-// SentencePiece files turn spaces into '▁' and put one before every text segment.
+// One step of a Hugging Face normalizer (Sequence of Prepend, Replace, NFC, NFD): Llama 2's
+// SentencePiece files turn spaces into '▁' and put one before every text segment; Qwen2's
+// put text in NFC.
 struct NormalizeStep {
-  enum class Kind { kPrepend, kReplace };
+  enum class Kind { kPrepend, kReplace, kNfc, kNfd };
   Kind kind = Kind::kReplace;
   std::u32string from;  // kReplace: the literal text replaced
   std::u32string to;    // kPrepend: the prefix; kReplace: the replacement

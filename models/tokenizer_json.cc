@@ -2,7 +2,7 @@
 // generation_config.json. Supported (what the Llama family uses):
 //   model         BPE: vocab, merges ("a b" or [a, b]), unk_token, byte_fallback, fuse_unk,
 //                 ignore_merges; no dropout, continuing_subword_prefix, end_of_word_suffix
-//   normalizer    null, Prepend, Replace (String pattern), Sequence of those
+//   normalizer    null, Prepend, Replace (String pattern), NFC, NFD, Sequence of those
 //   pre_tokenizer null, ByteLevel (last), Split (Regex of GPT-2, Llama 3 or Qwen2; Isolated),
 //                 Digits, Metaspace, Sequence of those
 //   decoder       ByteLevel (with a ByteLevel pre_tokenizer); else Sequence of Replace
@@ -199,8 +199,10 @@ class HfTokenizerLoader {
     } else if (type == "Replace") {
       t_->normalizer_.push_back(
           {NormalizeStep::Kind::kReplace, U32(StringPattern(Field(n, "pattern"))), U32(Field(n, "content").get<std::string>())});
+    } else if (type == "NFC" || type == "NFD") {
+      t_->normalizer_.push_back({type == "NFC" ? NormalizeStep::Kind::kNfc : NormalizeStep::Kind::kNfd, {}, {}});
     } else {
-      Fail("type '" + type + "' is not supported (Prepend, Replace, Sequence)");
+      Fail("type '" + type + "' is not supported (Prepend, Replace, NFC, NFD, Sequence)");
     }
   }
 

@@ -25,6 +25,7 @@ struct ServerConfig {
   std::string svdq_schedule = "8,4,2,1,1,0,0,0";
   std::string svdq_basis = "prefill";
   std::string svdq_scope = "head";
+  bool cuda_graphs = true;
   std::string svdq_basis_file;
   int shutdown_grace_seconds = 30;
   int64_t max_message_bytes = 4 << 20;

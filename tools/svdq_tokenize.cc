@@ -7,6 +7,8 @@
 //                                                 (streamed through IncrementalDetokenizer)
 //   svdq-tokenize SOURCE chat < in.json           in: [[{"role", "content"}, ...], ...];
 //                                                 out: ["rendered prompt", ...]
+//   svdq-tokenize nfc|nfd < in.json               in: ["text", ...]; out: ["normalized", ...]
+//                                                 (the tokenizer.json normalizers, no SOURCE)
 // SOURCE is a .gguf file or a Hugging Face tokenizer directory.
 #include <sys/stat.h>
 
@@ -18,6 +20,8 @@
 #include "models/chat_format.h"
 #include "models/gguf.h"
 #include "models/tokenizer.h"
+#include "models/unicode.h"
+#include "models/unicode_normalize.h"
 
 using namespace svdq::models;
 using nlohmann::json;
@@ -59,14 +63,34 @@ json Run(const Tokenizer& tok, const std::string& cmd, const json& in) {
   return out;
 }
 
+json Normalize(const std::string& form, const json& in) {
+  json out = json::array();
+  for (const auto& s : in) {
+    std::u32string text;
+    size_t bad = 0;
+    if (!DecodeUtf8(s.get<std::string>(), &text, &bad))
+      throw std::runtime_error("input is not valid UTF-8 (at byte " + std::to_string(bad) + ")");
+    if (form == "nfc") ToNfc(&text);
+    else ToNfd(&text);
+    out.push_back(ToUtf8(text));
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::cerr << "usage: svdq-tokenize SOURCE encode|encode-prompt|decode|chat < in.json\n";
+  bool normalize = argc == 2 && (std::string(argv[1]) == "nfc" || std::string(argv[1]) == "nfd");
+  if (argc != 3 && !normalize) {
+    std::cerr << "usage: svdq-tokenize SOURCE encode|encode-prompt|decode|chat < in.json\n"
+                 "       svdq-tokenize nfc|nfd < in.json\n";
     return 1;
   }
   try {
+    if (normalize) {
+      std::cout << Normalize(argv[1], json::parse(std::cin)).dump() << "\n";
+      return 0;
+    }
     auto tok = Load(argv[1]);
     json in = json::parse(std::cin);
     std::cout << Run(*tok, argv[2], in).dump() << "\n";

@@ -27,6 +27,7 @@
 #include "models/gguf.h"
 #include "models/llama.h"
 #include "models/tokenizer.h"
+#include "server/engine/decode_graphs.h"
 #include "server/engine/sampler.h"
 #include "server/kv/kv_cache_manager.h"
 #include "server/kv/paged_storage.h"
@@ -86,6 +87,7 @@ struct Engine::Impl {
   EngineOptions opts;
   metrics::Metrics* metrics;
   std::string source;  // "gguf", "huggingface" or "synthetic"
+  std::unique_ptr<DecodeGraphs> graphs;  // null where decode steps are not captured
   std::unique_ptr<models::Tokenizer> tokenizer;
   std::unique_ptr<models::LlamaModel> model;
   std::atomic<bool> ready{false};
@@ -281,6 +283,10 @@ void Engine::Load() {
   kv::KvCacheConfig kc;
   kc.num_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
   kc.block_size = m.opts.block_size;
+  // Captured decode steps need one block that no sequence gets (their padding rows write
+  // there): the storage has it beyond the pool's blocks, one block over the budget.
+  const bool graphs = m.opts.cuda_graphs && device.is_cuda() && dtype == at::kBFloat16 &&
+                      modes.key == kv::KeyMode::kFull && modes.value == kv::ValueMode::kFull;
   // Sharing is sound where a block's stored form depends only on the tokens before it, the
   // model and the mode: not with a per-sequence basis. The mode, dtype, block size and the
   // basis are in every block hash, so differently coded pages are never shared.
@@ -289,9 +295,19 @@ void Engine::Load() {
   const std::string mode_text = modes.KeyName() + "|" + modes.ValueName() + "|" + std::to_string(static_cast<int>(dtype));
   kc.mode_key = std::hash<std::string>{}(mode_text) ^ (static_cast<uint64_t>(kc.block_size) << 48) ^ basis_identity;
   m.kv = std::make_unique<kv::KvCacheManager>(kc);
-  spec.num_blocks = kc.num_blocks;
+  spec.num_blocks = kc.num_blocks + (graphs ? 1 : 0);
   m.storage = std::make_unique<kv::PagedKvStorage>(spec);
   for (int l = spec.lanes - 1; l >= 0; --l) m.free_lanes.push_back(l);
+  if (graphs) {
+    std::string why;
+    m.graphs = DecodeGraphs::Create(m.model.get(), m.storage.get(), kc.num_blocks, static_cast<int>(spec.lanes), &why);
+    if (m.graphs)
+      std::cout << "svdq-server: decode steps from CUDA graphs, batch sizes " << m.graphs->sizes() << std::endl;
+    else
+      std::cout << "svdq-server: no CUDA graphs: " << why << std::endl;
+  } else if (m.opts.cuda_graphs && device.is_cuda()) {
+    std::cout << "svdq-server: no CUDA graphs: only bf16 keys and values in a bf16 model are captured" << std::endl;
+  }
   if (m.metrics) {
     const std::string full = dtype == at::kFloat ? "fp32" : dtype == at::kHalf ? "fp16" : "bf16";
     const bool svdq = modes.key == kv::KeyMode::kSvdq;
@@ -542,8 +558,17 @@ void Engine::Impl::RunBatch() {
     }
     at::Tensor logits;
     std::string error;
+    // A step of decodes only, that a captured graph holds, replays it.
+    bool decodes_only = graphs && static_cast<int>(work.size()) <= graphs->max_batch();
+    for (const Work& w : work) decodes_only = decodes_only && w.s->prefilled && w.tokens.size() == 1;
     try {
-      logits = model->ForwardBatch(tokens, kvs);
+      if (decodes_only) {
+        std::vector<DecodeRow> rows;
+        for (const Work& w : work) rows.push_back({w.tokens[0], w.s->computed, &kv->Blocks(w.s->id)});
+        logits = graphs->Run(rows);
+      } else {
+        logits = model->ForwardBatch(tokens, kvs);
+      }
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -32,6 +32,7 @@ struct EngineOptions {
   std::string svdq_schedule = "8,4,2,1,1,0,0,0";  // svdq key mode
   std::string svdq_basis = "prefill";             // prefill | calibrated
   std::string svdq_scope = "head";                // head | layer
+  bool cuda_graphs = true;                        // decode steps replayed from CUDA graphs where possible
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
 

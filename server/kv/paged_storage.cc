@@ -7,6 +7,8 @@
 #include "kernels/svdq/schedule.h"
 #include "kernels/svdq/svdq_ref.h"
 #ifdef SVDQ_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
 #include "kernels/attention/paged_decode.h"
 #include "kernels/svdq/svdq_cuda.h"
 #endif
@@ -138,6 +140,50 @@ int64_t PagedKvStorage::bytes() const {
   for (const auto* v : {&codes_, &tail_, &mean_, &vectors_})
     for (const auto& t : *v) b += t.numel() * static_cast<int64_t>(t.element_size());
   return b;
+}
+
+bool PagedKvStorage::StaticDecodeCapable() const {
+#ifdef SVDQ_WITH_CUDA
+  return spec_.device.is_cuda() && spec_.dtype == at::kBFloat16 && spec_.modes.key == KeyMode::kFull &&
+         spec_.modes.value == ValueMode::kFull;
+#else
+  return false;
+#endif
+}
+
+void PagedKvStorage::WriteRows(int layer, const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t D = spec_.shape.head_dim;
+  keys_[layer].data().view({-1, D}).index_copy_(0, rows, k.reshape({-1, D}).to(spec_.dtype));
+  values_[layer].data().view({-1, D}).index_copy_(0, rows, v.reshape({-1, D}).to(spec_.dtype));
+}
+
+at::Tensor PagedKvStorage::AttendRows(int layer, const at::Tensor& q, const at::Tensor& table, const at::Tensor& lens,
+                                      int64_t max_len) {
+#ifdef SVDQ_WITH_CUDA
+  const int64_t B = q.size(0), NH = q.size(1), D = spec_.shape.head_dim;
+  at::Tensor qb = q.to(at::kBFloat16).contiguous();
+  at::Tensor out = at::empty({B, NH, D}, q.options().dtype(at::kFloat));
+  kernels::PagedDecodeParams p;
+  p.batch = static_cast<int>(B);
+  p.num_heads = static_cast<int>(NH);
+  p.kv_heads = spec_.shape.kv_heads;
+  p.head_dim = static_cast<int>(D);
+  p.page_size = spec_.shape.block_size;
+  p.max_pages = static_cast<int>(table.size(1));
+  p.max_seq_len = static_cast<int>(max_len);
+  p.sm_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  p.q = static_cast<const uint16_t*>(qb.data_ptr());
+  p.key_pages = static_cast<const uint16_t*>(keys_[layer].data().data_ptr());
+  p.value_pages = static_cast<const uint16_t*>(values_[layer].data().data_ptr());
+  p.page_table = table.data_ptr<int32_t>();
+  p.seq_len = lens.data_ptr<int32_t>();
+  p.out = out.data_ptr<float>();
+  Check(kernels::PagedDecodeAttention(p, at::cuda::getCurrentCUDAStream()), "paged decode attention");
+  return out;
+#else
+  (void)layer, (void)q, (void)table, (void)lens, (void)max_len;
+  throw std::logic_error("AttendRows needs CUDA");
+#endif
 }
 
 PagedSeqView::PagedSeqView(PagedKvStorage* storage, const std::vector<BlockId>& blocks, int64_t length, int lane)

@@ -67,6 +67,16 @@ class PagedKvStorage {
   int64_t bytes() const;  // every tensor allocated
   const kernels::SvdqLayout& layout() const { return layout_; }
 
+  // Fixed-shape decode steps (CUDA graphs, server/engine/decode_graphs.h): bf16 keys and
+  // values on CUDA only. WriteRows stores k, v [B, kv, D] at flat page rows `rows` [B * kv]
+  // int64 ((block * kv + head) * P + offset); AttendRows runs the paged decode kernel over
+  // `table` [B, max_pages] int32 and `lens` [B] int32 on the current stream. Neither does
+  // host work that depends on the data, so both can be captured.
+  bool StaticDecodeCapable() const;
+  void WriteRows(int layer, const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v);
+  at::Tensor AttendRows(int layer, const at::Tensor& q, const at::Tensor& table, const at::Tensor& lens,
+                        int64_t max_len);
+
  private:
   friend class PagedSeqView;
   StorageSpec spec_;

@@ -1,12 +1,16 @@
 """Tokenizer::FromHuggingFace and the chat formats against Hugging Face `tokenizers` and
 `transformers`, through svdq-tokenize. Each tokenizer kind is trained here, on the shared
 corpus, with `tokenizers`' own trainer and saved as tokenizer.json (+ tokenizer_config.json):
-Llama 3 style (Split with the Llama 3 regex, byte-level, ignore_merges), Qwen2 style,
-SmolLM/GPT-2 style (Digits + ByteLevel regex), and SentencePiece-style BPE with byte
-fallback in its two spellings (Llama 2's normalizer, and the Metaspace pre-tokenizer).
-Chat rendering is compared with apply_chat_template on the canonical templates."""
+Llama 3 style (Split with the Llama 3 regex, byte-level, ignore_merges), Qwen2 style (with
+its NFC normalizer), SmolLM/GPT-2 style (Digits + ByteLevel regex), and SentencePiece-style
+BPE with byte fallback in its two spellings (Llama 2's normalizer, and the Metaspace
+pre-tokenizer). Chat rendering is compared with apply_chat_template on the canonical templates.
+svdq's NFC/NFD (Unicode 9.0.0 tables, the version `tokenizers` uses) is compared with
+`tokenizers`' normalizers on every code point and with Python's unicodedata on generated text."""
 import json
+import random
 import subprocess
+import unicodedata
 
 import pytest
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -124,8 +128,32 @@ SYSTEM_CHATS = [
 ]
 
 
+# Text whose NFC differs from it: decomposed accents, Hangul jamo, singletons (ANGSTROM SIGN,
+# OHM SIGN, CJK compatibility ideographs), composition exclusions (U+0958..), marks out of
+# canonical order, Vietnamese, Devanagari nukta, Greek tonos, Hebrew points, kana voicing.
+NFC_TEXTS = [
+    "Cafe\u0301 au lait, re\u0301sume\u0301, nai\u0308ve, Zu\u0308rich, Ma\u0308dchen",
+    "\u1100\u1161\u11a8\u1100\u1161 \u1112\u1161\u11ab\u1100\u1173\u11af \uac00\u11a8 \u110b\u1167\u11bc",
+    "\u212b \u00c5ngstr\u00f6m A\u030angstro\u0308m \u2126 ohm \u212a kelvin",
+    "Ti\u1ebfng Vi\u1ec7t: Tie\u0302\u0301ng Vie\u0323\u0302t co\u0301 da\u0302\u0301u, Vie\u0302\u0323t",
+    "\u0939\u093f\u0928\u094d\u0926\u0940 \u0958 \u0959 \u095a \u0915\u093c\u0916\u093c \u0928\u093c",
+    "\u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac \u1f71 \u03b1\u0301 \u0391\u0313\u0300 \u1f80 \u0386",
+    "\u05e9\u05c1\u05b8\u05dc\u05d5\u05b9\u05dd \u05e9\u05b8\u05c1",
+    "a\u0301\u0323 q\u0307\u0323 s\u0323\u0307 s\u0307\u0323 e\u0302\u0301 a\u0310\u0301 a\u031b\u0301",
+    "\u304b\u3099 \u306f\u309a \uf900 \U0002f800 \u0344 \u1e69 \u01d5 \U0001d15e",
+    "\u0301 leading mark, \u1100\u0301\u1161 blocked jamo",
+]
+
+
+def nfc_texts():
+    """NFC_TEXTS plus the corpus lines whose NFD differs from them, decomposed."""
+    decomposed = (unicodedata.normalize("NFD", t) for t in corpus())
+    return NFC_TEXTS + [d for d in decomposed if d != unicodedata.normalize("NFC", d)]
+
+
 def run(source, cmd, payload):
-    out = subprocess.run([str(EXE), str(source), cmd], input=json.dumps(payload), capture_output=True, text=True)
+    args = [str(EXE), cmd] if source is None else [str(EXE), str(source), cmd]
+    out = subprocess.run(args, input=json.dumps(payload), capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"svdq-tokenize {cmd} failed: {out.stderr}")
     return json.loads(out.stdout)
@@ -145,13 +173,15 @@ def save(tok, path, config):
     return path
 
 
-def byte_level_tokenizer(pre, ignore_merges, specials, bos=None):
+def byte_level_tokenizer(pre, ignore_merges, specials, bos=None, normalizer=None, extra_texts=()):
     tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    if normalizer is not None:
+        tok.normalizer = normalizer
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=1200, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(training_texts(), trainer)
+    tok.train_from_iterator(training_texts() + list(extra_texts) * 5, trainer)
     if ignore_merges:
         # Words the merges cannot build whole, added to the vocabulary: ignore_merges must
         # emit them as one token.
@@ -213,7 +243,9 @@ def kinds(tmp_path_factory):
     qwen2 = byte_level_tokenizer(
         pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated", invert=False),
                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
-        False, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+        False, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], normalizer=normalizers.NFC(),
+        extra_texts=nfc_texts())
+    assert json.loads(qwen2.to_str())["normalizer"] == {"type": "NFC"}
     out["qwen2"] = (qwen2, save(qwen2, root / "qwen2", {
         "bos_token": None, "eos_token": {"content": "<|im_end|>"}, "add_bos_token": False}), False)
     smol = byte_level_tokenizer(
@@ -234,6 +266,7 @@ KINDS = ["llama3", "qwen2", "smollm", "llama2", "metaspace"]
 def test_encode_matches_tokenizers(kinds, kind):
     tok, path, _ = kinds[kind]
     texts = corpus() + ["a[[custom]]b <|eot_id|>x<|im_end|> <s>y</s>", "don'T WE'LL 'S ſ'ſ", "１２３ 4567 89"]
+    texts += nfc_texts()
     assert len(texts) >= 300
     ours = run(path, "encode", texts)
     ref = [tok.encode(t, add_special_tokens=False).ids for t in texts]
@@ -333,3 +366,115 @@ def test_generation_config_eos_list_and_errors(kinds, tmp_path):
     (path / "tokenizer.json").write_text((path / "tokenizer.json").read_text()[:5000])
     with pytest.raises(RuntimeError, match="tokenizer.json: not valid JSON"):
         run(path, "encode", ["x"])
+
+
+def test_qwen2_nfc_normalizer_is_exercised(kinds):
+    tok, path, _ = kinds["qwen2"]
+    decomposed, composed = "Cafe\u0301 \u212b \u1100\u1161\u11a8", "Caf\u00e9 \u00c5 \uac01"
+    ours = run(path, "encode", [decomposed, composed])
+    assert ours[0] == ours[1] == tok.encode(composed, add_special_tokens=False).ids
+    llama3_tok, llama3_path, _ = kinds["llama3"]  # no normalizer: the forms stay apart
+    assert run(llama3_path, "encode", [decomposed])[0] != run(llama3_path, "encode", [composed])[0]
+
+
+@pytest.mark.parametrize("normalizer", [
+    {"type": "NFD"},
+    {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Replace", "pattern": {"String": "\u0301"},
+                                                            "content": ""}, {"type": "NFC"}]},
+    {"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"String": "\u00e9"}, "content": "E"},
+                                         {"type": "NFC"}]},
+], ids=["nfd", "nfd-strip-acute-nfc", "replace-then-nfc"])
+def test_normalizer_variants_match_tokenizers(kinds, tmp_path, normalizer):
+    """The Qwen2 vocabulary under other normalizers: NFD alone, and NFC/NFD in a Sequence
+    whose order matters (a Replace before NFC sees the decomposed text, after NFD the marks)."""
+    tok, path, _ = kinds["qwen2"]
+    d = json.loads(tok.to_str())
+    d["normalizer"] = normalizer
+    variant = Tokenizer.from_str(json.dumps(d))
+    (tmp_path / "tokenizer.json").write_text(json.dumps(d))
+    (tmp_path / "tokenizer_config.json").write_text((path / "tokenizer_config.json").read_text())
+    texts = corpus() + nfc_texts()
+    ours = run(tmp_path, "encode", texts)
+    ref = [variant.encode(t, add_special_tokens=False).ids for t in texts]
+    bad = [(t, o, r) for t, o, r in zip(texts, ours, ref) if o != r]
+    assert not bad, f"{len(bad)} of {len(texts)} differ, first: {bad[0]!r}"
+    assert ours != run(path, "encode", texts), "the variant should tokenize some text differently"
+
+
+def test_nfc_nfd_match_tokenizers_on_every_code_point():
+    """Every code point of planes 0-3 and 14 alone; every mark between 'a' and a class-1 and
+    a class-230 mark (its class decides the order); every decomposition composed back. This
+    pins the Unicode version to the one `tokenizers` uses (9.0.0): Python's unicodedata
+    (newer) differs on marks assigned since, e.g. U+1DF6."""
+    cps = [c for c in list(range(0x40000)) + list(range(0xE0000, 0xE1000)) if not 0xD800 <= c <= 0xDFFF]
+    texts = [chr(c) for c in cps]
+    texts += ["a" + chr(c) + m for c in cps if unicodedata.combining(chr(c)) for m in ("\u0334", "\u0301")]
+    texts += [unicodedata.normalize("NFD", chr(c)) for c in cps if unicodedata.decomposition(chr(c))]
+    nfc, nfd = normalizers.NFC(), normalizers.NFD()
+    for form, ref in (("nfc", nfc), ("nfd", nfd)):
+        ours = run(None, form, texts)
+        bad = [(t, o) for t, o in zip(texts, ours) if o != ref.normalize_str(t)]
+        assert not bad, f"{form}: {len(bad)} of {len(texts)} differ from tokenizers, first: {bad[0]!r}"
+    assert run(None, "nfd", ["a\u1df6\u0334"]) == [nfd.normalize_str("a\u1df6\u0334")] == ["a\u1df6\u0334"]
+
+
+def ranges(*rs):
+    return [c for lo, hi in rs for c in range(lo, hi + 1)]
+
+
+# Blocks where Unicode 9.0.0 and the venv's unicodedata agree (nothing normalization-relevant
+# was assigned in them after 9.0), so unicodedata is a valid reference for the 9.0 tables.
+BASES = ranges((0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x1E00, 0x1EFF), (0x370, 0x3FF), (0x1F00, 0x1FFF),
+               (0x400, 0x4FF), (0x5D0, 0x5EA), (0x622, 0x64A), (0x904, 0x939), (0x958, 0x97F), (0x985, 0x9B9),
+               (0x9DC, 0x9DF), (0xB05, 0xB39), (0xB85, 0xBB9), (0xBC6, 0xBD7), (0xF40, 0xF6C), (0x1025, 0x102E),
+               (0x1B05, 0x1B35), (0x3041, 0x30FF), (0xF900, 0xFAD9), (0x2F800, 0x2FA1D), (0x2126, 0x212B),
+               (0x1D15E, 0x1D164))
+MARKS = ranges((0x300, 0x36F), (0x1DC0, 0x1DF5), (0x20D0, 0x20F0), (0x591, 0x5C7), (0x610, 0x61A), (0x64B, 0x65F),
+               (0x670, 0x670), (0x93C, 0x94D), (0x951, 0x954), (0x9BC, 0x9D7), (0xB3C, 0xB57), (0xBBE, 0xBCD),
+               (0xF71, 0xF84), (0x102E, 0x1039), (0x1B34, 0x1B44), (0x3099, 0x309A), (0x1D165, 0x1D16D))
+HANGUL = ranges((0xAC00, 0xD7A3), (0x1100, 0x1112), (0x1161, 0x1175), (0x11A7, 0x11C2), (0x1113, 0x11FF))
+
+
+def generated_texts(n=4000, seed=11):
+    """Clusters of a base and 0-4 marks in random order, Hangul syllables and jamo runs (L V T,
+    some broken), and text already in NFD, mixed with ASCII."""
+    rng = random.Random(seed)
+    jamo = [(0x1100, 0x1112), (0x1161, 0x1175), (0x11A7, 0x11C2)]
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 6)):
+            r = rng.random()
+            if r < 0.5:
+                parts.append(chr(rng.choice(BASES)) + "".join(chr(rng.choice(MARKS)) for _ in range(rng.randint(0, 4))))
+            elif r < 0.7:
+                parts.append("".join(chr(rng.randint(*jamo[k])) for k in range(rng.randint(1, 3))))
+            elif r < 0.8:
+                parts.append(chr(rng.choice(HANGUL)))
+            elif r < 0.9:
+                parts.append(unicodedata.normalize("NFD", chr(rng.choice(BASES))))
+            else:
+                parts.append(rng.choice([" ", "x", "ab", "\u0301", ", "]))
+        out.append("".join(parts))
+    return out
+
+
+def test_nfc_nfd_match_unicodedata_on_generated_text():
+    texts = generated_texts()
+    for form in ("NFC", "NFD"):
+        ours = run(None, form.lower(), texts)
+        bad = [(t, o) for t, o in zip(texts, ours) if o != unicodedata.normalize(form, t)]
+        assert not bad, (f"{form}: {len(bad)} of {len(texts)} differ from unicodedata "
+                         f"{unicodedata.unidata_version}, first: {bad[0]!r}")
+        changed = sum(o != t for t, o in zip(texts, ours))
+        assert changed > len(texts) // 2, f"{form}: only {changed} texts changed; the generator lost its teeth"
+    tok_nfc = normalizers.NFC()
+    assert run(None, "nfc", texts) == [tok_nfc.normalize_str(t) for t in texts]
+
+
+def test_nfc_fast_path_and_errors():
+    below = "".join(chr(c) for c in range(0x20, 0x300))
+    assert run(None, "nfc", [below, "", "plain"]) == [below, "", "plain"]
+    assert run(None, "nfd", ["\u00c5"]) == ["A\u030a"]
+    out = subprocess.run([str(EXE), "nfc"], input="[\"x\"", capture_output=True, text=True)
+    assert out.returncode == 1 and "svdq-tokenize:" in out.stderr

@@ -169,6 +169,26 @@ TEST(HfByteLevel, EncodesWithLlama3SplitIgnoreMergesAndAddedTokens) {
     EXPECT_EQ(t->DecodeBytes(t->Encode(s), false), s);
 }
 
+// Qwen2's normalizer: NFC alone; also NFD, and NFC inside a Sequence before a Replace (which
+// then sees the composed character). Byte ids are the UTF-8 bytes of the normalized text.
+TEST(HfByteLevel, NfcAndNfdNormalizersAloneAndInSequence) {
+  const std::vector<int32_t> composed{0xC3, 0xA9}, decomposed{'e', 0xCC, 0x81};  // U+00E9, e U+0301
+  TempDir d;
+  json j = ByteLevelJson();
+  EXPECT_EQ(Load(d, j, {{"eos_token", "<|eot_id|>"}})->Encode("e\u0301"), decomposed);  // no normalizer
+  j["normalizer"] = {{"type", "NFC"}};
+  auto t = Load(d, j, {{"eos_token", "<|eot_id|>"}});
+  EXPECT_EQ(t->Encode("e\u0301"), composed);
+  EXPECT_EQ(t->Encode("\u00E9"), composed);
+  EXPECT_EQ(t->Encode("\u212B"), (std::vector<int32_t>{0xC3, 0x85}));  // ANGSTROM SIGN -> U+00C5
+  EXPECT_EQ(t->Encode("e\u0301<|eot_id|>e\u0301"), (std::vector<int32_t>{0xC3, 0xA9, 264, 0xC3, 0xA9}));
+  j["normalizer"] = {{"type", "NFD"}};
+  EXPECT_EQ(Load(d, j, {{"eos_token", "<|eot_id|>"}})->Encode("\u00E9"), decomposed);
+  j["normalizer"] = {{"type", "Sequence"},
+                     {"normalizers", {{{"type", "NFC"}}, {{"type", "Replace"}, {"pattern", {{"String", "\u00E9"}}}, {"content", "he"}}}}};
+  EXPECT_EQ(Load(d, j, {{"eos_token", "<|eot_id|>"}})->Encode("e\u0301"), (std::vector<int32_t>{256}));  // "he"
+}
+
 TEST(HfByteLevel, AddBosTokenInConfigOverridesPostProcessor) {
   TempDir d;
   auto t = Load(d, ByteLevelJson(), {{"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|eot_id|>"}, {"add_bos_token", false}});
@@ -283,7 +303,9 @@ TEST(HfTokenizerErrors, MalformedFilesAreFormatErrorsNamingFileAndComponent) {
   ExpectFormatError(j.dump(), "Split: regex '\\w+|\\s+' is not one of the known patterns");
   j = SentencePieceJson(false);
   j["normalizer"] = {{"type", "NFKC"}};
-  ExpectFormatError(j.dump(), "normalizer: type 'NFKC' is not supported");
+  ExpectFormatError(j.dump(), "normalizer: type 'NFKC' is not supported (Prepend, Replace, NFC, NFD, Sequence)");
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Lowercase"}}}}};
+  ExpectFormatError(j.dump(), "normalizer: type 'Lowercase' is not supported");
   j = SentencePieceJson(false);
   j["decoder"] = {{"type", "WordPiece"}};
   ExpectFormatError(j.dump(), "decoder: type 'WordPiece' is not supported");

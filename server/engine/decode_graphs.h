@@ -1,0 +1,64 @@
+// Decode steps replayed from CUDA graphs. For each padded batch size (1, 2, 4, ... up to the
+// running-sequence cap) one decode step of the model over the paged cache is captured once at
+// start, reading every per-step input (token ids, positions, where each new key and value goes,
+// page tables, lengths) from device buffers; a step then copies its inputs into the buffers
+// and replays, one launch instead of thousands. Rows beyond the batch write to a scratch
+// block no sequence owns. Only where the storage supports it (bf16 keys and values on CUDA,
+// kv/paged_storage.h StaticDecodeCapable) and the context fits the paged decode kernel.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "server/kv/block_pool.h"
+
+namespace svdq::models {
+class LlamaModel;
+}
+namespace svdq::kv {
+class PagedKvStorage;
+}
+
+namespace svdq::engine {
+
+struct DecodeRow {
+  int32_t token = 0;
+  int64_t position = 0;  // where the token goes; the sequence attends over positions 0 .. position
+  const std::vector<kv::BlockId>* blocks = nullptr;  // covers position
+};
+
+class DecodeGraphs {
+ public:
+  // Captures the graphs, or returns null and says why in *why (not applicable, or capture
+  // failed). `scratch_block` is a pool block that no sequence is ever given.
+  static std::unique_ptr<DecodeGraphs> Create(models::LlamaModel* model, kv::PagedKvStorage* storage,
+                                              kv::BlockId scratch_block, int max_batch, std::string* why);
+  ~DecodeGraphs();
+
+  int max_batch() const;
+  std::string sizes() const;  // "1, 2, 4, 8, 16"
+  // One decode step for `rows` (at most max_batch()): logits [rows, vocab] fp32, valid until
+  // the next call.
+  at::Tensor Run(const std::vector<DecodeRow>& rows);
+  // The same step without the graph (for tests): identical inputs, eager kernels.
+  at::Tensor RunEager(const std::vector<DecodeRow>& rows);
+
+ private:
+  struct Graph;
+  DecodeGraphs() = default;
+  Graph& Pick(size_t rows);  // the smallest graph that holds `rows`
+  void Fill(Graph& g, const std::vector<DecodeRow>& rows);
+  at::Tensor Forward(Graph& g);
+
+  models::LlamaModel* model_ = nullptr;
+  kv::PagedKvStorage* storage_ = nullptr;
+  kv::BlockId scratch_ = 0;
+  int64_t max_pages_ = 0, max_len_ = 0;
+  std::vector<std::unique_ptr<Graph>> graphs_;  // by increasing batch size
+};
+
+}  // namespace svdq::engine
