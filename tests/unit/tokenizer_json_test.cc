@@ -184,9 +184,11 @@ TEST(HfByteLevel, NfcAndNfdNormalizersAloneAndInSequence) {
   EXPECT_EQ(t->Encode("e\u0301<|eot_id|>e\u0301"), (std::vector<int32_t>{0xC3, 0xA9, 264, 0xC3, 0xA9}));
   j["normalizer"] = {{"type", "NFD"}};
   EXPECT_EQ(Load(d, j, {{"eos_token", "<|eot_id|>"}})->Encode("\u00E9"), decomposed);
-  j["normalizer"] = {{"type", "Sequence"},
-                     {"normalizers", {{{"type", "NFC"}}, {{"type", "Replace"}, {"pattern", {{"String", "\u00E9"}}}, {"content", "he"}}}}};
+  json replace = {{"type", "Replace"}, {"pattern", {{"String", "\u00E9"}}}, {"content", "he"}};
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, replace}}};
   EXPECT_EQ(Load(d, j, {{"eos_token", "<|eot_id|>"}})->Encode("e\u0301"), (std::vector<int32_t>{256}));  // "he"
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {replace, {{"type", "NFC"}}}}};  // Replace sees no U+00E9
+  EXPECT_EQ(Load(d, j, {{"eos_token", "<|eot_id|>"}})->Encode("e\u0301"), composed);
 }
 
 TEST(HfByteLevel, AddBosTokenInConfigOverridesPostProcessor) {
