@@ -379,93 +379,9 @@ std::pair<at::Tensor, at::Tensor> PagedSeqView::Read(int layer, int64_t n) {
 }
 
 at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
-#ifdef SVDQ_WITH_CUDA
-  const auto& sp = st_->spec();
-  if (!sp.device.is_cuda() || sp.modes.value != ValueMode::kFull || sp.dtype != at::kBFloat16 || fresh_layer_ != layer)
-    return {};
-  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim, NH = q.size(1);
-  const int64_t L = fresh_pos0_ + fresh_k_.size(0);
-  if (sp.modes.key == KeyMode::kFull) {
-    // The baseline: bf16 keys and values straight from their pages.
-    const int64_t pages = (L + P - 1) / P;
-    at::Tensor table = BlockIds(0, pages).to(at::kInt).unsqueeze(0).contiguous();
-    at::Tensor len = at::full({1}, L, q.options().dtype(at::kInt));
-    at::Tensor qb = q.to(at::kBFloat16).contiguous();
-    at::Tensor out = at::empty({1, NH, D}, q.options().dtype(at::kFloat));
-    kernels::PagedDecodeParams p;
-    p.batch = 1;
-    p.num_heads = static_cast<int>(NH);
-    p.kv_heads = static_cast<int>(KV);
-    p.head_dim = static_cast<int>(D);
-    p.page_size = static_cast<int>(P);
-    p.max_pages = static_cast<int>(pages);
-    p.max_seq_len = static_cast<int>(L);
-    p.sm_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-    p.q = static_cast<const uint16_t*>(qb.data_ptr());
-    p.key_pages = static_cast<const uint16_t*>(st_->keys_[layer].data().data_ptr());
-    p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
-    p.page_table = table.data_ptr<int32_t>();
-    p.seq_len = len.data_ptr<int32_t>();
-    p.out = out.data_ptr<float>();
-    // Past the kernel's shared-memory bound for the scores, Read + SDPA take over.
-    if ((D + 4 + L) * 4 > 200 * 1024) return {};
-    Check(kernels::PagedDecodeAttention(p, nullptr), "paged decode attention");
-    return out;
-  }
-  // The SVDq kernel rebuilds one head's latent per KV head: head scope and the direct codecs.
-  if (!sp.modes.page_coded_keys() || sp.modes.layer_scope()) return {};
-  const int64_t pages = L / P, tail_len = L - pages * P;
-  auto opts = q.options();
-  at::Tensor table = BlockIds(0, std::max<int64_t>(pages, 1)).to(at::kInt).unsqueeze(0).contiguous();
-  at::Tensor npages = at::full({1}, pages, opts.dtype(at::kInt));
-  at::Tensor tlen = at::full({1}, tail_len, opts.dtype(at::kInt));
-  at::Tensor tail_k = at::zeros({P, KV, D}, opts.dtype(at::kBFloat16));
-  at::Tensor tail_v = at::zeros({KV, P, D}, opts.dtype(at::kBFloat16));
-  if (tail_len > 0) {
-    at::Tensor t = st_->tail_[layer][lane_].narrow(0, 0, tail_len);
-    tail_k.narrow(0, 0, tail_len).copy_(models::ApplyRotaryHalf(t, sp.rope_cos, sp.rope_sin, pages * P, at::kBFloat16));
-    tail_v.copy_(st_->values_[layer].data()[blocks_[pages]]);
-  }
-  tail_k = tail_k.permute({1, 0, 2}).unsqueeze(0).contiguous();
-  tail_v = tail_v.unsqueeze(0).contiguous();
-  const int slot = BasisSlot();
-  at::Tensor mean = st_->mean_[layer][slot].unsqueeze(0).contiguous();
-  at::Tensor vec = st_->vectors_[layer][slot].unsqueeze(0).contiguous();
-  at::Tensor qb = q.to(at::kBFloat16).contiguous();
-  at::Tensor out = at::empty({1, NH, D}, opts.dtype(at::kFloat));
-  kernels::SvdqAttentionParams p;
-  p.layout = st_->layout_;
-  p.batch = 1;
-  p.num_heads = static_cast<int>(NH);
-  p.kv_heads = static_cast<int>(KV);
-  p.max_pages = static_cast<int>(table.size(1));
-  p.sm_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  p.q = static_cast<const uint16_t*>(qb.data_ptr());
-  p.key_pages = st_->codes_[layer].data_ptr<uint8_t>();
-  p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
-  p.page_table = table.data_ptr<int32_t>();
-  p.num_pages = npages.data_ptr<int32_t>();
-  p.mean = mean.data_ptr<float>();
-  p.basis = vec.data_ptr<float>();
-  p.tail_keys = static_cast<const uint16_t*>(tail_k.data_ptr());
-  p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
-  p.tail_len = tlen.data_ptr<int32_t>();
-  p.rope_cos = sp.rope_cos.data_ptr<float>();
-  p.rope_sin = sp.rope_sin.data_ptr<float>();
-  p.out = out.data_ptr<float>();
-  at::Tensor ws;
-  if (pages > 64) {
-    p.pages_per_split = 32;
-    ws = at::empty({static_cast<int64_t>(kernels::SvdqAttentionWorkspaceFloats(p))}, opts.dtype(at::kFloat));
-    p.workspace = ws.data_ptr<float>();
-  }
-  Check(kernels::SvdqAttention(p, nullptr), "SVDq attention");
-  return out;
-#else
-  (void)layer;
-  (void)q;
-  return {};
-#endif
+  // One sequence is a batch of one: the same tables and kernels as AttendMany.
+  if (fresh_layer_ != layer || !fresh_k_.defined() || fresh_k_.size(0) != 1) return {};
+  return AttendMany(layer, q, {this});
 }
 
 const PagedSeqView::WriteTables& PagedSeqView::Writes(const std::vector<models::KvView*>& views) {
