@@ -77,11 +77,17 @@ ModelConfig ReadHfConfig(const std::string& dir, std::string* note) {
     throw FormatError(path + ": num_attention_heads " + std::to_string(c.n_heads) +
                       " is not a multiple of num_key_value_heads " + std::to_string(c.n_kv_heads));
   if (c.head_dim % 2 != 0) throw FormatError(path + ": head_dim must be even for RoPE");
+  // The RoPE tables are built for the whole context at load ([context, head_dim] fp32 twice).
+  if (c.max_context > (1 << 20))
+    throw FormatError(path + ": max_position_embeddings " + std::to_string(c.max_context) +
+                      " is above the supported 1048576");
   c.rms_eps = GetNumber(j, path, "rms_norm_eps", 1e-6);
+  if (!(c.rms_eps > 0)) throw FormatError(path + ": rms_norm_eps must be positive");
   c.tied_embeddings = GetBool(j, path, "tie_word_embeddings", false);
   // Recent transformers nest rope_theta / rope_scaling under rope_parameters.
   const json& rope = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"] : j;
   c.rope_theta = GetNumber(rope, path, "rope_theta", GetNumber(j, path, "rope_theta", 10000.0));
+  if (!(c.rope_theta > 0)) throw FormatError(path + ": rope_theta must be positive");
   const json* scaling = nullptr;
   if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) scaling = &j["rope_scaling"];
   else if (&rope != &j) scaling = &rope;
@@ -113,12 +119,12 @@ ModelConfig ReadHfConfig(const std::string& dir, std::string* note) {
   // capped to the window rather than computing something else past it.
   const bool sliding = c.architecture == "mistral" || GetBool(j, path, "use_sliding_window", false);
   if (sliding && j.contains("sliding_window") && j["sliding_window"].is_number_integer()) {
-    const int window = j["sliding_window"].get<int>();
+    const int64_t window = j["sliding_window"].get<int64_t>();
     if (window > 0 && window < c.max_context) {
       if (note)
         *note = "sliding window of " + std::to_string(window) + " tokens: context capped from " +
                 std::to_string(c.max_context) + " to " + std::to_string(window);
-      c.max_context = window;
+      c.max_context = static_cast<int>(window);
     }
   }
   return c;

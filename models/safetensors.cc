@@ -117,6 +117,9 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) 
                         Shape(t.shape) + " needs " + std::to_string(want));
     t.data = data + begin;
     t.nbytes = want;
+    // The mapping is page-aligned; the format pads its header so that tensors stay aligned.
+    if ((8 + header_len + begin) % static_cast<uint64_t>(StDtypeBytes(t.dtype)) != 0)
+      throw FormatError(where + ": data is not aligned to its " + StDtypeName(t.dtype) + " elements");
     if (want) ranges.emplace_back(begin, end);
     f->tensors_.emplace(t.name, std::move(t));
   }

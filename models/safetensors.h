@@ -46,7 +46,8 @@ class SafetensorsFile {
 };
 
 // Every tensor of a checkpoint directory: model.safetensors, or the shards listed by
-// model.safetensors.index.json (each shard must hold exactly the tensors the index maps to it).
+// model.safetensors.index.json (each shard must hold the tensors the index maps to it; others
+// in it are ignored).
 class SafetensorsCheckpoint {
  public:
   static std::unique_ptr<SafetensorsCheckpoint> Open(const std::string& dir);

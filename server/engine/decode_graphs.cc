@@ -13,6 +13,13 @@
 #endif
 
 namespace svdq::engine {
+namespace {
+
+// The largest captured batch: beyond it a step's logits alone would pin gigabytes for large
+// vocabularies, and such steps are bandwidth-bound anyway.
+constexpr int64_t kMaxGraphBatch = 128;
+
+}  // namespace
 
 struct DecodeGraphs::Graph {
   int64_t batch = 0;
@@ -55,6 +62,11 @@ void DecodeGraphs::Fill(Graph& gr, const std::vector<DecodeRow>& rows) {
   at::Tensor host = at::zeros({B * (3 + KV)}, at::kLong), host32 = at::zeros({B * (max_pages_ + 1)}, at::kInt);
   int64_t* h = host.data_ptr<int64_t>();
   int32_t* h32 = host32.data_ptr<int32_t>();
+  for (int64_t b = 0; b < n; ++b)
+    if (rows[b].position < 0 || rows[b].position >= max_len_ ||
+        rows[b].position / P >= static_cast<int64_t>(rows[b].blocks->size()))
+      throw std::out_of_range("decode graph: position " + std::to_string(rows[b].position) +
+                              " is outside the sequence's blocks or the model's context");
   for (int64_t b = 0; b < B; ++b) {
     const bool real = b < n;
     const int64_t pos = real ? rows[b].position : 0;
@@ -106,36 +118,48 @@ std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel* model, kv
   d->max_len_ = c.max_context;
   d->max_pages_ = (c.max_context + sp.shape.block_size - 1) / sp.shape.block_size;
   auto o = at::TensorOptions().device(sp.device);
-  try {
-    at::cuda::CUDAStream side = at::cuda::getStreamFromPool();
-    for (int64_t b = 1;; b *= 2) {
-      const int64_t B = std::min<int64_t>(b, max_batch);
-      auto g = std::make_unique<Graph>();
-      g->batch = B;
-      g->ids = at::zeros({B}, o.dtype(at::kLong));
-      g->pos = at::zeros({B}, o.dtype(at::kLong));
-      g->rows = at::zeros({B * sp.shape.kv_heads}, o.dtype(at::kLong));
-      g->table = at::zeros({B, d->max_pages_}, o.dtype(at::kInt));
-      g->lens = at::ones({B}, o.dtype(at::kInt));
-      d->graphs_.push_back(std::move(g));
-      Graph& gr = *d->graphs_.back();
-      d->Fill(gr, {});  // every row at the scratch block
-      c10::cuda::device_synchronize();
-      {
-        c10::cuda::CUDAStreamGuard guard(side);
-        for (int i = 0; i < 2; ++i) d->Forward(gr);  // warm-up: library handles and workspaces
-        side.synchronize();
-        gr.graph = std::make_unique<at::cuda::CUDAGraph>();
-        gr.graph->capture_begin();
-        gr.logits = d->Forward(gr);
-        gr.graph->capture_end();
+  // Padded sizes 1, 2, 4, ... up to max_batch (at most kMaxGraphBatch; larger steps run eagerly).
+  std::vector<int64_t> sizes;
+  const int64_t cap = std::min<int64_t>(max_batch, kMaxGraphBatch);
+  for (int64_t b = 1;; b *= 2) {
+    sizes.push_back(std::min(b, cap));
+    if (b >= cap) break;
+  }
+  // Largest first, all in one memory pool: the smaller graphs reuse the largest one's
+  // activations (replays never overlap), so the graphs cost about one step's activations.
+  const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
+  at::cuda::CUDAStream side = at::cuda::getStreamFromPool();
+  for (auto it = sizes.rbegin(); it != sizes.rend(); ++it) {
+    const int64_t B = *it;
+    auto g = std::make_unique<Graph>();
+    g->batch = B;
+    g->ids = at::zeros({B}, o.dtype(at::kLong));
+    g->pos = at::zeros({B}, o.dtype(at::kLong));
+    g->rows = at::zeros({B * sp.shape.kv_heads}, o.dtype(at::kLong));
+    g->table = at::zeros({B, d->max_pages_}, o.dtype(at::kInt));
+    g->lens = at::ones({B}, o.dtype(at::kInt));
+    d->Fill(*g, {});  // every row at the scratch block
+    c10::cuda::device_synchronize();
+    {
+      c10::cuda::CUDAStreamGuard guard(side);
+      for (int i = 0; i < 2; ++i) d->Forward(*g);  // warm-up: library handles and workspaces
+      side.synchronize();
+      g->graph = std::make_unique<at::cuda::CUDAGraph>();
+      g->graph->capture_begin(pool);
+      try {
+        g->logits = d->Forward(*g);
+      } catch (...) {
+        // End the capture before anything else touches the device, then give up for good:
+        // a half-captured stream would break every later CUDA call.
+        cudaGraph_t partial = nullptr;
+        cudaStreamEndCapture(side.stream(), &partial);
+        if (partial) cudaGraphDestroy(partial);
+        throw;
       }
-      c10::cuda::device_synchronize();
-      if (B >= max_batch) break;
+      g->graph->capture_end();
     }
-  } catch (const std::exception& e) {
-    *why = std::string("capture failed: ") + e.what();
-    return nullptr;
+    c10::cuda::device_synchronize();
+    d->graphs_.insert(d->graphs_.begin(), std::move(g));
   }
   return d;
 }

@@ -33,8 +33,9 @@ struct DecodeRow {
 
 class DecodeGraphs {
  public:
-  // Captures the graphs, or returns null and says why in *why (not applicable, or capture
-  // failed). `scratch_block` is a pool block that no sequence is ever given.
+  // Captures the graphs, or returns null and says why in *why where they do not apply. Throws
+  // if a capture fails (the server then refuses to start; --cuda-graphs false avoids it).
+  // `scratch_block` is a block of the storage that no sequence is ever given.
   static std::unique_ptr<DecodeGraphs> Create(models::LlamaModel* model, kv::PagedKvStorage* storage,
                                               kv::BlockId scratch_block, int max_batch, std::string* why);
   ~DecodeGraphs();

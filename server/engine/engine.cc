@@ -300,7 +300,12 @@ void Engine::Load() {
   for (int l = spec.lanes - 1; l >= 0; --l) m.free_lanes.push_back(l);
   if (graphs) {
     std::string why;
-    m.graphs = DecodeGraphs::Create(m.model.get(), m.storage.get(), kc.num_blocks, static_cast<int>(spec.lanes), &why);
+    try {
+      m.graphs = DecodeGraphs::Create(m.model.get(), m.storage.get(), kc.num_blocks, static_cast<int>(spec.lanes), &why);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("CUDA graph capture failed (start with --cuda-graphs false to run without): ") +
+                               e.what());
+    }
     if (m.graphs)
       std::cout << "svdq-server: decode steps from CUDA graphs, batch sizes " << m.graphs->sizes() << std::endl;
     else
@@ -597,9 +602,10 @@ void Engine::Impl::RunBatch() {
         rows.push_back(RowFor(work[i].s));
         picked.push_back(static_cast<int64_t>(i));
       }
-      at::Tensor sub = logits.index_select(0, models::IndexToDevice(picked, logits.device()));
+      at::Tensor sub;
       std::vector<int32_t> toks;
       try {
+        sub = logits.index_select(0, models::IndexToDevice(picked, logits.device()));
         toks = SampleBatch(sub, rows);
       } catch (const std::exception& e) {
         error = e.what();

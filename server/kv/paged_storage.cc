@@ -145,7 +145,7 @@ int64_t PagedKvStorage::bytes() const {
 bool PagedKvStorage::StaticDecodeCapable() const {
 #ifdef SVDQ_WITH_CUDA
   return spec_.device.is_cuda() && spec_.dtype == at::kBFloat16 && spec_.modes.key == KeyMode::kFull &&
-         spec_.modes.value == ValueMode::kFull;
+         spec_.modes.value == ValueMode::kFull && spec_.shape.head_dim <= 256;
 #else
   return false;
 #endif
@@ -252,7 +252,22 @@ std::pair<at::Tensor, at::Tensor> PagedSeqView::PageBases(int layer, int64_t pag
           st_->vectors_[layer][slot].unsqueeze(0).expand({pages, U, W, W}).contiguous()};
 }
 
+int64_t PagedSeqView::BasisChunkPages() const {
+  // The codec ops take a basis per page; copies of it are bounded to ~64 MiB per call
+  // (a layer-scope basis of width 1024 is 4 MiB a page).
+  const int64_t per_page = static_cast<int64_t>(st_->codec_.units) * st_->codec_.width * st_->codec_.width * 4;
+  return std::max<int64_t>(1, (64LL << 20) / per_page);
+}
+
 void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre) {
+  const int64_t P = st_->spec().shape.block_size, pages = keys_pre.size(0) / P, chunk = BasisChunkPages();
+  for (int64_t c = 0; c < pages; c += chunk) {
+    const int64_t n = std::min(chunk, pages - c);
+    EncodeChunk(layer, first_page + c, keys_pre.narrow(0, c * P, n * P));
+  }
+}
+
+void PagedSeqView::EncodeChunk(int layer, int64_t first_page, const at::Tensor& keys_pre) {
   const auto& sp = st_->spec();
   const int64_t P = sp.shape.block_size, U = st_->codec_.units, W = st_->codec_.width;
   const int64_t n = keys_pre.size(0) / P;
@@ -280,28 +295,33 @@ at::Tensor PagedSeqView::DecodePages(int layer, int64_t pages) {
   const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
   const int64_t U = st_->codec_.units, W = st_->codec_.width;
   const bool layer_scope = sp.modes.layer_scope();
-  at::Tensor codes = st_->codes_[layer].index_select(0, BlockIds(0, pages)).contiguous();
-  auto [mean, vec] = PageBases(layer, pages);
-  at::Tensor first = at::arange(0, pages * P, P, codes.options().dtype(at::kInt));
-  at::Tensor out = at::empty({pages, U, P, W}, codes.options().dtype(at::kFloat));
-  kernels::SvdqDecodeParams p;
-  p.layout = st_->layout_;
-  p.num_pages = static_cast<int>(pages);
-  p.kv_heads = static_cast<int>(U);
-  p.pages = codes.data_ptr<uint8_t>();
-  p.mean = mean.data_ptr<float>();
-  p.basis = vec.data_ptr<float>();
-  p.first_pos = first.data_ptr<int32_t>();
-  if (!layer_scope) {  // a layer-wide latent is rotated per head below, once decoded
-    p.rope_cos = sp.rope_cos.data_ptr<float>();
-    p.rope_sin = sp.rope_sin.data_ptr<float>();
-  }
-  p.out = out.data_ptr<float>();
+  at::Tensor out = at::empty({pages, U, P, W}, sp.rope_cos.options().dtype(at::kFloat));
+  const int64_t chunk = BasisChunkPages();
+  for (int64_t c = 0; c < pages; c += chunk) {
+    const int64_t n = std::min(chunk, pages - c);
+    at::Tensor codes = st_->codes_[layer].index_select(0, BlockIds(c, n)).contiguous();
+    auto [mean, vec] = PageBases(layer, n);
+    at::Tensor first = at::arange(c * P, (c + n) * P, P, codes.options().dtype(at::kInt));
+    at::Tensor dst = out.narrow(0, c, n);
+    kernels::SvdqDecodeParams p;
+    p.layout = st_->layout_;
+    p.num_pages = static_cast<int>(n);
+    p.kv_heads = static_cast<int>(U);
+    p.pages = codes.data_ptr<uint8_t>();
+    p.mean = mean.data_ptr<float>();
+    p.basis = vec.data_ptr<float>();
+    p.first_pos = first.data_ptr<int32_t>();
+    if (!layer_scope) {  // a layer-wide latent is rotated per head below, once decoded
+      p.rope_cos = sp.rope_cos.data_ptr<float>();
+      p.rope_sin = sp.rope_sin.data_ptr<float>();
+    }
+    p.out = dst.data_ptr<float>();
 #ifdef SVDQ_WITH_CUDA
-  if (sp.device.is_cuda()) Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
-  else
+    if (sp.device.is_cuda()) Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
+    else
 #endif
-    Check(kernels::SvdqDecodeRef(p), "SVDq decode");
+      Check(kernels::SvdqDecodeRef(p), "SVDq decode");
+  }
   at::Tensor keys = out.permute({0, 2, 1, 3}).reshape({pages * P, KV, D});
   return layer_scope ? models::ApplyRotaryHalf(keys, sp.rope_cos, sp.rope_sin, 0, at::kFloat) : keys;
 }
@@ -498,10 +518,16 @@ at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::v
   const auto& sp = st_->spec();
   if (!sp.device.is_cuda() || sp.modes.value != ValueMode::kFull || sp.dtype != at::kBFloat16) return {};
   const bool coded = sp.modes.page_coded_keys();
-  if ((!coded && sp.modes.key != KeyMode::kFull) || sp.modes.layer_scope()) return {};
+  if ((!coded && sp.modes.key != KeyMode::kFull) || sp.modes.layer_scope() || sp.shape.head_dim > 256) return {};
   for (models::KvView* kv : views) {
     auto* v = dynamic_cast<PagedSeqView*>(kv);
     if (!v || v->st_ != st_ || v->fresh_layer_ != layer || v->fresh_k_.size(0) != 1) return {};
+  }
+  if (!coded) {
+    // The paged decode kernel keeps each sequence's scores in shared memory.
+    int64_t longest = 0;
+    for (models::KvView* kv : views) longest = std::max(longest, static_cast<PagedSeqView*>(kv)->fresh_pos0_ + 1);
+    if ((sp.shape.head_dim + 4 + longest) * 4 > 200 * 1024) return {};
   }
   const BatchTables& t = Tables(views);
   const int64_t B = static_cast<int64_t>(views.size()), P = sp.shape.block_size, KV = sp.shape.kv_heads;
@@ -510,7 +536,6 @@ at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::v
   at::Tensor out = at::empty({B, NH, D}, q.options().dtype(at::kFloat));
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   if (!coded) {
-    if ((D + 4 + t.max_len) * 4 > 200 * 1024) return {};  // scores past the kernel's shared memory
     kernels::PagedDecodeParams p;
     p.batch = static_cast<int>(B);
     p.num_heads = static_cast<int>(NH);

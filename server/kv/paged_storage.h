@@ -101,7 +101,11 @@ class PagedSeqView : public models::KvView {
   at::Tensor AttendMany(int layer, const at::Tensor& q, const std::vector<models::KvView*>& views) override;
   bool WriteMany(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
                  const std::vector<models::KvView*>& views) override;
-  void SetLength(int64_t n) override { length_ = n; }
+  void SetLength(int64_t n) override {
+    length_ = n;
+    batch_.reset();  // the batched tables hold positions: a next forward builds its own
+    writes_.reset();
+  }
 
  private:
   // Block ids and in-block offsets of positions [from, to), int64 on the device.
@@ -111,6 +115,8 @@ class PagedSeqView : public models::KvView {
   std::pair<at::Tensor, at::Tensor> PageBases(int layer, int64_t pages) const;  // mean, vectors per page
   void ComputeBasis(int layer, const at::Tensor& k_pre);
   void EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre);  // [pages * P, kv, D]
+  void EncodeChunk(int layer, int64_t first_page, const at::Tensor& keys_pre);
+  int64_t BasisChunkPages() const;  // pages per codec call, bounding the per-page basis copies
   at::Tensor DecodePages(int layer, int64_t pages);  // post-RoPE [pages * P, kv, D] fp32
   at::Tensor StoredKeys(int layer, int64_t n);       // post-RoPE keys of positions [0, n), dtype
 

@@ -88,8 +88,10 @@ def read_st(path):
     return json.loads(raw[8:8 + n]), raw[8 + n:]
 
 
-def write_st(path, header, data):
+def write_st(path, header, data, pad=True):
     h = json.dumps(header).encode()
+    if pad:  # as the format's writers do: the header padded with spaces to keep tensors aligned
+        h += b" " * (-len(h) % 8)
     path.write_bytes(struct.pack("<Q", len(h)) + h + data)
 
 
@@ -141,6 +143,18 @@ def test_unknown_dtype(checkpoints, tmp_path):
     write_st(f / "model.safetensors", header, data)
     err = probe_error(f, tmp_path)
     assert name in err and "dtype F64 is not supported" in err, err
+
+
+def test_misaligned_data(checkpoints, tmp_path):
+    f = broken(checkpoints, tmp_path)
+    header, data = read_st(f / "model.safetensors")
+    h = json.dumps(header).encode()
+    write_st(f / "model.safetensors", header, data, pad=False)
+    if len(h) % 4 == 0:  # make the header length odd so that F32 data cannot be aligned
+        raw = (f / "model.safetensors").read_bytes()
+        (f / "model.safetensors").write_bytes(struct.pack("<Q", len(h) + 1) + h + b" " + raw[8 + len(h):])
+    err = probe_error(f, tmp_path)
+    assert "not aligned" in err, err
 
 
 def test_size_disagrees_with_shape(checkpoints, tmp_path):
