@@ -2,11 +2,6 @@
 // corrupt file ends in FormatError, never in a read past the map.
 #include "models/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cstring>
 #include <limits>
 
@@ -117,22 +112,10 @@ int64_t GgufTensorInfo::numel() const {
 std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path) {
   std::unique_ptr<GgufFile> f(new GgufFile());
   f->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw FormatError(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || st.st_size <= 0) {
-    ::close(fd);
-    throw FormatError(path + ": empty or unreadable file");
-  }
-  f->map_size_ = static_cast<size_t>(st.st_size);
-  f->map_ = ::mmap(nullptr, f->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (f->map_ == MAP_FAILED) {
-    f->map_ = nullptr;
-    throw FormatError(path + ": mmap failed");
-  }
-  const auto* base = static_cast<const uint8_t*>(f->map_);
-  Cursor c(base, f->map_size_, f->path_);
+  f->map_ = std::make_unique<MappedFile>(path);
+  const size_t map_size = f->map_->size();
+  const uint8_t* base = f->map_->data();
+  Cursor c(base, map_size, f->path_);
 
   if (c.Read<uint32_t>("magic") != kMagic) c.Fail("not a GGUF file (bad magic)");
   f->version_ = c.Read<uint32_t>("version");
@@ -172,9 +155,9 @@ std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path) {
   uint64_t alignment = static_cast<uint64_t>(f->GetInt("general.alignment", 32));
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) c.Fail("general.alignment is not a power of two");
   uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
-  if (data_start > f->map_size_) c.Fail("file truncated before the tensor data");
+  if (data_start > map_size) c.Fail("file truncated before the tensor data");
   f->data_ = base + data_start;
-  uint64_t data_size = f->map_size_ - data_start;
+  uint64_t data_size = map_size - data_start;
   for (const auto& t : f->tensors_) {
     if (t.offset % alignment != 0) c.Fail("tensor " + t.name + " is misaligned");
     if (t.offset > data_size || t.nbytes > data_size - t.offset)
@@ -183,9 +166,7 @@ std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path) {
   return f;
 }
 
-GgufFile::~GgufFile() {
-  if (map_) ::munmap(map_, map_size_);
-}
+GgufFile::~GgufFile() = default;
 
 const GgufValue& GgufFile::Get(const std::string& key) const {
   auto it = metadata_.find(key);

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "models/mapped_file.h"
+
 namespace svdq::models {
 
 // Thrown for malformed or unsupported files; the message names the file and what is wrong.
@@ -79,8 +81,7 @@ class GgufFile {
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensorInfo> tensors_;
   std::map<std::string, size_t> tensor_index_;
-  void* map_ = nullptr;
-  size_t map_size_ = 0;
+  std::unique_ptr<MappedFile> map_;
   const uint8_t* data_ = nullptr;
 };
 

@@ -1,10 +1,5 @@
 #include "models/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -53,26 +48,16 @@ int64_t StTensor::numel() const {
 std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw FormatError(path + ": cannot open");
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || st.st_size < 8) {
-    ::close(fd);
-    throw FormatError(path + ": too short for a safetensors header (" + std::to_string(st.st_size) + " bytes)");
-  }
-  f->map_size_ = static_cast<size_t>(st.st_size);
-  f->map_ = ::mmap(nullptr, f->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (f->map_ == MAP_FAILED) {
-    f->map_ = nullptr;
-    throw FormatError(path + ": mmap failed");
-  }
-  const auto* base = static_cast<const uint8_t*>(f->map_);
+  f->map_ = std::make_unique<MappedFile>(path);
+  const size_t map_size = f->map_->size();
+  if (map_size < 8)
+    throw FormatError(path + ": too short for a safetensors header (" + std::to_string(map_size) + " bytes)");
+  const uint8_t* base = f->map_->data();
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = header_len << 8 | base[i];
-  if (header_len > f->map_size_ - 8)
+  if (header_len > map_size - 8)
     throw FormatError(path + ": header of " + std::to_string(header_len) + " bytes runs past the end of the file (" +
-                      std::to_string(f->map_size_) + " bytes)");
+                      std::to_string(map_size) + " bytes)");
   json header;
   try {
     header = json::parse(base + 8, base + 8 + header_len);
@@ -81,7 +66,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) 
   }
   if (!header.is_object()) throw FormatError(path + ": header is not a JSON object");
   const uint8_t* data = base + 8 + header_len;
-  const uint64_t data_len = f->map_size_ - 8 - header_len;
+  const uint64_t data_len = map_size - 8 - header_len;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") continue;
@@ -129,9 +114,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) 
   return f;
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (map_) ::munmap(map_, map_size_);
-}
+SafetensorsFile::~SafetensorsFile() = default;
 
 std::unique_ptr<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& dir) {
   auto c = std::make_unique<SafetensorsCheckpoint>();

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "models/mapped_file.h"
+
 namespace svdq::models {
 
 enum class StDtype { kF32, kF16, kBF16 };
@@ -41,8 +43,7 @@ class SafetensorsFile {
   SafetensorsFile() = default;
   std::string path_;
   std::map<std::string, StTensor> tensors_;
-  void* map_ = nullptr;
-  size_t map_size_ = 0;
+  std::unique_ptr<MappedFile> map_;
 };
 
 // Every tensor of a checkpoint directory: model.safetensors, or the shards listed by

@@ -553,14 +553,6 @@ void Engine::Impl::RunBatch() {
                     s->computed + chunk == static_cast<int64_t>(tokens.size())});
   }
   if (!work.empty()) {
-    std::vector<std::unique_ptr<kv::PagedSeqView>> views;
-    std::vector<models::KvView*> kvs;
-    std::vector<std::vector<int32_t>> tokens;
-    for (const Work& w : work) {
-      views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(w.s->id), w.s->computed, w.s->lane));
-      kvs.push_back(views.back().get());
-      tokens.push_back(w.tokens);
-    }
     at::Tensor logits;
     std::string error;
     // A step of decodes only, that a captured graph holds, replays it.
@@ -572,6 +564,15 @@ void Engine::Impl::RunBatch() {
         for (const Work& w : work) rows.push_back({w.tokens[0], w.s->computed, &kv->Blocks(w.s->id)});
         logits = graphs->Run(rows);
       } else {
+        std::vector<std::unique_ptr<kv::PagedSeqView>> views;
+        std::vector<models::KvView*> kvs;
+        std::vector<std::vector<int32_t>> tokens;
+        for (const Work& w : work) {
+          views.push_back(
+              std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(w.s->id), w.s->computed, w.s->lane));
+          kvs.push_back(views.back().get());
+          tokens.push_back(w.tokens);
+        }
         logits = model->ForwardBatch(tokens, kvs);
       }
     } catch (const std::exception& e) {

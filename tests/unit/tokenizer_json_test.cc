@@ -11,32 +11,17 @@
 
 #include "models/gguf.h"
 #include "models/tokenizer.h"
+#include "tests/common/byte_char.h"
 
 using namespace svdq::models;
 using nlohmann::json;
+
+using svdq::testing::ByteChar;
 
 namespace {
 
 const char* const kLlama3Regex =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-
-// GPT-2's printable stand-in for a byte, as UTF-8.
-std::string ByteChar(unsigned b) {
-  unsigned cp = b;
-  auto printable = [](unsigned x) { return (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE; };
-  if (!printable(b)) {
-    cp = 256;
-    for (unsigned x = 0; x < b; ++x) cp += !printable(x);
-  }
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
 
 // A fresh directory under the test temp dir, removed (files and all) at the end.
 class TempDir {

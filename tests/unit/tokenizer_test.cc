@@ -4,31 +4,14 @@
 
 #include "models/gguf.h"
 #include "models/tokenizer.h"
+#include "tests/common/byte_char.h"
 #include "tests/unit/gguf_writer.h"
 
 using namespace svdq::models;
+using svdq::testing::ByteChar;
 using svdq::testing::GgufWriter;
 
 namespace {
-
-// GPT-2's printable stand-in for a byte, as UTF-8.
-std::string ByteChar(unsigned b) {
-  unsigned cp = b;
-  if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))) {
-    unsigned extra = 0;
-    for (unsigned x = 0; x < b; ++x)
-      if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE))) ++extra;
-    cp = 256 + extra;
-  }
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
 
 class TokenizerTest : public ::testing::Test {
  protected:
