@@ -112,7 +112,10 @@ Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
   if (p.pages_per_split < 0) return Status::Invalid("pages_per_split must be >= 0");
   if (p.pages_per_split > 0 && !p.workspace) return Status::Invalid("a split attention needs a workspace");
   const int splits = Splits(p);
-  if (p.use_tensor_cores && SvdqAttentionTcSupported(p)) {
+  if (p.use_tensor_cores && SvdqAttentionMmaSupported(p)) {
+    st = SvdqAttentionMmaLaunch(p, splits, stream);
+    if (!st.ok()) return st;
+  } else if (p.use_tensor_cores && SvdqAttentionTcSupported(p)) {
     st = SvdqAttentionTcLaunch(p, splits, stream);
     if (!st.ok()) return st;
   } else {

@@ -1,4 +1,4 @@
-// Internal: the tensor-core SVDq attention kernel, dispatched by SvdqAttention.
+// Internal: the tensor-core SVDq attention kernels, dispatched by SvdqAttention.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -13,5 +13,11 @@ namespace svdq::kernels {
 bool SvdqAttentionTcSupported(const SvdqAttentionParams& p);
 // Launches the page kernel only; partial results go to p.workspace when split.
 Status SvdqAttentionTcLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
+
+// Whether the mma kernel (svdq_attention_mma.cu) handles p: rope_inv_freq set, width 64 or
+// 128, page size dividing 64, and its shared-memory plan fits.
+bool SvdqAttentionMmaSupported(const SvdqAttentionParams& p);
+// Launches the mma page kernel only; partial results go to p.workspace when split.
+Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
 
 }  // namespace svdq::kernels

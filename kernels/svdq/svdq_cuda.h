@@ -11,10 +11,14 @@ namespace svdq::kernels {
 
 Status SvdqEncode(const SvdqEncodeParams& p, cudaStream_t stream);
 Status SvdqDecode(const SvdqDecodeParams& p, cudaStream_t stream);
-// First correct version: one thread block per (sequence, KV head, split of pages), keys
-// rebuilt in shared memory with CUDA cores, partial results merged by a second kernel.
-// The fast tensor-core kernel replaces it later.
+// One thread block per (sequence, KV head, split of pages), partial results merged by a
+// second kernel. Dispatch: the mma kernel (keys rebuilt on tensor cores in fp16, RoPE in
+// registers) when p.rope_inv_freq is set and the shape allows; else the WMMA/TF32 kernel;
+// else (or use_tensor_cores false) the CUDA-core kernel, the first correct version.
 Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream);
+// A pages_per_split for SvdqAttention that gives the GPU about four blocks per
+// multiprocessor (0: no split needed). Planned once per step from the longest sequence.
+int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms);
 // Floats of workspace SvdqAttention needs for p's shape and split (0 without a split).
 size_t SvdqAttentionWorkspaceFloats(const SvdqAttentionParams& p);
 

@@ -89,6 +89,10 @@ struct SvdqAttentionParams {
   const int32_t* tail_len = nullptr;       // [batch]: 0 .. P-1
   const float* rope_cos = nullptr;         // [max_pos, width]
   const float* rope_sin = nullptr;         // [max_pos, width]
+  // [width / 2], optional: the RoPE frequencies the tables were built from (angle = pos *
+  // inv_freq[i], pairs i and i + width/2). When set, the fast kernel computes its rotations
+  // in registers from these and never reads the tables; the reference always uses the tables.
+  const float* rope_inv_freq = nullptr;
   float* out = nullptr;                    // [batch, num_heads, width] fp32
   // Flash-decoding split: each thread block takes `pages_per_split` pages of one sequence
   // and KV head, and a second kernel merges the partial softmax states. 0: one block per

@@ -10,6 +10,7 @@
 
 #include "kernels/common/half.h"
 #include "kernels/svdq/schedule.h"
+#include "kernels/svdq/svdq_attention_tc.h"
 #include "kernels/svdq/svdq_cuda.h"
 #include "kernels/svdq/svdq_ref.h"
 #include "tests/common/svdq_data.h"
@@ -201,7 +202,12 @@ struct AttnCase {
   std::vector<int> pages, tails;
 };
 
-void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, bool tensor_cores = true) {
+// Which kernel SvdqAttention should take: the mma kernel (rope_inv_freq given), the WMMA
+// one (tables only), or the CUDA-core one.
+enum class Path { kMma, kWmma, kCudaCores };
+
+void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Path path = Path::kMma) {
+  const bool tensor_cores = path != Path::kCudaCores;
   const SvdqLayout l = Layout(ac.width, ac.P, ac.sched);
   const int W = ac.width, P = ac.P, kv = ac.kv, heads = kv * ac.group, B = ac.batch;
   int max_pages = 0, pool_pages = 0;
@@ -211,6 +217,8 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, bo
   }
   std::vector<float> cos_t, sin_t;
   MakeRope((max_pages + 1) * P + 1, W, 10000.0, &cos_t, &sin_t);
+  std::vector<float> inv_freq(W / 2);
+  for (int i = 0; i < W / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / W));
   std::vector<uint8_t> pool(static_cast<size_t>(std::max(pool_pages, 1)) * kv * l.page_bytes, 0);
   std::vector<int32_t> table(static_cast<size_t>(B) * std::max(max_pages, 1), 0), np(ac.pages.begin(), ac.pages.end()),
       tl(ac.tails.begin(), ac.tails.end());
@@ -269,8 +277,13 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, bo
   DeviceBuffer<uint16_t> dq(q), dv(values), dtk(tail_k), dtv(tail_v);
   DeviceBuffer<uint8_t> dpool(pool);
   DeviceBuffer<int32_t> dtable(table), dnp(np), dtl(tl);
-  DeviceBuffer<float> dm(means), db(bases), dc(cos_t), ds(sin_t), dout(std::vector<float>(ref.size(), 0.f));
+  DeviceBuffer<float> dm(means), db(bases), dc(cos_t), ds(sin_t), dinv(inv_freq);
+  DeviceBuffer<float> dout(std::vector<float>(ref.size(), 0.f));
   SvdqAttentionParams g = a;
+  if (path == Path::kMma) {
+    g.rope_inv_freq = dinv.ptr();
+    ASSERT_TRUE(SvdqAttentionMmaSupported(g)) << "the mma kernel should take this shape";
+  }
   g.q = dq.ptr();
   g.key_pages = dpool.ptr();
   g.value_pages = dv.ptr();
@@ -294,8 +307,9 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, bo
   auto got = dout.Download();
   EXPECT_TRUE(dout.GuardsIntact());
   // Tolerance: CUDA-core path 2e-3 absolute + 1e-2 relative (fast exp, fp32 vs fp64
-  // accumulation); tensor-core path 5e-3 + 2e-2, as the key rebuild takes TF32 inputs
-  // (10-bit mantissa) for the latents and the basis.
+  // accumulation); tensor-core paths 5e-3 + 2e-2, as the key rebuild takes TF32 (WMMA) or
+  // fp16 (mma) inputs, 10-bit mantissas, for the latents and the basis; the mma kernel
+  // also rotates and scores in fp16 and computes its rotations instead of reading tables.
   const float tol_abs = tensor_cores ? 5e-3f : 2e-3f, tol_rel = tensor_cores ? 2e-2f : 1e-2f;
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_TRUE(std::isfinite(got[i])) << i;
@@ -311,8 +325,8 @@ TEST(SvdqKernels, AttentionMatchesReference) {
     for (int group : {1, 2, 4, 8})
       for (const char* s : {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,3,3,0,0,0,0,0", "0,0,4,0,2,0,0,1"})
         for (int split : {0, 2, 4})
-          for (bool tc : {true, false})
-            RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++, split, tc);
+          for (Path path : {Path::kMma, Path::kWmma, Path::kCudaCores})
+            RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++, split, path);
 }
 
 TEST(SvdqKernels, AttentionAwkwardShapes) {
@@ -327,6 +341,15 @@ TEST(SvdqKernels, AttentionAwkwardShapes) {
   RunAttention({128, 32, 2, 4, 2, "8,4,2,1,1,0,0,0", {7, 3}, {31, 2}}, 7, 3);
   RunAttention({128, 64, 2, 8, 2, "8,2,0,0,0,0,0,0", {5, 1}, {0, 63}}, 8, 2);
   RunAttention({64, 16, 3, 2, 3, "0,0,4,0,2,0,0,1", {13, 5, 0}, {3, 0, 1}}, 9, 5);
+  // mma kernel: GQA 16 (both row halves of the fragments), pages of 8, more pages than its
+  // page-id window (1,200 > 512, refilled twice), long contexts (positions past 38k, where
+  // the rotations are advanced chunk to chunk), an odd batch with a split boundary at a tail.
+  RunAttention({128, 16, 1, 16, 2, "8,4,2,1,1,0,0,0", {6, 3}, {5, 15}}, 11, 0);
+  RunAttention({128, 8, 2, 4, 3, "8,8,4,4,2,2,1,1", {17, 8, 1}, {7, 0, 3}}, 12, 4);
+  RunAttention({64, 1, 1, 4, 1, "8,4,0,0,0,0,0,0", {1200}, {0}}, 13, 0);
+  RunAttention({128, 64, 2, 4, 1, "8,4,2,1,1,0,0,0", {600}, {33}}, 14, 0);
+  RunAttention({128, 64, 2, 4, 1, "8,4,2,1,1,0,0,0", {600}, {33}}, 15, 37);
+  RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {64, 8, 0}, {0, 5, 9}}, 16, 8);
 }
 
 }  // namespace

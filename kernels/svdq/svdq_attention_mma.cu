@@ -1,0 +1,524 @@
+// Decode attention over SVDq key pages at the speed of its bytes: the key rebuild, the
+// scores and the values all on tensor cores (mma.sync m16n8k16), RoPE in registers.
+//
+// One thread block (4 warps) per (sequence, KV head, split of pages) walks its range in
+// chunks of 64 tokens, two chunks in flight (cp.async into shared memory):
+//   1. dequantize the chunk's latent codes into Z [64, r] (fp16, shared memory);
+//   2. rebuild keys K = mean + Z V_r^T on tensor cores, fp16 in, fp32 accumulation. Each
+//      warp owns D/4 key columns, chosen as pairs (i, i + D/2) so that the rotate-half RoPE
+//      pairs sit in one thread's accumulators; its slice of V_r^T stays in registers for the
+//      whole block (read once per block, not once per page);
+//   3. RoPE without tables: with t = t0 + d (t0 the chunk's first position, d < 64),
+//      q . R_t k = (R_t0^T q) . (R_d k). R_d (64 fixed rotations) lives in registers as fp16
+//      pairs, computed once per block; R_t0^T q is a per-chunk rotation of the G query rows,
+//      advanced by a fixed 64-token rotation from chunk to chunk;
+//   4. scores S = q' K^T straight from the rebuild's accumulators (the C fragment of the
+//      rebuild is the B fragment of the score product), partial per warp over its columns;
+//      the four partials are summed in shared memory, where one warp per query row runs the
+//      online softmax (exp2, scale folded into q) and writes the probabilities in bf16;
+//   5. O += P V on tensor cores (bf16), V from the staged chunk by ldmatrix.trans.
+// The bf16 tail (< P tokens, already rotated) is one more chunk whose keys come from memory
+// and meet the unrotated q. Splits end in the merge kernel of svdq_attention.cu.
+//
+// Bytes per token and KV head: the key codes and scales (52 B at 8,4,2,1,1 / 16-token
+// pages) and the bf16 values (2 D); the basis is read once per block.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "kernels/common/cuda_launch.h"
+#include "kernels/common/mma.cuh"
+#include "kernels/common/warp.cuh"
+#include "kernels/svdq/svdq_attention_tc.h"
+#include "kernels/svdq/svdq_device.cuh"
+
+namespace svdq::kernels {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kChunk = 64;        // tokens per step
+constexpr int kStages = 2;        // chunks in flight
+constexpr int kPidWindow = 512;   // page ids staged in shared memory at a time
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__host__ __device__ constexpr int Align16(int x) { return (x + 15) / 16 * 16; }
+
+// Byte offsets into dynamic shared memory.
+struct MmaSmem {
+  int recs_bytes;   // one stage's key records (padded: the code reader may touch one word past)
+  int stage_bytes;  // records + values [64, D + 8] bf16
+  int z_ld;         // halves per Z row
+  int z, sp, pm, pids, jtab, cj, state, total;
+};
+
+__host__ __device__ inline MmaSmem PlanSmem(const SvdqLayout& l, int D, int G, int ks) {
+  MmaSmem s{};
+  s.recs_bytes = Align16((kChunk / l.page_size) * l.page_bytes + 16);
+  s.stage_bytes = s.recs_bytes + kChunk * (D + 8) * 2;
+  s.z_ld = ks * 16 + 8;
+  int o = kStages * s.stage_bytes;
+  s.z = o;     o += Align16(kChunk * s.z_ld * 2);        // Z [64, ks*16 (+8)] fp16
+  s.sp = o;    o += Align16(kWarps * G * (kChunk + 4) * 4);  // partial scores [warp, G, 64 (+4)]
+  s.pm = o;    o += Align16(16 * (kChunk + 8) * 2);      // probabilities [16, 64 (+8)] bf16
+  s.pids = o;  o += kPidWindow * 4;
+  s.jtab = o;  o += Align16(D / 2 * 4);                  // per retained channel pair: offset | bits | column
+  s.cj = o;    o += Align16(D * 4);                      // latent channel of each padded retained index
+  s.state = o; o += 3 * 16 * 4;                          // m (log2 units), l, correction per query row
+  s.total = o;
+  return s;
+}
+
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int D, int KS, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) AttentionMmaKernel(SvdqAttentionParams p) {
+  constexpr int NT = D / 32;  // 8-column tiles a warp owns: NH low ones, their NH partners D/2 higher
+  constexpr int NH = NT / 2;
+  constexpr int RV = D / 8;   // 16-byte pieces per value row
+  extern __shared__ __align__(128) uint8_t smem[];
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, G = p.num_heads / p.kv_heads, r = l.retained, R2 = r / 2;
+  const int log2p = __ffs(P) - 1;
+  const MmaSmem s = PlanSmem(l, D, G, KS);
+  const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
+  auto gtile = [&](int lt) { return lt < NH ? warp * NH + lt : D / 16 + warp * NH + (lt - NH); };
+
+  __half* zs = reinterpret_cast<__half*>(smem + s.z);
+  float* sp = reinterpret_cast<float*>(smem + s.sp);
+  __nv_bfloat16* pm = reinterpret_cast<__nv_bfloat16*>(smem + s.pm);
+  int* pids = reinterpret_cast<int*>(smem + s.pids);
+  int* jtab = reinterpret_cast<int*>(smem + s.jtab);
+  int* cj = reinterpret_cast<int*>(smem + s.cj);
+  float* m_s = reinterpret_cast<float*>(smem + s.state);
+  float* l_s = m_s + 16;
+  float* corr_s = m_s + 32;
+
+  const int np = p.num_pages[b];
+  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
+  const int first = split * pps, last = min(np, first + pps);
+  const int tail = (np / pps == split) ? p.tail_len[b] : 0;
+  const int ppc = kChunk / P;
+  const int nfull = max(0, last - first);
+  const int page_chunks = (nfull + ppc - 1) / ppc;
+  const int nchunks = page_chunks + (tail > 0 ? 1 : 0);
+  const int64_t bh = static_cast<int64_t>(b) * p.kv_heads + h;
+  const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * p.kv_heads + h;
+  const int64_t table_row = static_cast<int64_t>(b) * p.max_pages;
+
+  // ---- Block setup: tables, zeroed pads, page ids, softmax state.
+  for (int j = tid; j < KS * 16; j += kThreads) cj[j] = j < r ? device::RetainedChannel(l, j) : -1;
+  for (int jp = tid; jp < R2; jp += kThreads) {
+    const int c = device::RetainedChannel(l, 2 * jp), g = c / l.group_size;
+    jtab[jp] = l.group_offset[g] | (l.bits[g] << 16) | ((c - g * l.group_size) << 20);
+  }
+  for (int idx = tid; idx < kChunk * (KS * 16 - r); idx += kThreads) {
+    const int t = idx / (KS * 16 - r), c = r + idx % (KS * 16 - r);
+    zs[t * s.z_ld + c] = __float2half(0.f);
+  }
+  for (int idx = tid; idx < 16 * (kChunk + 8); idx += kThreads) pm[idx] = __float2bfloat16(0.f);
+  if (tid < 16) {
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.f;
+    corr_s[tid] = 1.f;
+  }
+  int win0 = first;  // page index held by pids[0]
+  for (int i = tid; i < min(nfull, kPidWindow); i += kThreads) pids[i] = p.page_table[table_row + first + i];
+  __syncthreads();
+
+  // ---- Per-thread constants: V_r^T fragments, mean, q, rotations.
+  uint32_t bv[NT][KS][2];
+  float2 mean2[NT];
+  {
+    const float* basis = p.basis + brow * D * D;
+    const float* mean = p.mean + brow * D;
+#pragma unroll
+    for (int lt = 0; lt < NT; ++lt) {
+      const float* row = basis + (gtile(lt) * 8 + g8) * D;  // B[k = j][n = column] = basis[column][c_j]
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const int j0 = ks * 16 + 2 * q4;
+        auto v = [&](int j) { return cj[j] >= 0 ? row[cj[j]] : 0.f; };
+        bv[lt][ks][0] = mma::PackHalf2(v(j0), v(j0 + 1));
+        bv[lt][ks][1] = mma::PackHalf2(v(j0 + 8), v(j0 + 9));
+      }
+      const int i = gtile(lt) * 8 + 2 * q4;
+      mean2[lt] = make_float2(mean[i], mean[i + 1]);
+    }
+  }
+  // q rows g8 and g8 + 8 at this thread's columns, with sm_scale * log2(e) folded in.
+  float qf[2][NT][2];
+  {
+    const auto* qg = reinterpret_cast<const __nv_bfloat16*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h * G) * D;
+    const float qs = p.sm_scale * kLog2e;
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs)
+#pragma unroll
+      for (int lt = 0; lt < NT; ++lt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int g = g8 + 8 * rs;
+          qf[rs][lt][e] = g < G ? __bfloat162float(qg[g * D + gtile(lt) * 8 + 2 * q4 + e]) * qs : 0.f;
+        }
+  }
+  auto pack_q = [&](const float (&v)[2][NT][2], uint32_t (&qa)[NH][4]) {
+#pragma unroll
+    for (int s2 = 0; s2 < NH; ++s2) {
+      qa[s2][0] = mma::PackHalf2(v[0][2 * s2][0], v[0][2 * s2][1]);
+      qa[s2][1] = mma::PackHalf2(v[1][2 * s2][0], v[1][2 * s2][1]);
+      qa[s2][2] = mma::PackHalf2(v[0][2 * s2 + 1][0], v[0][2 * s2 + 1][1]);
+      qa[s2][3] = mma::PackHalf2(v[1][2 * s2 + 1][0], v[1][2 * s2 + 1][1]);
+    }
+  };
+  // Rotation of the first chunk (angle t0 * theta, reduced in double) and of 64 tokens.
+  float cb[NH][2], sb[NH][2], c64[NH][2], s64[NH][2];
+  uint32_t dcos[4][2][NH], dsin[4][2][NH];  // R_d for d = 16 mt + g8 + 8 rs, as fp16 pairs
+#pragma unroll
+  for (int lt = 0; lt < NH; ++lt) {
+    float th[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      th[e] = p.rope_inv_freq[gtile(lt) * 8 + 2 * q4 + e];
+      double a = static_cast<double>(first) * P * th[e];
+      a -= rint(a * 0.15915494309189535) * 6.283185307179586;
+      sincosf(static_cast<float>(a), &sb[lt][e], &cb[lt][e]);
+      sincosf(64.f * th[e], &s64[lt][e], &c64[lt][e]);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs) {
+        const float d = static_cast<float>(16 * mt + g8 + 8 * rs);
+        float s0, c0, s1, c1;
+        sincosf(d * th[0], &s0, &c0);
+        sincosf(d * th[1], &s1, &c1);
+        dcos[mt][rs][lt] = mma::PackHalf2(c0, c1);
+        dsin[mt][rs][lt] = mma::PackHalf2(s0, s1);
+      }
+  }
+
+  // ---- Staging of chunk c into its stage: key records and values (rows past n zero).
+  auto issue = [&](int c) {
+    uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
+    auto* vals = reinterpret_cast<__nv_bfloat16*>(recs + s.recs_bytes);
+    if (c < page_chunks) {
+      const int pg0 = first + c * ppc, npg = min(ppc, last - pg0), n = npg * P;
+      const int rv = l.page_bytes / 16;
+      for (int idx = tid; idx < npg * rv; idx += kThreads) {
+        const int k = idx / rv, piece = idx - k * rv;
+        const int64_t pid = pids[pg0 - win0 + k];
+        mma::CpAsync16(recs + idx * 16, p.key_pages + (pid * p.kv_heads + h) * l.page_bytes + piece * 16, 16);
+      }
+      for (int idx = tid; idx < kChunk * RV; idx += kThreads) {
+        const int t = idx / RV, piece = idx % RV;
+        const uint16_t* src = p.value_pages;
+        int bytes = 0;
+        if (t < n) {
+          const int64_t pid = pids[pg0 - win0 + (t >> log2p)];
+          src = p.value_pages + ((pid * p.kv_heads + h) * P + (t & (P - 1))) * D + piece * 8;
+          bytes = 16;
+        }
+        mma::CpAsync16(vals + t * (D + 8) + piece * 8, src, bytes);
+      }
+    } else {
+      const uint16_t* tv = p.tail_values + bh * P * D;
+      for (int idx = tid; idx < kChunk * RV; idx += kThreads) {
+        const int t = idx / RV, piece = idx % RV;
+        mma::CpAsync16(vals + t * (D + 8) + piece * 8, t < tail ? tv + t * D + piece * 8 : tv, t < tail ? 16 : 0);
+      }
+    }
+  };
+  // Keeps the page ids of chunk c in the window (block-wide; call with every thread).
+  auto ensure_window = [&](int c) {
+    if (c >= page_chunks) return;
+    const int pg0 = first + c * ppc;
+    if (pg0 + ppc <= win0 + kPidWindow) return;
+    __syncthreads();
+    win0 = pg0;
+    for (int i = tid; i < min(last - win0, kPidWindow); i += kThreads) pids[i] = p.page_table[table_row + win0 + i];
+    __syncthreads();
+  };
+
+  float o[NT][4];
+#pragma unroll
+  for (int lt = 0; lt < NT; ++lt) o[lt][0] = o[lt][1] = o[lt][2] = o[lt][3] = 0.f;
+
+#pragma unroll
+  for (int c = 0; c < kStages - 1; ++c) {
+    if (c < nchunks) issue(c);
+    mma::CpAsyncCommit();
+  }
+  for (int c = 0; c < nchunks; ++c) {
+    mma::CpAsyncWait<kStages - 2>();
+    __syncthreads();  // chunk c landed; every warp is done with chunk c - 1
+    if (c + kStages - 1 < nchunks) {
+      ensure_window(c + kStages - 1);
+      issue(c + kStages - 1);
+    }
+    mma::CpAsyncCommit();
+    const bool paged = c < page_chunks;
+    const int n = paged ? min(ppc, last - (first + c * ppc)) * P : tail;
+    const uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
+    const auto* vals = reinterpret_cast<const __nv_bfloat16*>(recs + s.recs_bytes);
+
+    // 1. Latents. A thread takes one token (lane = token, so the channel-pair table is a
+    //    broadcast and its loop uniform) and every other channel pair of it, four pairs of
+    //    loads in flight at a time; rows past n are garbage that the softmax masks.
+    if (paged) {
+      const int t = tid & (kChunk - 1);
+      const uint8_t* rec = recs + (t >> log2p) * l.page_bytes;
+      const int tok_codes = (t & (P - 1)) * l.group_size;
+      __half* zrow = zs + t * s.z_ld;
+      const __half2 k1024 = __float2half2_rn(1024.f);
+      constexpr int kUnroll = 4;
+      for (int jp0 = tid / kChunk; jp0 < R2; jp0 += 2 * kUnroll) {
+        uint32_t w0[kUnroll], w1[kUnroll], sh[kUnroll], bits[kUnroll];
+        __half2 sc[kUnroll], zr[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int jp = min(jp0 + 2 * u, R2 - 1);  // a repeat of the last pair past the end: harmless
+          const int e = jtab[jp], go = e & 0xffff, cl = e >> 20;
+          bits[u] = (e >> 16) & 0xf;
+          const int bit = (tok_codes + cl) * bits[u];
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(rec + go) + (bit >> 5);
+          w0[u] = w[0];
+          w1[u] = w[1];
+          sh[u] = bit & 31;
+          sc[u] = *reinterpret_cast<const __half2*>(rec + l.scale_offset + 4 * jp);
+          zr[u] = *reinterpret_cast<const __half2*>(rec + l.zero_offset + 4 * jp);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int jp = jp0 + 2 * u;
+          const uint32_t v = __funnelshift_r(w0[u], w1[u], sh[u]), mask = (1u << bits[u]) - 1u;
+          const uint32_t packed = (v & mask) | (((v >> bits[u]) & mask) << 16) | 0x64006400u;  // 1024 + code, fp16
+          const __half2 z = __hfma2(__hsub2(mma::AsHalf2(packed), k1024), sc[u], zr[u]);
+          if (jp < R2) *reinterpret_cast<__half2*>(zrow + 2 * jp) = z;
+        }
+      }
+    }
+    __syncthreads();
+
+    // 2-4. Keys and partial scores, 16 tokens at a time.
+    uint32_t qa[NH][4];
+    if (paged) {
+      float qr[2][NT][2];
+#pragma unroll
+      for (int lt = 0; lt < NH; ++lt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float cs = cb[lt][e], sn = sb[lt][e];
+#pragma unroll
+          for (int rs = 0; rs < 2; ++rs) {
+            const float x = qf[rs][lt][e], y = qf[rs][lt + NH][e];
+            qr[rs][lt][e] = x * cs + y * sn;
+            qr[rs][lt + NH][e] = y * cs - x * sn;
+          }
+          cb[lt][e] = cs * c64[lt][e] - sn * s64[lt][e];
+          sb[lt][e] = sn * c64[lt][e] + cs * s64[lt][e];
+        }
+      pack_q(qr, qa);
+    } else {
+      pack_q(qf, qa);  // the tail's keys are rotated already: unrotated q
+    }
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+      uint32_t kb[NT][2];  // B fragments of the score product: [tile][token half]
+      if (paged) {
+        float acc[NT][4];
+#pragma unroll
+        for (int lt = 0; lt < NT; ++lt) {
+          acc[lt][0] = acc[lt][2] = mean2[lt].x;
+          acc[lt][1] = acc[lt][3] = mean2[lt].y;
+        }
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          uint32_t a[4];
+          mma::LdMatrixX4(a, zs + (mt * 16 + (lane & 15)) * s.z_ld + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+          for (int lt = 0; lt < NT; ++lt) mma::MmaF16(acc[lt], a, bv[lt][ks][0], bv[lt][ks][1]);
+        }
+#pragma unroll
+        for (int lt = 0; lt < NH; ++lt)
+#pragma unroll
+          for (int rs = 0; rs < 2; ++rs) {
+            const __half2 x = __floats2half2_rn(acc[lt][2 * rs], acc[lt][2 * rs + 1]);
+            const __half2 y = __floats2half2_rn(acc[lt + NH][2 * rs], acc[lt + NH][2 * rs + 1]);
+            const __half2 cs = mma::AsHalf2(dcos[mt][rs][lt]), sn = mma::AsHalf2(dsin[mt][rs][lt]);
+            kb[lt][rs] = mma::AsU32(__hfma2(__hneg2(y), sn, __hmul2(x, cs)));
+            kb[lt + NH][rs] = mma::AsU32(__hfma2(x, sn, __hmul2(y, cs)));
+          }
+      } else {
+        const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * P * D;
+#pragma unroll
+        for (int lt = 0; lt < NT; ++lt)
+#pragma unroll
+          for (int rs = 0; rs < 2; ++rs) {
+            const int t = mt * 16 + g8 + 8 * rs;
+            float2 k2 = make_float2(0.f, 0.f);
+            if (t < tail) k2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(tk + t * D + gtile(lt) * 8 + 2 * q4));
+            kb[lt][rs] = mma::PackHalf2(k2.x, k2.y);
+          }
+      }
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs) {
+        float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int s2 = 0; s2 < NH; ++s2) mma::MmaF16(sc, qa[s2], kb[2 * s2][rs], kb[2 * s2 + 1][rs]);
+        const int t0 = mt * 16 + rs * 8 + 2 * q4;
+        if (g8 < G) *reinterpret_cast<float2*>(sp + (warp * G + g8) * (kChunk + 4) + t0) = make_float2(sc[0], sc[1]);
+        if (g8 + 8 < G) *reinterpret_cast<float2*>(sp + (warp * G + g8 + 8) * (kChunk + 4) + t0) = make_float2(sc[2], sc[3]);
+      }
+    }
+    __syncthreads();
+
+    // Online softmax: one warp per query row, two tokens per lane.
+    for (int g = warp; g < G; g += kWarps) {
+      const int t = 2 * lane;
+      float2 sum = make_float2(0.f, 0.f);
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float2 v = *reinterpret_cast<const float2*>(sp + (w * G + g) * (kChunk + 4) + t);
+        sum.x += v.x;
+        sum.y += v.y;
+      }
+      const float s0 = t < n ? sum.x : -INFINITY, s1 = t + 1 < n ? sum.y : -INFINITY;
+      const float m_old = m_s[g], m_new = fmaxf(m_old, WarpMax(fmaxf(s0, s1)));
+      float p0 = 0.f, p1 = 0.f, corr = 1.f;
+      if (m_new != -INFINITY) {
+        p0 = FastExp2(s0 - m_new);
+        p1 = FastExp2(s1 - m_new);
+        corr = FastExp2(m_old - m_new);
+      }
+      const __nv_bfloat162 pb = __floats2bfloat162_rn(p0, p1);
+      *reinterpret_cast<__nv_bfloat162*>(pm + g * (kChunk + 8) + t) = pb;
+      const float ps = WarpSum(__low2float(pb) + __high2float(pb));  // the rounded weights P V uses
+      if (lane == 0) {
+        l_s[g] = l_s[g] * corr + ps;
+        m_s[g] = m_new;
+        corr_s[g] = corr;
+      }
+    }
+    __syncthreads();
+
+    // 5. O = O * corr + P V.
+    {
+      const float c0 = g8 < G ? corr_s[g8] : 1.f, c1 = g8 + 8 < G ? corr_s[g8 + 8] : 1.f;
+#pragma unroll
+      for (int lt = 0; lt < NT; ++lt) {
+        o[lt][0] *= c0;
+        o[lt][1] *= c0;
+        o[lt][2] *= c1;
+        o[lt][3] *= c1;
+      }
+#pragma unroll
+      for (int ks = 0; ks < kChunk / 16; ++ks) {
+        uint32_t a[4];
+        mma::LdMatrixX4(a, pm + (lane & 15) * (kChunk + 8) + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int u = 0; u < NH; ++u) {
+          uint32_t bq[4];
+          const int tile = gtile(lane < 16 ? 2 * u : 2 * u + 1);
+          mma::LdMatrixX4Trans(bq, vals + (ks * 16 + (lane & 15)) * (D + 8) + tile * 8);
+          mma::MmaBf16(o[2 * u], a, bq[0], bq[1]);
+          mma::MmaBf16(o[2 * u + 1], a, bq[2], bq[3]);
+        }
+      }
+    }
+  }
+  mma::CpAsyncWait<0>();
+  __syncthreads();
+
+  // ---- Result: normalized output, or this split's partial state for the merge kernel.
+  const int splits = gridDim.z;
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    const int g = g8 + 8 * rs;
+    if (g >= G) continue;
+    const int64_t head = static_cast<int64_t>(b) * p.num_heads + h * G + g;
+    const float inv = l_s[g] > 0.f ? 1.f / l_s[g] : 0.f;
+#pragma unroll
+    for (int lt = 0; lt < NT; ++lt) {
+      const int col = gtile(lt) * 8 + 2 * q4;
+      if (p.pages_per_split == 0) {
+        *reinterpret_cast<float2*>(p.out + head * D + col) = make_float2(o[lt][2 * rs] * inv, o[lt][2 * rs + 1] * inv);
+      } else {
+        float* ws = p.workspace + (head * splits + split) * (D + 2);
+        ws[col] = o[lt][2 * rs];
+        ws[col + 1] = o[lt][2 * rs + 1];
+      }
+    }
+  }
+  if (p.pages_per_split > 0 && tid < G) {
+    float* ws = p.workspace + ((static_cast<int64_t>(b) * p.num_heads + h * G + tid) * splits + split) * (D + 2);
+    ws[D] = m_s[tid] == -INFINITY ? -INFINITY : m_s[tid] * kLn2;  // the merge works in natural-log units
+    ws[D + 1] = l_s[tid];
+  }
+}
+
+int KSteps(const SvdqLayout& l) { return (l.retained + 15) / 16; }
+
+using KernelFn = void (*)(SvdqAttentionParams);
+
+template <int D, int KS>
+KernelFn PickKs(int ks) {
+  if constexpr (KS > D / 16) {
+    return nullptr;
+  } else {
+    static const bool three = getenv("SVDQ_MMA_MIN_BLOCKS") && atoi(getenv("SVDQ_MMA_MIN_BLOCKS")) == 3;
+    if (ks == KS) return three ? AttentionMmaKernel<D, KS, 3> : AttentionMmaKernel<D, KS, 2>;
+    return PickKs<D, KS + 1>(ks);
+  }
+}
+
+KernelFn Pick(const SvdqAttentionParams& p) {
+  const int ks = KSteps(p.layout);
+  if (p.layout.width == 64) return PickKs<64, 1>(ks);
+  if (p.layout.width == 128) return PickKs<128, 1>(ks);
+  return nullptr;
+}
+
+size_t SmemBytes(const SvdqAttentionParams& p) {
+  return PlanSmem(p.layout, p.layout.width, p.num_heads / p.kv_heads, KSteps(p.layout)).total;
+}
+
+}  // namespace
+
+bool SvdqAttentionMmaSupported(const SvdqAttentionParams& p) {
+  const SvdqLayout& l = p.layout;
+  if (!p.rope_inv_freq || l.retained <= 0 || l.retained % 2 != 0 || l.group_size % 2 != 0) return false;
+  if (l.page_size < 1 || l.page_size > kChunk || kChunk % l.page_size != 0 || l.page_bytes % 16 != 0) return false;
+  if (l.page_bytes >= (1 << 16) || p.num_heads / p.kv_heads > 16 || !Pick(p)) return false;
+  return SmemBytes(p) <= 227 * 1024;
+}
+
+Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
+  KernelFn kernel = Pick(p);
+  const size_t smem = SmemBytes(p);
+  Status st = AllowSmem(reinterpret_cast<const void*>(kernel), smem);
+  if (!st.ok()) return st;
+  kernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
+  return LaunchStatus("SvdqAttention (mma)");
+}
+
+int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms) {
+  // Enough blocks for about four per multiprocessor, but no split shorter than two chunks.
+  const int64_t pairs = static_cast<int64_t>(batch) * kv_heads;
+  const int64_t want = 4LL * num_sms;
+  if (pairs <= 0 || pairs >= want || max_pages <= 0) return 0;
+  const int splits = static_cast<int>((want + pairs - 1) / pairs);
+  const int min_pages = std::max(1, 2 * kChunk / std::max(1, page_size));
+  const int pps = std::max(min_pages, (max_pages + splits - 1) / splits);
+  return pps >= max_pages ? 0 : pps;
+}
+
+}  // namespace svdq::kernels
