@@ -27,7 +27,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 
 #include "kernels/common/cuda_launch.h"
 #include "kernels/common/mma.cuh"
@@ -53,7 +52,7 @@ struct MmaSmem {
   int recs_bytes;   // one stage's key records (padded: the code reader may touch one word past)
   int stage_bytes;  // records + values [64, D + 8] bf16
   int z_ld;         // halves per Z row
-  int z, sp, pm, pids, jtab, cj, state, total;
+  int z, sp, pm, pids, gtab, cj, state, total;
 };
 
 __host__ __device__ inline MmaSmem PlanSmem(const SvdqLayout& l, int D, int G, int ks) {
@@ -66,7 +65,7 @@ __host__ __device__ inline MmaSmem PlanSmem(const SvdqLayout& l, int D, int G, i
   s.sp = o;    o += Align16(kWarps * G * (kChunk + 4) * 4);  // partial scores [warp, G, 64 (+4)]
   s.pm = o;    o += Align16(16 * (kChunk + 8) * 2);      // probabilities [16, 64 (+8)] bf16
   s.pids = o;  o += kPidWindow * 4;
-  s.jtab = o;  o += Align16(D / 2 * 4);                  // per retained channel pair: offset | bits | column
+  s.gtab = o;  o += Align16(kSvdqGroups * 4);              // per retained group: offset | bits | first index
   s.cj = o;    o += Align16(D * 4);                      // latent channel of each padded retained index
   s.state = o; o += 3 * 16 * 4;                          // m (log2 units), l, correction per query row
   s.total = o;
@@ -79,14 +78,14 @@ __device__ __forceinline__ float FastExp2(float x) {
   return y;
 }
 
-template <int D, int KS, int kMinBlocks>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) AttentionMmaKernel(SvdqAttentionParams p) {
+template <int D, int KS>
+__global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionParams p) {
   constexpr int NT = D / 32;  // 8-column tiles a warp owns: NH low ones, their NH partners D/2 higher
   constexpr int NH = NT / 2;
   constexpr int RV = D / 8;   // 16-byte pieces per value row
   extern __shared__ __align__(128) uint8_t smem[];
   const SvdqLayout& l = p.layout;
-  const int P = l.page_size, G = p.num_heads / p.kv_heads, r = l.retained, R2 = r / 2;
+  const int P = l.page_size, G = p.num_heads / p.kv_heads, r = l.retained;
   const int log2p = __ffs(P) - 1;
   const MmaSmem s = PlanSmem(l, D, G, KS);
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
@@ -97,7 +96,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) AttentionMmaKernel(SvdqA
   float* sp = reinterpret_cast<float*>(smem + s.sp);
   __nv_bfloat16* pm = reinterpret_cast<__nv_bfloat16*>(smem + s.pm);
   int* pids = reinterpret_cast<int*>(smem + s.pids);
-  int* jtab = reinterpret_cast<int*>(smem + s.jtab);
+  int* gtab = reinterpret_cast<int*>(smem + s.gtab);
   int* cj = reinterpret_cast<int*>(smem + s.cj);
   float* m_s = reinterpret_cast<float*>(smem + s.state);
   float* l_s = m_s + 16;
@@ -117,9 +116,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) AttentionMmaKernel(SvdqA
 
   // ---- Block setup: tables, zeroed pads, page ids, softmax state.
   for (int j = tid; j < KS * 16; j += kThreads) cj[j] = j < r ? device::RetainedChannel(l, j) : -1;
-  for (int jp = tid; jp < R2; jp += kThreads) {
-    const int c = device::RetainedChannel(l, 2 * jp), g = c / l.group_size;
-    jtab[jp] = l.group_offset[g] | (l.bits[g] << 16) | ((c - g * l.group_size) << 20);
+  int ngroups = 0;  // retained groups, in order: byte offset | bits << 16 | first retained index << 20
+  for (int g = 0; g < kSvdqGroups; ++g) {
+    if (l.bits[g] == 0) continue;
+    if (tid == 0) gtab[ngroups] = l.group_offset[g] | (l.bits[g] << 16) | (l.retained_before[g] << 20);
+    ++ngroups;
   }
   for (int idx = tid; idx < kChunk * (KS * 16 - r); idx += kThreads) {
     const int t = idx / (KS * 16 - r), c = r + idx % (KS * 16 - r);
@@ -270,39 +271,40 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) AttentionMmaKernel(SvdqA
     const uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
     const auto* vals = reinterpret_cast<const __nv_bfloat16*>(recs + s.recs_bytes);
 
-    // 1. Latents. A thread takes one token (lane = token, so the channel-pair table is a
-    //    broadcast and its loop uniform) and every other channel pair of it, four pairs of
-    //    loads in flight at a time; rows past n are garbage that the softmax masks.
+    // 1. Latents. A warp step takes one group's channel pairs for 32 / (group_size / 2)
+    //    consecutive tokens: lanes read consecutive code words and scale pairs (no bank
+    //    conflicts) and the group's offset and width are uniform; four steps in flight.
     if (paged) {
-      const int t = tid & (kChunk - 1);
-      const uint8_t* rec = recs + (t >> log2p) * l.page_bytes;
-      const int tok_codes = (t & (P - 1)) * l.group_size;
-      __half* zrow = zs + t * s.z_ld;
+      const int ppg = l.group_size / 2, tpi = 32 / ppg, steps_per_group = kChunk / tpi;
+      const int pp = lane % ppg, tsub = lane / ppg, total = ngroups * steps_per_group;
       const __half2 k1024 = __float2half2_rn(1024.f);
       constexpr int kUnroll = 4;
-      for (int jp0 = tid / kChunk; jp0 < R2; jp0 += 2 * kUnroll) {
+      for (int it0 = warp; it0 < total; it0 += kWarps * kUnroll) {
         uint32_t w0[kUnroll], w1[kUnroll], sh[kUnroll], bits[kUnroll];
+        int zoff[kUnroll];
         __half2 sc[kUnroll], zr[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int jp = min(jp0 + 2 * u, R2 - 1);  // a repeat of the last pair past the end: harmless
-          const int e = jtab[jp], go = e & 0xffff, cl = e >> 20;
+          const int it = min(it0 + u * kWarps, total - 1);  // a repeat of the last step past the end: harmless
+          const int gi = it / steps_per_group, t = (it - gi * steps_per_group) * tpi + tsub;
+          const int e = gtab[gi], go = e & 0xffff, j = (e >> 20) + 2 * pp;
           bits[u] = (e >> 16) & 0xf;
-          const int bit = (tok_codes + cl) * bits[u];
+          const uint8_t* rec = recs + (t >> log2p) * l.page_bytes;
+          const int bit = ((t & (P - 1)) * l.group_size + 2 * pp) * bits[u];
           const uint32_t* w = reinterpret_cast<const uint32_t*>(rec + go) + (bit >> 5);
           w0[u] = w[0];
           w1[u] = w[1];
           sh[u] = bit & 31;
-          sc[u] = *reinterpret_cast<const __half2*>(rec + l.scale_offset + 4 * jp);
-          zr[u] = *reinterpret_cast<const __half2*>(rec + l.zero_offset + 4 * jp);
+          sc[u] = *reinterpret_cast<const __half2*>(rec + l.scale_offset + 2 * j);
+          zr[u] = *reinterpret_cast<const __half2*>(rec + l.zero_offset + 2 * j);
+          zoff[u] = t * s.z_ld + j;
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int jp = jp0 + 2 * u;
           const uint32_t v = __funnelshift_r(w0[u], w1[u], sh[u]), mask = (1u << bits[u]) - 1u;
           const uint32_t packed = (v & mask) | (((v >> bits[u]) & mask) << 16) | 0x64006400u;  // 1024 + code, fp16
           const __half2 z = __hfma2(__hsub2(mma::AsHalf2(packed), k1024), sc[u], zr[u]);
-          if (jp < R2) *reinterpret_cast<__half2*>(zrow + 2 * jp) = z;
+          if (it0 + u * kWarps < total) *reinterpret_cast<__half2*>(zs + zoff[u]) = z;
         }
       }
     }
@@ -474,9 +476,7 @@ KernelFn PickKs(int ks) {
   if constexpr (KS > D / 16) {
     return nullptr;
   } else {
-    static const bool three = getenv("SVDQ_MMA_MIN_BLOCKS") && atoi(getenv("SVDQ_MMA_MIN_BLOCKS")) == 3;
-    if (ks == KS) return three ? AttentionMmaKernel<D, KS, 3> : AttentionMmaKernel<D, KS, 2>;
-    return PickKs<D, KS + 1>(ks);
+    return ks == KS ? AttentionMmaKernel<D, KS> : PickKs<D, KS + 1>(ks);
   }
 }
 

@@ -13,3 +13,10 @@ if [ -z "$SKIP_SANITIZER" ]; then
   timeout 180 compute-sanitizer --tool memcheck build-gpu/tests/gpu/svdq_gpu_tests --gtest_filter='SvdqKernels.AttentionAwkwardShapes' 2>&1 | tail -8 | tee $OUT/attention_memcheck.txt
 fi
 build-gpu/bench/svdq_attention_bench --json $OUT/attention_h200.json --date "$(date +%F)" "$@" 2>&1 | tee $OUT/attention_bench.txt
+if [ -n "$NCU" ]; then
+  ncu --clock-control none --kernel-name regex:AttentionMma --launch-skip 3 --launch-count 1 \
+    --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    --section Occupancy --section SchedulerStats \
+    build-gpu/bench/svdq_attention_bench --batch 32 --pages 16 --schedules "8,4,2,1,1,0,0,0" --iters 1 > $OUT/ncu_attention_mma_32x32k.txt 2>&1
+  grep -E "Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Issue Slots Busy|Registers Per|Achieved Occupancy|Stall|Warp Cycles Per Issued|No Eligible|Shared Memory" $OUT/ncu_attention_mma_32x32k.txt | head -40
+fi
