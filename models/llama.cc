@@ -125,6 +125,7 @@ void LlamaModel::InitRope() {
   at::Tensor emb2 = at::cat({ang, ang}, -1);
   rope_cos_ = emb2.cos().to(device_);
   rope_sin_ = emb2.sin().to(device_);
+  rope_inv_freq_ = inv.to(at::kFloat).contiguous().to(device_);
 }
 
 void LlamaModel::FillWeights(const WeightGetter& get, bool fresh) {

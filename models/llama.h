@@ -76,6 +76,8 @@ class LlamaModel {
   // The RoPE tables, [max_context, head_dim] fp32 (rotate-half, halves duplicated).
   const at::Tensor& rope_cos() const { return rope_cos_; }
   const at::Tensor& rope_sin() const { return rope_sin_; }
+  // The frequencies the tables are built from, [head_dim / 2] fp32 (after RoPE scaling).
+  const at::Tensor& rope_inv_freq() const { return rope_inv_freq_; }
 
  private:
   LlamaModel() = default;
@@ -100,6 +102,7 @@ class LlamaModel {
   at::Tensor tok_embd_, output_norm_, output_;
   std::vector<LayerWeights> layers_;
   at::Tensor rope_cos_, rope_sin_;  // [max_context, head_dim], fp32
+  at::Tensor rope_inv_freq_;        // [head_dim / 2], fp32
   int64_t weight_bytes_ = 0;
   ForwardCapture* capture_ = nullptr;
 };

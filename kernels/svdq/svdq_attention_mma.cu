@@ -83,6 +83,9 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
   constexpr int NT = D / 32;  // 8-column tiles a warp owns: NH low ones, their NH partners D/2 higher
   constexpr int NH = NT / 2;
   constexpr int RV = D / 8;   // 16-byte pieces per value row
+  constexpr int kGs = D / 8;  // latent channels per group
+  constexpr int kPpg = kGs / 2, kTpi = 32 / kPpg;      // dequantization: pairs per token, tokens per warp step
+  constexpr int kTokSteps = kChunk / kTpi / kWarps;    // warp steps per group and chunk
   extern __shared__ __align__(128) uint8_t smem[];
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, G = p.num_heads / p.kv_heads, r = l.retained;
@@ -90,6 +93,8 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
   const MmaSmem s = PlanSmem(l, D, G, KS);
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
+  const int dq_pair = lane % kPpg, dq_tok = lane / kPpg;
+  const __half2 k1024 = __float2half2_rn(1024.f);
   auto gtile = [&](int lt) { return lt < NH ? warp * NH + lt : D / 16 + warp * NH + (lt - NH); };
 
   __half* zs = reinterpret_cast<__half*>(smem + s.z);
@@ -207,34 +212,34 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
       }
   }
 
-  // ---- Staging of chunk c into its stage: key records and values (rows past n zero).
+  // ---- Staging of chunk c into its stage: key records (a warp per page) and values (a
+  //      thread per 16-byte column piece, rows 128 / RV apart; rows past n zero).
+  constexpr int kRowStep = kThreads / RV;
+  const int v_row0 = tid / RV, v_piece = tid % RV;
   auto issue = [&](int c) {
     uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
-    auto* vals = reinterpret_cast<__nv_bfloat16*>(recs + s.recs_bytes);
+    auto* vals = reinterpret_cast<__nv_bfloat16*>(recs + s.recs_bytes) + v_row0 * (D + 8) + v_piece * 8;
     if (c < page_chunks) {
       const int pg0 = first + c * ppc, npg = min(ppc, last - pg0), n = npg * P;
+      const int* pid_c = pids + (pg0 - win0);
       const int rv = l.page_bytes / 16;
-      for (int idx = tid; idx < npg * rv; idx += kThreads) {
-        const int k = idx / rv, piece = idx - k * rv;
-        const int64_t pid = pids[pg0 - win0 + k];
-        mma::CpAsync16(recs + idx * 16, p.key_pages + (pid * p.kv_heads + h) * l.page_bytes + piece * 16, 16);
+      for (int k = warp; k < npg; k += kWarps) {
+        const uint8_t* src = p.key_pages + (static_cast<int64_t>(pid_c[k]) * p.kv_heads + h) * l.page_bytes;
+        for (int piece = lane; piece < rv; piece += 32) mma::CpAsync16(recs + k * l.page_bytes + piece * 16, src + piece * 16, 16);
       }
-      for (int idx = tid; idx < kChunk * RV; idx += kThreads) {
-        const int t = idx / RV, piece = idx % RV;
+#pragma unroll
+      for (int k = 0; k < kChunk / kRowStep; ++k) {
+        const int t = v_row0 + k * kRowStep;
         const uint16_t* src = p.value_pages;
-        int bytes = 0;
-        if (t < n) {
-          const int64_t pid = pids[pg0 - win0 + (t >> log2p)];
-          src = p.value_pages + ((pid * p.kv_heads + h) * P + (t & (P - 1))) * D + piece * 8;
-          bytes = 16;
-        }
-        mma::CpAsync16(vals + t * (D + 8) + piece * 8, src, bytes);
+        if (t < n) src += ((static_cast<int64_t>(pid_c[t >> log2p]) * p.kv_heads + h) * P + (t & (P - 1))) * D + v_piece * 8;
+        mma::CpAsync16(vals + k * kRowStep * (D + 8), src, t < n ? 16 : 0);
       }
     } else {
-      const uint16_t* tv = p.tail_values + bh * P * D;
-      for (int idx = tid; idx < kChunk * RV; idx += kThreads) {
-        const int t = idx / RV, piece = idx % RV;
-        mma::CpAsync16(vals + t * (D + 8) + piece * 8, t < tail ? tv + t * D + piece * 8 : tv, t < tail ? 16 : 0);
+      const uint16_t* tv = p.tail_values + bh * P * D + v_piece * 8;
+#pragma unroll
+      for (int k = 0; k < kChunk / kRowStep; ++k) {
+        const int t = v_row0 + k * kRowStep;
+        mma::CpAsync16(vals + k * kRowStep * (D + 8), t < tail ? tv + t * D : tv, t < tail ? 16 : 0);
       }
     }
   };
@@ -271,40 +276,40 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
     const uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
     const auto* vals = reinterpret_cast<const __nv_bfloat16*>(recs + s.recs_bytes);
 
-    // 1. Latents. A warp step takes one group's channel pairs for 32 / (group_size / 2)
-    //    consecutive tokens: lanes read consecutive code words and scale pairs (no bank
-    //    conflicts) and the group's offset and width are uniform; four steps in flight.
+    // 1. Latents. Lanes take (token, channel pair) with kPpg pairs of a group per token and
+    //    kTpi consecutive tokens per warp step, so that a step reads consecutive code words
+    //    and scale pairs (no bank conflicts); the warp's tokens and their record offsets are
+    //    fixed per chunk, and each group's offset and width are uniform.
     if (paged) {
-      const int ppg = l.group_size / 2, tpi = 32 / ppg, steps_per_group = kChunk / tpi;
-      const int pp = lane % ppg, tsub = lane / ppg, total = ngroups * steps_per_group;
-      const __half2 k1024 = __float2half2_rn(1024.f);
-      constexpr int kUnroll = 4;
-      for (int it0 = warp; it0 < total; it0 += kWarps * kUnroll) {
-        uint32_t w0[kUnroll], w1[kUnroll], sh[kUnroll], bits[kUnroll];
-        int zoff[kUnroll];
-        __half2 sc[kUnroll], zr[kUnroll];
+      int rec_off[kTokSteps], code_idx[kTokSteps], z_off[kTokSteps];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int it = min(it0 + u * kWarps, total - 1);  // a repeat of the last step past the end: harmless
-          const int gi = it / steps_per_group, t = (it - gi * steps_per_group) * tpi + tsub;
-          const int e = gtab[gi], go = e & 0xffff, j = (e >> 20) + 2 * pp;
-          bits[u] = (e >> 16) & 0xf;
-          const uint8_t* rec = recs + (t >> log2p) * l.page_bytes;
-          const int bit = ((t & (P - 1)) * l.group_size + 2 * pp) * bits[u];
-          const uint32_t* w = reinterpret_cast<const uint32_t*>(rec + go) + (bit >> 5);
-          w0[u] = w[0];
-          w1[u] = w[1];
-          sh[u] = bit & 31;
-          sc[u] = *reinterpret_cast<const __half2*>(rec + l.scale_offset + 2 * j);
-          zr[u] = *reinterpret_cast<const __half2*>(rec + l.zero_offset + 2 * j);
-          zoff[u] = t * s.z_ld + j;
+      for (int k = 0; k < kTokSteps; ++k) {
+        const int t = (warp + kWarps * k) * kTpi + dq_tok;
+        rec_off[k] = (t >> log2p) * l.page_bytes;
+        code_idx[k] = (t & (P - 1)) * kGs + 2 * dq_pair;
+        z_off[k] = t * s.z_ld + 2 * dq_pair;
+      }
+      for (int gi = 0; gi < ngroups; ++gi) {
+        const int e = gtab[gi], go = e & 0xffff, bits = (e >> 16) & 0xf, rb = e >> 20;
+        const int soff = l.scale_offset + 2 * (rb + 2 * dq_pair), zoff = l.zero_offset + 2 * (rb + 2 * dq_pair);
+        const uint32_t mask = (1u << bits) - 1u, mask_hi = mask << 16;
+        uint32_t w0[kTokSteps], w1[kTokSteps], sh[kTokSteps];
+        __half2 sc[kTokSteps], zr[kTokSteps];
+#pragma unroll
+        for (int k = 0; k < kTokSteps; ++k) {
+          const int bit = code_idx[k] * bits;
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(recs + rec_off[k] + go) + (bit >> 5);
+          w0[k] = w[0];
+          w1[k] = w[1];
+          sh[k] = bit & 31;
+          sc[k] = *reinterpret_cast<const __half2*>(recs + rec_off[k] + soff);
+          zr[k] = *reinterpret_cast<const __half2*>(recs + rec_off[k] + zoff);
         }
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const uint32_t v = __funnelshift_r(w0[u], w1[u], sh[u]), mask = (1u << bits[u]) - 1u;
-          const uint32_t packed = (v & mask) | (((v >> bits[u]) & mask) << 16) | 0x64006400u;  // 1024 + code, fp16
-          const __half2 z = __hfma2(__hsub2(mma::AsHalf2(packed), k1024), sc[u], zr[u]);
-          if (it0 + u * kWarps < total) *reinterpret_cast<__half2*>(zs + zoff[u]) = z;
+        for (int k = 0; k < kTokSteps; ++k) {
+          const uint32_t v = __funnelshift_r(w0[k], w1[k], sh[k]);
+          const uint32_t packed = (v & mask) | ((v << (16 - bits)) & mask_hi) | 0x64006400u;  // 1024 + code, fp16
+          *reinterpret_cast<__half2*>(zs + z_off[k] + rb) = __hfma2(__hsub2(mma::AsHalf2(packed), k1024), sc[k], zr[k]);
         }
       }
     }
@@ -495,7 +500,7 @@ size_t SmemBytes(const SvdqAttentionParams& p) {
 
 bool SvdqAttentionMmaSupported(const SvdqAttentionParams& p) {
   const SvdqLayout& l = p.layout;
-  if (!p.rope_inv_freq || l.retained <= 0 || l.retained % 2 != 0 || l.group_size % 2 != 0) return false;
+  if (!p.rope_inv_freq || l.retained <= 0 || l.retained % 2 != 0 || l.group_size * 8 != l.width) return false;
   if (l.page_size < 1 || l.page_size > kChunk || kChunk % l.page_size != 0 || l.page_bytes % 16 != 0) return false;
   if (l.page_bytes >= (1 << 16) || p.num_heads / p.kv_heads > 16 || !Pick(p)) return false;
   return SmemBytes(p) <= 227 * 1024;

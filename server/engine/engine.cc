@@ -217,6 +217,7 @@ void Engine::Load() {
   spec.dtype = dtype;
   spec.rope_cos = m.model->rope_cos();
   spec.rope_sin = m.model->rope_sin();
+  spec.rope_inv_freq = m.model->rope_inv_freq();
   uint64_t basis_identity = 0;
   if (modes.key == kv::KeyMode::kSvdq) {
     // The calibrated basis: required for the calibrated source, the short-prompt fallback

@@ -583,10 +583,12 @@ at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::v
   p.tail_len = t.tail_len.data_ptr<int32_t>();
   p.rope_cos = sp.rope_cos.data_ptr<float>();
   p.rope_sin = sp.rope_sin.data_ptr<float>();
+  if (sp.rope_inv_freq.defined()) p.rope_inv_freq = sp.rope_inv_freq.data_ptr<float>();
   p.out = out.data_ptr<float>();
   at::Tensor ws;
-  if (t.max_pages > 64) {
-    p.pages_per_split = 32;
+  static const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, p.max_pages, static_cast<int>(P), num_sms);
+  if (p.pages_per_split > 0) {
     ws = at::empty({static_cast<int64_t>(kernels::SvdqAttentionWorkspaceFloats(p))}, q.options().dtype(at::kFloat));
     p.workspace = ws.data_ptr<float>();
   }

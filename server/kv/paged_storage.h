@@ -35,6 +35,7 @@ struct StorageSpec {
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
   at::Tensor rope_cos, rope_sin;  // [max_pos, head_dim] fp32 on the device (the model's)
+  at::Tensor rope_inv_freq;       // [head_dim / 2] fp32 on the device, optional: the SVDq kernel's rotations
   // svdq: the calibrated basis per layer (mean [U, W], vectors [U, W, W], fp32); required
   // for the calibrated source, the fallback for short prompts with the prefill source.
   std::vector<at::Tensor> calibrated_mean, calibrated_vectors;

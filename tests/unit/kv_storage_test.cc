@@ -49,14 +49,14 @@ struct Seq {
 };
 
 struct Tables {
-  at::Tensor cos, sin;
+  at::Tensor cos, sin, inv_freq;
 };
 
 Tables Rope(at::Device d) {
   at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, kDim, 2, at::kFloat) / static_cast<double>(kDim));
   at::Tensor ang = at::outer(at::arange(0, 256, at::kFloat), inv);
   at::Tensor emb = at::cat({ang, ang}, -1);
-  return {emb.cos().to(d), emb.sin().to(d)};
+  return {emb.cos().to(d), emb.sin().to(d), inv.to(d)};
 }
 
 // Keys with a decaying spectrum in a random basis plus a mean: what SVDq is built for.
@@ -91,6 +91,7 @@ double RunCase(const Case& c, at::Device device, at::ScalarType dtype) {
   spec.dtype = dtype;
   spec.rope_cos = rope.cos;
   spec.rope_sin = rope.sin;
+  spec.rope_inv_freq = rope.inv_freq;  // the SVDq attention kernel's rotations (the mma kernel)
   PagedKvStorage storage(spec);
 
   std::vector<Seq> seqs(2);
