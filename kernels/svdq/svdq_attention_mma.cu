@@ -51,23 +51,23 @@ __host__ __device__ constexpr int Align16(int x) { return (x + 15) / 16 * 16; }
 struct MmaSmem {
   int recs_bytes;   // one stage's key records (padded: the code reader may touch one word past)
   int stage_bytes;  // records + values [64, D + 8] bf16
-  int vt_ld;        // halves per row of V_r^T
-  int vt, qbuf, qorig, mean, pids, gtab, cj, total;
+  int z_ld;         // halves per Z row
+  int z, sp, pm, pids, gtab, cj, state, total;
 };
 
 __host__ __device__ inline MmaSmem PlanSmem(const SvdqLayout& l, int D, int G, int ks) {
   MmaSmem s{};
   s.recs_bytes = Align16((kChunk / l.page_size) * l.page_bytes + 16);
   s.stage_bytes = s.recs_bytes + kChunk * (D + 8) * 2;
-  s.vt_ld = ks * 16 + 8;
+  s.z_ld = ks * 16 + 8;
   int o = kStages * s.stage_bytes;
-  s.vt = o;    o += Align16(D * s.vt_ld * 2);        // V_r^T as [column, retained index] fp16
-  s.qbuf = o;  o += Align16(2 * 16 * (D + 8) * 2);   // rotated q of two chunks [2, 16, D (+8)] fp16
-  s.qorig = o; o += Align16(G * D * 4);              // q * sm_scale * log2(e), fp32
-  s.mean = o;  o += Align16(D * 4);
+  s.z = o;     o += Align16(kChunk * s.z_ld * 2);        // Z [64, ks*16 (+8)] fp16
+  s.sp = o;    o += Align16(kWarps * G * (kChunk + 4) * 4);  // partial scores [warp, G, 64 (+4)]
+  s.pm = o;    o += Align16(16 * (kChunk + 8) * 2);      // probabilities [16, 64 (+8)] bf16
   s.pids = o;  o += kPidWindow * 4;
-  s.gtab = o;  o += Align16(kSvdqGroups * 4);        // per retained group: offset | bits | first index
-  s.cj = o;    o += Align16(D * 4);                  // latent channel of each padded retained index
+  s.gtab = o;  o += Align16(kSvdqGroups * 4);              // per retained group: offset | bits | first index
+  s.cj = o;    o += Align16(D * 4);                      // latent channel of each padded retained index
+  s.state = o; o += 3 * 16 * 4;                          // m (log2 units), l, correction per query row
   s.total = o;
   return s;
 }
@@ -80,10 +80,12 @@ __device__ __forceinline__ float FastExp2(float x) {
 
 template <int D, int KS>
 __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionParams p) {
-  constexpr int NC = D / 32;   // column groups: low tiles 2cg, 2cg+1 and their partners D/2 higher
-  constexpr int NT = D / 8;    // 8-column tiles of the output
-  constexpr int RV = D / 8;    // 16-byte pieces per value row
-  constexpr int kGs = D / 8;   // latent channels per group
+  constexpr int NT = D / 32;  // 8-column tiles a warp owns: NH low ones, their NH partners D/2 higher
+  constexpr int NH = NT / 2;
+  constexpr int RV = D / 8;   // 16-byte pieces per value row
+  constexpr int kGs = D / 8;  // latent channels per group
+  constexpr int kPpg = kGs / 2, kTpi = 32 / kPpg;      // dequantization: pairs per token, tokens per warp step
+  constexpr int kTokSteps = kChunk / kTpi / kWarps;    // warp steps per group and chunk
   extern __shared__ __align__(128) uint8_t smem[];
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, G = p.num_heads / p.kv_heads, r = l.retained;
@@ -91,15 +93,19 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
   const MmaSmem s = PlanSmem(l, D, G, KS);
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
+  const int dq_pair = lane % kPpg, dq_tok = lane / kPpg;
   const __half2 k1024 = __float2half2_rn(1024.f);
+  auto gtile = [&](int lt) { return lt < NH ? warp * NH + lt : D / 16 + warp * NH + (lt - NH); };
 
-  __half* vt = reinterpret_cast<__half*>(smem + s.vt);
-  __half* qbuf = reinterpret_cast<__half*>(smem + s.qbuf);
-  float* qorig = reinterpret_cast<float*>(smem + s.qorig);
-  float* mean_s = reinterpret_cast<float*>(smem + s.mean);
+  __half* zs = reinterpret_cast<__half*>(smem + s.z);
+  float* sp = reinterpret_cast<float*>(smem + s.sp);
+  __nv_bfloat16* pm = reinterpret_cast<__nv_bfloat16*>(smem + s.pm);
   int* pids = reinterpret_cast<int*>(smem + s.pids);
   int* gtab = reinterpret_cast<int*>(smem + s.gtab);
   int* cj = reinterpret_cast<int*>(smem + s.cj);
+  float* m_s = reinterpret_cast<float*>(smem + s.state);
+  float* l_s = m_s + 16;
+  float* corr_s = m_s + 32;
 
   const int np = p.num_pages[b];
   const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
@@ -113,7 +119,7 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
   const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * p.kv_heads + h;
   const int64_t table_row = static_cast<int64_t>(b) * p.max_pages;
 
-  // ---- Block setup: tables, V_r^T, mean, q, page ids.
+  // ---- Block setup: tables, zeroed pads, page ids, softmax state.
   for (int j = tid; j < KS * 16; j += kThreads) cj[j] = j < r ? device::RetainedChannel(l, j) : -1;
   int ngroups = 0;  // retained groups, in order: byte offset | bits << 16 | first retained index << 20
   for (int g = 0; g < kSvdqGroups; ++g) {
@@ -121,69 +127,90 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
     if (tid == 0) gtab[ngroups] = l.group_offset[g] | (l.bits[g] << 16) | (l.retained_before[g] << 20);
     ++ngroups;
   }
-  {
-    const float* mean = p.mean + brow * D;
-    const auto* qg = reinterpret_cast<const __nv_bfloat16*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h * G) * D;
-    const float qs = p.sm_scale * kLog2e;
-    for (int i = tid; i < D; i += kThreads) mean_s[i] = mean[i];
-    for (int i = tid; i < G * D; i += kThreads) qorig[i] = __bfloat162float(qg[i]) * qs;
-    for (int i = tid; i < 2 * 16 * (D + 8); i += kThreads) qbuf[i] = __float2half(0.f);  // rows >= G stay zero
+  for (int idx = tid; idx < kChunk * (KS * 16 - r); idx += kThreads) {
+    const int t = idx / (KS * 16 - r), c = r + idx % (KS * 16 - r);
+    zs[t * s.z_ld + c] = __float2half(0.f);
+  }
+  for (int idx = tid; idx < 16 * (kChunk + 8); idx += kThreads) pm[idx] = __float2bfloat16(0.f);
+  if (tid < 16) {
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.f;
+    corr_s[tid] = 1.f;
   }
   int win0 = first;  // page index held by pids[0]
   for (int i = tid; i < min(nfull, kPidWindow); i += kThreads) pids[i] = p.page_table[table_row + first + i];
   __syncthreads();
-  {
-    const float* basis = p.basis + brow * D * D;  // B[k = j][n = i] = basis[i][c_j]
-    for (int idx = tid; idx < D * KS * 16; idx += kThreads) {
-      const int i = idx / (KS * 16), j = idx - i * (KS * 16);
-      vt[i * s.vt_ld + j] = __float2half(cj[j] >= 0 ? basis[i * D + cj[j]] : 0.f);
-    }
-  }
 
-  // R_d for this thread's two tokens (d = 16 warp + g8, + 8) and the frequencies of its
-  // accumulator columns, as fp16 pairs: [column group][token half][low tile].
-  uint32_t dcos[NC][2][2], dsin[NC][2][2];
-#pragma unroll
-  for (int cg = 0; cg < NC; ++cg)
-#pragma unroll
-    for (int tt = 0; tt < 2; ++tt) {
-      const int i = (2 * cg + tt) * 8 + 2 * q4;
-      const float th0 = p.rope_inv_freq[i], th1 = p.rope_inv_freq[i + 1];
-#pragma unroll
-      for (int rs = 0; rs < 2; ++rs) {
-        const float d = static_cast<float>(16 * warp + g8 + 8 * rs);
-        float s0, c0, s1, c1;
-        sincosf(d * th0, &s0, &c0);
-        sincosf(d * th1, &s1, &c1);
-        dcos[cg][rs][tt] = mma::PackHalf2(c0, c1);
-        dsin[cg][rs][tt] = mma::PackHalf2(s0, s1);
-      }
-    }
-  // q rotated by -t0 (the chunk's first position) for one frequency per thread, advanced
-  // by 64 tokens a chunk; a thread writes rows tid / (D/2) + k (128 / (D/2)) of it.
-  const int qi = tid % (D / 2);
-  float qc, qsn, q64c, q64s;
+  // ---- Per-thread constants: V_r^T fragments, mean, q, rotations.
+  uint32_t bv[NT][KS][2];
+  float2 mean2[NT];
   {
-    const float th = p.rope_inv_freq[qi];
-    double a = static_cast<double>(first) * P * th;
-    a -= rint(a * 0.15915494309189535) * 6.283185307179586;
-    sincosf(static_cast<float>(a), &qsn, &qc);
-    sincosf(64.f * th, &q64s, &q64c);
-  }
-  auto write_q = [&](int c) {
-    __half* qb = qbuf + (c & 1) * 16 * (D + 8);
-    const bool paged = c < page_chunks;
-    for (int g = tid / (D / 2); g < G; g += kThreads / (D / 2)) {
-      const float x = qorig[g * D + qi], y = qorig[g * D + qi + D / 2];
-      qb[g * (D + 8) + qi] = __float2half(paged ? x * qc + y * qsn : x);
-      qb[g * (D + 8) + qi + D / 2] = __float2half(paged ? y * qc - x * qsn : y);
+    const float* basis = p.basis + brow * D * D;
+    const float* mean = p.mean + brow * D;
+#pragma unroll
+    for (int lt = 0; lt < NT; ++lt) {
+      const float* row = basis + (gtile(lt) * 8 + g8) * D;  // B[k = j][n = column] = basis[column][c_j]
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const int j0 = ks * 16 + 2 * q4;
+        auto v = [&](int j) { return cj[j] >= 0 ? row[cj[j]] : 0.f; };
+        bv[lt][ks][0] = mma::PackHalf2(v(j0), v(j0 + 1));
+        bv[lt][ks][1] = mma::PackHalf2(v(j0 + 8), v(j0 + 9));
+      }
+      const int i = gtile(lt) * 8 + 2 * q4;
+      mean2[lt] = make_float2(mean[i], mean[i + 1]);
     }
-    if (paged) {
-      const float c2 = qc * q64c - qsn * q64s;
-      qsn = qsn * q64c + qc * q64s;
-      qc = c2;
+  }
+  // q rows g8 and g8 + 8 at this thread's columns, with sm_scale * log2(e) folded in.
+  float qf[2][NT][2];
+  {
+    const auto* qg = reinterpret_cast<const __nv_bfloat16*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h * G) * D;
+    const float qs = p.sm_scale * kLog2e;
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs)
+#pragma unroll
+      for (int lt = 0; lt < NT; ++lt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int g = g8 + 8 * rs;
+          qf[rs][lt][e] = g < G ? __bfloat162float(qg[g * D + gtile(lt) * 8 + 2 * q4 + e]) * qs : 0.f;
+        }
+  }
+  auto pack_q = [&](const float (&v)[2][NT][2], uint32_t (&qa)[NH][4]) {
+#pragma unroll
+    for (int s2 = 0; s2 < NH; ++s2) {
+      qa[s2][0] = mma::PackHalf2(v[0][2 * s2][0], v[0][2 * s2][1]);
+      qa[s2][1] = mma::PackHalf2(v[1][2 * s2][0], v[1][2 * s2][1]);
+      qa[s2][2] = mma::PackHalf2(v[0][2 * s2 + 1][0], v[0][2 * s2 + 1][1]);
+      qa[s2][3] = mma::PackHalf2(v[1][2 * s2 + 1][0], v[1][2 * s2 + 1][1]);
     }
   };
+  // Rotation of the first chunk (angle t0 * theta, reduced in double) and of 64 tokens.
+  float cb[NH][2], sb[NH][2], c64[NH][2], s64[NH][2];
+  uint32_t dcos[4][2][NH], dsin[4][2][NH];  // R_d for d = 16 mt + g8 + 8 rs, as fp16 pairs
+#pragma unroll
+  for (int lt = 0; lt < NH; ++lt) {
+    float th[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      th[e] = p.rope_inv_freq[gtile(lt) * 8 + 2 * q4 + e];
+      double a = static_cast<double>(first) * P * th[e];
+      a -= rint(a * 0.15915494309189535) * 6.283185307179586;
+      sincosf(static_cast<float>(a), &sb[lt][e], &cb[lt][e]);
+      sincosf(64.f * th[e], &s64[lt][e], &c64[lt][e]);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs) {
+        const float d = static_cast<float>(16 * mt + g8 + 8 * rs);
+        float s0, c0, s1, c1;
+        sincosf(d * th[0], &s0, &c0);
+        sincosf(d * th[1], &s1, &c1);
+        dcos[mt][rs][lt] = mma::PackHalf2(c0, c1);
+        dsin[mt][rs][lt] = mma::PackHalf2(s0, s1);
+      }
+  }
 
   // ---- Staging of chunk c into its stage: key records (a warp per page) and values (a
   //      thread per 16-byte column piece, rows 128 / RV apart; rows past n zero).
@@ -227,245 +254,221 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
     __syncthreads();
   };
 
-  // Per-warp softmax state of rows g8 and g8 + 8 (log2 units; l is this thread's share).
-  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.f, 0.f};
   float o[NT][4];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+  for (int lt = 0; lt < NT; ++lt) o[lt][0] = o[lt][1] = o[lt][2] = o[lt][3] = 0.f;
 
-  if (nchunks > 0) {
-    write_q(0);
-    issue(0);
+#pragma unroll
+  for (int c = 0; c < kStages - 1; ++c) {
+    if (c < nchunks) issue(c);
+    mma::CpAsyncCommit();
   }
-  mma::CpAsyncCommit();
-  const int tok0 = 16 * warp + g8;  // this thread's tokens in a chunk: tok0, tok0 + 8
   for (int c = 0; c < nchunks; ++c) {
-    mma::CpAsyncWait<0>();
-    __syncthreads();  // chunk c and its q landed; every warp is done with chunk c - 1
-    if (c + 1 < nchunks) {
-      ensure_window(c + 1);
-      issue(c + 1);
-      write_q(c + 1);
+    mma::CpAsyncWait<kStages - 2>();
+    __syncthreads();  // chunk c landed; every warp is done with chunk c - 1
+    if (c + kStages - 1 < nchunks) {
+      ensure_window(c + kStages - 1);
+      issue(c + kStages - 1);
     }
     mma::CpAsyncCommit();
     const bool paged = c < page_chunks;
     const int n = paged ? min(ppc, last - (first + c * ppc)) * P : tail;
     const uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
     const auto* vals = reinterpret_cast<const __nv_bfloat16*>(recs + s.recs_bytes);
-    const __half* qb = qbuf + (c & 1) * 16 * (D + 8);
-    if (16 * warp >= n) continue;  // this warp's tokens are all past the end (no barrier below)
 
-    // 1. Latents of this thread's two tokens, straight into the A fragments of the rebuild:
-    //    za[ks] = Z[tokens][16 ks + 2 q4 (+1, +8, +9)].
-    uint32_t za[KS][4];
+    // 1. Latents. Lanes take (token, channel pair) with kPpg pairs of a group per token and
+    //    kTpi consecutive tokens per warp step, so that a step reads consecutive code words
+    //    and scale pairs (no bank conflicts); the warp's tokens and their record offsets are
+    //    fixed per chunk, and each group's offset and width are uniform.
     if (paged) {
-      const uint8_t* rec[2];
-      int code0[2];
+      int rec_off[kTokSteps], code_idx[kTokSteps], z_off[kTokSteps];
 #pragma unroll
-      for (int rs = 0; rs < 2; ++rs) {
-        const int t = tok0 + 8 * rs;
-        rec[rs] = recs + (t >> log2p) * l.page_bytes;
-        code0[rs] = (t & (P - 1)) * kGs;
+      for (int k = 0; k < kTokSteps; ++k) {
+        const int t = (warp + kWarps * k) * kTpi + dq_tok;
+        rec_off[k] = (t >> log2p) * l.page_bytes;
+        code_idx[k] = (t & (P - 1)) * kGs + 2 * dq_pair;
+        z_off[k] = t * s.z_ld + 2 * dq_pair;
       }
+      for (int gi = 0; gi < ngroups; ++gi) {
+        const int e = gtab[gi], go = e & 0xffff, bits = (e >> 16) & 0xf, rb = e >> 20;
+        const int soff = l.scale_offset + 2 * (rb + 2 * dq_pair), zoff = l.zero_offset + 2 * (rb + 2 * dq_pair);
+        const uint32_t mask = (1u << bits) - 1u, mask_hi = mask << 16;
+        uint32_t w0[kTokSteps], w1[kTokSteps], sh[kTokSteps];
+        __half2 sc[kTokSteps], zr[kTokSteps];
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
+        for (int k = 0; k < kTokSteps; ++k) {
+          const int bit = code_idx[k] * bits;
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(recs + rec_off[k] + go) + (bit >> 5);
+          w0[k] = w[0];
+          w1[k] = w[1];
+          sh[k] = bit & 31;
+          sc[k] = *reinterpret_cast<const __half2*>(recs + rec_off[k] + soff);
+          zr[k] = *reinterpret_cast<const __half2*>(recs + rec_off[k] + zoff);
+        }
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int gi = D == 128 ? ks : 2 * ks + hh;  // retained group of these columns
-          const int cl = D == 128 ? 8 * hh + 2 * q4 : 2 * q4;
-          if (gi >= ngroups) {
-            za[ks][2 * hh] = za[ks][2 * hh + 1] = 0u;
-            continue;
-          }
-          const int e = gtab[gi], go = e & 0xffff, bits = (e >> 16) & 0xf;
-          const int j = ks * 16 + 8 * hh + 2 * q4;
-          const uint32_t mask = (1u << bits) - 1u, mask_hi = mask << 16;
+        for (int k = 0; k < kTokSteps; ++k) {
+          const uint32_t v = __funnelshift_r(w0[k], w1[k], sh[k]);
+          const uint32_t packed = (v & mask) | ((v << (16 - bits)) & mask_hi) | 0x64006400u;  // 1024 + code, fp16
+          *reinterpret_cast<__half2*>(zs + z_off[k] + rb) = __hfma2(__hsub2(mma::AsHalf2(packed), k1024), sc[k], zr[k]);
+        }
+      }
+    }
+    __syncthreads();
+
+    // 2-4. Keys and partial scores, 16 tokens at a time.
+    uint32_t qa[NH][4];
+    if (paged) {
+      float qr[2][NT][2];
+#pragma unroll
+      for (int lt = 0; lt < NH; ++lt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float cs = cb[lt][e], sn = sb[lt][e];
 #pragma unroll
           for (int rs = 0; rs < 2; ++rs) {
-            const int bit = (code0[rs] + cl) * bits;
-            const uint32_t* w = reinterpret_cast<const uint32_t*>(rec[rs] + go) + (bit >> 5);
-            const uint32_t v = __funnelshift_r(w[0], w[1], bit & 31);
-            const uint32_t packed = (v & mask) | ((v << (16 - bits)) & mask_hi) | 0x64006400u;  // 1024 + code, fp16
-            const __half2 sc = *reinterpret_cast<const __half2*>(rec[rs] + l.scale_offset + 2 * j);
-            const __half2 zr = *reinterpret_cast<const __half2*>(rec[rs] + l.zero_offset + 2 * j);
-            za[ks][2 * hh + rs] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(packed), k1024), sc, zr));
+            const float x = qf[rs][lt][e], y = qf[rs][lt + NH][e];
+            qr[rs][lt][e] = x * cs + y * sn;
+            qr[rs][lt + NH][e] = y * cs - x * sn;
           }
+          cb[lt][e] = cs * c64[lt][e] - sn * s64[lt][e];
+          sb[lt][e] = sn * c64[lt][e] + cs * s64[lt][e];
         }
+      pack_q(qr, qa);
+    } else {
+      pack_q(qf, qa);  // the tail's keys are rotated already: unrotated q
     }
-
-    // 2-4. Keys of this warp's 16 tokens, four tiles at a time (two low, their partners),
-    //      rotated by R_d, scored against the chunk's rotated q.
-    float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-    for (int cg = 0; cg < NC; ++cg) {
-      uint32_t kb[4][2];  // [low0, low1, high0, high1][token half] as fp16 pairs
+    for (int mt = 0; mt < 4; ++mt) {
+      uint32_t kb[NT][2];  // B fragments of the score product: [tile][token half]
       if (paged) {
-        float acc[4][4];
+        float acc[NT][4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int tile = (u < 2 ? 0 : D / 16) + 2 * cg + (u & 1);
-          const float2 m2 = *reinterpret_cast<const float2*>(mean_s + tile * 8 + 2 * q4);
-          acc[u][0] = acc[u][2] = m2.x;
-          acc[u][1] = acc[u][3] = m2.y;
+        for (int lt = 0; lt < NT; ++lt) {
+          acc[lt][0] = acc[lt][2] = mean2[lt].x;
+          acc[lt][1] = acc[lt][3] = mean2[lt].y;
         }
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
-          uint32_t lo[4], hi[4];
-          const int row = (2 * cg + (lane >> 4)) * 8 + (lane & 7), col = ks * 16 + ((lane >> 3) & 1) * 8;
-          mma::LdMatrixX4(lo, vt + row * s.vt_ld + col);
-          mma::LdMatrixX4(hi, vt + (row + D / 2) * s.vt_ld + col);
-          mma::MmaF16(acc[0], za[ks], lo[0], lo[1]);
-          mma::MmaF16(acc[1], za[ks], lo[2], lo[3]);
-          mma::MmaF16(acc[2], za[ks], hi[0], hi[1]);
-          mma::MmaF16(acc[3], za[ks], hi[2], hi[3]);
+          uint32_t a[4];
+          mma::LdMatrixX4(a, zs + (mt * 16 + (lane & 15)) * s.z_ld + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+          for (int lt = 0; lt < NT; ++lt) mma::MmaF16(acc[lt], a, bv[lt][ks][0], bv[lt][ks][1]);
         }
 #pragma unroll
-        for (int tt = 0; tt < 2; ++tt)
+        for (int lt = 0; lt < NH; ++lt)
 #pragma unroll
           for (int rs = 0; rs < 2; ++rs) {
-            const __half2 x = __floats2half2_rn(acc[tt][2 * rs], acc[tt][2 * rs + 1]);
-            const __half2 y = __floats2half2_rn(acc[2 + tt][2 * rs], acc[2 + tt][2 * rs + 1]);
-            const __half2 cs = mma::AsHalf2(dcos[cg][rs][tt]), sn = mma::AsHalf2(dsin[cg][rs][tt]);
-            kb[tt][rs] = mma::AsU32(__hfma2(__hneg2(y), sn, __hmul2(x, cs)));
-            kb[2 + tt][rs] = mma::AsU32(__hfma2(x, sn, __hmul2(y, cs)));
+            const __half2 x = __floats2half2_rn(acc[lt][2 * rs], acc[lt][2 * rs + 1]);
+            const __half2 y = __floats2half2_rn(acc[lt + NH][2 * rs], acc[lt + NH][2 * rs + 1]);
+            const __half2 cs = mma::AsHalf2(dcos[mt][rs][lt]), sn = mma::AsHalf2(dsin[mt][rs][lt]);
+            kb[lt][rs] = mma::AsU32(__hfma2(__hneg2(y), sn, __hmul2(x, cs)));
+            kb[lt + NH][rs] = mma::AsU32(__hfma2(x, sn, __hmul2(y, cs)));
           }
       } else {
         const auto* tk = reinterpret_cast<const __nv_bfloat16*>(p.tail_keys) + bh * P * D;
 #pragma unroll
-        for (int u = 0; u < 4; ++u)
+        for (int lt = 0; lt < NT; ++lt)
 #pragma unroll
           for (int rs = 0; rs < 2; ++rs) {
-            const int t = tok0 + 8 * rs, tile = (u < 2 ? 0 : D / 16) + 2 * cg + (u & 1);
+            const int t = mt * 16 + g8 + 8 * rs;
             float2 k2 = make_float2(0.f, 0.f);
-            if (t < tail) k2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(tk + t * D + tile * 8 + 2 * q4));
-            kb[u][rs] = mma::PackHalf2(k2.x, k2.y);
+            if (t < tail) k2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(tk + t * D + gtile(lt) * 8 + 2 * q4));
+            kb[lt][rs] = mma::PackHalf2(k2.x, k2.y);
           }
       }
-      uint32_t qlo[4], qhi[4];
-      mma::LdMatrixX4(qlo, qb + (lane & 15) * (D + 8) + 16 * cg + (lane >> 4) * 8);
-      mma::LdMatrixX4(qhi, qb + (lane & 15) * (D + 8) + D / 2 + 16 * cg + (lane >> 4) * 8);
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs) {
-        mma::MmaF16(sacc[rs], qlo, kb[0][rs], kb[1][rs]);
-        mma::MmaF16(sacc[rs], qhi, kb[2][rs], kb[3][rs]);
+        float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int s2 = 0; s2 < NH; ++s2) mma::MmaF16(sc, qa[s2], kb[2 * s2][rs], kb[2 * s2 + 1][rs]);
+        const int t0 = mt * 16 + rs * 8 + 2 * q4;
+        if (g8 < G) *reinterpret_cast<float2*>(sp + (warp * G + g8) * (kChunk + 4) + t0) = make_float2(sc[0], sc[1]);
+        if (g8 + 8 < G) *reinterpret_cast<float2*>(sp + (warp * G + g8 + 8) * (kChunk + 4) + t0) = make_float2(sc[2], sc[3]);
       }
     }
+    __syncthreads();
 
-    // Online softmax over this warp's 16 tokens, rows g8 (sacc[.][0..1]) and g8 + 8 ([2..3]).
-    uint32_t pa[4];
-    bool rescale = false;
-    float corr[2];
+    // Online softmax: one warp per query row, two tokens per lane.
+    for (int g = warp; g < G; g += kWarps) {
+      const int t = 2 * lane;
+      float2 sum = make_float2(0.f, 0.f);
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      float sv[4];
-#pragma unroll
-      for (int tt = 0; tt < 2; ++tt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int t = 16 * warp + 8 * tt + 2 * q4 + e;
-          sv[2 * tt + e] = t < n ? sacc[tt][2 * hr + e] : -INFINITY;
-        }
-      float mx = fmaxf(fmaxf(sv[0], sv[1]), fmaxf(sv[2], sv[3]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_row[hr], mx);
-      corr[hr] = 1.f;
-      float pv[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int w = 0; w < kWarps; ++w) {
+        const float2 v = *reinterpret_cast<const float2*>(sp + (w * G + g) * (kChunk + 4) + t);
+        sum.x += v.x;
+        sum.y += v.y;
+      }
+      const float s0 = t < n ? sum.x : -INFINITY, s1 = t + 1 < n ? sum.y : -INFINITY;
+      const float m_old = m_s[g], m_new = fmaxf(m_old, WarpMax(fmaxf(s0, s1)));
+      float p0 = 0.f, p1 = 0.f, corr = 1.f;
       if (m_new != -INFINITY) {
-        corr[hr] = FastExp2(m_row[hr] - m_new);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) pv[k] = FastExp2(sv[k] - m_new);
+        p0 = FastExp2(s0 - m_new);
+        p1 = FastExp2(s1 - m_new);
+        corr = FastExp2(m_old - m_new);
       }
-      m_row[hr] = m_new;
-      rescale |= corr[hr] != 1.f;
-      const __nv_bfloat162 p0 = __floats2bfloat162_rn(pv[0], pv[1]), p1 = __floats2bfloat162_rn(pv[2], pv[3]);
-      // The rounded weights P V uses.
-      l_row[hr] = l_row[hr] * corr[hr] + __low2float(p0) + __high2float(p0) + __low2float(p1) + __high2float(p1);
-      pa[hr] = *reinterpret_cast<const uint32_t*>(&p0);      // tokens 2q4.. of tile 0
-      pa[2 + hr] = *reinterpret_cast<const uint32_t*>(&p1);  // tokens 8 + 2q4.. of tile 1
-    }
-    if (__any_sync(0xffffffffu, rescale)) {
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        o[t][0] *= corr[0];
-        o[t][1] *= corr[0];
-        o[t][2] *= corr[1];
-        o[t][3] *= corr[1];
+      const __nv_bfloat162 pb = __floats2bfloat162_rn(p0, p1);
+      *reinterpret_cast<__nv_bfloat162*>(pm + g * (kChunk + 8) + t) = pb;
+      const float ps = WarpSum(__low2float(pb) + __high2float(pb));  // the rounded weights P V uses
+      if (lane == 0) {
+        l_s[g] = l_s[g] * corr + ps;
+        m_s[g] = m_new;
+        corr_s[g] = corr;
       }
     }
-    // 5. O += P V over this warp's 16 tokens.
+    __syncthreads();
+
+    // 5. O = O * corr + P V.
+    {
+      const float c0 = g8 < G ? corr_s[g8] : 1.f, c1 = g8 + 8 < G ? corr_s[g8 + 8] : 1.f;
 #pragma unroll
-    for (int tp = 0; tp < NT / 2; ++tp) {
-      uint32_t bq[4];
-      mma::LdMatrixX4Trans(bq, vals + (16 * warp + (lane & 15)) * (D + 8) + (2 * tp + (lane >> 4)) * 8);
-      mma::MmaBf16(o[2 * tp], pa, bq[0], bq[1]);
-      mma::MmaBf16(o[2 * tp + 1], pa, bq[2], bq[3]);
+      for (int lt = 0; lt < NT; ++lt) {
+        o[lt][0] *= c0;
+        o[lt][1] *= c0;
+        o[lt][2] *= c1;
+        o[lt][3] *= c1;
+      }
+#pragma unroll
+      for (int ks = 0; ks < kChunk / 16; ++ks) {
+        uint32_t a[4];
+        mma::LdMatrixX4(a, pm + (lane & 15) * (kChunk + 8) + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int u = 0; u < NH; ++u) {
+          uint32_t bq[4];
+          const int tile = gtile(lane < 16 ? 2 * u : 2 * u + 1);
+          mma::LdMatrixX4Trans(bq, vals + (ks * 16 + (lane & 15)) * (D + 8) + tile * 8);
+          mma::MmaBf16(o[2 * u], a, bq[0], bq[1]);
+          mma::MmaBf16(o[2 * u + 1], a, bq[2], bq[3]);
+        }
+      }
     }
   }
   mma::CpAsyncWait<0>();
   __syncthreads();
 
-  // ---- Merge the four warps' states: M = max of the m's, O = sum 2^(m - M) O_w, same for l.
-  float* osum = reinterpret_cast<float*>(smem);      // [16, D], over the stages
-  float* wm = osum + 16 * D;                          // [warp, 16]
-  float* wl = wm + kWarps * 16;
-  for (int i = tid; i < 16 * D; i += kThreads) osum[i] = 0.f;
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    l_row[hr] += __shfl_xor_sync(0xffffffffu, l_row[hr], 1);
-    l_row[hr] += __shfl_xor_sync(0xffffffffu, l_row[hr], 2);
-    if (q4 == 0) {
-      wm[warp * 16 + g8 + 8 * hr] = m_row[hr];
-      wl[warp * 16 + g8 + 8 * hr] = l_row[hr];
-    }
-  }
-  __syncthreads();
-  float big_m[2], big_l[2];
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int g = g8 + 8 * hr;
-    float mm = -INFINITY, ll = 0.f;
-    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, wm[w * 16 + g]);
-    if (mm != -INFINITY)
-      for (int w = 0; w < kWarps; ++w)
-        if (wm[w * 16 + g] != -INFINITY) ll += wl[w * 16 + g] * FastExp2(wm[w * 16 + g] - mm);
-    big_m[hr] = mm;
-    big_l[hr] = ll;
-    const float f = (m_row[hr] == -INFINITY || g >= G) ? 0.f : FastExp2(m_row[hr] - mm);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      if (f == 0.f) break;
-      atomicAdd(osum + g * D + t * 8 + 2 * q4, o[t][2 * hr] * f);
-      atomicAdd(osum + g * D + t * 8 + 2 * q4 + 1, o[t][2 * hr + 1] * f);
-    }
-  }
-  __syncthreads();
-
   // ---- Result: normalized output, or this split's partial state for the merge kernel.
   const int splits = gridDim.z;
-  for (int idx = tid; idx < G * D; idx += kThreads) {
-    const int g = idx / D, i = idx - g * D;
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    const int g = g8 + 8 * rs;
+    if (g >= G) continue;
     const int64_t head = static_cast<int64_t>(b) * p.num_heads + h * G + g;
-    if (p.pages_per_split == 0) {
-      float ll = 0.f, mm = -INFINITY;
-      for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, wm[w * 16 + g]);
-      if (mm != -INFINITY)
-        for (int w = 0; w < kWarps; ++w)
-          if (wm[w * 16 + g] != -INFINITY) ll += wl[w * 16 + g] * FastExp2(wm[w * 16 + g] - mm);
-      p.out[head * D + i] = ll > 0.f ? osum[idx] / ll : 0.f;
-    } else {
-      p.workspace[(head * splits + split) * (D + 2) + i] = osum[idx];
+    const float inv = l_s[g] > 0.f ? 1.f / l_s[g] : 0.f;
+#pragma unroll
+    for (int lt = 0; lt < NT; ++lt) {
+      const int col = gtile(lt) * 8 + 2 * q4;
+      if (p.pages_per_split == 0) {
+        *reinterpret_cast<float2*>(p.out + head * D + col) = make_float2(o[lt][2 * rs] * inv, o[lt][2 * rs + 1] * inv);
+      } else {
+        float* ws = p.workspace + (head * splits + split) * (D + 2);
+        ws[col] = o[lt][2 * rs];
+        ws[col + 1] = o[lt][2 * rs + 1];
+      }
     }
   }
-  if (p.pages_per_split > 0 && q4 == 0 && warp == 0) {
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int g = g8 + 8 * hr;
-      if (g >= G) continue;
-      float* ws = p.workspace + ((static_cast<int64_t>(b) * p.num_heads + h * G + g) * splits + split) * (D + 2);
-      ws[D] = big_m[hr] == -INFINITY ? -INFINITY : big_m[hr] * kLn2;  // the merge works in natural-log units
-      ws[D + 1] = big_l[hr];
-    }
+  if (p.pages_per_split > 0 && tid < G) {
+    float* ws = p.workspace + ((static_cast<int64_t>(b) * p.num_heads + h * G + tid) * splits + split) * (D + 2);
+    ws[D] = m_s[tid] == -INFINITY ? -INFINITY : m_s[tid] * kLn2;  // the merge works in natural-log units
+    ws[D + 1] = l_s[tid];
   }
 }
 
