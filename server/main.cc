@@ -117,21 +117,28 @@ int main(int argc, char** argv) {
   sigwait(&sigs, &sig);
   std::cout << "svdq-server: signal " << sig << ", not accepting new requests; in-flight ones have "
             << cfg.shutdown_grace_seconds << " s to finish" << std::endl;
+  // Draining: the listener stays open so that load balancers read readiness NOT_SERVING
+  // while the calls in flight finish; new Generate calls get UNAVAILABLE. When they are all
+  // done, or the grace period ends, or a second signal comes, gRPC shuts down (cancelling
+  // what is left; each handler then cancels its sequence). The engine keeps stepping meanwhile.
   health->SetServingStatus(kServiceName, false);
-  // gRPC refuses new calls at once and waits for the running ones until the deadline, then
-  // cancels them (each handler then cancels its sequence). The engine keeps stepping
-  // meanwhile. A second signal ends everything at once.
-  std::atomic<bool> drained{false};
-  std::thread drain([&] {
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(cfg.shutdown_grace_seconds));
-    drained = true;
-  });
+  service.StartDraining();
+  const auto grace_end = std::chrono::steady_clock::now() + std::chrono::seconds(cfg.shutdown_grace_seconds);
   timespec tick{0, 100 * 1000 * 1000};
-  while (!drained) {
+  while (service.InFlightCount() > 0 && std::chrono::steady_clock::now() < grace_end) {
     if (sigtimedwait(&sigs, nullptr, &tick) > 0) {
       std::cout << "svdq-server: second signal, cancelling in-flight requests" << std::endl;
       engine.Stop();
+      break;
     }
+  }
+  std::atomic<bool> drained{false};
+  std::thread drain([&] {
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    drained = true;
+  });
+  while (!drained) {
+    if (sigtimedwait(&sigs, nullptr, &tick) > 0) engine.Stop();
   }
   drain.join();
   engine.Stop();

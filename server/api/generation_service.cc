@@ -1,17 +1,15 @@
 #include "server/api/generation_service.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 
 #include "models/chat_format.h"
 #include "models/tokenizer.h"
+#include "server/api/request_id.h"
 
 namespace svdq::api {
 namespace {
-
-std::atomic<uint64_t> g_request_counter{0};
 
 grpc::Status Invalid(const std::string& msg) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg); }
 
@@ -52,7 +50,8 @@ svdq::v1::FinishReason ToProto(engine::FinishReason r) {
 grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::Engine& engine, engine::Request* out) {
   const auto& cfg = engine.model_config();
   const auto& tok = engine.tokenizer();
-  out->id = in.request_id().empty() ? "req-" + std::to_string(++g_request_counter) : in.request_id();
+  if (!in.request_id().empty() && !ValidRequestId(in.request_id())) return Invalid(kRequestIdRule);
+  out->id = in.request_id().empty() ? NewRequestId() : in.request_id();
   switch (in.input_case()) {
     case svdq::v1::GenerateRequest::kText:
       if (in.text().empty()) return Invalid("input text is empty");
@@ -94,6 +93,9 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
   for (float pen : {s.presence_penalty(), s.frequency_penalty()})
     if (!std::isfinite(pen) || pen < -2 || pen > 2) return Invalid("presence_penalty and frequency_penalty must be in [-2, 2]");
   if (in.min_tokens() < 0) return Invalid("min_tokens must be >= 0");
+  if (n + in.min_tokens() > cfg.max_context)
+    return Invalid("prompt (" + std::to_string(n) + " tokens) plus min_tokens (" + std::to_string(in.min_tokens()) +
+                   ") exceeds the model's context of " + std::to_string(cfg.max_context) + " tokens");
   if (in.max_tokens() > 0 && in.min_tokens() > in.max_tokens()) return Invalid("min_tokens must not exceed max_tokens");
   if (in.stop_size() > kMaxStops) return Invalid("at most " + std::to_string(kMaxStops) + " stop strings");
   for (const auto& st : in.stop()) {
@@ -128,16 +130,20 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v1::GenerateRequest* req,
                                          grpc::ServerWriter<svdq::v1::GenerateResponse>* writer) {
+  if (const std::string e = proto::RequestError(*req); !e.empty()) return Invalid(e);
+  if (draining_)
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down; send the request to another replica");
   if (!engine_->ready()) return Unavailable();
   engine::Request er;
   grpc::Status st = ToEngineRequest(*req, *engine_, &er);
   if (!st.ok()) return st;
   // A request whose tokens could never fit in the KV cache is refused now, not queued forever.
-  const int64_t need = static_cast<int64_t>(er.prompt.size()) + std::max(1, er.max_tokens);
+  const int64_t need = static_cast<int64_t>(er.prompt.size()) + std::max({1, er.max_tokens, er.min_tokens});
   if (need > engine_->kv_capacity_tokens())
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         "the request needs " + std::to_string(need) + " tokens of KV cache; the server holds at most " +
-                            std::to_string(engine_->kv_capacity_tokens()) + " (shorten the prompt or max_tokens)");
+                            std::to_string(engine_->kv_capacity_tokens()) +
+                            " (shorten the prompt, max_tokens or min_tokens)");
   // The id is claimed (check and insert under one lock) before the engine sees the
   // request, and released only by the call that claimed it, however that call ends.
   const std::string id = er.id;
@@ -216,8 +222,22 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
   }
 }
 
-grpc::Status GenerationService::Abort(grpc::ServerContext*, const svdq::v1::AbortRequest* req,
-                                      svdq::v1::AbortResponse*) {
+size_t GenerationService::InFlightCount() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_flight_.size();
+}
+
+grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* ctx, const svdq::v1::AbortRequest* req,
+                                                   svdq::v1::AbortResponse*) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(DoAbort(*req));
+  return reactor;
+}
+
+grpc::Status GenerationService::DoAbort(const svdq::v1::AbortRequest& r) {
+  const svdq::v1::AbortRequest* req = &r;
+  if (const std::string e = proto::RequestError(r); !e.empty()) return Invalid(e);
+  if (!ValidRequestId(req->request_id())) return Invalid(kRequestIdRule);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = in_flight_.find(req->request_id());
   if (it == in_flight_.end())
@@ -227,8 +247,17 @@ grpc::Status GenerationService::Abort(grpc::ServerContext*, const svdq::v1::Abor
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationService::Tokenize(grpc::ServerContext*, const svdq::v1::TokenizeRequest* req,
-                                         svdq::v1::TokenizeResponse* out) {
+grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* ctx,
+                                                      const svdq::v1::TokenizeRequest* req,
+                                                      svdq::v1::TokenizeResponse* out) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(DoTokenize(*req, out));
+  return reactor;
+}
+
+grpc::Status GenerationService::DoTokenize(const svdq::v1::TokenizeRequest& r, svdq::v1::TokenizeResponse* out) {
+  const svdq::v1::TokenizeRequest* req = &r;
+  if (const std::string e = proto::RequestError(r); !e.empty()) return Invalid(e);
   if (!engine_->ready()) return Unavailable();
   std::string text;
   if (req->input_case() == svdq::v1::TokenizeRequest::kChat) {

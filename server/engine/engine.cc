@@ -513,7 +513,10 @@ void Engine::Impl::RunBatch() {
     if (room) {
       kv->Append(s->id, s->output.back());
     } else {
-      Finish(s, FinishReason::kError, "the KV cache cannot hold this sequence");
+      // Nothing else is left to give way: this sequence holds the whole cache. Its tokens so
+      // far were all sent; it ends at the length the cache allows (admission checked that
+      // the prompt, max_tokens and min_tokens fit, so only an unset max_tokens gets here).
+      Finish(s, FinishReason::kLength, "");
       running.remove_if([s](const std::unique_ptr<Sequence>& r) { return r.get() == s; });
     }
   }

@@ -188,3 +188,79 @@ def test_readiness_is_not_serving_while_the_model_loads(model_path, stubs):
         assert refused == grpc.StatusCode.UNAVAILABLE
     finally:
         assert s.stop() == 0
+
+
+def test_request_ids_are_bounded_and_never_echoed_long(cpu_server, stubs):
+    pb, pb_grpc = stubs
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        stub = pb_grpc.GenerationStub(ch)
+        with pytest.raises(grpc.RpcError) as e:  # the probe's 1 MB id: not RESOURCE_EXHAUSTED
+            stub.Abort(pb.AbortRequest(request_id="a" * 1_000_000), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request_id" in e.value.details() and len(e.value.details()) < 200
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Abort(pb.AbortRequest(request_id="caf\u00e9"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # 128 printable characters are fine: not in flight.
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Abort(pb.AbortRequest(request_id="~" * 128), timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        final = list(stub.Generate(pb.GenerateRequest(text="Hi", max_tokens=1, request_id="k" * 128), timeout=60))[-1]
+        assert final.final.finish_reason == pb.FINISH_REASON_LENGTH
+
+
+@pytest.fixture(scope="module")
+def small_cache_server(model_path):
+    s = Server(model_path, "cpu", extra=["--kv-cache-bytes", "3M"])
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+def test_unset_max_tokens_ends_with_length_when_the_cache_is_full(small_cache_server, stubs):
+    pb, pb_grpc = stubs
+    with grpc.insecure_channel(small_cache_server.addr) as ch:
+        stub = pb_grpc.GenerationStub(ch)
+        capacity = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).kv_capacity_tokens
+        assert 16 < capacity < 1000
+        ids, final = [], None
+        for resp in stub.Generate(pb.GenerateRequest(text="Hi", ignore_eos=True), timeout=120):
+            if resp.HasField("chunk"):
+                ids += list(resp.chunk.token_ids)
+            else:
+                final = resp.final
+        assert final.finish_reason == pb.FINISH_REASON_LENGTH and final.error == ""
+        assert final.usage.completion_tokens == len(ids)
+        # It went as far as the cache holds: the prompt and every token but the last are stored.
+        assert capacity - 16 < final.usage.prompt_tokens + final.usage.completion_tokens <= capacity + 1
+        # min_tokens that the cache cannot hold is refused up front, with max_tokens unset.
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Generate(pb.GenerateRequest(text="Hi", min_tokens=capacity), timeout=30))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "min_tokens" in e.value.details()
+
+
+def test_readiness_is_not_serving_while_in_flight_requests_drain(model_path, stubs):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    pb, pb_grpc = stubs
+    s = Server(model_path, "cpu", extra=["--shutdown-grace-seconds", "60"])
+    s.wait_ready()
+    first, result, t = stream_in_thread(stubs, s.addr, text="Once upon a time", max_tokens=150, ignore_eos=True)
+    assert first.wait(60)
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with grpc.insecure_channel(s.addr) as ch:
+        # The listener is still open: readiness says NOT_SERVING, liveness SERVING...
+        health = health_pb2_grpc.HealthStub(ch)
+        assert health.Check(health_pb2.HealthCheckRequest(service="svdq.v1.Generation"), timeout=5).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        # ...and a new Generate is turned away while the old one runs on.
+        with pytest.raises(grpc.RpcError) as e:
+            list(pb_grpc.GenerationStub(ch).Generate(pb.GenerateRequest(text="x", max_tokens=1), timeout=10))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in e.value.details()
+    assert t.is_alive()
+    t.join(120)
+    assert result["error"] is None and result["final"].finish_reason == pb.FINISH_REASON_LENGTH
+    assert len(result["ids"]) == 150
+    assert s.proc.wait(timeout=60) == 0

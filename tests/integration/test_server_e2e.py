@@ -90,6 +90,10 @@ def test_seeded_sampling_is_reproducible(cpu_server, stubs):
     (dict(text="hi", max_tokens=-1), "max_tokens"),
     (dict(text="hi", max_tokens=9000), "context"),
     (dict(token_ids=dict(ids=[1] * 8192)), "context"),
+    (dict(text="Hi", min_tokens=2147483647), "min_tokens"),
+    (dict(text="Hi", min_tokens=9000, max_tokens=0), "min_tokens"),
+    (dict(text="Hi", request_id="two words"), "request_id"),
+    (dict(text="Hi", request_id="x" * 129), "request_id"),
 ])
 def test_invalid_requests_are_rejected(cpu_server, stubs, req, fragment):
     with pytest.raises(grpc.RpcError) as e:
@@ -98,16 +102,26 @@ def test_invalid_requests_are_rejected(cpu_server, stubs, req, fragment):
     assert fragment in e.value.details()
 
 
-def test_invalid_utf8_is_rejected(cpu_server):
-    # Protobuf's Python runtime refuses to build a non-UTF-8 string field, so send the
-    # raw bytes: field 2 (text), length-delimited, "\xff\xfe".
-    raw = b"\x12\x02\xff\xfe"
+@pytest.mark.parametrize("method, raw, message", [
+    # Protobuf's Python runtime refuses to build a non-UTF-8 string field, so the raw bytes
+    # go out as they are. The probe's request: text (field 2) = ff fe fd, max_tokens = 4.
+    ("Generate", b"\x12\x03\xff\xfe\xfd\x28\x04", "svdq.v1.GenerateRequest.text is not valid UTF-8"),
+    # chat (7) -> messages (1) -> content (2) = "ok " + c3 (a truncated sequence).
+    ("Generate", b"\x3a\x0c\x0a\x0a\x0a\x04user\x12\x02o\xc3", "svdq.v1.ChatMessage.content is not valid UTF-8"),
+    ("Generate", b"\x12\x02hi\x42\x01\xff", "svdq.v1.GenerateRequest.stop is not valid UTF-8"),
+    ("Tokenize", b"\x0a\x02\xff\xfe", "svdq.v1.TokenizeRequest.text is not valid UTF-8"),
+    ("Abort", b"\x0a\x01\xff", "svdq.v1.AbortRequest.request_id is not valid UTF-8"),
+    ("Generate", b"\x12\x7fabc", "not a well-formed svdq.v1.GenerateRequest"),
+])
+def test_invalid_utf8_and_malformed_requests_are_invalid_argument(cpu_server, method, raw, message):
     with grpc.insecure_channel(cpu_server.addr) as ch:
-        call = ch.unary_stream("/svdq.v1.Generation/Generate", request_serializer=lambda b: b,
-                               response_deserializer=lambda b: b)
+        kind = ch.unary_stream if method == "Generate" else ch.unary_unary
+        call = kind(f"/svdq.v1.Generation/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b)
         with pytest.raises(grpc.RpcError) as e:
-            list(call(raw, timeout=30))
-    assert e.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)
+            r = call(raw, timeout=30)
+            list(r) if method == "Generate" else r
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in e.value.details()
     # Still serving afterwards.
     assert cpu_server.proc.poll() is None
 
