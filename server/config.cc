@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -24,7 +25,8 @@ bool ParseBytes(const std::string& v, int64_t* out) {
     double x = std::stod(v, &pos);
     std::string suffix = v.substr(pos);
     double mult = suffix.empty() ? 1 : suffix == "K" ? 1024.0 : suffix == "M" ? 1048576.0 : suffix == "G" ? 1073741824.0 : -1;
-    if (mult < 0 || x < 0) return false;
+    // NaN, infinities and counts past 2^62 would be an out-of-range cast to int64.
+    if (mult < 0 || !std::isfinite(x) || x < 0 || !(x * mult < 0x1p62)) return false;
     *out = static_cast<int64_t>(x * mult);
     return true;
   } catch (...) {
@@ -172,6 +174,13 @@ bool ParseConfig(int argc, char** argv, const std::string& default_model, Server
       *error = "unknown flag --" + name + " (see --help)";
       return false;
     }
+  }
+  // Every step gives each decoding sequence a token: with more running sequences than step
+  // tokens, decodes could take every step and starve the prompts already admitted.
+  if (cfg->max_running > cfg->max_batch_tokens) {
+    *error = "--max-running (" + std::to_string(cfg->max_running) + ") must not exceed --max-batch-tokens (" +
+             std::to_string(cfg->max_batch_tokens) + ")";
+    return false;
   }
   return true;
 }

@@ -59,6 +59,7 @@ struct Sequence {
   std::string stop_reason;
   int32_t preempted = 0;
   int32_t cached_tokens = 0;
+  bool in_queue_bound = true;  // counted in `queued` (until first admitted; preemption does not count)
 };
 
 const char* MetricReason(FinishReason r) {
@@ -126,7 +127,10 @@ struct Engine::Impl {
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
   void ReleaseLane(Sequence* s) {
-    if (s->lane >= 0) free_lanes.push_back(s->lane);
+    if (s->lane >= 0) {
+      free_lanes.push_back(s->lane);
+      if (storage) storage->ReleaseLane(s->lane);
+    }
     s->lane = -1;
   }
   // Frees the newest running sequence's cache and puts it back at the head of the queue,
@@ -429,7 +433,7 @@ void Engine::Impl::Step() {
   for (auto it = waiting.begin(); it != waiting.end();) {
     if ((*it)->stream->cancelled()) {
       Finish(it->get(), FinishReason::kCancelled, "");
-      --queued;
+      if ((*it)->in_queue_bound) --queued;
       it = waiting.erase(it);
     } else {
       ++it;
@@ -449,7 +453,8 @@ void Engine::Impl::Step() {
     if (metrics && s->preempted == 0) metrics->ObserveQueueTime(Seconds(s->arrival, Clock::now()));
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
-    --queued;  // the bound is on requests not yet running
+    if (s->in_queue_bound) --queued;  // the bound is on requests not yet admitted
+    s->in_queue_bound = false;
   }
   if (metrics) {
     metrics->SetRunning(static_cast<double>(running.size()));
@@ -480,8 +485,7 @@ bool Engine::Impl::PreemptNewest(const Sequence* keep) {
     s->prefilled = false;
     ++s->preempted;
     if (metrics) metrics->AddPreemption();
-    waiting.push_front(std::move(*it));
-    ++queued;
+    waiting.push_front(std::move(*it));  // not counted again against --max-waiting
     running.erase(std::next(it).base());
     return true;
   }
@@ -762,12 +766,13 @@ void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& e
     fin.kv_bytes_full = 2 * blocks * kv->block_size() * bf16_bytes_per_token;
   }
   fin.ttft_s = s->output.empty() ? 0 : Seconds(s->arrival, s->first_token);
-  fin.total_s = Seconds(s->arrival, now);
+  const double total_s = Seconds(s->arrival, now);
+  fin.total_s = total_s;
   s->stream->Push(std::move(fin));
   kv->Free(s->id);  // every block at once
   ReleaseLane(s);
   if (metrics) {
-    metrics->ObserveEndToEnd(fin.total_s);
+    metrics->ObserveEndToEnd(total_s);
     metrics->RequestFinished(MetricReason(reason));
   }
 }

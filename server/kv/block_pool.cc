@@ -44,6 +44,7 @@ BlockId BlockPool::Take() {
   Unlink(b);
   Forget(b);
   blocks_[b].refs = 1;
+  ++blocks_[b].generation;  // new contents: blocks registered after it no longer match
   return b;
 }
 
@@ -58,16 +59,18 @@ void BlockPool::Unref(BlockId b) {
   if (--k.refs == 0) PushBack(b);
 }
 
-BlockId BlockPool::Lookup(BlockHash h, const int32_t* tokens, int32_t n) const {
+BlockId BlockPool::Lookup(BlockHash h, BlockId parent, const int32_t* tokens, int32_t n) const {
   auto it = by_hash_.find(h);
   if (it == by_hash_.end()) return -1;
   const Block& k = blocks_[it->second];
   if (static_cast<int32_t>(k.tokens.size()) != n || std::memcmp(k.tokens.data(), tokens, n * sizeof(int32_t)) != 0)
     return -1;
+  // The same parent block, still holding what it held when this block was computed.
+  if (k.parent != parent || (parent >= 0 && blocks_[parent].generation != k.parent_generation)) return -1;
   return it->second;
 }
 
-void BlockPool::Register(BlockId b, BlockHash h, const int32_t* tokens, int32_t n) {
+void BlockPool::Register(BlockId b, BlockHash h, BlockId parent, const int32_t* tokens, int32_t n) {
   auto it = by_hash_.find(h);
   if (it != by_hash_.end() && it->second != b) {
     blocks_[it->second].hashed = false;  // the older block stays valid but is no longer found
@@ -78,6 +81,8 @@ void BlockPool::Register(BlockId b, BlockHash h, const int32_t* tokens, int32_t 
   k.hashed = true;
   k.hash = h;
   k.tokens.assign(tokens, tokens + n);
+  k.parent = parent;
+  k.parent_generation = parent >= 0 ? blocks_[parent].generation : 0;
   by_hash_[h] = b;
 }
 

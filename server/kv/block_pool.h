@@ -31,10 +31,14 @@ class BlockPool {
   // so that a later identical prefix can still find it.
   void Unref(BlockId b);
 
-  // The block registered under `h` whose tokens are `tokens`, or -1.
-  BlockId Lookup(BlockHash h, const int32_t* tokens, int32_t n) const;
-  // Registers a full block under its prefix hash (replacing any older block under it).
-  void Register(BlockId b, BlockHash h, const int32_t* tokens, int32_t n);
+  // The block registered under `h` whose tokens are `tokens` and whose parent is `parent`
+  // (-1 for a prefix's first block) as it was when the block was registered, or -1. The
+  // hash only finds a candidate; tokens and parent decide, so that a hash collision can never
+  // hand out keys and values computed under another prefix.
+  BlockId Lookup(BlockHash h, BlockId parent, const int32_t* tokens, int32_t n) const;
+  // Registers a full block under its prefix hash (replacing any older block under it), with
+  // the block before it in its sequence (-1 for the first).
+  void Register(BlockId b, BlockHash h, BlockId parent, const int32_t* tokens, int32_t n);
 
   // Empty if every invariant holds, else what is broken: the free list links, its
   // length against the free count, ref counts >= 0, and the hash index.
@@ -48,6 +52,9 @@ class BlockPool {
     bool hashed = false;
     BlockHash hash = 0;
     std::vector<int32_t> tokens;  // of a registered block, to reject hash collisions
+    uint64_t generation = 0;      // counts Takes: a block's contents are those of one generation
+    BlockId parent = -1;          // of a registered block, and that parent's generation then
+    uint64_t parent_generation = 0;
   };
   void Unlink(BlockId b);
   void PushBack(BlockId b);

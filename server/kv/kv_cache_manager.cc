@@ -16,7 +16,7 @@ std::vector<BlockId> KvCacheManager::PrefixHits(const std::vector<int32_t>& prom
   BlockHash h = 0;
   for (int32_t k = 0; k < max_blocks; ++k) {
     h = ChainHash(h, cfg_.mode_key, &prompt[k * bs], bs);
-    BlockId b = pool_.Lookup(h, &prompt[k * bs], bs);
+    BlockId b = pool_.Lookup(h, hits.empty() ? -1 : hits.back(), &prompt[k * bs], bs);
     if (b < 0) break;
     hits.push_back(b);
   }
@@ -74,7 +74,7 @@ void KvCacheManager::Commit(SeqId id, int32_t computed) {
   for (int32_t k = static_cast<int32_t>(s.hashes.size()); k < full; ++k) {
     h = ChainHash(h, cfg_.mode_key, &s.tokens[k * bs], bs);
     s.hashes.push_back(h);
-    pool_.Register(s.blocks[k], h, &s.tokens[k * bs], bs);
+    pool_.Register(s.blocks[k], h, k > 0 ? s.blocks[k - 1] : -1, &s.tokens[k * bs], bs);
   }
 }
 

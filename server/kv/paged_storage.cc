@@ -1,5 +1,6 @@
 #include "server/kv/paged_storage.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -131,6 +132,11 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
     }
   }
   lane_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
+}
+
+void PagedKvStorage::ReleaseLane(int lane) {
+  if (lane < 0 || lane >= spec_.lanes || lane_basis_set_.empty()) return;  // empty: no prefill bases in this mode
+  std::fill_n(lane_basis_set_.begin() + static_cast<size_t>(lane) * spec_.shape.layers, spec_.shape.layers, 0);
 }
 
 int64_t PagedKvStorage::bytes() const {

@@ -65,6 +65,13 @@ class PagedKvStorage {
   explicit PagedKvStorage(StorageSpec spec);
   const StorageSpec& spec() const { return spec_; }
   int32_t block_size() const { return spec_.shape.block_size; }
+  // A sequence left `lane`: its prefill bases no longer count as computed, so that the next
+  // sequence on the lane must compute its own (and cannot silently use the last one's).
+  void ReleaseLane(int lane);
+  // Whether `lane` holds a prefill basis for `layer` (for tests).
+  bool LaneHasBasis(int lane, int layer) const {
+    return lane_basis_set_[static_cast<size_t>(lane) * spec_.shape.layers + layer] != 0;
+  }
   int64_t bytes() const;  // every tensor allocated
   const kernels::SvdqLayout& layout() const { return layout_; }
 

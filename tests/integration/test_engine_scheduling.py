@@ -99,7 +99,7 @@ def test_prefix_cache_reuses_blocks_and_keeps_outputs(cpu_server, stubs, probe, 
 def test_batched_steps_and_chunked_prefill_keep_outputs(model_path, stubs, sequential):
     # A 5-token step budget: the four requests' decodes share one forward per step, and each
     # prompt is prefilled in chunks of at most 5 tokens (fewer while others decode).
-    s = Server(model_path, "cpu", extra=["--max-batch-tokens", "5"])
+    s = Server(model_path, "cpu", extra=["--max-batch-tokens", "5", "--max-running", "4"])
     try:
         s.wait_ready()
         before = scrape(s)
@@ -112,5 +112,42 @@ def test_batched_steps_and_chunked_prefill_keep_outputs(model_path, stubs, seque
         assert prefill_steps >= 4, prefill_steps
         # Steps advanced several sequences at once: fewer decode steps than decoded tokens.
         assert steps(m, "decode") - steps(before, "decode") < len(PROMPTS) * (N - 1)
+    finally:
+        s.stop()
+
+
+def test_preempted_sequences_do_not_fill_the_request_queue(model_path, stubs):
+    # The 48-token cache above and at most one waiting request: two requests of 45 tokens
+    # each run until the cache is full, then the newer is preempted and waits to be
+    # recomputed. That internal wait must not count against --max-waiting: a new request
+    # sent meanwhile is queued, not refused (before, it got RESOURCE_EXHAUSTED).
+    s = Server(model_path, "cpu", extra=["--kv-cache-bytes", "2300000", "--block-size", "4", "--max-waiting", "1"])
+    try:
+        s.wait_ready()
+        results, errors = {}, {}
+
+        def work(i, **req):
+            try:
+                results[i] = generate(stubs, s.addr, **req)[2]
+            except grpc.RpcError as e:
+                errors[i] = e.code()
+        threads = []
+        for i in range(2):
+            threads.append(threading.Thread(target=work, args=(i,), kwargs=dict(text=PROMPTS[i], max_tokens=40,
+                                                                                  ignore_eos=True)))
+            threads[-1].start()
+            deadline = time.time() + 60  # admitted (running) before the next one is sent
+            while scrape(s)["svdq_num_requests_running"] < i + 1 and time.time() < deadline:
+                time.sleep(0.01)
+        deadline = time.time() + 120
+        while scrape(s)["svdq_num_preemptions_total"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        assert scrape(s)["svdq_num_preemptions_total"] > 0, "the small cache should have forced a preemption"
+        work(2, text="Hi", max_tokens=2, ignore_eos=True)
+        for t in threads:
+            t.join(timeout=300)
+        assert errors == {}
+        assert all(results[i].finish_reason == 2 for i in range(3))  # LENGTH
+        wait_blocks_free(s)
     finally:
         s.stop()

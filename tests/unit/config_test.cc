@@ -46,6 +46,17 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
   EXPECT_NE(err.find("unknown flag"), std::string::npos);
   EXPECT_FALSE(Parse({"--port"}, &c, &err));
   EXPECT_FALSE(Parse({"stray"}, &c, &err));
+  // Byte counts: no NaN, infinity or count past 2^62 (an out-of-range cast before).
+  for (const char* bad : {"inf", "1e30", "nan", "-1", "1e18G", "5X"}) {
+    EXPECT_FALSE(Parse({"--kv-cache-bytes", bad}, &c, &err)) << bad;
+    EXPECT_NE(err.find("--kv-cache-bytes"), std::string::npos) << bad;
+  }
+  EXPECT_TRUE(Parse({"--kv-cache-bytes", "1.5G"}, &c, &err)) << err;
+  EXPECT_EQ(c.kv_cache_bytes, 1610612736);
+  // More running sequences than step tokens would let decodes starve admitted prompts.
+  EXPECT_FALSE(Parse({"--max-running", "64", "--max-batch-tokens", "32"}, &c, &err));
+  EXPECT_NE(err.find("--max-running"), std::string::npos);
+  EXPECT_TRUE(Parse({"--max-running", "32", "--max-batch-tokens", "32"}, &c, &err)) << err;
 }
 
 }  // namespace

@@ -82,6 +82,30 @@ TEST(KvCache, PrefixBlocksAreSharedAfterCommit) {
   EXPECT_INVARIANTS(m);
 }
 
+// A registered block is found only under the parent block it was computed after, and only
+// while that parent still holds the same contents: a hash collision, or a parent evicted and
+// reused, cannot hand out keys computed under another prefix. (Before, the hash and the
+// block's own tokens decided.)
+TEST(BlockPool, LookupChecksTheParentChain) {
+  BlockPool pool(4);
+  const std::vector<int32_t> t = Tokens(4, 100);
+  const BlockId parent = pool.Take(), child = pool.Take();
+  const BlockHash h = 0x1234;  // any hash: the same one stands for a collision
+  pool.Register(child, h, parent, t.data(), 4);
+  EXPECT_EQ(pool.Lookup(h, parent, t.data(), 4), child);
+  EXPECT_EQ(pool.Lookup(h, -1, t.data(), 4), -1);            // as a first block: another prefix
+  const BlockId other = pool.Take();
+  EXPECT_EQ(pool.Lookup(h, other, t.data(), 4), -1);         // under another parent
+  // The parent is freed, then taken again for something else: the child must not match it.
+  pool.Unref(parent);
+  EXPECT_EQ(pool.Lookup(h, parent, t.data(), 4), child);     // freed but intact: still valid
+  pool.Unref(other);
+  pool.Take();  // the free list is [never used, parent, other]: this takes the first...
+  ASSERT_EQ(pool.Take(), parent);  // ...and this one reuses the parent for new contents
+  EXPECT_EQ(pool.Lookup(h, parent, t.data(), 4), -1);
+  EXPECT_EQ(pool.CheckInvariants(), "");
+}
+
 TEST(KvCache, DifferentModesNeverShare) {
   KvCacheManager bf16({10, 4, true, 1});
   bf16.Allocate(1, Tokens(9, 0));

@@ -211,6 +211,38 @@ void RunAll(at::Device device, at::ScalarType dtype) {
 
 TEST(KvStorageCpu, EveryModeStoresWhatWasWritten) { RunAll(at::Device(at::kCPU), at::kFloat); }
 
+// A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
+// the lane cannot start past position 0 on them (before, the flag stayed set and such a
+// sequence would have been encoded with the previous one's basis, silently).
+TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
+  const Tables rope = Rope(at::Device(at::kCPU));
+  StorageSpec spec;
+  ASSERT_TRUE(ParseKeyMode("svdq", &spec.modes.key));
+  ASSERT_TRUE(ParseValueMode("bf16", &spec.modes.value));
+  ASSERT_TRUE(svdq::kernels::ParseSchedule("8,4,2,1,1,0,0,0", &spec.modes.schedule).ok());
+  spec.shape = {kLayers, kKv, kDim, kPage, 4};
+  spec.num_blocks = 8;
+  spec.lanes = 2;
+  spec.rope_cos = rope.cos;
+  spec.rope_sin = rope.sin;
+  PagedKvStorage storage(spec);
+  at::Tensor k_pre = Keys(3), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
+  at::Tensor v = at::randn({kTotal, kKv, kDim});
+  const std::vector<BlockId> blocks_a = {0, 1, 2}, blocks_b = {3, 4, 5};  // views keep a reference
+  {
+    PagedSeqView first(&storage, blocks_a, 0, /*lane=*/1);
+    first.Reserve(kPrompt);
+    for (int l = 0; l < kLayers; ++l) first.Write(l, 0, k_pre.narrow(0, 0, kPrompt), k.narrow(0, 0, kPrompt), v.narrow(0, 0, kPrompt));
+  }
+  for (int l = 0; l < kLayers; ++l) EXPECT_TRUE(storage.LaneHasBasis(1, l));
+  storage.ReleaseLane(1);
+  for (int l = 0; l < kLayers; ++l) EXPECT_FALSE(storage.LaneHasBasis(1, l));
+  PagedSeqView next(&storage, blocks_b, kPrompt, /*lane=*/1);
+  next.Reserve(kPrompt + 1);
+  EXPECT_THROW(next.Write(0, kPrompt, k_pre.narrow(0, kPrompt, 1), k.narrow(0, kPrompt, 1), v.narrow(0, kPrompt, 1)),
+               std::logic_error);
+}
+
 TEST(KvStorageCuda, EveryModeStoresWhatWasWritten) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   RunAll(at::Device(at::kCUDA, 0), at::kBFloat16);
