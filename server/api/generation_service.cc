@@ -230,13 +230,12 @@ size_t GenerationService::InFlightCount() {
 grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* ctx, const svdq::v1::AbortRequest* req,
                                                    svdq::v1::AbortResponse*) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(DoAbort(*req));
+  reactor->Finish(DoAbort(req));
   return reactor;
 }
 
-grpc::Status GenerationService::DoAbort(const svdq::v1::AbortRequest& r) {
-  const svdq::v1::AbortRequest* req = &r;
-  if (const std::string e = proto::RequestError(r); !e.empty()) return Invalid(e);
+grpc::Status GenerationService::DoAbort(const svdq::v1::AbortRequest* req) {
+  if (const std::string e = proto::RequestError(*req); !e.empty()) return Invalid(e);
   if (!ValidRequestId(req->request_id())) return Invalid(kRequestIdRule);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = in_flight_.find(req->request_id());
@@ -251,13 +250,12 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                                       const svdq::v1::TokenizeRequest* req,
                                                       svdq::v1::TokenizeResponse* out) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(DoTokenize(*req, out));
+  reactor->Finish(DoTokenize(req, out));
   return reactor;
 }
 
-grpc::Status GenerationService::DoTokenize(const svdq::v1::TokenizeRequest& r, svdq::v1::TokenizeResponse* out) {
-  const svdq::v1::TokenizeRequest* req = &r;
-  if (const std::string e = proto::RequestError(r); !e.empty()) return Invalid(e);
+grpc::Status GenerationService::DoTokenize(const svdq::v1::TokenizeRequest* req, svdq::v1::TokenizeResponse* out) {
+  if (const std::string e = proto::RequestError(*req); !e.empty()) return Invalid(e);
   if (!engine_->ready()) return Unavailable();
   std::string text;
   if (req->input_case() == svdq::v1::TokenizeRequest::kChat) {

@@ -43,8 +43,8 @@ class GenerationService final : public GenerationBase {
   size_t InFlightCount();
 
  private:
-  grpc::Status DoTokenize(const svdq::v1::TokenizeRequest& req, svdq::v1::TokenizeResponse* out);
-  grpc::Status DoAbort(const svdq::v1::AbortRequest& req);
+  grpc::Status DoTokenize(const svdq::v1::TokenizeRequest* req, svdq::v1::TokenizeResponse* out);
+  grpc::Status DoAbort(const svdq::v1::AbortRequest* req);
 
   engine::Engine* engine_;
   // Generate calls in flight, by request id, for Abort (gRPC threads only). The stream is
