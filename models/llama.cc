@@ -2,6 +2,7 @@
 // rotate-half RoPE with fp32 angles, SDPA attention with grouped KV heads.
 #include "models/llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -383,6 +384,21 @@ at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos
 
 at::Tensor LlamaModel::ForwardAll(const std::vector<int32_t>& tokens, KvView* kv) {
   return at::linear(Hidden(tokens, kv), output_).to(at::kFloat);
+}
+
+at::Tensor LlamaModel::ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits) {
+  at::Tensor h = Hidden(tokens, kv);  // [T, hidden]
+  const int64_t T = h.size(0);
+  *last_logits = at::linear(h.narrow(0, T - 1, 1), output_).to(at::kFloat)[0];
+  if (T < 2) return at::empty({0}, at::kFloat);
+  at::Tensor next = at::tensor(std::vector<int64_t>(tokens.begin() + 1, tokens.end()), at::kLong).to(h.device());
+  std::vector<at::Tensor> parts;
+  for (int64_t r0 = 0; r0 < T - 1; r0 += kLogprobRows) {
+    const int64_t n = std::min(kLogprobRows, T - 1 - r0);
+    at::Tensor lp = at::log_softmax(at::linear(h.narrow(0, r0, n), output_).to(at::kFloat), -1);
+    parts.push_back(lp.gather(1, next.narrow(0, r0, n).unsqueeze(1)).squeeze(1));
+  }
+  return at::cat(parts).to(at::kCPU).contiguous();
 }
 
 }  // namespace svdq::models

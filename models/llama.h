@@ -62,6 +62,12 @@ class LlamaModel {
   at::Tensor Forward(const std::vector<int32_t>& tokens, KvView* kv);
   // Same, returning logits for every position: [T, vocab].
   at::Tensor ForwardAll(const std::vector<int32_t>& tokens, KvView* kv);
+  // Same forward, scoring the tokens themselves: log p(tokens[t + 1] | tokens <= t) for
+  // t < T - 1, fp32 [T - 1] on the CPU, with the last position's logits [vocab] in
+  // *last_logits. Logits are made kLogprobRows rows at a time, so memory stays bounded by
+  // the hidden states [T, hidden] however long the prompt (not T x vocab, twice).
+  static constexpr int64_t kLogprobRows = 256;
+  at::Tensor ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits);
   // Several sequences in one forward (continuous batching): tokens[i] runs at positions
   // kvs[i]->length() ... of sequence i (a decode token or a prefill chunk). The projections
   // and the MLP run once over all rows; attention runs per sequence over its own KV.

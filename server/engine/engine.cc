@@ -642,19 +642,14 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   std::vector<int32_t> tokens = AllTokens(*s);
   kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
   std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
-  at::Tensor all = model->ForwardAll(uncached, &view);  // [T, vocab]
-  at::Tensor lp = at::log_softmax(all, -1);
-  const int64_t T = static_cast<int64_t>(uncached.size());
-  if (T > 1) {
-    at::Tensor next = at::tensor(std::vector<int64_t>(uncached.begin() + 1, uncached.end()), at::kLong).to(lp.device());
-    at::Tensor picked = lp.narrow(0, 0, T - 1).gather(1, next.unsqueeze(1)).squeeze(1).to(at::kCPU).contiguous();
-    s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
-  }
+  at::Tensor last_logits;
+  at::Tensor picked = model->ForwardLogprobs(uncached, &view, &last_logits);  // bounded memory
+  s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
   s->computed = static_cast<int64_t>(tokens.size());
   kv->Commit(s->id, static_cast<int32_t>(s->computed));
   s->prefilled = true;
   if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
-  at::Tensor last = all.narrow(0, T - 1, 1);
+  at::Tensor last = last_logits.unsqueeze(0);
   return Emit(s, last[0], SampleBatch(last, {RowFor(s)})[0]);
 }
 

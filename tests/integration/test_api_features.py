@@ -152,3 +152,22 @@ def test_logprobs_and_prompt_logprobs_match_the_reference(cpu_server, stubs, pro
     with pytest.raises(grpc.RpcError) as e:
         generate(stubs, cpu_server.addr, text="hi", logprobs=21)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_prompt_logprobs_of_a_long_prompt_match_the_reference(cpu_server, stubs, probe, hf_model):
+    # 600+ prompt tokens: the server makes logits 256 rows at a time (bounded memory); every
+    # row block, and the seams between them, must still match the reference.
+    import torch
+    pb, pb_grpc = stubs
+    text = " ".join(f"Item {i} of the list is the colour number {i * 7 % 13}." for i in range(45))
+    ids = probe("tokenize", stdin=[text])[0]
+    assert len(ids) > 2 * 256 + 1
+    with grpc.insecure_channel(cpu_server.addr) as ch:
+        first = next(iter(pb_grpc.GenerationStub(ch).Generate(
+            pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True), timeout=300)))
+    got = list(first.chunk.prompt_logprobs)
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].double(), -1)
+    want = [ref[t, ids[t + 1]].item() for t in range(len(ids) - 1)]
+    assert len(got) == len(want)
+    assert max(abs(a - b) for a, b in zip(got, want)) < 5e-3
