@@ -382,10 +382,6 @@ at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos
   return at::linear(RmsNorm(x, output_norm_), output_).to(at::kFloat);
 }
 
-at::Tensor LlamaModel::ForwardAll(const std::vector<int32_t>& tokens, KvView* kv) {
-  return at::linear(Hidden(tokens, kv), output_).to(at::kFloat);
-}
-
 at::Tensor LlamaModel::ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits) {
   at::Tensor h = Hidden(tokens, kv);  // [T, hidden]
   const int64_t T = h.size(0);

@@ -60,8 +60,6 @@ class LlamaModel {
   // Runs `tokens` at positions kv->length ... and appends their keys/values to kv.
   // Returns fp32 logits of the last position, [vocab], on the model's device.
   at::Tensor Forward(const std::vector<int32_t>& tokens, KvView* kv);
-  // Same, returning logits for every position: [T, vocab].
-  at::Tensor ForwardAll(const std::vector<int32_t>& tokens, KvView* kv);
   // Same forward, scoring the tokens themselves: log p(tokens[t + 1] | tokens <= t) for
   // t < T - 1, fp32 [T - 1] on the CPU, with the last position's logits [vocab] in
   // *last_logits. Logits are made kLogprobRows rows at a time, so memory stays bounded by
