@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
       at::Tensor value_pages = paged(v);
       at::Tensor table = at::arange(pool_pages, dev.dtype(at::kInt)).view({B, pages_per_seq}).contiguous();
       at::Tensor lens = at::full({B}, T, dev.dtype(at::kInt));
-      // Our bf16 paged decode kernel, where its score buffer fits in shared memory.
+      // Our bf16 paged decode kernel (tensor cores, split-KV as the server plans it).
       {
         at::Tensor key_pages = paged(k);
         PagedDecodeParams pd;
@@ -160,6 +160,9 @@ int main(int argc, char** argv) {
         pd.seq_len = lens.data_ptr<int32_t>();
         pd.max_seq_len = T;
         pd.out = o.data_ptr<float>();
+        pd.tokens_per_split = PagedDecodeTokensPerSplit(B, H, KV, T, prop.multiProcessorCount);
+        at::Tensor pd_ws = at::empty({static_cast<int64_t>(PagedDecodeWorkspaceFloats(pd)) + 1}, dev.dtype(at::kFloat));
+        pd.workspace = pd_ws.data_ptr<float>();
         Status st = Status::Ok();
         double us = TimeUs([&] { st = PagedDecodeAttention(pd, stream); }, std::max(2, iters / 4));
         if (st.ok()) record(B, T, "bf16 (ours, paged)", page, 2.0 * key_pages.numel() * 2, us, peer_us, "paged_decode");

@@ -4,6 +4,7 @@
 // queries, and folded into an online softmax with the page's bf16 values.
 #include <cuda_bf16.h>
 
+#include "kernels/attention/split_merge.h"
 #include "kernels/common/cuda_launch.h"
 #include "kernels/svdq/svdq_attention_tc.h"
 #include "kernels/svdq/svdq_cuda.h"
@@ -66,28 +67,6 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
   device::WriteAttentionResult(p, b, h, split, G, acc, m, lsum);
 }
 
-// One block per (sequence, query head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-__global__ void MergeKernel(SvdqAttentionParams p, int splits) {
-  const int W = p.layout.width;
-  const int64_t bh = static_cast<int64_t>(blockIdx.x) * p.num_heads + blockIdx.y;
-  const float* ws = p.workspace + bh * splits * (W + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, ws[s * (W + 2) + W]);
-  float L = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    float ms = ws[s * (W + 2) + W];
-    if (ms > -INFINITY) L += __expf(ms - M) * ws[s * (W + 2) + W + 1];
-  }
-  for (int i = threadIdx.x; i < W; i += blockDim.x) {
-    float a = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      float ms = ws[s * (W + 2) + W];
-      if (ms > -INFINITY) a += __expf(ms - M) * ws[s * (W + 2) + i];
-    }
-    p.out[bh * W + i] = L > 0.f ? a / L : 0.f;
-  }
-}
-
 int Splits(const SvdqAttentionParams& p) {
   return p.pages_per_split > 0 ? p.max_pages / p.pages_per_split + 1 : 1;
 }
@@ -121,8 +100,9 @@ Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
   } else {
     AttentionKernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
   }
-  if (p.pages_per_split > 0) MergeKernel<<<dim3(p.batch, p.num_heads), 128, 0, stream>>>(p, splits);
-  return LaunchStatus("SvdqAttention");
+  if (Status s = LaunchStatus("SvdqAttention"); !s.ok()) return s;
+  if (p.pages_per_split == 0) return Status::Ok();
+  return MergeSplits(p.workspace, p.out, p.batch * p.num_heads, splits, p.layout.width, stream);
 }
 
 }  // namespace svdq::kernels

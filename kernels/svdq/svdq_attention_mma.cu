@@ -18,7 +18,7 @@
 //      online softmax (exp2, scale folded into q) and writes the probabilities in bf16;
 //   5. O += P V on tensor cores (bf16), V from the staged chunk by ldmatrix.trans.
 // The bf16 tail (< P tokens, already rotated) is one more chunk whose keys come from memory
-// and meet the unrotated q. Splits end in the merge kernel of svdq_attention.cu.
+// and meet the unrotated q. Splits end in kernels/attention/split_merge.cu.
 //
 // Bytes per token and KV head: the key codes and scales (52 B at 8,4,2,1,1 / 16-token
 // pages) and the bf16 values (2 D); the basis is read once per block.

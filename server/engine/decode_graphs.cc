@@ -10,6 +10,8 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/attention/paged_decode.h"
 #endif
 
 namespace svdq::engine {
@@ -106,8 +108,10 @@ std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel* model, kv
   }
   const auto& c = model->config();
   const auto& sp = storage->spec();
-  // The paged decode kernel keeps a sequence's scores in shared memory.
-  if ((c.head_dim + 4 + static_cast<int64_t>(c.max_context)) * 4 > 200 * 1024) {
+  // The CUDA-core paged decode kernel (head dims other than 64 and 128) keeps a sequence's
+  // scores in shared memory.
+  if (!kernels::PagedDecodeTensorCores(static_cast<int>(c.head_dim)) &&
+      (c.head_dim + 4 + static_cast<int64_t>(c.max_context)) * 4 > 200 * 1024) {
     *why = "the context of " + std::to_string(c.max_context) + " tokens exceeds the paged decode kernel's bound";
     return nullptr;
   }

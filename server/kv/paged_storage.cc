@@ -184,6 +184,14 @@ at::Tensor PagedKvStorage::AttendRows(int layer, const at::Tensor& q, const at::
   p.page_table = table.data_ptr<int32_t>();
   p.seq_len = lens.data_ptr<int32_t>();
   p.out = out.data_ptr<float>();
+  // The split plan depends on the shapes only, so a captured step keeps a valid one.
+  static const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  p.tokens_per_split = kernels::PagedDecodeTokensPerSplit(p.batch, p.num_heads, p.kv_heads, p.max_seq_len, num_sms);
+  at::Tensor ws;
+  if (const size_t n = kernels::PagedDecodeWorkspaceFloats(p); n > 0) {
+    ws = at::empty({static_cast<int64_t>(n)}, q.options().dtype(at::kFloat));
+    p.workspace = ws.data_ptr<float>();
+  }
   Check(kernels::PagedDecodeAttention(p, at::cuda::getCurrentCUDAStream()), "paged decode attention");
   return out;
 #else
@@ -529,8 +537,8 @@ at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::v
     auto* v = dynamic_cast<PagedSeqView*>(kv);
     if (!v || v->st_ != st_ || v->fresh_layer_ != layer || v->fresh_k_.size(0) != 1) return {};
   }
-  if (!coded) {
-    // The paged decode kernel keeps each sequence's scores in shared memory.
+  if (!coded && !kernels::PagedDecodeTensorCores(static_cast<int>(sp.shape.head_dim))) {
+    // The CUDA-core paged decode kernel keeps each sequence's scores in shared memory.
     int64_t longest = 0;
     for (models::KvView* kv : views) longest = std::max(longest, static_cast<PagedSeqView*>(kv)->fresh_pos0_ + 1);
     if ((sp.shape.head_dim + 4 + longest) * 4 > 200 * 1024) return {};
@@ -541,25 +549,7 @@ at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::v
   at::Tensor qb = q.to(at::kBFloat16).contiguous();
   at::Tensor out = at::empty({B, NH, D}, q.options().dtype(at::kFloat));
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  if (!coded) {
-    kernels::PagedDecodeParams p;
-    p.batch = static_cast<int>(B);
-    p.num_heads = static_cast<int>(NH);
-    p.kv_heads = static_cast<int>(KV);
-    p.head_dim = static_cast<int>(D);
-    p.page_size = static_cast<int>(P);
-    p.max_pages = static_cast<int>(t.max_pages);
-    p.max_seq_len = static_cast<int>(t.max_len);
-    p.sm_scale = scale;
-    p.q = static_cast<const uint16_t*>(qb.data_ptr());
-    p.key_pages = static_cast<const uint16_t*>(st_->keys_[layer].data().data_ptr());
-    p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
-    p.page_table = t.table.data_ptr<int32_t>();
-    p.seq_len = t.len.data_ptr<int32_t>();
-    p.out = out.data_ptr<float>();
-    Check(kernels::PagedDecodeAttention(p, nullptr), "paged decode attention");
-    return out;
-  }
+  if (!coded) return st_->AttendRows(layer, q, t.table, t.len, t.max_len);
   // Each sequence's tail page (pre-RoPE in its lane) rotated at its positions, and the value
   // page it shares; the bases stay where they are, addressed through basis_index.
   at::Tensor rows = st_->tail_[layer].index_select(0, t.lanes).reshape({B * P, KV, D});

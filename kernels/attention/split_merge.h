@@ -1,0 +1,17 @@
+// The last step of a split-KV (flash-decoding) attention: each split of a sequence's keys
+// leaves, per query head, its unnormalised output acc [W], its running maximum m (natural-log
+// units, -inf where the split saw no key) and its sum l; the merge rescales them to one
+// maximum and divides: out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// Shared by the bf16 paged decode kernel and the SVDq attention kernels.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/common/status.h"
+
+namespace svdq::kernels {
+
+// ws: [rows, splits, width + 2] (acc, m, l); out: [rows, width] fp32. Rows with no key get 0.
+Status MergeSplits(const float* ws, float* out, int rows, int splits, int width, cudaStream_t stream);
+
+}  // namespace svdq::kernels
