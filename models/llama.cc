@@ -371,10 +371,11 @@ at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[l];
     at::Tensor h = RmsNorm(x, w.attn_norm);
-    at::Tensor k = rope(at::linear(h, w.wk, w.bk).view({B, NKV, D}));
+    at::Tensor k_pre = at::linear(h, w.wk, w.bk).view({B, NKV, D});
+    at::Tensor k = rope(k_pre);
     at::Tensor v = at::linear(h, w.wv, w.bv).view({B, NKV, D});
     at::Tensor q = rope(at::linear(h, w.wq, w.bq).view({B, NH, D}));
-    kv.write(l, k, v);
+    kv.write(l, k_pre, k, v);
     x = x + at::linear(kv.attend(l, q).reshape({B, NH * D}).to(dtype_), w.wo);
     at::Tensor h2 = RmsNorm(x, w.ffn_norm);
     x = x + at::linear(at::silu(at::linear(h2, w.w_gate)) * at::linear(h2, w.w_up), w.w_down);

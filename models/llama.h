@@ -30,7 +30,8 @@ struct ForwardCapture {
 // new key and value, and attends row b's query over its sequence. Neither may do host work
 // that depends on the step's data or synchronize with the device.
 struct StaticDecodeKv {
-  std::function<void(int layer, const at::Tensor& k, const at::Tensor& v)> write;  // [B, kv_heads, D] post-RoPE
+  // k_pre, k, v [B, kv_heads, D]: the new keys before and after RoPE, the values.
+  std::function<void(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v)> write;
   std::function<at::Tensor(int layer, const at::Tensor& q)> attend;              // [B, heads, D] -> same, fp32
 };
 

@@ -16,6 +16,7 @@ __global__ void EncodeKernel(SvdqEncodeParams p) {
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width, r = l.retained;
   const int64_t ph = static_cast<int64_t>(blockIdx.x) * p.kv_heads + blockIdx.y;
+  const int64_t bh = p.basis_index ? static_cast<int64_t>(p.basis_index[blockIdx.x]) * p.kv_heads + blockIdx.y : ph;
   float* keys = smem;
   float* z = keys + P * W;
   float* scale = z + P * r;
@@ -26,7 +27,7 @@ __global__ void EncodeKernel(SvdqEncodeParams p) {
   if (threadIdx.x == 0) bad = 0;
   __syncthreads();
   const float* src = p.keys + ph * P * W;
-  const float* mean = p.mean + ph * W;
+  const float* mean = p.mean + bh * W;
   for (int idx = threadIdx.x; idx < P * W; idx += blockDim.x) {
     float v = src[idx];
     if (!isfinite(v)) bad = 1;
@@ -40,7 +41,7 @@ __global__ void EncodeKernel(SvdqEncodeParams p) {
     if (threadIdx.x == 0 && p.nonfinite) *p.nonfinite = 1;
     return;
   }
-  const float* basis = p.basis + ph * W * W;
+  const float* basis = p.basis + bh * W * W;
   for (int idx = threadIdx.x; idx < P * r; idx += blockDim.x) {
     int t = idx / r, c = device::RetainedChannel(l, idx - t * r);
     float acc = 0.f;

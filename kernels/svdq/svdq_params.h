@@ -49,6 +49,9 @@ struct SvdqEncodeParams {
   const float* basis = nullptr;   // [num_pages, kv_heads, width, width]: column j = basis vector j
   uint8_t* out = nullptr;         // [num_pages, kv_heads, page_bytes]
   int32_t* nonfinite = nullptr;   // [1], optional: set to 1 when a key is NaN or Inf (that page is left zero)
+  // Optional: page n takes its mean and basis from row basis_index[n] of mean and basis
+  // (then [rows, kv_heads, ...]) instead of row n, so pages share a basis without copies.
+  const int32_t* basis_index = nullptr;  // [num_pages]
 };
 
 // Decodes full pages back to keys at their positions (RoPE applied when rope_cos is set).

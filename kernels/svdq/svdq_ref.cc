@@ -153,9 +153,10 @@ Status SvdqEncodeRef(const SvdqEncodeParams& p) {
   for (int64_t page = 0; page < p.num_pages; ++page) {
     for (int h = 0; h < p.kv_heads; ++h) {
       const int64_t ph = page * p.kv_heads + h;
+      const int64_t bh = p.basis_index ? static_cast<int64_t>(p.basis_index[page]) * p.kv_heads + h : ph;
       const float* k = p.keys + ph * P * W;
-      const float* mean = p.mean + ph * W;
-      const float* basis = p.basis + ph * W * W;
+      const float* mean = p.mean + bh * W;
+      const float* basis = p.basis + bh * W * W;
       uint8_t* rec = p.out + ph * l.page_bytes;
       std::fill(rec, rec + l.page_bytes, 0);
       for (int64_t e = 0; e < static_cast<int64_t>(P) * W; ++e) {

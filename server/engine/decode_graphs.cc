@@ -1,5 +1,6 @@
 #include "server/engine/decode_graphs.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "models/llama.h"
@@ -7,6 +8,7 @@
 
 #ifdef SVDQ_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -25,10 +27,18 @@ constexpr int64_t kMaxGraphBatch = 128;
 
 struct DecodeGraphs::Graph {
   int64_t batch = 0;
-  at::Tensor ids, pos, rows, table, lens;  // inputs, on the device
-  at::Tensor logits;                       // output of the captured step
+  // Every per-step input lives in two device buffers (int64, int32), filled from two pinned
+  // host blocks of the same layout by one copy each; the tensors below are views of them.
+  //   int64: ids [B] | positions [B] | block [B] | offset [B] | lane [B] | tail block [B] | tail positions [B * P]
+  //   int32: lengths [B] | tail lengths [B] | basis rows [B] | page table [B, max_pages]
+  at::Tensor host64, host32, dev64, dev32;
+  at::Tensor ids, pos;
+  kv::DecodeWrites writes;
+  kv::DecodeTables tables;
+  at::Tensor logits;  // output of the captured step
 #ifdef SVDQ_WITH_CUDA
   std::unique_ptr<at::cuda::CUDAGraph> graph;
+  at::cuda::CUDAEvent copied;  // the last copies out of the host blocks
 #endif
 };
 
@@ -44,8 +54,10 @@ std::string DecodeGraphs::sizes() const {
 
 at::Tensor DecodeGraphs::Forward(Graph& g) {
   models::StaticDecodeKv kv;
-  kv.write = [&](int layer, const at::Tensor& k, const at::Tensor& v) { storage_->WriteRows(layer, g.rows, k, v); };
-  kv.attend = [&](int layer, const at::Tensor& q) { return storage_->AttendRows(layer, q, g.table, g.lens, max_len_); };
+  kv.write = [&](int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) {
+    storage_->WriteDecode(layer, k_pre, k, v, g.writes);
+  };
+  kv.attend = [&](int layer, const at::Tensor& q) { return storage_->AttendDecode(layer, q, g.tables); };
   return model_->DecodeStatic(g.ids, g.pos, kv);
 }
 
@@ -55,41 +67,81 @@ DecodeGraphs::Graph& DecodeGraphs::Pick(size_t rows) {
   throw std::logic_error("decode graph: no graph for a batch of " + std::to_string(rows));
 }
 
-void DecodeGraphs::Fill(Graph& gr, const std::vector<DecodeRow>& rows) {
-  Graph* g = &gr;
+std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::NewGraph(int64_t B) const {
+  const auto& sp = storage_->spec();
+  const int64_t P = sp.shape.block_size, n64 = 6 * B + B * P, n32 = 3 * B + B * max_pages_;
+  auto g = std::make_unique<Graph>();
+  g->batch = B;
+  const bool cuda = sp.device.is_cuda();
+  g->host64 = at::zeros({n64}, at::TensorOptions().dtype(at::kLong).pinned_memory(cuda));
+  g->host32 = at::zeros({n32}, at::TensorOptions().dtype(at::kInt).pinned_memory(cuda));
+  g->dev64 = at::zeros({n64}, at::TensorOptions().dtype(at::kLong).device(sp.device));
+  g->dev32 = at::zeros({n32}, at::TensorOptions().dtype(at::kInt).device(sp.device));
+  auto v64 = [&](int64_t i, int64_t n) { return g->dev64.narrow(0, i * B, n); };
+  auto v32 = [&](int64_t i, int64_t n) { return g->dev32.narrow(0, i * B, n); };
+  g->ids = v64(0, B);
+  g->pos = v64(1, B);
+  g->writes.block = v64(2, B);
+  g->writes.offset = v64(3, B);
+  g->writes.lanes = g->tables.lanes = v64(4, B);
+  g->tables.tail_block = v64(5, B);
+  g->tables.tail_pos = v64(6, B * P);
+  g->tables.len = v32(0, B);
+  g->tables.tail_len = v32(1, B);
+  g->writes.basis_index = g->tables.basis_index = v32(2, B);
+  g->tables.table = v32(3, B * max_pages_).view({B, max_pages_});
+  g->tables.max_pages = max_pages_;
+  g->tables.max_len = max_len_;
+  return g;
+}
+
+void DecodeGraphs::Fill(Graph& g, const std::vector<DecodeRow>& rows) {
   const int64_t n = static_cast<int64_t>(rows.size());
   const auto& sp = storage_->spec();
-  const int64_t KV = sp.shape.kv_heads, P = sp.shape.block_size, B = g->batch;
-  // One pinned host block holds every input; rows past n point at the scratch block.
-  at::Tensor host = at::zeros({B * (3 + KV)}, at::kLong), host32 = at::zeros({B * (max_pages_ + 1)}, at::kInt);
-  int64_t* h = host.data_ptr<int64_t>();
-  int32_t* h32 = host32.data_ptr<int32_t>();
-  for (int64_t b = 0; b < n; ++b)
-    if (rows[b].position < 0 || rows[b].position >= max_len_ ||
-        rows[b].position / P >= static_cast<int64_t>(rows[b].blocks->size()))
-      throw std::out_of_range("decode graph: position " + std::to_string(rows[b].position) +
+  const int64_t P = sp.shape.block_size, B = g.batch, max_pos = sp.rope_cos.size(0) - 1;
+  for (int64_t b = 0; b < n; ++b) {
+    const DecodeRow& r = rows[b];
+    if (r.position < 0 || r.position >= max_len_ || r.position / P >= static_cast<int64_t>(r.blocks->size()))
+      throw std::out_of_range("decode graph: position " + std::to_string(r.position) +
                               " is outside the sequence's blocks or the model's context");
+    if (r.lane < 0 || r.lane >= sp.lanes || r.lane == scratch_lane_)
+      throw std::out_of_range("decode graph: lane " + std::to_string(r.lane) + " is not a sequence's lane");
+  }
+#ifdef SVDQ_WITH_CUDA
+  g.copied.synchronize();  // the host blocks are free again (at once unless a step is still queued)
+#endif
+  int64_t* h = g.host64.data_ptr<int64_t>();
+  int32_t* h32 = g.host32.data_ptr<int32_t>();
   for (int64_t b = 0; b < B; ++b) {
     const bool real = b < n;
-    const int64_t pos = real ? rows[b].position : 0;
-    const int64_t block = real ? (*rows[b].blocks)[pos / P] : scratch_;
+    const std::vector<kv::BlockId>* blocks = real ? rows[b].blocks : nullptr;
+    const int64_t pos = real ? rows[b].position : 0, len = pos + 1;
+    const int lane = real ? rows[b].lane : scratch_lane_;
+    auto block_at = [&](int64_t page) { return real ? (*blocks)[page] : scratch_; };
     h[b] = real ? rows[b].token : 0;
     h[B + b] = pos;
-    for (int64_t k = 0; k < KV; ++k) h[2 * B + b * KV + k] = (block * KV + k) * P + pos % P;
-    int32_t* t = h32 + b * max_pages_;
-    const int64_t pages = real ? pos / P + 1 : 1;
-    for (int64_t p = 0; p < pages; ++p) t[p] = static_cast<int32_t>(real ? (*rows[b].blocks)[p] : scratch_);
-    h32[B * max_pages_ + b] = static_cast<int32_t>(pos + 1);
+    h[2 * B + b] = block_at(pos / P);
+    h[3 * B + b] = pos % P;
+    h[4 * B + b] = lane;
+    int32_t* table = h32 + 3 * B + b * max_pages_;
+    for (int64_t p = 0; p <= pos / P; ++p) table[p] = static_cast<int32_t>(block_at(p));
+    if (!coded_) {
+      h32[b] = static_cast<int32_t>(len);
+      continue;
+    }
+    const int64_t full = len / P;  // encoded pages; the rest is in the lane's tail
+    h32[b] = static_cast<int32_t>(full);
+    h32[B + b] = static_cast<int32_t>(len - full * P);
+    h32[2 * B + b] = storage_->BasisSlot(lane);
+    h[5 * B + b] = len > full * P ? block_at(full) : block_at(0);
+    for (int64_t i = 0; i < P; ++i) h[6 * B + b * P + i] = std::min(full * P + i, max_pos);
   }
   // Pinned, so that the copies queue behind the previous step instead of waiting for it.
-  const bool cuda = sp.device.is_cuda();
-  at::Tensor dev = cuda ? host.pin_memory().to(sp.device, /*non_blocking=*/true) : host;
-  at::Tensor dev32 = cuda ? host32.pin_memory().to(sp.device, /*non_blocking=*/true) : host32;
-  g->ids.copy_(dev.narrow(0, 0, B));
-  g->pos.copy_(dev.narrow(0, B, B));
-  g->rows.copy_(dev.narrow(0, 2 * B, B * KV));
-  g->table.copy_(dev32.narrow(0, 0, B * max_pages_).view({B, max_pages_}));
-  g->lens.copy_(dev32.narrow(0, B * max_pages_, B));
+  g.dev64.copy_(g.host64, /*non_blocking=*/true);
+  g.dev32.copy_(g.host32, /*non_blocking=*/true);
+#ifdef SVDQ_WITH_CUDA
+  if (sp.device.is_cuda()) g.copied.record(at::cuda::getCurrentCUDAStream());
+#endif
 }
 
 at::Tensor DecodeGraphs::RunEager(const std::vector<DecodeRow>& rows) {
@@ -101,27 +153,31 @@ at::Tensor DecodeGraphs::RunEager(const std::vector<DecodeRow>& rows) {
 #ifdef SVDQ_WITH_CUDA
 
 std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel* model, kv::PagedKvStorage* storage,
-                                                   kv::BlockId scratch_block, int max_batch, std::string* why) {
+                                                   kv::BlockId scratch_block, int scratch_lane, int max_batch,
+                                                   std::string* why) {
   if (!storage->StaticDecodeCapable()) {
-    *why = "only bf16 keys and values on CUDA are captured";
+    *why = "only bf16 values with bf16 or head-scope page-coded keys, on CUDA, are captured";
     return nullptr;
   }
   const auto& c = model->config();
   const auto& sp = storage->spec();
+  const bool coded = sp.modes.page_coded_keys();
   // The CUDA-core paged decode kernel (head dims other than 64 and 128) keeps a sequence's
   // scores in shared memory.
-  if (!kernels::PagedDecodeTensorCores(static_cast<int>(c.head_dim)) &&
+  if (!coded && !kernels::PagedDecodeTensorCores(static_cast<int>(c.head_dim)) &&
       (c.head_dim + 4 + static_cast<int64_t>(c.max_context)) * 4 > 200 * 1024) {
     *why = "the context of " + std::to_string(c.max_context) + " tokens exceeds the paged decode kernel's bound";
     return nullptr;
   }
+  if (scratch_lane < 0 || scratch_lane >= sp.lanes) throw std::logic_error("decode graphs: the scratch lane is not a lane");
   std::unique_ptr<DecodeGraphs> d(new DecodeGraphs());
   d->model_ = model;
   d->storage_ = storage;
   d->scratch_ = scratch_block;
+  d->scratch_lane_ = scratch_lane;
+  d->coded_ = coded;
   d->max_len_ = c.max_context;
   d->max_pages_ = (c.max_context + sp.shape.block_size - 1) / sp.shape.block_size;
-  auto o = at::TensorOptions().device(sp.device);
   // Padded sizes 1, 2, 4, ... up to max_batch (at most kMaxGraphBatch; larger steps run eagerly).
   std::vector<int64_t> sizes;
   const int64_t cap = std::min<int64_t>(max_batch, kMaxGraphBatch);
@@ -135,14 +191,8 @@ std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel* model, kv
   at::cuda::CUDAStream side = at::cuda::getStreamFromPool();
   for (auto it = sizes.rbegin(); it != sizes.rend(); ++it) {
     const int64_t B = *it;
-    auto g = std::make_unique<Graph>();
-    g->batch = B;
-    g->ids = at::zeros({B}, o.dtype(at::kLong));
-    g->pos = at::zeros({B}, o.dtype(at::kLong));
-    g->rows = at::zeros({B * sp.shape.kv_heads}, o.dtype(at::kLong));
-    g->table = at::zeros({B, d->max_pages_}, o.dtype(at::kInt));
-    g->lens = at::ones({B}, o.dtype(at::kInt));
-    d->Fill(*g, {});  // every row at the scratch block
+    std::unique_ptr<Graph> g = d->NewGraph(B);
+    d->Fill(*g, {});  // every row at the scratch block and lane
     c10::cuda::device_synchronize();
     {
       c10::cuda::CUDAStreamGuard guard(side);
@@ -177,7 +227,7 @@ at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) {
 
 #else
 
-std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel*, kv::PagedKvStorage*, kv::BlockId, int,
+std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel*, kv::PagedKvStorage*, kv::BlockId, int, int,
                                                    std::string* why) {
   *why = "built without CUDA";
   return nullptr;

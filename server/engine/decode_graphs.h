@@ -1,10 +1,11 @@
 // Decode steps replayed from CUDA graphs. For each padded batch size (1, 2, 4, ... up to the
 // running-sequence cap) one decode step of the model over the paged cache is captured once at
 // start, reading every per-step input (token ids, positions, where each new key and value goes,
-// page tables, lengths) from device buffers; a step then copies its inputs into the buffers
-// and replays, one launch instead of thousands. Rows beyond the batch write to a scratch
-// block no sequence owns. Only where the storage supports it (bf16 keys and values on CUDA,
-// kv/paged_storage.h StaticDecodeCapable) and the context fits the paged decode kernel.
+// page tables, lengths, lanes) from device buffers; a step then writes its inputs into one
+// pinned host block, copies it with two copies and replays: one launch instead of thousands.
+// Rows beyond the batch write to a scratch block and a scratch lane that no sequence owns.
+// Where the storage supports it (kv/paged_storage.h StaticDecodeCapable: bf16 values, bf16
+// or head-scope page-coded keys such as SVDq, on CUDA).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,15 +30,18 @@ struct DecodeRow {
   int32_t token = 0;
   int64_t position = 0;  // where the token goes; the sequence attends over positions 0 .. position
   const std::vector<kv::BlockId>* blocks = nullptr;  // covers position
+  int lane = 0;          // the sequence's lane (tail page and basis of page-coded keys)
 };
 
 class DecodeGraphs {
  public:
   // Captures the graphs, or returns null and says why in *why where they do not apply. Throws
   // if a capture fails (the server then refuses to start; --cuda-graphs false avoids it).
-  // `scratch_block` is a block of the storage that no sequence is ever given.
+  // `scratch_block` and `scratch_lane` are a block and a lane of the storage that no sequence
+  // is ever given.
   static std::unique_ptr<DecodeGraphs> Create(models::LlamaModel* model, kv::PagedKvStorage* storage,
-                                              kv::BlockId scratch_block, int max_batch, std::string* why);
+                                              kv::BlockId scratch_block, int scratch_lane, int max_batch,
+                                              std::string* why);
   ~DecodeGraphs();
 
   int max_batch() const;
@@ -52,12 +56,15 @@ class DecodeGraphs {
   struct Graph;
   DecodeGraphs() = default;
   Graph& Pick(size_t rows);  // the smallest graph that holds `rows`
+  std::unique_ptr<Graph> NewGraph(int64_t batch) const;  // its buffers, not yet captured
   void Fill(Graph& g, const std::vector<DecodeRow>& rows);
   at::Tensor Forward(Graph& g);
 
   models::LlamaModel* model_ = nullptr;
   kv::PagedKvStorage* storage_ = nullptr;
   kv::BlockId scratch_ = 0;
+  int scratch_lane_ = 0;
+  bool coded_ = false;  // page-coded keys: lanes, tails and bases take part
   int64_t max_pages_ = 0, max_len_ = 0;
   std::vector<std::unique_ptr<Graph>> graphs_;  // by increasing batch size
 };

@@ -288,10 +288,11 @@ void Engine::Load() {
   kv::KvCacheConfig kc;
   kc.num_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
   kc.block_size = m.opts.block_size;
-  // Captured decode steps need one block that no sequence gets (their padding rows write
-  // there): the storage has it beyond the pool's blocks, one block over the budget.
+  // Captured decode steps need one block and one lane that no sequence gets (their padding
+  // rows write there): the storage has them beyond the pool's, over the budget by that much.
   const bool graphs = m.opts.cuda_graphs && device.is_cuda() && dtype == at::kBFloat16 &&
-                      modes.key == kv::KeyMode::kFull && modes.value == kv::ValueMode::kFull;
+                      modes.value == kv::ValueMode::kFull &&
+                      (modes.key == kv::KeyMode::kFull || (modes.page_coded_keys() && !modes.layer_scope()));
   // Sharing is sound where a block's stored form depends only on the tokens before it, the
   // model and the mode: not with a per-sequence basis. The mode, dtype, block size and the
   // basis are in every block hash, so differently coded pages are never shared.
@@ -300,13 +301,15 @@ void Engine::Load() {
   const std::string mode_text = modes.KeyName() + "|" + modes.ValueName() + "|" + std::to_string(static_cast<int>(dtype));
   kc.mode_key = std::hash<std::string>{}(mode_text) ^ (static_cast<uint64_t>(kc.block_size) << 48) ^ basis_identity;
   m.kv = std::make_unique<kv::KvCacheManager>(kc);
+  const int lanes = spec.lanes;
   spec.num_blocks = kc.num_blocks + (graphs ? 1 : 0);
+  spec.lanes = lanes + (graphs ? 1 : 0);
   m.storage = std::make_unique<kv::PagedKvStorage>(spec);
-  for (int l = spec.lanes - 1; l >= 0; --l) m.free_lanes.push_back(l);
+  for (int l = lanes - 1; l >= 0; --l) m.free_lanes.push_back(l);
   if (graphs) {
     std::string why;
     try {
-      m.graphs = DecodeGraphs::Create(m.model.get(), m.storage.get(), kc.num_blocks, static_cast<int>(spec.lanes), &why);
+      m.graphs = DecodeGraphs::Create(m.model.get(), m.storage.get(), kc.num_blocks, lanes, lanes, &why);
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string("CUDA graph capture failed (start with --cuda-graphs false to run without): ") +
                                e.what());
@@ -316,7 +319,9 @@ void Engine::Load() {
     else
       std::cout << "svdq-server: no CUDA graphs: " << why << std::endl;
   } else if (m.opts.cuda_graphs && device.is_cuda()) {
-    std::cout << "svdq-server: no CUDA graphs: only bf16 keys and values in a bf16 model are captured" << std::endl;
+    std::cout << "svdq-server: no CUDA graphs: only bf16 values with bf16 or head-scope page-coded keys, in a bf16 "
+                 "model, are captured"
+              << std::endl;
   }
   if (m.metrics) {
     const std::string full = dtype == at::kFloat ? "fp32" : dtype == at::kHalf ? "fp16" : "bf16";
@@ -569,7 +574,7 @@ void Engine::Impl::RunBatch() {
     try {
       if (decodes_only) {
         std::vector<DecodeRow> rows;
-        for (const Work& w : work) rows.push_back({w.tokens[0], w.s->computed, &kv->Blocks(w.s->id)});
+        for (const Work& w : work) rows.push_back({w.tokens[0], w.s->computed, &kv->Blocks(w.s->id), w.s->lane});
         logits = graphs->Run(rows);
       } else {
         std::vector<std::unique_ptr<kv::PagedSeqView>> views;

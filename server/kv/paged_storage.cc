@@ -150,53 +150,122 @@ int64_t PagedKvStorage::bytes() const {
 
 bool PagedKvStorage::StaticDecodeCapable() const {
 #ifdef SVDQ_WITH_CUDA
-  return spec_.device.is_cuda() && spec_.dtype == at::kBFloat16 && spec_.modes.key == KeyMode::kFull &&
-         spec_.modes.value == ValueMode::kFull && spec_.shape.head_dim <= 256;
+  const KvModes& m = spec_.modes;
+  const bool keys = m.key == KeyMode::kFull || (m.page_coded_keys() && !m.layer_scope());
+  return spec_.device.is_cuda() && spec_.dtype == at::kBFloat16 && keys && m.value == ValueMode::kFull &&
+         spec_.shape.head_dim <= 256;
 #else
   return false;
 #endif
 }
 
-void PagedKvStorage::WriteRows(int layer, const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t D = spec_.shape.head_dim;
-  keys_[layer].data().view({-1, D}).index_copy_(0, rows, k.reshape({-1, D}).to(spec_.dtype));
-  values_[layer].data().view({-1, D}).index_copy_(0, rows, v.reshape({-1, D}).to(spec_.dtype));
+int PagedKvStorage::BasisSlot(int lane) const { return mean_.empty() || mean_[0].size(0) == 1 ? 0 : lane; }
+
+void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
+                                 const DecodeWrites& w) {
+  const int64_t P = spec_.shape.block_size, B = k.size(0);
+  values_[layer].Write(w.block, w.offset, v);
+  if (!spec_.modes.page_coded_keys()) {
+    keys_[layer].Write(w.block, w.offset, k);
+    return;
+  }
+  at::Tensor& tail = tail_[layer];
+  tail.index_put_({w.lanes, w.offset}, k_pre.to(tail.scalar_type()));
+  // Each row's tail page, encoded whole into the block it fills.
+  const int64_t U = codec_.units, W = codec_.width;
+  at::Tensor x = tail.index_select(0, w.lanes).to(at::kFloat).reshape({B, P, U, W}).permute({0, 2, 1, 3}).contiguous();
+  at::Tensor out = at::empty({B, U, layout_.page_bytes}, x.options().dtype(at::kByte));
+  kernels::SvdqEncodeParams p;
+  p.layout = layout_;
+  p.num_pages = static_cast<int>(B);
+  p.kv_heads = static_cast<int>(U);
+  p.keys = x.data_ptr<float>();
+  p.mean = mean_[layer].data_ptr<float>();
+  p.basis = vectors_[layer].data_ptr<float>();
+  p.basis_index = w.basis_index.data_ptr<int32_t>();
+  p.out = out.data_ptr<uint8_t>();
+#ifdef SVDQ_WITH_CUDA
+  if (spec_.device.is_cuda()) Check(kernels::SvdqEncode(p, at::cuda::getCurrentCUDAStream()), "SVDq encode");
+  else
+#endif
+    Check(kernels::SvdqEncodeRef(p), "SVDq encode");
+  codes_[layer].index_copy_(0, w.block, out);
 }
 
-at::Tensor PagedKvStorage::AttendRows(int layer, const at::Tensor& q, const at::Tensor& table, const at::Tensor& lens,
-                                      int64_t max_len) {
+at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t) {
 #ifdef SVDQ_WITH_CUDA
-  const int64_t B = q.size(0), NH = q.size(1), D = spec_.shape.head_dim;
+  const int64_t B = q.size(0), NH = q.size(1), D = spec_.shape.head_dim, KV = spec_.shape.kv_heads;
+  const int64_t P = spec_.shape.block_size;
   at::Tensor qb = q.to(at::kBFloat16).contiguous();
   at::Tensor out = at::empty({B, NH, D}, q.options().dtype(at::kFloat));
-  kernels::PagedDecodeParams p;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  static const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor ws;
+  auto workspace = [&](size_t floats) {
+    ws = at::empty({static_cast<int64_t>(floats)}, q.options().dtype(at::kFloat));
+    return ws.data_ptr<float>();
+  };
+  if (!spec_.modes.page_coded_keys()) {
+    kernels::PagedDecodeParams p;
+    p.batch = static_cast<int>(B);
+    p.num_heads = static_cast<int>(NH);
+    p.kv_heads = static_cast<int>(KV);
+    p.head_dim = static_cast<int>(D);
+    p.page_size = static_cast<int>(P);
+    p.max_pages = static_cast<int>(t.max_pages);
+    p.max_seq_len = static_cast<int>(t.max_len);
+    p.sm_scale = scale;
+    p.q = static_cast<const uint16_t*>(qb.data_ptr());
+    p.key_pages = static_cast<const uint16_t*>(keys_[layer].data().data_ptr());
+    p.value_pages = static_cast<const uint16_t*>(values_[layer].data().data_ptr());
+    p.page_table = t.table.data_ptr<int32_t>();
+    p.seq_len = t.len.data_ptr<int32_t>();
+    p.out = out.data_ptr<float>();
+    // The split plan depends on the shapes only, so a captured step keeps a valid one.
+    p.tokens_per_split = kernels::PagedDecodeTokensPerSplit(p.batch, p.num_heads, p.kv_heads, p.max_seq_len, num_sms);
+    if (const size_t n = kernels::PagedDecodeWorkspaceFloats(p); n > 0) p.workspace = workspace(n);
+    Check(kernels::PagedDecodeAttention(p, stream), "paged decode attention");
+    return out;
+  }
+  // Each sequence's tail page (pre-RoPE in its lane) rotated at its positions, and the value
+  // page it shares; the bases stay where they are, addressed through basis_index.
+  at::Tensor rows = tail_[layer].index_select(0, t.lanes).reshape({B * P, KV, D});
+  at::Tensor tail_k = models::ApplyRotaryHalfRows(rows, spec_.rope_cos.index_select(0, t.tail_pos),
+                                                  spec_.rope_sin.index_select(0, t.tail_pos), at::kBFloat16)
+                          .reshape({B, P, KV, D})
+                          .permute({0, 2, 1, 3})
+                          .contiguous();
+  at::Tensor tail_v = values_[layer].data().index_select(0, t.tail_block).contiguous();
+  kernels::SvdqAttentionParams p;
+  p.layout = layout_;
   p.batch = static_cast<int>(B);
   p.num_heads = static_cast<int>(NH);
-  p.kv_heads = spec_.shape.kv_heads;
-  p.head_dim = static_cast<int>(D);
-  p.page_size = spec_.shape.block_size;
-  p.max_pages = static_cast<int>(table.size(1));
-  p.max_seq_len = static_cast<int>(max_len);
-  p.sm_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  p.kv_heads = static_cast<int>(KV);
+  p.max_pages = static_cast<int>(t.max_pages);
+  p.sm_scale = scale;
   p.q = static_cast<const uint16_t*>(qb.data_ptr());
-  p.key_pages = static_cast<const uint16_t*>(keys_[layer].data().data_ptr());
+  p.key_pages = codes_[layer].data_ptr<uint8_t>();
   p.value_pages = static_cast<const uint16_t*>(values_[layer].data().data_ptr());
-  p.page_table = table.data_ptr<int32_t>();
-  p.seq_len = lens.data_ptr<int32_t>();
+  p.page_table = t.table.data_ptr<int32_t>();
+  p.num_pages = t.len.data_ptr<int32_t>();
+  p.mean = mean_[layer].data_ptr<float>();
+  p.basis = vectors_[layer].data_ptr<float>();
+  p.basis_index = t.basis_index.data_ptr<int32_t>();
+  p.tail_keys = static_cast<const uint16_t*>(tail_k.data_ptr());
+  p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
+  p.tail_len = t.tail_len.data_ptr<int32_t>();
+  p.rope_cos = spec_.rope_cos.data_ptr<float>();
+  p.rope_sin = spec_.rope_sin.data_ptr<float>();
+  if (spec_.rope_inv_freq.defined()) p.rope_inv_freq = spec_.rope_inv_freq.data_ptr<float>();
   p.out = out.data_ptr<float>();
-  // The split plan depends on the shapes only, so a captured step keeps a valid one.
-  static const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.tokens_per_split = kernels::PagedDecodeTokensPerSplit(p.batch, p.num_heads, p.kv_heads, p.max_seq_len, num_sms);
-  at::Tensor ws;
-  if (const size_t n = kernels::PagedDecodeWorkspaceFloats(p); n > 0) {
-    ws = at::empty({static_cast<int64_t>(n)}, q.options().dtype(at::kFloat));
-    p.workspace = ws.data_ptr<float>();
-  }
-  Check(kernels::PagedDecodeAttention(p, at::cuda::getCurrentCUDAStream()), "paged decode attention");
+  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, p.max_pages, static_cast<int>(P), num_sms);
+  if (p.pages_per_split > 0) p.workspace = workspace(kernels::SvdqAttentionWorkspaceFloats(p));
+  Check(kernels::SvdqAttention(p, stream), "SVDq attention");
   return out;
 #else
-  (void)layer, (void)q, (void)table, (void)lens, (void)max_len;
-  throw std::logic_error("AttendRows needs CUDA");
+  (void)layer, (void)q, (void)t;
+  throw std::logic_error("AttendDecode needs CUDA");
 #endif
 }
 
@@ -235,7 +304,7 @@ at::Tensor PagedSeqView::BlockIds(int64_t first_page, int64_t pages) const {
   return t;
 }
 
-int PagedSeqView::BasisSlot() const { return st_->mean_.empty() || st_->mean_[0].size(0) == 1 ? 0 : lane_; }
+int PagedSeqView::BasisSlot() const { return st_->BasisSlot(lane_); }
 
 void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
   const auto& sp = st_->spec();
@@ -424,19 +493,21 @@ const PagedSeqView::WriteTables& PagedSeqView::Writes(const std::vector<models::
   const int64_t P = sp.shape.block_size;
   auto w = std::make_unique<WriteTables>();
   w->views = views;
-  std::vector<int64_t> block, offset, lanes, tail_offset;
-  for (size_t b = 0; b < views.size(); ++b) {
-    const auto* v = static_cast<const PagedSeqView*>(views[b]);
+  std::vector<int64_t> block, offset, lanes, basis;
+  for (models::KvView* kv : views) {
+    const auto* v = static_cast<const PagedSeqView*>(kv);
     const int64_t pos = v->length_;
     block.push_back(v->blocks_[pos / P]);
-    offset.push_back(pos % P);
+    offset.push_back(pos % P);  // a token's place in its tail page is its place in its block
     lanes.push_back(v->lane_);
-    if (pos % P == P - 1) w->completing.push_back(b);
+    basis.push_back(v->BasisSlot());
   }
   w->block = ToDevice(block, sp.device);
   w->offset = ToDevice(offset, sp.device);
-  w->lanes = ToDevice(lanes, sp.device);
-  w->tail_offset = w->offset;  // a token's place in its tail page is its place in its block
+  if (sp.modes.page_coded_keys()) {
+    w->lanes = ToDevice(lanes, sp.device);
+    w->basis_index = ToDevice(basis, sp.device).to(at::kInt);
+  }
   writes_ = std::move(w);
   return *writes_;
 }
@@ -456,7 +527,6 @@ bool PagedSeqView::WriteMany(int layer, const at::Tensor& k_pre, const at::Tenso
   for (PagedSeqView* s : seqs)
     if (prefill_basis && !st_->lane_basis_set_[static_cast<size_t>(s->lane_) * sp.shape.layers + layer])
       throw std::logic_error("SVDq prefill basis: the sequence's first forward did not start at position 0");
-  const WriteTables& w = Writes(views);
   for (size_t b = 0; b < seqs.size(); ++b) {
     PagedSeqView* s = seqs[b];
     s->fresh_layer_ = layer;
@@ -464,18 +534,7 @@ bool PagedSeqView::WriteMany(int layer, const at::Tensor& k_pre, const at::Tenso
     s->fresh_k_ = k.narrow(0, static_cast<int64_t>(b), 1);
     s->fresh_v_ = v.narrow(0, static_cast<int64_t>(b), 1);
   }
-  st_->values_[layer].Write(w.block, w.offset, v);
-  if (!sp.modes.page_coded_keys()) {
-    st_->keys_[layer].Write(w.block, w.offset, k);
-    return true;
-  }
-  // Every new key goes to its lane's tail page; a tail that this token fills is encoded now.
-  at::Tensor& tail = st_->tail_[layer];
-  tail.index_put_({w.lanes, w.tail_offset}, k_pre.to(tail.scalar_type()));
-  for (size_t b : w.completing) {
-    PagedSeqView* s = seqs[b];
-    s->EncodePages(layer, s->length_ / P, tail[s->lane_]);
-  }
+  st_->WriteDecode(layer, k_pre, k, v, Writes(views));
   return true;
 }
 
@@ -543,53 +602,7 @@ at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::v
     for (models::KvView* kv : views) longest = std::max(longest, static_cast<PagedSeqView*>(kv)->fresh_pos0_ + 1);
     if ((sp.shape.head_dim + 4 + longest) * 4 > 200 * 1024) return {};
   }
-  const BatchTables& t = Tables(views);
-  const int64_t B = static_cast<int64_t>(views.size()), P = sp.shape.block_size, KV = sp.shape.kv_heads;
-  const int64_t D = sp.shape.head_dim, NH = q.size(1);
-  at::Tensor qb = q.to(at::kBFloat16).contiguous();
-  at::Tensor out = at::empty({B, NH, D}, q.options().dtype(at::kFloat));
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  if (!coded) return st_->AttendRows(layer, q, t.table, t.len, t.max_len);
-  // Each sequence's tail page (pre-RoPE in its lane) rotated at its positions, and the value
-  // page it shares; the bases stay where they are, addressed through basis_index.
-  at::Tensor rows = st_->tail_[layer].index_select(0, t.lanes).reshape({B * P, KV, D});
-  at::Tensor tail_k = models::ApplyRotaryHalfRows(rows, sp.rope_cos.index_select(0, t.tail_pos),
-                                                  sp.rope_sin.index_select(0, t.tail_pos), at::kBFloat16)
-                          .reshape({B, P, KV, D})
-                          .permute({0, 2, 1, 3})
-                          .contiguous();
-  at::Tensor tail_v = st_->values_[layer].data().index_select(0, t.tail_block).contiguous();
-  kernels::SvdqAttentionParams p;
-  p.layout = st_->layout_;
-  p.batch = static_cast<int>(B);
-  p.num_heads = static_cast<int>(NH);
-  p.kv_heads = static_cast<int>(KV);
-  p.max_pages = static_cast<int>(t.max_pages);
-  p.sm_scale = scale;
-  p.q = static_cast<const uint16_t*>(qb.data_ptr());
-  p.key_pages = st_->codes_[layer].data_ptr<uint8_t>();
-  p.value_pages = static_cast<const uint16_t*>(st_->values_[layer].data().data_ptr());
-  p.page_table = t.table.data_ptr<int32_t>();
-  p.num_pages = t.len.data_ptr<int32_t>();
-  p.mean = st_->mean_[layer].data_ptr<float>();
-  p.basis = st_->vectors_[layer].data_ptr<float>();
-  p.basis_index = t.basis_index.data_ptr<int32_t>();
-  p.tail_keys = static_cast<const uint16_t*>(tail_k.data_ptr());
-  p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
-  p.tail_len = t.tail_len.data_ptr<int32_t>();
-  p.rope_cos = sp.rope_cos.data_ptr<float>();
-  p.rope_sin = sp.rope_sin.data_ptr<float>();
-  if (sp.rope_inv_freq.defined()) p.rope_inv_freq = sp.rope_inv_freq.data_ptr<float>();
-  p.out = out.data_ptr<float>();
-  at::Tensor ws;
-  static const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, p.max_pages, static_cast<int>(P), num_sms);
-  if (p.pages_per_split > 0) {
-    ws = at::empty({static_cast<int64_t>(kernels::SvdqAttentionWorkspaceFloats(p))}, q.options().dtype(at::kFloat));
-    p.workspace = ws.data_ptr<float>();
-  }
-  Check(kernels::SvdqAttention(p, nullptr), "SVDq attention");
-  return out;
+  return st_->AttendDecode(layer, q, Tables(views));
 #else
   (void)layer;
   (void)q;

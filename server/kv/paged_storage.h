@@ -60,6 +60,21 @@ class TokenStore {
   at::Tensor data_, scale_;
 };
 
+// One decode step's tables, on the device (B sequences, one query token each).
+struct DecodeTables {
+  int64_t max_pages = 0, max_len = 0;  // the table's row stride; a bound on every length
+  at::Tensor table, len;               // int32 [B, max_pages] block ids; [B] tokens (bf16 keys) or full pages
+  at::Tensor tail_len, basis_index;    // int32 [B]: tokens in the tail page, basis row (page-coded keys)
+  at::Tensor lanes, tail_block, tail_pos;  // int64 [B], [B] (the tail's value block), [B * P] (its positions)
+};
+
+// Where one decode step's new keys and values go, on the device.
+struct DecodeWrites {
+  at::Tensor block, offset;  // int64 [B]: the block each new token goes to, and its row there
+  at::Tensor lanes;          // int64 [B]: the lane whose tail takes the key (page-coded keys)
+  at::Tensor basis_index;    // int32 [B]: the basis row that encodes the tail page (page-coded keys)
+};
+
 class PagedKvStorage {
  public:
   explicit PagedKvStorage(StorageSpec spec);
@@ -75,15 +90,23 @@ class PagedKvStorage {
   int64_t bytes() const;  // every tensor allocated
   const kernels::SvdqLayout& layout() const { return layout_; }
 
-  // Fixed-shape decode steps (CUDA graphs, server/engine/decode_graphs.h): bf16 keys and
-  // values on CUDA only. WriteRows stores k, v [B, kv, D] at flat page rows `rows` [B * kv]
-  // int64 ((block * kv + head) * P + offset); AttendRows runs the paged decode kernel over
-  // `table` [B, max_pages] int32 and `lens` [B] int32 on the current stream. Neither does
-  // host work that depends on the data, so both can be captured.
+  // Decode steps (one new token per sequence) from device tables: the batched path of the
+  // views and the fixed-shape steps of server/engine/decode_graphs.h, which fill the tables
+  // into persistent buffers and capture the step. Neither call does host work that depends
+  // on the data, and both run on the current stream, so both can be captured.
+  //
+  // WriteDecode stores k_pre, k, v [B, kv, D] (pre- and post-RoPE keys, values): values and
+  // per-token-coded keys at (block, offset); page-coded keys in each row's lane tail, whose
+  // page is then encoded into the block being filled (every step: a page completed by this
+  // token is final before attention reads it; an incomplete page's codes are never read).
+  // AttendDecode runs the bf16 paged decode or the SVDq attention kernel: q [B, heads, D] ->
+  // fp32 [B, heads, D].
+  // StaticDecodeCapable: whether decode steps of this storage can be captured (CUDA, bf16
+  // model, bf16 values, bf16 or head-scope page-coded keys).
   bool StaticDecodeCapable() const;
-  void WriteRows(int layer, const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v);
-  at::Tensor AttendRows(int layer, const at::Tensor& q, const at::Tensor& table, const at::Tensor& lens,
-                        int64_t max_len);
+  void WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v, const DecodeWrites& w);
+  at::Tensor AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t);
+  int BasisSlot(int lane) const;  // the basis row a lane's pages use (0 where the basis is shared)
 
  private:
   friend class PagedSeqView;
@@ -139,22 +162,15 @@ class PagedSeqView : public models::KvView {
   // Index tensors are the same for every layer of a forward: built once per view.
   mutable std::map<std::pair<int64_t, int64_t>, std::pair<at::Tensor, at::Tensor>> where_cache_;
   mutable std::map<std::pair<int64_t, int64_t>, at::Tensor> block_cache_;
-  // AttendMany's per-step tables (the same for every layer), held by the batch's first view.
-  struct BatchTables {
+  // AttendMany's and WriteMany's per-step tables (the same for every layer), held by the
+  // batch's first view.
+  struct BatchTables : DecodeTables {
     std::vector<models::KvView*> views;
-    int64_t max_pages = 0, max_len = 0;
-    at::Tensor table, len;             // int32 [B, max_pages] page ids, [B] lengths (bf16 keys) or full pages
-    at::Tensor tail_len, basis_index;  // int32 [B] (page-coded keys)
-    at::Tensor lanes, tail_block, tail_pos;  // int64 [B], [B], [B * P]
   };
   std::unique_ptr<BatchTables> batch_;
   const BatchTables& Tables(const std::vector<models::KvView*>& views);
-  // WriteMany's per-step indices: where each sequence's new token goes.
-  struct WriteTables {
+  struct WriteTables : DecodeWrites {
     std::vector<models::KvView*> views;
-    at::Tensor block, offset;      // int64 [B]: pool block and in-block offset
-    at::Tensor lanes, tail_offset;  // int64 [B] (page-coded keys)
-    std::vector<size_t> completing;  // rows whose token fills its page (encoded at once)
   };
   std::unique_ptr<WriteTables> writes_;
   const WriteTables& Writes(const std::vector<models::KvView*>& views);

@@ -1,8 +1,10 @@
 // Decode steps replayed from CUDA graphs (server/engine/decode_graphs.h) on a synthetic model
-// over the paged bf16 cache: a replay gives exactly the logits of the same fixed-shape step run
-// eagerly (same kernels, same inputs), and matches the engine's eager batched forward within
-// bf16 tolerance (relative L2 <= 2e-2: its GEMMs see 3 rows, the graph's 4), step after step,
-// with a padding row writing only to the scratch block. Label gpu: skipped without CUDA.
+// over the paged cache with bf16 keys and with SVDq keys (prefill basis; 16-token pages, so
+// the steps cross a page that is encoded inside the graph): a replay gives exactly the logits
+// of the same fixed-shape step run eagerly (same kernels, same inputs), and matches the
+// engine's eager batched forward within bf16 tolerance (relative L2 <= 2e-2: its GEMMs see 3
+// rows, the graph's 4), step after step, with a padding row writing only to the scratch block
+// and lane. Label gpu: skipped without CUDA.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -13,6 +15,7 @@
 
 #include "models/checkpoint.h"
 #include "server/engine/decode_graphs.h"
+#include "kernels/svdq/schedule.h"
 #include "server/kv/paged_storage.h"
 
 using namespace svdq;
@@ -23,25 +26,27 @@ double RelErr(const at::Tensor& got, const at::Tensor& want) {
   return (got - want).norm().item<double>() / std::max(want.norm().item<double>(), 1e-30);
 }
 
-TEST(DecodeGraphs, ReplayEqualsEagerStepAndForward) {
-  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+void RunModes(const char* key_mode) {
   c10::InferenceMode guard;
   const at::Device dev(at::kCUDA, 0);
   auto model = models::LoadModel("synthetic:tiny", dev, at::kBFloat16);
   const auto& c = model->config();
   kv::StorageSpec spec;
+  ASSERT_TRUE(kv::ParseKeyMode(key_mode, &spec.modes.key));
+  ASSERT_TRUE(kernels::ParseSchedule("8,4,2,1,1,0,0,0", &spec.modes.schedule).ok());
   spec.shape = {c.n_layers, c.n_kv_heads, c.head_dim, 16, 2};
   constexpr int kBlocks = 32;
   spec.num_blocks = kBlocks + 1;  // the last one is the graphs' scratch block
-  spec.lanes = 4;
+  spec.lanes = 4;  // three sequences and the graphs' scratch lane
   spec.device = dev;
   spec.dtype = at::kBFloat16;
   spec.rope_cos = model->rope_cos();
   spec.rope_sin = model->rope_sin();
+  spec.rope_inv_freq = model->rope_inv_freq();
   kv::PagedKvStorage storage(spec);
   ASSERT_TRUE(storage.StaticDecodeCapable());
   std::string why;
-  auto graphs = engine::DecodeGraphs::Create(model.get(), &storage, kBlocks, 4, &why);
+  auto graphs = engine::DecodeGraphs::Create(model.get(), &storage, kBlocks, /*scratch_lane=*/3, 4, &why);
   ASSERT_TRUE(graphs) << why;
   EXPECT_EQ(graphs->sizes(), "1, 2, 4");
 
@@ -62,7 +67,7 @@ TEST(DecodeGraphs, ReplayEqualsEagerStepAndForward) {
     model->ForwardBatch(prompts, kvs);
   }
   std::vector<int32_t> next = {1, 2, 3};
-  for (int step = 0; step < 6; ++step) {
+  for (int step = 0; step < 8; ++step) {  // sequence 2 fills its second page at step 1 (position 31)
     // The engine's eager path first (it writes the step's keys and values) ...
     std::vector<std::unique_ptr<kv::PagedSeqView>> views;
     std::vector<models::KvView*> kvs;
@@ -72,22 +77,32 @@ TEST(DecodeGraphs, ReplayEqualsEagerStepAndForward) {
       views.push_back(std::make_unique<kv::PagedSeqView>(&storage, blocks[i], length[i], i));
       kvs.push_back(views.back().get());
       tokens.push_back({next[i]});
-      rows.push_back({next[i], length[i], &blocks[i]});
+      rows.push_back({next[i], length[i], &blocks[i], i});
     }
     at::Tensor forward = model->ForwardBatch(tokens, kvs).to(at::kCPU);
     // ... then the fixed-shape step eagerly and replayed: they rewrite the same slots.
     at::Tensor eager = graphs->RunEager(rows).to(at::kCPU);
     at::Tensor replay = graphs->Run(rows).to(at::kCPU);
-    EXPECT_TRUE(at::equal(eager, replay)) << "step " << step << ": max diff " << (eager - replay).abs().max().item<float>();
-    EXPECT_LT(RelErr(replay, forward), 2e-2) << "step " << step;
+    EXPECT_TRUE(at::equal(eager, replay)) << key_mode << " step " << step << ": max diff " << (eager - replay).abs().max().item<float>();
+    EXPECT_LT(RelErr(replay, forward), 2e-2) << key_mode << " step " << step;
     // One row alone (the batch-1 graph) agrees with its row in the batch of three.
     at::Tensor single = graphs->Run({rows[1]}).to(at::kCPU);
-    EXPECT_LT(RelErr(single[0], replay[1]), 2e-2) << "step " << step;
+    EXPECT_LT(RelErr(single[0], replay[1]), 2e-2) << key_mode << " step " << step;
     for (int i = 0; i < 3; ++i) {
       next[i] = static_cast<int32_t>(replay[i].argmax().item<int64_t>());
       ++length[i];
     }
   }
+}
+
+TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardBf16Keys) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  RunModes("bf16");
+}
+
+TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardSvdqKeys) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  RunModes("svdq");
 }
 
 }  // namespace
