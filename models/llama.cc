@@ -11,6 +11,11 @@
 #include "models/dequant.h"
 #include "models/gguf.h"
 #include "models/safetensors.h"
+#ifdef SVDQ_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
+#include "kernels/model/fused_ops.h"
+#endif
 
 namespace svdq::models {
 namespace {
@@ -100,6 +105,7 @@ std::unique_ptr<LlamaModel> LlamaModel::LoadGguf(const GgufFile& f, at::Device d
   }
 
   m->InitRope();
+  m->FuseProjections();
   return m;
 }
 
@@ -187,6 +193,7 @@ std::unique_ptr<LlamaModel> LlamaModel::LoadHuggingFace(const ModelConfig& c, co
       },
       /*fresh=*/false);
   m->InitRope();
+  m->FuseProjections();
   return m;
 }
 
@@ -205,7 +212,90 @@ std::unique_ptr<LlamaModel> LlamaModel::Synthetic(const ModelConfig& c, uint64_t
       },
       /*fresh=*/true);
   m->InitRope();
+  m->FuseProjections();
   return m;
+}
+
+void LlamaModel::FuseProjections() {
+  const int64_t D = cfg_.head_dim, Q = cfg_.n_heads * D, KV = cfg_.n_kv_heads * D, F = cfg_.ffn_hidden;
+  for (LayerWeights& w : layers_) {
+    w.wqkv = at::cat({w.wq, w.wk, w.wv}, 0);
+    w.wq = w.wqkv.narrow(0, 0, Q);
+    w.wk = w.wqkv.narrow(0, Q, KV);
+    w.wv = w.wqkv.narrow(0, Q + KV, KV);
+    if (w.bq.defined()) {
+      w.bqkv = at::cat({w.bq, w.bk, w.bv}, 0);
+      w.bq = w.bqkv.narrow(0, 0, Q);
+      w.bk = w.bqkv.narrow(0, Q, KV);
+      w.bv = w.bqkv.narrow(0, Q + KV, KV);
+    }
+    w.w_gate_up = at::cat({w.w_gate, w.w_up}, 0);
+    w.w_gate = w.w_gate_up.narrow(0, 0, F);
+    w.w_up = w.w_gate_up.narrow(0, F, F);
+  }
+}
+
+bool LlamaModel::Fused(const at::Tensor& x) const {
+#ifdef SVDQ_WITH_CUDA
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && dtype_ == at::kBFloat16;
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+at::Tensor LlamaModel::AddNorm(at::Tensor& x, const at::Tensor& residual, const at::Tensor& w) const {
+#ifdef SVDQ_WITH_CUDA
+  if (Fused(x) && x.is_contiguous() && (!residual.defined() || residual.is_contiguous())) {
+    at::Tensor out = at::empty_like(x);
+    const int64_t H = x.size(-1);
+    auto bf = [](const at::Tensor& t) { return static_cast<uint16_t*>(t.data_ptr()); };
+    const kernels::Status st =
+        kernels::AddRmsNorm(bf(x), residual.defined() ? bf(residual) : nullptr, w.data_ptr<float>(),
+                            static_cast<float>(cfg_.rms_eps), static_cast<int>(x.numel() / H), static_cast<int>(H),
+                            bf(out), at::cuda::getCurrentCUDAStream());
+    if (!st.ok()) throw std::runtime_error(st.message());
+    return out;
+  }
+#endif
+  if (residual.defined()) x.add_(residual);
+  return RmsNorm(x, w);
+}
+
+std::pair<at::Tensor, at::Tensor> LlamaModel::RopeQk(const at::Tensor& qkv, const at::Tensor& pos,
+                                                     const at::Tensor& cos_rows, const at::Tensor& sin_rows) const {
+  const int64_t N = qkv.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
+#ifdef SVDQ_WITH_CUDA
+  if (Fused(qkv) && qkv.stride(-1) == 1) {
+    at::Tensor q = at::empty({N, NH, D}, qkv.options()), k = at::empty({N, NKV, D}, qkv.options());
+    const kernels::Status st = kernels::RopeQk(
+        static_cast<const uint16_t*>(qkv.data_ptr()), qkv.stride(0), static_cast<int>(N), static_cast<int>(NH),
+        static_cast<int>(NKV), static_cast<int>(D), pos.data_ptr<int64_t>(), rope_cos_.data_ptr<float>(),
+        rope_sin_.data_ptr<float>(), static_cast<uint16_t*>(q.data_ptr()), static_cast<uint16_t*>(k.data_ptr()),
+        at::cuda::getCurrentCUDAStream());
+    if (!st.ok()) throw std::runtime_error(st.message());
+    return {q, k};
+  }
+#endif
+  (void)pos;
+  return {ApplyRotaryHalfRows(qkv.narrow(-1, 0, NH * D).view({N, NH, D}), cos_rows, sin_rows, dtype_),
+          ApplyRotaryHalfRows(qkv.narrow(-1, NH * D, NKV * D).view({N, NKV, D}), cos_rows, sin_rows, dtype_)};
+}
+
+at::Tensor LlamaModel::Mlp(const LayerWeights& w, const at::Tensor& h) const {
+  const int64_t F = cfg_.ffn_hidden;
+  at::Tensor gu = at::linear(h, w.w_gate_up);
+#ifdef SVDQ_WITH_CUDA
+  if (Fused(gu) && gu.is_contiguous()) {
+    at::Tensor act = at::empty({gu.size(0), F}, gu.options());
+    const kernels::Status st = kernels::SiluMul(static_cast<const uint16_t*>(gu.data_ptr()), static_cast<int>(gu.size(0)),
+                                                static_cast<int>(F), static_cast<uint16_t*>(act.data_ptr()),
+                                                at::cuda::getCurrentCUDAStream());
+    if (!st.ok()) throw std::runtime_error(st.message());
+    return at::linear(act, w.w_down);
+  }
+#endif
+  return at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), w.w_down);
 }
 
 at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& w) const {
@@ -327,17 +417,18 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
   at::Tensor ids = on_device(std::vector<int64_t>(all.begin(), all.end()));
   at::Tensor pos = on_device(positions);
   // RoPE of every row at its own position, in one go.
-  at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
-  auto rope = [&](const at::Tensor& t) { return ApplyRotaryHalfRows(t, cos, sin, dtype_); };
+  const bool fused = Fused(tok_embd_);  // the fused RoPE kernel reads pos itself
+  at::Tensor cos = fused ? at::Tensor() : rope_cos_.index_select(0, pos);
+  at::Tensor sin = fused ? at::Tensor() : rope_sin_.index_select(0, pos);
   at::Tensor decode_index = decodes.size() >= 2 ? on_device(decode_rows) : at::Tensor();
-  at::Tensor x = tok_embd_.index_select(0, ids);
+  at::Tensor x = tok_embd_.index_select(0, ids), pending;  // pending: the MLP output not yet added to x
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[l];
-    at::Tensor h = RmsNorm(x, w.attn_norm);
-    at::Tensor k_pre = at::linear(h, w.wk, w.bk).view({N, NKV, D});
-    at::Tensor v = at::linear(h, w.wv, w.bv).view({N, NKV, D});
-    at::Tensor q = rope(at::linear(h, w.wq, w.bq).view({N, NH, D}));
-    at::Tensor k = rope(k_pre);
+    at::Tensor h = AddNorm(x, pending, w.attn_norm);
+    at::Tensor qkv = at::linear(h, w.wqkv, w.bqkv);
+    at::Tensor k_pre = qkv.narrow(-1, NH * D, NKV * D).view({N, NKV, D});
+    at::Tensor v = qkv.narrow(-1, (NH + NKV) * D, NKV * D).view({N, NKV, D});
+    auto [q, k] = RopeQk(qkv, pos, cos, sin);
     std::vector<at::Tensor> outs(B);
     const bool decodes_written =
         decode_index.defined() &&
@@ -354,33 +445,35 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
     }
     for (size_t i = 0; i < B; ++i)
       if (!outs[i].defined()) outs[i] = AttendStored(l, q.narrow(0, first_row[i], len[i]), pos0[i], kvs[i]);
-    x = x + at::linear(at::cat(outs, 0), w.wo);
-    at::Tensor h2 = RmsNorm(x, w.ffn_norm);
-    x = x + at::linear(at::silu(at::linear(h2, w.w_gate)) * at::linear(h2, w.w_up), w.w_down);
+    at::Tensor h2 = AddNorm(x, at::linear(at::cat(outs, 0), w.wo), w.ffn_norm);
+    pending = Mlp(w, h2);
   }
   for (size_t i = 0; i < B; ++i) kvs[i]->SetLength(pos0[i] + len[i]);
-  at::Tensor h = RmsNorm(x.index_select(0, on_device(last)), output_norm_);
+  at::Tensor rows = on_device(last);
+  at::Tensor xl = x.index_select(0, rows);
+  at::Tensor h = AddNorm(xl, pending.index_select(0, rows), output_norm_);
   return at::linear(h, output_).to(at::kFloat);
 }
 
 at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos, const StaticDecodeKv& kv) {
   const int64_t B = ids.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
-  at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
-  auto rope = [&](const at::Tensor& t) { return ApplyRotaryHalfRows(t, cos, sin, dtype_); };
-  at::Tensor x = tok_embd_.index_select(0, ids);
+  const bool fused = Fused(tok_embd_);
+  // The ATen chain's RoPE reads the tables' rows at pos; the fused kernel reads pos itself.
+  at::Tensor cos = fused ? at::Tensor() : rope_cos_.index_select(0, pos);
+  at::Tensor sin = fused ? at::Tensor() : rope_sin_.index_select(0, pos);
+  at::Tensor x = tok_embd_.index_select(0, ids), pending;  // pending: the MLP output not yet added to x
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[l];
-    at::Tensor h = RmsNorm(x, w.attn_norm);
-    at::Tensor k_pre = at::linear(h, w.wk, w.bk).view({B, NKV, D});
-    at::Tensor k = rope(k_pre);
-    at::Tensor v = at::linear(h, w.wv, w.bv).view({B, NKV, D});
-    at::Tensor q = rope(at::linear(h, w.wq, w.bq).view({B, NH, D}));
+    at::Tensor h = AddNorm(x, pending, w.attn_norm);
+    at::Tensor qkv = at::linear(h, w.wqkv, w.bqkv);
+    at::Tensor k_pre = qkv.narrow(-1, NH * D, NKV * D).view({B, NKV, D});
+    at::Tensor v = qkv.narrow(-1, (NH + NKV) * D, NKV * D).view({B, NKV, D});
+    auto [q, k] = RopeQk(qkv, pos, cos, sin);
     kv.write(l, k_pre, k, v);
-    x = x + at::linear(kv.attend(l, q).reshape({B, NH * D}).to(dtype_), w.wo);
-    at::Tensor h2 = RmsNorm(x, w.ffn_norm);
-    x = x + at::linear(at::silu(at::linear(h2, w.w_gate)) * at::linear(h2, w.w_up), w.w_down);
+    at::Tensor h2 = AddNorm(x, at::linear(kv.attend(l, q).reshape({B, NH * D}).to(dtype_), w.wo), w.ffn_norm);
+    pending = Mlp(w, h2);
   }
-  return at::linear(RmsNorm(x, output_norm_), output_).to(at::kFloat);
+  return at::linear(AddNorm(x, pending, output_norm_), output_).to(at::kFloat);
 }
 
 at::Tensor LlamaModel::ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits) {

@@ -38,6 +38,8 @@ struct StaticDecodeKv {
 struct LayerWeights {
   at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
   at::Tensor bq, bk, bv;  // undefined unless the config has q/k/v biases (Qwen2)
+  // The same weights concatenated (one GEMM each); wq, wk, wv, w_gate, w_up are views of them.
+  at::Tensor wqkv, bqkv, w_gate_up;
 };
 
 class LlamaModel {
@@ -94,6 +96,16 @@ class LlamaModel {
   // The attention part of AttendOne, after kv->Write of the rows.
   at::Tensor AttendStored(int layer, const at::Tensor& q, int64_t pos0, KvView* kv);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
+  // The hot path's pieces, fused into one kernel each on CUDA in bf16 (kernels/model), the ATen
+  // chain elsewhere: x += residual (if defined) then RMSNorm; RoPE of the q and k columns of a
+  // fused projection [N, (heads + 2 kv_heads) D] at positions pos (cos_rows, sin_rows: the
+  // tables' rows at pos, for the ATen chain) -> q [N, heads, D], k [N, kv_heads, D]; the MLP.
+  at::Tensor AddNorm(at::Tensor& x, const at::Tensor& residual, const at::Tensor& w) const;
+  std::pair<at::Tensor, at::Tensor> RopeQk(const at::Tensor& qkv, const at::Tensor& pos, const at::Tensor& cos_rows,
+                                           const at::Tensor& sin_rows) const;
+  at::Tensor Mlp(const LayerWeights& w, const at::Tensor& h) const;
+  bool Fused(const at::Tensor& x) const;  // whether the fused kernels take x
+  void FuseProjections();  // builds wqkv, bqkv, w_gate_up; the separate weights become views
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x: [T, heads, head_dim]
   void InitRope();  // the tables from cfg_ (theta, llama3 scaling)
   // Fills every weight of cfg_'s shape from `get(name, shape)` (Hugging Face tensor names).
