@@ -8,8 +8,9 @@
 //   ceiling:  B / ((weight bytes + the bf16 KV bytes of B sequences) / copy bandwidth).
 // Steady-state decode only: each sequence is prefilled to --context tokens first (eagerly),
 // then --steps steps are timed (median of per-step times), each with a sync on the chosen
-// tokens as the server does. Prints a table and writes JSON rows (model, key_mode,
-// value_mode, streams, step_tok_s, peer_tok_s, ceiling_tok_s, ...).
+// tokens as the server does. Then one step eagerly with CUDA events around every layer's KV
+// write and attention (GPU time of those parts, summed over layers). Prints a table and writes
+// JSON rows (model, key_mode, value_mode, streams, step_tok_s, peer_tok_s, ceiling_tok_s, ...).
 //
 // usage: decode_step_bench [--model synthetic:llama-3-8b] [--streams 1,16,64] [--context 1400]
 //        [--steps 32] [--modes bf16_bf16,svdq_bf16] [--json OUT] [--date YYYY-MM-DD]
@@ -216,14 +217,20 @@ int main(int argc, char** argv) {
         if (s >= 2) t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
         for (int64_t b = 0; b < B; ++b) next[b] = static_cast<int32_t>(ids[b].item<int64_t>());
       }
+      // One more step eagerly, with events around each layer's KV write and attention.
+      std::vector<engine::DecodeRow> last;
+      for (int64_t b = 0; b < B; ++b) last.push_back({next[b], context + steps + 1, &blocks[b], static_cast<int>(b)});
+      const engine::DecodeGraphs::StepProfile prof = graphs->Profile(last);
       const double step_s = Median(t), tok_s = B / step_s;
       const double ceiling = B / ((weights + B * context * kv_token) / bw);
-      std::printf("%-10s %-6s %7lld %12.3f %12.1f %12.1f %8.0f %7.0f%%\n", parts[0].c_str(), parts[1].c_str(),
-                  static_cast<long long>(B), step_s * 1e3, tok_s, peer[si], ceiling, 100.0 * tok_s / peer[si]);
+      std::printf("%-10s %-6s %7lld %12.3f %12.1f %12.1f %8.0f %7.0f%%   eager %.2f ms: kv write %.2f, attention %.2f\n",
+                  parts[0].c_str(), parts[1].c_str(), static_cast<long long>(B), step_s * 1e3, tok_s, peer[si], ceiling,
+                  100.0 * tok_s / peer[si], prof.total_ms, prof.write_ms, prof.attend_ms);
       rows.push_back({{"model", model_path}, {"key_mode", parts[0]}, {"value_mode", parts[1]}, {"streams", B},
                       {"context", context}, {"step_ms", step_s * 1e3}, {"step_tok_s", tok_s}, {"peer_tok_s", peer[si]},
                       {"ceiling_tok_s", ceiling}, {"copy_tbps", bw / 1e12}, {"device", prop->name}, {"date", date},
-                      {"graphs", graphs->sizes()}});
+                      {"graphs", graphs->sizes()}, {"eager_step_ms", prof.total_ms},
+                      {"eager_kv_write_ms", prof.write_ms}, {"eager_attention_ms", prof.attend_ms}});
     }
   }
   if (!json_out.empty()) std::ofstream(json_out) << rows.dump(1) << "\n";

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Serving load generator: N concurrent Generate streams against a running svdq-server, each
 a prompt of about P tokens and M generated tokens (ignore_eos), repeated R rounds. Prints the
-generated tokens per second over the whole run, TTFT and per-token latency percentiles, and
-writes JSON.
+generated tokens per second over the whole run, TTFT and per-token latency percentiles, the
+steady-state decode rate (tokens that arrived while every stream of a round was decoding, over
+that window: prefill excluded), and writes JSON.
 
   python3 bench/serve_load.py --addr 127.0.0.1:50051 --concurrency 16 --prompt-words 200 --max-tokens 128
 """
@@ -41,7 +42,7 @@ def main():
     import grpc
     pb, pb_grpc = stubs()
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
-    ttft, per_token, generated = [], [], [0]
+    ttft, per_token, generated, streams = [], [], [0], []
     lock = threading.Lock()
 
     def one(i):
@@ -49,14 +50,16 @@ def main():
         with grpc.insecure_channel(a.addr) as ch:
             stub = pb_grpc.GenerationStub(ch)
             t0 = time.perf_counter()
-            first, n = None, 0
+            first, n, arrivals = None, 0, []
             for r in stub.Generate(pb.GenerateRequest(text=prompt, max_tokens=a.max_tokens, ignore_eos=True), timeout=600):
                 if r.HasField("chunk"):
                     n += len(r.chunk.token_ids)
+                    arrivals.append((time.perf_counter(), len(r.chunk.token_ids)))
                     if first is None:
                         first = time.perf_counter()
             end = time.perf_counter()
         with lock:
+            streams.append(arrivals)
             ttft.append(first - t0)
             if n > 1:
                 per_token.append((end - first) / (n - 1))
@@ -66,21 +69,32 @@ def main():
     one(-1)
     ttft.clear(); per_token.clear(); generated[0] = 0
     t0 = time.perf_counter()
+    steady_tokens, steady_s = 0, 0.0
     for r in range(a.rounds):
+        streams.clear()
         threads = [threading.Thread(target=one, args=(r * a.concurrency + i,)) for i in range(a.concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        # The window in which every stream had its first token and none had its last.
+        lo = max(s[0][0] for s in streams)
+        hi = min(s[-1][0] for s in streams)
+        if hi > lo:
+            steady_tokens += sum(k for s in streams for (t, k) in s if lo < t <= hi)
+            steady_s += hi - lo
     wall = time.perf_counter() - t0
+    steady = steady_tokens / steady_s if steady_s > 0 else float("nan")
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]
     res = dict(label=a.label, concurrency=a.concurrency, rounds=a.rounds, prompt_words=a.prompt_words,
                max_tokens=a.max_tokens, generated=generated[0], wall_s=wall, gen_tokens_per_s=generated[0] / wall,
                ttft_p50_s=statistics.median(ttft), ttft_p90_s=q(ttft, 0.9),
-               per_token_p50_s=statistics.median(per_token), per_token_p90_s=q(per_token, 0.9))
+               per_token_p50_s=statistics.median(per_token), per_token_p90_s=q(per_token, 0.9),
+               steady_decode_tokens_per_s=steady, steady_window_s=steady_s)
     print(f"{a.label}: concurrency {a.concurrency}: {generated[0]} tokens in {wall:.2f} s = {res['gen_tokens_per_s']:.1f} tok/s; "
           f"TTFT p50 {res['ttft_p50_s'] * 1e3:.0f} ms p90 {res['ttft_p90_s'] * 1e3:.0f} ms; "
-          f"per token p50 {res['per_token_p50_s'] * 1e3:.1f} ms p90 {res['per_token_p90_s'] * 1e3:.1f} ms")
+          f"per token p50 {res['per_token_p50_s'] * 1e3:.1f} ms p90 {res['per_token_p90_s'] * 1e3:.1f} ms; "
+          f"steady decode {steady:.1f} tok/s over {steady_s:.2f} s")
     if a.json:
         with open(a.json, "a") as f:
             f.write(json.dumps(res) + "\n")

@@ -218,6 +218,47 @@ std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel* model, kv
   return d;
 }
 
+DecodeGraphs::StepProfile DecodeGraphs::Profile(const std::vector<DecodeRow>& rows) {
+  Graph& g = Pick(rows.size());
+  Fill(g, rows);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> writes, attends;
+  auto event = [&]() {
+    cudaEvent_t e;
+    cudaEventCreate(&e);
+    cudaEventRecord(e, stream);
+    return e;
+  };
+  models::StaticDecodeKv kv;
+  kv.write = [&](int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) {
+    cudaEvent_t a = event();
+    storage_->WriteDecode(layer, k_pre, k, v, g.writes);
+    writes.emplace_back(a, event());
+  };
+  kv.attend = [&](int layer, const at::Tensor& q) {
+    cudaEvent_t a = event();
+    at::Tensor o = storage_->AttendDecode(layer, q, g.tables);
+    attends.emplace_back(a, event());
+    return o;
+  };
+  cudaEvent_t start = event();
+  model_->DecodeStatic(g.ids, g.pos, kv);
+  cudaEvent_t end = event();
+  cudaEventSynchronize(end);
+  StepProfile p;
+  auto ms = [](cudaEvent_t a, cudaEvent_t b) {
+    float t = 0;
+    cudaEventElapsedTime(&t, a, b);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return static_cast<double>(t);
+  };
+  for (auto [a, b] : writes) p.write_ms += ms(a, b);
+  for (auto [a, b] : attends) p.attend_ms += ms(a, b);
+  p.total_ms = ms(start, end);
+  return p;
+}
+
 at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) {
   Graph& g = Pick(rows.size());
   Fill(g, rows);
@@ -234,6 +275,10 @@ std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel*, kv::Page
 }
 
 at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) { return RunEager(rows); }
+
+DecodeGraphs::StepProfile DecodeGraphs::Profile(const std::vector<DecodeRow>&) {
+  throw std::logic_error("decode step profiles need CUDA");
+}
 
 #endif
 

@@ -51,6 +51,12 @@ class DecodeGraphs {
   at::Tensor Run(const std::vector<DecodeRow>& rows);
   // The same step without the graph (for tests): identical inputs, eager kernels.
   at::Tensor RunEager(const std::vector<DecodeRow>& rows);
+  // The eager step with CUDA events around every layer's KV write and attention: where the
+  // step's GPU time goes (bench/decode_step_bench). Milliseconds, summed over the layers.
+  struct StepProfile {
+    double write_ms = 0, attend_ms = 0, total_ms = 0;
+  };
+  StepProfile Profile(const std::vector<DecodeRow>& rows);
 
  private:
   struct Graph;
