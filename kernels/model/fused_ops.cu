@@ -96,11 +96,11 @@ Status AddRmsNorm(uint16_t* x, const uint16_t* residual, const float* w, float e
 Status RopeQk(const uint16_t* qkv, int64_t row_stride, int rows, int heads, int kv_heads, int head_dim,
               const int64_t* pos, const float* cos, const float* sin, uint16_t* q_out, uint16_t* k_out,
               cudaStream_t stream) {
-  if (rows < 0 || heads < 1 || kv_heads < 1 || head_dim < 2 || head_dim % 2 != 0 ||
+  if (rows < 0 || heads < 1 || kv_heads < 0 || head_dim < 2 || head_dim % 2 != 0 ||
       row_stride < static_cast<int64_t>(heads + kv_heads) * head_dim)
     return Status::Invalid("RopeQk: bad shape");
   if (rows == 0) return Status::Ok();
-  if (!qkv || !pos || !cos || !sin || !q_out || !k_out) return Status::Invalid("RopeQk: a pointer is null");
+  if (!qkv || !pos || !cos || !sin || !q_out || (kv_heads > 0 && !k_out)) return Status::Invalid("RopeQk: a pointer is null");
   const int64_t n = static_cast<int64_t>(rows) * (heads + kv_heads) * (head_dim / 2);
   RopeQkKernel<<<Blocks(n, 256), 256, 0, stream>>>(qkv, row_stride, rows, heads, kv_heads, head_dim, pos, cos, sin,
                                                     q_out, k_out);

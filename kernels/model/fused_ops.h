@@ -23,7 +23,8 @@ Status AddRmsNorm(uint16_t* x, const uint16_t* residual, const float* w, float e
 
 // qkv: bf16 [rows, row_stride], q in columns [0, heads * D), k in [heads * D, (heads + kv_heads) * D);
 // pos: int64 [rows]; cos, sin: fp32 [max_pos, D] (halves duplicated). Writes q_out [rows, heads, D]
-// and k_out [rows, kv_heads, D], bf16 contiguous. D even, at most 256.
+// and k_out [rows, kv_heads, D], bf16 contiguous. D even. kv_heads 0 (k_out null) rotates rows
+// of `heads` heads alone (the SVDq tail pages).
 Status RopeQk(const uint16_t* qkv, int64_t row_stride, int rows, int heads, int kv_heads, int head_dim,
               const int64_t* pos, const float* cos, const float* sin, uint16_t* q_out, uint16_t* k_out,
               cudaStream_t stream);

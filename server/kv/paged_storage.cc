@@ -11,6 +11,7 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include "kernels/attention/paged_decode.h"
+#include "kernels/model/fused_ops.h"
 #include "kernels/svdq/svdq_cuda.h"
 #endif
 
@@ -231,11 +232,19 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   // Each sequence's tail page (pre-RoPE in its lane) rotated at its positions, and the value
   // page it shares; the bases stay where they are, addressed through basis_index.
   at::Tensor rows = tail_[layer].index_select(0, t.lanes).reshape({B * P, KV, D});
-  at::Tensor tail_k = models::ApplyRotaryHalfRows(rows, spec_.rope_cos.index_select(0, t.tail_pos),
-                                                  spec_.rope_sin.index_select(0, t.tail_pos), at::kBFloat16)
-                          .reshape({B, P, KV, D})
-                          .permute({0, 2, 1, 3})
-                          .contiguous();
+  at::Tensor rotated;
+  if (rows.scalar_type() == at::kBFloat16) {  // one fused kernel (kernels/model), bit-equal to the chain below
+    rotated = at::empty({B * P, KV, D}, rows.options());
+    Check(kernels::RopeQk(static_cast<const uint16_t*>(rows.data_ptr()), KV * D, static_cast<int>(B * P),
+                          static_cast<int>(KV), 0, static_cast<int>(D), t.tail_pos.data_ptr<int64_t>(),
+                          spec_.rope_cos.data_ptr<float>(), spec_.rope_sin.data_ptr<float>(),
+                          static_cast<uint16_t*>(rotated.data_ptr()), nullptr, stream),
+          "tail RoPE");
+  } else {
+    rotated = models::ApplyRotaryHalfRows(rows, spec_.rope_cos.index_select(0, t.tail_pos),
+                                          spec_.rope_sin.index_select(0, t.tail_pos), at::kBFloat16);
+  }
+  at::Tensor tail_k = rotated.reshape({B, P, KV, D}).permute({0, 2, 1, 3}).contiguous();
   at::Tensor tail_v = values_[layer].data().index_select(0, t.tail_block).contiguous();
   kernels::SvdqAttentionParams p;
   p.layout = layout_;

@@ -72,6 +72,12 @@ TEST_F(FusedOps, RopeQkMatchesApplyRotaryHalfRows) {
     at::Tensor kr = models::ApplyRotaryHalfRows(qkv.narrow(1, NH * D, NKV * D).view({rows, NKV, D}), c, s, at::kBFloat16);
     EXPECT_TRUE(at::equal(q, qr)) << "q, head dim " << D << ", max diff " << (q - qr).abs().max().item<float>();
     EXPECT_TRUE(at::equal(k, kr)) << "k, head dim " << D << ", max diff " << (k - kr).abs().max().item<float>();
+    // Rows of q heads alone (kv_heads 0: the SVDq tail pages' use).
+    at::Tensor qa = at::empty({rows, NH, D}, bf_);
+    ASSERT_TRUE(kernels::RopeQk(Bf(qkv), stride, rows, NH, 0, D, pos.data_ptr<int64_t>(), cos.data_ptr<float>(),
+                                sin.data_ptr<float>(), Bf(qa), nullptr, at::cuda::getCurrentCUDAStream())
+                    .ok());
+    EXPECT_TRUE(at::equal(qa, qr)) << "heads alone, head dim " << D;
   }
 }
 
