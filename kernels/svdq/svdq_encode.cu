@@ -1,4 +1,5 @@
 // SVDq encode and decode kernels: one thread block per (page, KV head).
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "kernels/common/cuda_launch.h"
@@ -15,8 +16,10 @@ __global__ void EncodeKernel(SvdqEncodeParams p) {
   extern __shared__ float smem[];
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width, r = l.retained;
+  if (p.encode_if_last && p.encode_if_last[blockIdx.x] != l.page_size - 1) return;  // page not complete
   const int64_t ph = static_cast<int64_t>(blockIdx.x) * p.kv_heads + blockIdx.y;
   const int64_t bh = p.basis_index ? static_cast<int64_t>(p.basis_index[blockIdx.x]) * p.kv_heads + blockIdx.y : ph;
+  const int64_t oh = p.out_page ? p.out_page[blockIdx.x] * p.kv_heads + blockIdx.y : ph;
   float* keys = smem;
   float* z = keys + P * W;
   float* scale = z + P * r;
@@ -26,16 +29,22 @@ __global__ void EncodeKernel(SvdqEncodeParams p) {
   __shared__ int bad;
   if (threadIdx.x == 0) bad = 0;
   __syncthreads();
-  const float* src = p.keys + ph * P * W;
   const float* mean = p.mean + bh * W;
   for (int idx = threadIdx.x; idx < P * W; idx += blockDim.x) {
-    float v = src[idx];
+    float v;
+    if (p.key_lane) {  // a tail page [P, kv_heads, W] of lane key_lane[page]
+      const int t = idx / W, i = idx - t * W;
+      const int64_t off = ((p.key_lane[blockIdx.x] * P + t) * p.kv_heads + blockIdx.y) * W + i;
+      v = p.keys_bf16 ? __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(p.keys_bf16)[off]) : p.keys[off];
+    } else {
+      v = p.keys[ph * P * W + idx];
+    }
     if (!isfinite(v)) bad = 1;
     keys[idx] = v - mean[idx % W];
   }
   for (int w = threadIdx.x; w < n_words; w += blockDim.x) words[w] = 0u;
   __syncthreads();
-  uint32_t* out = reinterpret_cast<uint32_t*>(p.out + ph * l.page_bytes);
+  uint32_t* out = reinterpret_cast<uint32_t*>(p.out + oh * l.page_bytes);
   if (bad) {
     for (int w = threadIdx.x; w < n_words; w += blockDim.x) out[w] = 0u;
     if (threadIdx.x == 0 && p.nonfinite) *p.nonfinite = 1;
@@ -107,7 +116,9 @@ Status SvdqEncode(const SvdqEncodeParams& p, cudaStream_t stream) {
   const SvdqLayout& l = p.layout;
   if (p.num_pages < 0 || p.kv_heads <= 0 || l.width <= 0 || l.retained <= 0)
     return Status::Invalid("SvdqEncode: bad shape");
-  if (!p.keys || !p.mean || !p.basis || !p.out) return Status::Invalid("SvdqEncode: null pointer");
+  if (!(p.keys || (p.key_lane && p.keys_bf16)) || !p.mean || !p.basis || !p.out)
+    return Status::Invalid("SvdqEncode: null pointer");
+  if (p.keys_bf16 && !p.key_lane) return Status::Invalid("SvdqEncode: bf16 keys are read from tail pages (key_lane)");
   if (p.num_pages == 0) return Status::Ok();
   size_t smem = sizeof(float) * (static_cast<size_t>(l.page_size) * (l.width + l.retained) + 2 * l.retained) + l.page_bytes;
   Status st = AllowSmem(reinterpret_cast<const void*>(EncodeKernel), smem);

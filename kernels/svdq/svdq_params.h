@@ -52,6 +52,16 @@ struct SvdqEncodeParams {
   // Optional: page n takes its mean and basis from row basis_index[n] of mean and basis
   // (then [rows, kv_heads, ...]) instead of row n, so pages share a basis without copies.
   const int32_t* basis_index = nullptr;  // [num_pages]
+  // Optional, for encoding running sequences' tail pages in place (the decode step):
+  //   key_lane [num_pages]: the keys are tail pages [lanes, P, kv_heads, width] (keys in fp32,
+  //     or keys_bf16 in bf16), and page n is lane key_lane[n];
+  //   encode_if_last [num_pages]: page n is encoded only where encode_if_last[n] == P - 1 (the
+  //     row of the token just written: the page is complete); otherwise nothing is written;
+  //   out_page [num_pages]: page n goes to page out_page[n] of out instead of page n.
+  const int64_t* key_lane = nullptr;
+  const uint16_t* keys_bf16 = nullptr;
+  const int64_t* encode_if_last = nullptr;
+  const int64_t* out_page = nullptr;
 };
 
 // Decodes full pages back to keys at their positions (RoPE applied when rope_cos is set).

@@ -149,15 +149,25 @@ Status ComputeBasisRef(const float* keys, int64_t tokens, int width, bool center
 Status SvdqEncodeRef(const SvdqEncodeParams& p) {
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width;
-  std::vector<float> z(static_cast<size_t>(P) * W);
+  if (!(p.keys || (p.key_lane && p.keys_bf16)) || !p.mean || !p.basis || !p.out)
+    return Status::Invalid("SvdqEncodeRef: null pointer");
+  std::vector<float> z(static_cast<size_t>(P) * W), kbuf(static_cast<size_t>(P) * W);
   for (int64_t page = 0; page < p.num_pages; ++page) {
+    if (p.encode_if_last && p.encode_if_last[page] != P - 1) continue;  // page not complete
     for (int h = 0; h < p.kv_heads; ++h) {
       const int64_t ph = page * p.kv_heads + h;
       const int64_t bh = p.basis_index ? static_cast<int64_t>(p.basis_index[page]) * p.kv_heads + h : ph;
-      const float* k = p.keys + ph * P * W;
+      const int64_t oh = p.out_page ? p.out_page[page] * p.kv_heads + h : ph;
+      const float* k = p.key_lane ? kbuf.data() : p.keys + ph * P * W;
+      if (p.key_lane)  // a tail page [P, kv_heads, W] of lane key_lane[page]
+        for (int t = 0; t < P; ++t)
+          for (int i = 0; i < W; ++i) {
+            const int64_t off = ((p.key_lane[page] * P + t) * p.kv_heads + h) * W + i;
+            kbuf[static_cast<size_t>(t) * W + i] = p.keys_bf16 ? Bf16BitsToFloat(p.keys_bf16[off]) : p.keys[off];
+          }
       const float* mean = p.mean + bh * W;
       const float* basis = p.basis + bh * W * W;
-      uint8_t* rec = p.out + ph * l.page_bytes;
+      uint8_t* rec = p.out + oh * l.page_bytes;
       std::fill(rec, rec + l.page_bytes, 0);
       for (int64_t e = 0; e < static_cast<int64_t>(P) * W; ++e) {
         if (!std::isfinite(k[e]))

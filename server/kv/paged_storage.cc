@@ -164,7 +164,6 @@ int PagedKvStorage::BasisSlot(int lane) const { return mean_.empty() || mean_[0]
 
 void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
                                  const DecodeWrites& w) {
-  const int64_t P = spec_.shape.block_size, B = k.size(0);
   values_[layer].Write(w.block, w.offset, v);
   if (!spec_.modes.page_coded_keys()) {
     keys_[layer].Write(w.block, w.offset, k);
@@ -172,25 +171,28 @@ void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::T
   }
   at::Tensor& tail = tail_[layer];
   tail.index_put_({w.lanes, w.offset}, k_pre.to(tail.scalar_type()));
-  // Each row's tail page, encoded whole into the block it fills.
-  const int64_t U = codec_.units, W = codec_.width;
-  at::Tensor x = tail.index_select(0, w.lanes).to(at::kFloat).reshape({B, P, U, W}).permute({0, 2, 1, 3}).contiguous();
-  at::Tensor out = at::empty({B, U, layout_.page_bytes}, x.options().dtype(at::kByte));
+  // A row whose token completes its page has that page encoded into its block: decided on the
+  // device (encode_if_last), read straight from the lane's tail, written straight to the codes.
+  at::Tensor tail_f32;  // the codec reads bf16 or fp32 tails; fp16 ones go through fp32
+  if (tail.scalar_type() != at::kBFloat16 && tail.scalar_type() != at::kFloat) tail_f32 = tail.to(at::kFloat);
   kernels::SvdqEncodeParams p;
   p.layout = layout_;
-  p.num_pages = static_cast<int>(B);
-  p.kv_heads = static_cast<int>(U);
-  p.keys = x.data_ptr<float>();
+  p.num_pages = static_cast<int>(k.size(0));
+  p.kv_heads = static_cast<int>(codec_.units);
+  if (tail.scalar_type() == at::kBFloat16) p.keys_bf16 = static_cast<const uint16_t*>(tail.data_ptr());
+  else p.keys = tail_f32.defined() ? tail_f32.data_ptr<float>() : tail.data_ptr<float>();
+  p.key_lane = w.lanes.data_ptr<int64_t>();
+  p.encode_if_last = w.offset.data_ptr<int64_t>();
+  p.out_page = w.block.data_ptr<int64_t>();
+  p.out = codes_[layer].data_ptr<uint8_t>();
   p.mean = mean_[layer].data_ptr<float>();
   p.basis = vectors_[layer].data_ptr<float>();
   p.basis_index = w.basis_index.data_ptr<int32_t>();
-  p.out = out.data_ptr<uint8_t>();
 #ifdef SVDQ_WITH_CUDA
   if (spec_.device.is_cuda()) Check(kernels::SvdqEncode(p, at::cuda::getCurrentCUDAStream()), "SVDq encode");
   else
 #endif
     Check(kernels::SvdqEncodeRef(p), "SVDq encode");
-  codes_[layer].index_copy_(0, w.block, out);
 }
 
 at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t) {

@@ -97,8 +97,8 @@ class PagedKvStorage {
   //
   // WriteDecode stores k_pre, k, v [B, kv, D] (pre- and post-RoPE keys, values): values and
   // per-token-coded keys at (block, offset); page-coded keys in each row's lane tail, whose
-  // page is then encoded into the block being filled (every step: a page completed by this
-  // token is final before attention reads it; an incomplete page's codes are never read).
+  // page is encoded into its block when this token completes it (decided on the device by the
+  // codec, so a captured step holds it; the page is final before attention reads it).
   // AttendDecode runs the bf16 paged decode or the SVDq attention kernel: q [B, heads, D] ->
   // fp32 [B, heads, D].
   // StaticDecodeCapable: whether decode steps of this storage can be captured (CUDA, bf16

@@ -96,6 +96,33 @@ EncodeCase MakeEncodeCase(int width, int P, const std::string& sched, int pages,
   return c;
 }
 
+// Two encoded records hold the same latents within the codec's tolerance. The projection
+// sums in a different order (fused multiply-adds on the GPU), so a channel's min/max, hence its
+// fp16 scale and zero, may move by an fp16 ulp; an ulp of the zero point can exceed a
+// quantization step (a channel with a large offset and a small range), shifting that
+// channel's codes. So codes are not compared one to one. Tolerance: every decoded latent
+// within 1.01 steps plus 2e-3 of its magnitude (two fp16 ulps) of the reference's.
+void ExpectSameLatents(const SvdqLayout& l, const uint8_t* a, const uint8_t* b, const std::string& what) {
+  for (int ch = 0; ch < l.width; ++ch) {
+    int j = l.RetainedIndex(ch);
+    if (j < 0) continue;
+    int grp = ch / l.group_size;
+    float sa = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(a + l.scale_offset)[j]);
+    float sb = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(b + l.scale_offset)[j]);
+    float za = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(a + l.zero_offset)[j]);
+    float zb = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(b + l.zero_offset)[j]);
+    ASSERT_NEAR(sa, sb, 2e-3f * std::abs(sa) + 1e-6f) << what;
+    ASSERT_NEAR(za, zb, 2e-3f * std::abs(za) + 1e-6f) << what;
+    for (int t = 0; t < l.page_size; ++t) {
+      int idx = t * l.group_size + (ch - grp * l.group_size);
+      int ca = ReadCode(a + l.group_offset[grp], idx, l.bits[grp]);
+      int cb = ReadCode(b + l.group_offset[grp], idx, l.bits[grp]);
+      float va = za + ca * sa, vb = zb + cb * sb;
+      ASSERT_LE(std::abs(va - vb), 1.01f * std::max(sa, sb) + 2e-3f * (std::abs(za) + std::abs(va)) + 1e-6f) << what;
+    }
+  }
+}
+
 TEST(SvdqKernels, EncodeMatchesReference) {
   SKIP_WITHOUT_GPU();
   for (int width : {64, 128})
@@ -116,35 +143,74 @@ TEST(SvdqKernels, EncodeMatchesReference) {
           auto got = dout.Download();
           EXPECT_TRUE(dout.GuardsIntact());
           EXPECT_EQ(flag.Download()[0], 0);
-          // The projection sums in a different order (fused multiply-adds on the GPU), so a
-          // channel's min/max, hence its fp16 scale and zero, may move by an fp16 ulp; an
-          // ulp of the zero point can exceed a quantization step (a channel with a large
-          // offset and a small range), shifting that channel's codes. So codes are not
-          // compared one to one. Tolerance: every decoded latent within 1.01 steps plus
-          // 2e-3 of its magnitude (two fp16 ulps) of the reference's.
-          for (int rec = 0; rec < pages * 2; ++rec) {
-            const uint8_t* a = &ref[static_cast<size_t>(rec) * c.l.page_bytes];
-            const uint8_t* b = &got[static_cast<size_t>(rec) * c.l.page_bytes];
-            for (int ch = 0; ch < width; ++ch) {
-              int j = c.l.RetainedIndex(ch);
-              if (j < 0) continue;
-              int grp = ch / c.l.group_size;
-              float sa = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(a + c.l.scale_offset)[j]);
-              float sb = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(b + c.l.scale_offset)[j]);
-              float za = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(a + c.l.zero_offset)[j]);
-              float zb = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(b + c.l.zero_offset)[j]);
-              ASSERT_NEAR(sa, sb, 2e-3f * std::abs(sa) + 1e-6f);
-              ASSERT_NEAR(za, zb, 2e-3f * std::abs(za) + 1e-6f);
-              for (int t = 0; t < P; ++t) {
-                int idx = t * c.l.group_size + (ch - grp * c.l.group_size);
-                int ca = ReadCode(a + c.l.group_offset[grp], idx, c.l.bits[grp]);
-                int cb = ReadCode(b + c.l.group_offset[grp], idx, c.l.bits[grp]);
-                float va = za + ca * sa, vb = zb + cb * sb;
-                ASSERT_LE(std::abs(va - vb), 1.01f * std::max(sa, sb) + 2e-3f * (std::abs(za) + std::abs(va)) + 1e-6f) << s;
-              }
-            }
-          }
+          for (int rec = 0; rec < pages * 2; ++rec)
+            ExpectSameLatents(c.l, &ref[static_cast<size_t>(rec) * c.l.page_bytes],
+                              &got[static_cast<size_t>(rec) * c.l.page_bytes], s);
         }
+}
+
+// Tail pages encoded in place, as the decode step does: keys read from lanes of a bf16 tail
+// [lanes, P, kv, W], only rows whose token completes the page, written to other pages of the
+// pool, each with its own basis row. Pages of incomplete rows and pages no row names stay as
+// they were.
+TEST(SvdqKernels, EncodeTailsInPlaceMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  for (int width : {64, 128}) {
+    const int P = 16, kv = 2, lanes = 3, pool = 6;
+    SvdqLayout l = Layout(width, P, "8,4,2,1,1,0,0,0");
+    // Two basis rows from real-ish keys; a tail per lane in bf16.
+    EncodeCase c = MakeEncodeCase(width, P, "8,4,2,1,1,0,0,0", 2, kv, 7 + width);
+    std::vector<uint16_t> tails(static_cast<size_t>(lanes) * P * kv * width);
+    std::vector<float> keys = MakeKeys(static_cast<int64_t>(lanes) * P * kv, width, 31);
+    for (size_t i = 0; i < tails.size(); ++i) tails[i] = FloatToBf16Bits(keys[i]);
+    // mean/basis rows: c.mean is [page, kv, W] for 2 pages, i.e. 2 basis rows of [kv, W].
+    const std::vector<int64_t> key_lane = {2, 0, 1}, last = {P - 1, 3, P - 1}, out_page = {5, 1, 0};
+    const std::vector<int32_t> basis_row = {1, 0, 0};
+    std::vector<uint8_t> ref(static_cast<size_t>(pool) * kv * l.page_bytes, 0xA5);
+    SvdqEncodeParams p;
+    p.layout = l;
+    p.num_pages = 3;
+    p.kv_heads = kv;
+    p.keys_bf16 = tails.data();
+    p.key_lane = key_lane.data();
+    p.encode_if_last = last.data();
+    p.out_page = out_page.data();
+    p.mean = c.mean.data();
+    p.basis = c.basis.data();
+    p.basis_index = basis_row.data();
+    p.out = ref.data();
+    ASSERT_TRUE(SvdqEncodeRef(p).ok());
+    DeviceBuffer<uint16_t> dt(tails);
+    DeviceBuffer<int64_t> dl(key_lane), de(last), dp(out_page);
+    DeviceBuffer<int32_t> dbi(basis_row);
+    DeviceBuffer<float> dm(c.mean), db(c.basis);
+    DeviceBuffer<uint8_t> dout(std::vector<uint8_t>(ref.size(), 0xA5));
+    SvdqEncodeParams g = p;
+    g.keys_bf16 = dt.ptr();
+    g.key_lane = dl.ptr();
+    g.encode_if_last = de.ptr();
+    g.out_page = dp.ptr();
+    g.basis_index = dbi.ptr();
+    g.mean = dm.ptr();
+    g.basis = db.ptr();
+    g.out = dout.ptr();
+    Status st = SvdqEncode(g, nullptr);
+    ASSERT_TRUE(st.ok()) << st.message();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto got = dout.Download();
+    EXPECT_TRUE(dout.GuardsIntact());
+    for (int page = 0; page < pool; ++page)
+      for (int h = 0; h < kv; ++h) {
+        const size_t at = (static_cast<size_t>(page) * kv + h) * l.page_bytes;
+        const bool written = page == 5 || page == 0;  // rows 0 and 2 complete their pages
+        if (!written) {
+          for (int i = 0; i < l.page_bytes; ++i) ASSERT_EQ(got[at + i], 0xA5) << "page " << page << " was written";
+          continue;
+        }
+        ASSERT_NE(ref[at], 0xA5);
+        ExpectSameLatents(l, &ref[at], &got[at], "tail");
+      }
+  }
 }
 
 TEST(SvdqKernels, EncodeFlagsNonFiniteKeys) {
