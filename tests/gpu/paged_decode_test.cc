@@ -14,45 +14,13 @@
 
 #include "kernels/attention/paged_decode.h"
 #include "kernels/common/half.h"
+#include "tests/common/device_buffer.h"
 
 using namespace svdq::kernels;
+using svdq::testing::DeviceBuffer;
+using svdq::testing::HaveGpu;
 
 namespace {
-
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-template <typename T>
-class Buffer {
- public:
-  static constexpr size_t kGuard = 256;
-  explicit Buffer(const std::vector<T>& host) : n_(host.size()) {
-    bytes_ = n_ * sizeof(T) + 2 * kGuard;
-    EXPECT_EQ(cudaMalloc(&base_, bytes_), cudaSuccess);
-    EXPECT_EQ(cudaMemset(base_, 0x5A, bytes_), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr(), host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~Buffer() { cudaFree(base_); }
-  T* ptr() { return reinterpret_cast<T*>(static_cast<uint8_t*>(base_) + kGuard); }
-  std::vector<T> Download() {
-    std::vector<T> out(n_);
-    EXPECT_EQ(cudaMemcpy(out.data(), ptr(), n_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-  bool GuardsIntact() {
-    std::vector<uint8_t> all(bytes_);
-    EXPECT_EQ(cudaMemcpy(all.data(), base_, bytes_, cudaMemcpyDeviceToHost), cudaSuccess);
-    for (size_t i = 0; i < kGuard; ++i)
-      if (all[i] != 0x5A || all[bytes_ - 1 - i] != 0x5A) return false;
-    return true;
-  }
-
- private:
-  void* base_ = nullptr;
-  size_t n_, bytes_;
-};
 
 struct Case {
   int heads, kv, dim, page;
@@ -98,10 +66,10 @@ void RunCase(const Case& c, uint32_t seed) {
   p.sm_scale = scale;
   p.max_seq_len = plan_len;
   p.tokens_per_split = c.tokens_per_split >= 0 ? c.tokens_per_split : PagedDecodeTokensPerSplit(B, H, KV, plan_len, 132);
-  Buffer<uint16_t> dq(q), dk(k), dv(v);
-  Buffer<int32_t> dt(table), dl(c.lens);
-  Buffer<float> dout(std::vector<float>(static_cast<size_t>(B) * H * D, 0.f));
-  Buffer<float> dws(std::vector<float>(std::max<size_t>(1, PagedDecodeWorkspaceFloats(p)), 0.f));
+  DeviceBuffer<uint16_t> dq(q), dk(k), dv(v);
+  DeviceBuffer<int32_t> dt(table), dl(c.lens);
+  DeviceBuffer<float> dout(std::vector<float>(static_cast<size_t>(B) * H * D, 0.f));
+  DeviceBuffer<float> dws(std::vector<float>(std::max<size_t>(1, PagedDecodeWorkspaceFloats(p)), 0.f));
   p.q = dq.ptr();
   p.key_pages = dk.ptr();
   p.value_pages = dv.ptr();

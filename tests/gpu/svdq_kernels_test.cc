@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kernels/common/half.h"
+#include "tests/common/device_buffer.h"
 #include "kernels/svdq/schedule.h"
 #include "kernels/svdq/svdq_attention_tc.h"
 #include "kernels/svdq/svdq_cuda.h"
@@ -16,49 +17,17 @@
 #include "tests/common/svdq_data.h"
 
 using namespace svdq::kernels;
+using svdq::testing::DeviceBuffer;
+using svdq::testing::HaveGpu;
 using svdq::testing::MakeKeys;
 using svdq::testing::MakeRope;
 
 namespace {
 
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
 #define SKIP_WITHOUT_GPU() \
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device"
 
 // A device copy of a host vector, with guard bytes on both sides for outputs.
-template <typename T>
-class DeviceBuffer {
- public:
-  static constexpr size_t kGuard = 256;
-  explicit DeviceBuffer(const std::vector<T>& host) : n_(host.size()) {
-    bytes_ = n_ * sizeof(T) + 2 * kGuard;
-    EXPECT_EQ(cudaMalloc(&base_, bytes_), cudaSuccess);
-    EXPECT_EQ(cudaMemset(base_, 0x5A, bytes_), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr(), host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(base_); }
-  T* ptr() { return reinterpret_cast<T*>(static_cast<uint8_t*>(base_) + kGuard); }
-  std::vector<T> Download() {
-    std::vector<T> out(n_);
-    EXPECT_EQ(cudaMemcpy(out.data(), ptr(), n_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-  bool GuardsIntact() {
-    std::vector<uint8_t> all(bytes_);
-    EXPECT_EQ(cudaMemcpy(all.data(), base_, bytes_, cudaMemcpyDeviceToHost), cudaSuccess);
-    for (size_t i = 0; i < kGuard; ++i)
-      if (all[i] != 0x5A || all[bytes_ - 1 - i] != 0x5A) return false;
-    return true;
-  }
-
- private:
-  void* base_ = nullptr;
-  size_t n_, bytes_;
-};
 
 SvdqLayout Layout(int width, int page, const std::string& s) {
   Schedule sched;
