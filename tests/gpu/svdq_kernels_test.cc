@@ -27,7 +27,6 @@ namespace {
 #define SKIP_WITHOUT_GPU() \
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device"
 
-// A device copy of a host vector, with guard bytes on both sides for outputs.
 
 SvdqLayout Layout(int width, int page, const std::string& s) {
   Schedule sched;
