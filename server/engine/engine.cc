@@ -29,6 +29,7 @@
 #include "models/tokenizer.h"
 #include "server/engine/decode_graphs.h"
 #include "server/engine/sampler.h"
+#include "server/engine/scheduler.h"
 #include "server/kv/kv_cache_manager.h"
 #include "server/kv/paged_storage.h"
 #include "server/metrics/metrics.h"
@@ -40,27 +41,23 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-struct Sequence {
-  kv::SeqId id = 0;
-  int lane = -1;         // the storage's tail/basis slot while running
+// A request in the engine: the scheduler's view of it (scheduler.h: id, lane, output,
+// computed, prefilled, preemptions) and what generation needs.
+struct Sequence : SchedSeq {
   Request req;
   std::shared_ptr<RequestStream> stream;
   Clock::time_point arrival, first_token, last_token;
-  int64_t computed = 0;  // tokens whose keys and values are in the cache
-  std::vector<int32_t> output;
   std::unique_ptr<models::IncrementalDetokenizer> detok;
   std::mt19937_64 rng;
-  bool prefilled = false;  // false: the next step runs prompt + output (after preemption, a recompute)
   std::vector<float> prompt_logprobs;
   bool prompt_logprobs_sent = false;
   std::string text;        // generated text so far (complete UTF-8 characters)
   size_t emitted = 0;      // bytes of `text` sent; the rest may still turn out to be a stop string
   size_t max_stop = 0;     // longest stop string
   std::string stop_reason;
-  int32_t preempted = 0;
-  int32_t cached_tokens = 0;
-  bool in_queue_bound = true;  // counted in `queued` (until first admitted; preemption does not count)
 };
+
+Sequence* Seq(SchedSeq* s) { return static_cast<Sequence*>(s); }
 
 const char* MetricReason(FinishReason r) {
   switch (r) {
@@ -98,7 +95,6 @@ struct Engine::Impl {
   kv::KvBytes kv_bytes;
   int64_t bf16_bytes_per_token = 0;  // keys or values, all layers
   bool prefix_caching = false;       // in effect
-  std::vector<int> free_lanes;
   kv::SeqId next_id = 1;
   std::atomic<bool> stopping{false};
 
@@ -107,9 +103,8 @@ struct Engine::Impl {
   std::deque<std::unique_ptr<Sequence>> inbox;
   std::atomic<size_t> queued{0};  // inbox + waiting, for the queue bound
 
-  // Owned by the engine thread.
-  std::deque<std::unique_ptr<Sequence>> waiting;
-  std::list<std::unique_ptr<Sequence>> running;
+  // Owned by the engine thread: the queues and the scheduling decisions.
+  std::unique_ptr<Scheduler> sched;
   std::thread thread;
 
   void Loop();
@@ -126,21 +121,6 @@ struct Engine::Impl {
   bool Emit(Sequence* s, const at::Tensor& logits, int32_t tok);
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
-  void ReleaseLane(Sequence* s) {
-    if (s->lane >= 0) {
-      free_lanes.push_back(s->lane);
-      if (storage) storage->ReleaseLane(s->lane);
-    }
-    s->lane = -1;
-  }
-  // Frees the newest running sequence's cache and puts it back at the head of the queue,
-  // to be recomputed (prompt + output so far) when blocks allow. False if none can go.
-  bool PreemptNewest(const Sequence* keep);
-  std::vector<int32_t> AllTokens(const Sequence& s) const {
-    std::vector<int32_t> t = s.req.prompt;
-    t.insert(t.end(), s.output.begin(), s.output.end());
-    return t;
-  }
   void ReportKv() {
     if (!metrics) return;
     const int32_t used = kv->num_blocks() - kv->num_free_blocks();
@@ -305,7 +285,8 @@ void Engine::Load() {
   spec.num_blocks = kc.num_blocks + (graphs ? 1 : 0);
   spec.lanes = lanes + (graphs ? 1 : 0);
   m.storage = std::make_unique<kv::PagedKvStorage>(spec);
-  for (int l = lanes - 1; l >= 0; --l) m.free_lanes.push_back(l);
+  m.sched = std::make_unique<Scheduler>(m.kv.get(), static_cast<int>(m.opts.max_running), m.opts.max_batch_tokens, lanes);
+  m.sched->on_lane_released = [&m](int lane) { m.storage->ReleaseLane(lane); };
   if (graphs) {
     std::string why;
     try {
@@ -392,6 +373,8 @@ SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
   seq->detok = std::make_unique<models::IncrementalDetokenizer>(*m.tokenizer);
   seq->rng.seed(r.sampling.has_seed ? r.sampling.seed : std::random_device{}());
   seq->req = std::move(r);
+  seq->prompt = &seq->req.prompt;
+  seq->no_prefix_cache = seq->prefill_alone = seq->req.prompt_logprobs;
   for (const auto& st : seq->req.stop) seq->max_stop = std::max(seq->max_stop, st.size());
   *stream = seq->stream;
   {
@@ -417,51 +400,43 @@ void Engine::Impl::Loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu);
-      cv.wait(lock, [&] { return stopping || !inbox.empty() || !running.empty() || !waiting.empty(); });
+      cv.wait(lock, [&] { return stopping || !inbox.empty() || !sched->running().empty() || !sched->waiting().empty(); });
       while (!inbox.empty()) {
-        waiting.push_back(std::move(inbox.front()));
+        sched->Enqueue(std::move(inbox.front()));
         inbox.pop_front();
       }
     }
     if (stopping) break;
     Step();
   }
-  for (auto& s : running) Finish(s.get(), FinishReason::kCancelled, "server shutting down");
-  for (auto& s : waiting) Finish(s.get(), FinishReason::kCancelled, "server shutting down");
+  for (auto& s : sched->running()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
+  for (auto& s : sched->waiting()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
   std::lock_guard<std::mutex> lock(mu);
   for (auto& s : inbox) Finish(s.get(), FinishReason::kCancelled, "server shutting down");
 }
 
 void Engine::Impl::Step() {
-  // Admission, first come first served: the head of the queue waits until its blocks
-  // fit, and nobody overtakes it, so no request starves. Cancelled waiters leave at once.
+  // Cancelled waiters leave at once; then admission (scheduler.h).
+  auto& waiting = sched->waiting();
+  auto& running = sched->running();
   for (auto it = waiting.begin(); it != waiting.end();) {
-    if ((*it)->stream->cancelled()) {
-      Finish(it->get(), FinishReason::kCancelled, "");
+    if (Seq(it->get())->stream->cancelled()) {
+      Finish(Seq(it->get()), FinishReason::kCancelled, "");
       if ((*it)->in_queue_bound) --queued;
       it = waiting.erase(it);
     } else {
       ++it;
     }
   }
-  while (running.size() < opts.max_running && !waiting.empty()) {
-    Sequence* s = waiting.front().get();
-    std::vector<int32_t> tokens = AllTokens(*s);
-    const bool use_cache = !s->req.prompt_logprobs;
-    if (!kv->CanAllocate(tokens, use_cache)) break;
-    const int64_t q0 = kv->prefix_query_tokens(), h0 = kv->prefix_hit_tokens();
-    s->computed = kv->Allocate(s->id, tokens, use_cache);
-    if (s->preempted == 0) s->cached_tokens = static_cast<int32_t>(s->computed);
-    s->lane = free_lanes.back();  // running < max_running = lanes, so one is free
-    free_lanes.pop_back();
-    if (metrics) metrics->AddPrefixCache(kv->prefix_query_tokens() - q0, kv->prefix_hit_tokens() - h0);
+  const int64_t q0 = kv->prefix_query_tokens(), h0 = kv->prefix_hit_tokens();
+  for (SchedSeq* a : sched->Admit()) {
+    Sequence* s = Seq(a);
     if (metrics && s->preempted == 0) metrics->ObserveQueueTime(Seconds(s->arrival, Clock::now()));
-    running.push_back(std::move(waiting.front()));
-    waiting.pop_front();
     if (s->in_queue_bound) --queued;  // the bound is on requests not yet admitted
     s->in_queue_bound = false;
   }
   if (metrics) {
+    metrics->AddPrefixCache(kv->prefix_query_tokens() - q0, kv->prefix_hit_tokens() - h0);
     metrics->SetRunning(static_cast<double>(running.size()));
     metrics->SetWaiting(static_cast<double>(waiting.size()));
   }
@@ -480,109 +455,61 @@ void Engine::Impl::Step() {
   ReportKv();
 }
 
-bool Engine::Impl::PreemptNewest(const Sequence* keep) {
-  for (auto it = running.rbegin(); it != running.rend(); ++it) {
-    Sequence* s = it->get();
-    if (s == keep) continue;
-    kv->Free(s->id);
-    ReleaseLane(s);
-    s->computed = 0;
-    s->prefilled = false;
-    ++s->preempted;
-    if (metrics) metrics->AddPreemption();
-    waiting.push_front(std::move(*it));  // not counted again against --max-waiting
-    running.erase(std::next(it).base());
-    return true;
-  }
-  return false;
-}
-
 void Engine::Impl::RunBatch() {
   // Cancelled sequences leave first; then every decoding sequence gets room for one more
-  // token, oldest first, newer sequences giving way (preemption) when the pool is exhausted.
+  // token (scheduler.h ReserveDecodes), then the step's plan.
+  auto& running = sched->running();
   for (auto it = running.begin(); it != running.end();) {
-    if ((*it)->stream->cancelled()) {
-      Finish(it->get(), FinishReason::kCancelled, "");
+    if (Seq(it->get())->stream->cancelled()) {
+      Finish(Seq(it->get()), FinishReason::kCancelled, "");
       it = running.erase(it);
     } else {
       ++it;
     }
   }
-  std::vector<Sequence*> order;
-  for (auto& r : running) order.push_back(r.get());
-  for (Sequence* s : order) {
-    if (s->lane < 0 || !s->prefilled) continue;  // preempted meanwhile, or still prefilling
-    bool room = true;
-    while (!kv->CanAppend(s->id)) {
-      if (!PreemptNewest(s)) {
-        room = false;
-        break;
-      }
-    }
-    if (room) {
-      kv->Append(s->id, s->output.back());
-    } else {
-      // Nothing else is left to give way: this sequence holds the whole cache. Its tokens so
-      // far were all sent; it ends at the length the cache allows (admission checked that
-      // the prompt, max_tokens and min_tokens fit, so only an unset max_tokens gets here).
-      Finish(s, FinishReason::kLength, "");
-      running.remove_if([s](const std::unique_ptr<Sequence>& r) { return r.get() == s; });
-    }
+  std::vector<SchedSeq*> preempted;
+  for (SchedSeq* s : sched->ReserveDecodes(&preempted)) {
+    // Nothing else is left to give way: this sequence holds the whole cache. Its tokens so
+    // far were all sent; it ends at the length the cache allows (admission checked that
+    // the prompt, max_tokens and min_tokens fit, so only an unset max_tokens gets here).
+    Finish(Seq(s), FinishReason::kLength, "");
+    sched->TakeRunning(s);
   }
-  // The step's work: decodes (one token each) first, then prompt chunks in arrival order
-  // while the token budget lasts. A chunk that ends its prompt samples the first token.
-  struct Work {
-    Sequence* s;
-    std::vector<int32_t> tokens;
-    bool samples;
-  };
-  std::vector<Work> work;
-  int64_t budget = opts.max_batch_tokens;
-  for (auto& r : running)
-    if (r->prefilled) {
-      work.push_back({r.get(), {r->output.back()}, true});
-      --budget;
-    }
+  if (metrics)
+    for (size_t i = 0; i < preempted.size(); ++i) metrics->AddPreemption();
+  const StepPlan plan = sched->Plan();
   std::vector<Sequence*> finished;
-  for (auto& r : running) {
-    Sequence* s = r.get();
-    if (s->prefilled) continue;
-    if (s->req.prompt_logprobs && s->output.empty() && s->prompt_logprobs.empty()) {
-      bool done;
-      try {
-        done = PrefillWithPromptLogprobs(s);
-      } catch (const std::exception& e) {
-        Finish(s, FinishReason::kError, e.what());
-        done = true;
-      }
-      if (done) finished.push_back(s);
-      continue;
+  for (SchedSeq* a : plan.alone) {
+    Sequence* s = Seq(a);
+    bool done;
+    try {
+      done = PrefillWithPromptLogprobs(s);
+    } catch (const std::exception& e) {
+      Finish(s, FinishReason::kError, e.what());
+      done = true;
     }
-    if (budget <= 0) continue;
-    std::vector<int32_t> tokens = AllTokens(*s);
-    const int64_t chunk = std::min<int64_t>(budget, static_cast<int64_t>(tokens.size()) - s->computed);
-    budget -= chunk;
-    work.push_back({s, std::vector<int32_t>(tokens.begin() + s->computed, tokens.begin() + s->computed + chunk),
-                    s->computed + chunk == static_cast<int64_t>(tokens.size())});
+    if (done) finished.push_back(s);
   }
+  const std::vector<StepPlan::Item>& work = plan.items;
   if (!work.empty()) {
     at::Tensor logits;
     std::string error;
     // A step of decodes only, that a captured graph holds, replays it.
     bool decodes_only = graphs && static_cast<int>(work.size()) <= graphs->max_batch();
-    for (const Work& w : work) decodes_only = decodes_only && w.s->prefilled && w.tokens.size() == 1;
+    for (const StepPlan::Item& w : work) decodes_only = decodes_only && w.seq->prefilled && w.tokens.size() == 1;
     try {
       if (decodes_only) {
         std::vector<DecodeRow> rows;
-        for (const Work& w : work) rows.push_back({w.tokens[0], w.s->computed, &kv->Blocks(w.s->id), w.s->lane});
+        for (const StepPlan::Item& w : work)
+          rows.push_back({w.tokens[0], w.seq->computed, &kv->Blocks(w.seq->id), w.seq->lane});
         logits = graphs->Run(rows);
       } else {
         std::vector<std::unique_ptr<kv::PagedSeqView>> views;
         std::vector<models::KvView*> kvs;
         std::vector<std::vector<int32_t>> tokens;
-        for (const Work& w : work) {
+        for (const StepPlan::Item& w : work) {
           views.push_back(
-              std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(w.s->id), w.s->computed, w.s->lane));
+              std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(w.seq->id), w.seq->computed, w.seq->lane));
           kvs.push_back(views.back().get());
           tokens.push_back(w.tokens);
         }
@@ -593,14 +520,13 @@ void Engine::Impl::RunBatch() {
     }
     std::vector<size_t> sampling;  // rows of `work` that choose a token this step
     for (size_t i = 0; i < work.size(); ++i) {
-      Sequence* s = work[i].s;
+      Sequence* s = Seq(work[i].seq);
       if (!error.empty()) {
         Finish(s, FinishReason::kError, error);
         finished.push_back(s);
         continue;
       }
-      s->computed += static_cast<int64_t>(work[i].tokens.size());
-      kv->Commit(s->id, static_cast<int32_t>(s->computed));
+      sched->Advance(s, static_cast<int64_t>(work[i].tokens.size()));
       if (!work[i].samples) continue;
       if (!s->prefilled) {
         s->prefilled = true;
@@ -613,7 +539,7 @@ void Engine::Impl::RunBatch() {
       std::vector<SampleRow> rows;
       std::vector<int64_t> picked;
       for (size_t i : sampling) {
-        rows.push_back(RowFor(work[i].s));
+        rows.push_back(RowFor(Seq(work[i].seq)));
         picked.push_back(static_cast<int64_t>(i));
       }
       at::Tensor sub;
@@ -625,7 +551,7 @@ void Engine::Impl::RunBatch() {
         error = e.what();
       }
       for (size_t j = 0; j < sampling.size(); ++j) {
-        Sequence* s = work[sampling[j]].s;
+        Sequence* s = Seq(work[sampling[j]].seq);
         bool done = true;
         try {
           if (!error.empty()) throw std::runtime_error(error);
@@ -637,14 +563,14 @@ void Engine::Impl::RunBatch() {
       }
     }
   }
-  for (Sequence* s : finished)
-    running.remove_if([s](const std::unique_ptr<Sequence>& r) { return r.get() == s; });
+  for (Sequence* s : finished) sched->TakeRunning(s);
 }
 
 bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   // Every position's logits: the log-probability of each prompt token given those before it
   // (no prefix-cache hits: admission computed the whole prompt).
-  std::vector<int32_t> tokens = AllTokens(*s);
+  s->prefill_alone = false;
+  std::vector<int32_t> tokens = s->AllTokens();
   kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
   std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
   at::Tensor last_logits;
@@ -769,8 +695,7 @@ void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& e
   const double total_s = Seconds(s->arrival, now);
   fin.total_s = total_s;
   s->stream->Push(std::move(fin));
-  kv->Free(s->id);  // every block at once
-  ReleaseLane(s);
+  sched->Release(s);  // every block at once, and the lane
   if (metrics) {
     metrics->ObserveEndToEnd(total_s);
     metrics->RequestFinished(MetricReason(reason));
