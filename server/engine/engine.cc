@@ -1,6 +1,7 @@
-// Engine loop. Each step: take new requests from the inbox, admit waiting sequences up
-// to max_running (first come, first served), then advance every running sequence by
-// one forward (its prefill, or one decode token), sample, and emit events.
+// Engine loop. Each step: take new requests from the inbox; the scheduler (scheduler.h) admits
+// waiting sequences, makes room for every decode and plans the step; then one forward (a CUDA
+// graph replay for a step of decodes only, decode_graphs.h), one batched sampler call, and
+// emission of text, stop checks and final events.
 #include "server/engine/engine.h"
 
 #include <ATen/ATen.h>
