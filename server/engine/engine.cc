@@ -69,6 +69,42 @@ const char* MetricReason(FinishReason r) {
   }
 }
 
+// The chosen tokens' log-probabilities and each row's top `want[i]` (-1: the row asked for
+// none; its entry stays empty), for all rows at once: one log-softmax over the rows that asked,
+// one top-k with the largest k, one copy to the host (not a sync per sequence).
+std::vector<TokenLogprob> TokenLogprobs(const at::Tensor& logits, const std::vector<int32_t>& toks,
+                                        const std::vector<int>& want) {
+  std::vector<TokenLogprob> out(want.size());
+  std::vector<int64_t> rows, ids;
+  int k = 0;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (want[i] >= 0) {
+      rows.push_back(static_cast<int64_t>(i));
+      ids.push_back(toks[i]);
+      k = std::max(k, want[i]);
+    }
+  if (rows.empty()) return out;
+  const at::Device d = logits.device();
+  at::Tensor lp = at::log_softmax(logits.index_select(0, models::IndexToDevice(rows, d)).to(at::kFloat), -1);
+  at::Tensor chosen = lp.gather(1, models::IndexToDevice(ids, d).unsqueeze(1)).squeeze(1).to(at::kCPU).contiguous();
+  at::Tensor vals, idx;
+  if (k > 0) {
+    auto top = lp.topk(std::min<int64_t>(k, lp.size(1)));
+    vals = std::get<0>(top).to(at::kCPU).contiguous();
+    idx = std::get<1>(top).to(at::kCPU).contiguous();
+  }
+  for (size_t r = 0; r < rows.size(); ++r) {
+    TokenLogprob& t = out[rows[r]];
+    t.token_id = static_cast<int32_t>(ids[r]);
+    t.logprob = chosen.data_ptr<float>()[r];
+    const int kr = std::min<int>(want[rows[r]], k > 0 ? static_cast<int>(vals.size(1)) : 0);
+    for (int j = 0; j < kr; ++j)
+      t.top.emplace_back(static_cast<int32_t>(idx.data_ptr<int64_t>()[r * vals.size(1) + j]),
+                         vals.data_ptr<float>()[r * vals.size(1) + j]);
+  }
+  return out;
+}
+
 }  // namespace
 
 const char* FinishReasonName(FinishReason r) {
@@ -119,7 +155,7 @@ struct Engine::Impl {
   SampleRow RowFor(Sequence* s);
   // Emits `tok` (sampled from `logits`, kept for logprobs) and checks the stop conditions. True if
   // the sequence finished.
-  bool Emit(Sequence* s, const at::Tensor& logits, int32_t tok);
+  bool Emit(Sequence* s, const TokenLogprob* logprob, int32_t tok);
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
   void ReportKv() {
@@ -551,12 +587,20 @@ void Engine::Impl::RunBatch() {
       } catch (const std::exception& e) {
         error = e.what();
       }
+      std::vector<int> want;  // logprobs asked per sampled row (-1: none)
+      for (size_t i : sampling) want.push_back(Seq(work[i].seq)->req.logprobs);
+      std::vector<TokenLogprob> lps;
+      try {
+        if (error.empty()) lps = TokenLogprobs(sub, toks, want);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
       for (size_t j = 0; j < sampling.size(); ++j) {
         Sequence* s = Seq(work[sampling[j]].seq);
         bool done = true;
         try {
           if (!error.empty()) throw std::runtime_error(error);
-          done = Emit(s, sub[static_cast<int64_t>(j)], toks[j]);
+          done = Emit(s, want[j] >= 0 ? &lps[j] : nullptr, toks[j]);
         } catch (const std::exception& e) {
           Finish(s, FinishReason::kError, e.what());
         }
@@ -582,7 +626,9 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   s->prefilled = true;
   if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
   at::Tensor last = last_logits.unsqueeze(0);
-  return Emit(s, last[0], SampleBatch(last, {RowFor(s)})[0]);
+  const int32_t tok = SampleBatch(last, {RowFor(s)})[0];
+  const std::vector<TokenLogprob> lp = TokenLogprobs(last, {tok}, {s->req.logprobs});
+  return Emit(s, s->req.logprobs >= 0 ? &lp[0] : nullptr, tok);
 }
 
 SampleRow Engine::Impl::RowFor(Sequence* s) {
@@ -599,7 +645,7 @@ SampleRow Engine::Impl::RowFor(Sequence* s) {
   return row;
 }
 
-bool Engine::Impl::Emit(Sequence* s, const at::Tensor& logits, int32_t tok) {
+bool Engine::Impl::Emit(Sequence* s, const TokenLogprob* logprob, int32_t tok) {
   const auto& cfg = model->config();
   const Request& rq = s->req;
   auto now = Clock::now();
@@ -652,19 +698,7 @@ bool Engine::Impl::Emit(Sequence* s, const at::Tensor& logits, int32_t tok) {
   Event ev;
   ev.ids = {tok};
   ev.text = s->text.substr(s->emitted, send_to - s->emitted);
-  if (rq.logprobs >= 0) {
-    at::Tensor lp = at::log_softmax(logits.to(at::kFloat), -1);
-    TokenLogprob t;
-    t.token_id = tok;
-    t.logprob = lp[tok].item<float>();
-    if (rq.logprobs > 0) {
-      auto [vals, idx] = lp.topk(rq.logprobs);
-      at::Tensor v = vals.to(at::kCPU).contiguous(), i = idx.to(at::kCPU).contiguous();
-      for (int64_t k = 0; k < v.numel(); ++k)
-        t.top.emplace_back(static_cast<int32_t>(i.data_ptr<int64_t>()[k]), v.data_ptr<float>()[k]);
-    }
-    ev.logprobs.push_back(std::move(t));
-  }
+  if (logprob) ev.logprobs.push_back(*logprob);
   if (!s->prompt_logprobs_sent && rq.prompt_logprobs) {
     ev.prompt_logprobs = s->prompt_logprobs;
     s->prompt_logprobs_sent = true;

@@ -154,6 +154,47 @@ def test_logprobs_and_prompt_logprobs_match_the_reference(cpu_server, stubs, pro
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_token_logprobs_in_a_mixed_batch_match_each_request_alone(cpu_server, stubs):
+    # Three requests decoded together, asking for 0, 2 and 5 alternatives and one for none:
+    # the engine computes every row's logprobs in one pass; each stream must carry exactly
+    # what it asked for, equal (to fp32 batching noise) to the same request served alone.
+    import threading
+    pb, pb_grpc = stubs
+    asks = [("The capital of France is", 0), ("Once upon a time", 2), ("1, 2, 3,", 5), ("Hello", -1)]
+
+    def run(text, k):
+        out = []
+        with grpc.insecure_channel(cpu_server.addr) as ch:
+            req = pb.GenerateRequest(text=text, max_tokens=6, ignore_eos=True)
+            if k >= 0:
+                req.logprobs = k
+            for resp in pb_grpc.GenerationStub(ch).Generate(req, timeout=120):
+                if resp.HasField("chunk"):
+                    out.append((list(resp.chunk.token_ids),
+                                [(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
+                                 for lp in resp.chunk.logprobs]))
+        return out
+
+    alone = [run(t, k) for t, k in asks]
+    together = [None] * len(asks)
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, run(*asks[i]))) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (text, k), a, b in zip(asks, alone, together):
+        assert [ids for ids, _ in a] == [ids for ids, _ in b], text
+        for (_, la), (_, lb) in zip(a, b):
+            if k < 0:
+                assert la == [] and lb == []
+                continue
+            ((ta, va, topa),), ((tb, vb, topb),) = la, lb
+            assert ta == tb and abs(va - vb) < 1e-4
+            assert len(topa) == len(topb) == k
+            assert [t for t, _ in topa] == [t for t, _ in topb]
+            assert all(abs(x - y) < 1e-4 for (_, x), (_, y) in zip(topa, topb))
+
+
 def test_prompt_logprobs_of_a_long_prompt_match_the_reference(cpu_server, stubs, probe, hf_model):
     # 600+ prompt tokens: the server makes logits 256 rows at a time (bounded memory); every
     # row block, and the seams between them, must still match the reference.
