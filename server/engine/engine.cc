@@ -69,6 +69,9 @@ const char* MetricReason(FinishReason r) {
   }
 }
 
+constexpr const char* kNonFiniteMessage =
+    "the model produced non-finite logits (NaN or infinity) for this sequence; nothing can be sampled";
+
 // The chosen tokens' log-probabilities and each row's top `want[i]` (-1: the row asked for
 // none; its entry stays empty), for all rows at once: one log-softmax over the rows that asked,
 // one top-k with the largest k, one copy to the host (not a sync per sequence).
@@ -587,8 +590,9 @@ void Engine::Impl::RunBatch() {
       } catch (const std::exception& e) {
         error = e.what();
       }
-      std::vector<int> want;  // logprobs asked per sampled row (-1: none)
-      for (size_t i : sampling) want.push_back(Seq(work[i].seq)->req.logprobs);
+      std::vector<int> want;  // logprobs asked per sampled row (-1: none, or nothing was sampled)
+      for (size_t j = 0; j < sampling.size(); ++j)
+        want.push_back(error.empty() && toks[j] != kNonFiniteLogits ? Seq(work[sampling[j]].seq)->req.logprobs : -1);
       std::vector<TokenLogprob> lps;
       try {
         if (error.empty()) lps = TokenLogprobs(sub, toks, want);
@@ -600,6 +604,7 @@ void Engine::Impl::RunBatch() {
         bool done = true;
         try {
           if (!error.empty()) throw std::runtime_error(error);
+          if (toks[j] == kNonFiniteLogits) throw std::runtime_error(kNonFiniteMessage);
           done = Emit(s, want[j] >= 0 ? &lps[j] : nullptr, toks[j]);
         } catch (const std::exception& e) {
           Finish(s, FinishReason::kError, e.what());
@@ -627,6 +632,7 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
   at::Tensor last = last_logits.unsqueeze(0);
   const int32_t tok = SampleBatch(last, {RowFor(s)})[0];
+  if (tok == kNonFiniteLogits) throw std::runtime_error(kNonFiniteMessage);  // the caller ends s with the error
   const std::vector<TokenLogprob> lp = TokenLogprobs(last, {tok}, {s->req.logprobs});
   return Emit(s, s->req.logprobs >= 0 ? &lp[0] : nullptr, tok);
 }

@@ -73,6 +73,7 @@ std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<Sam
   if (logits.dim() != 2 || logits.size(0) != B) throw std::invalid_argument("SampleBatch: one logits row per entry");
   const at::Device d = logits.device();
   at::Tensor x = logits.to(at::kFloat).contiguous().clone();
+  const at::Tensor finite = at::isfinite(x).all(-1);  // before bans put -inf in
   ApplyPenalties(x, rows);
   at::Tensor chosen = x.argmax(-1);  // greedy rows keep this
 
@@ -109,6 +110,7 @@ std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<Sam
     at::Tensor pos = at::minimum((cum <= target).to(at::kLong).sum(-1, /*keepdim=*/true), n - 1);
     chosen.index_copy_(0, rows_t, order.gather(1, pos).squeeze(1));
   }
+  chosen.masked_fill_(finite.logical_not(), kNonFiniteLogits);  // read back with the ids: no extra sync
   at::Tensor host = chosen.to(at::kCPU, at::kLong).contiguous();
   return std::vector<int32_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + B);
 }

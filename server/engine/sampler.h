@@ -29,9 +29,12 @@ struct SampleRow {
 };
 
 // logits: [B, vocab] fp32 on any device, one row per entry of `rows`. Returns the chosen id
-// of each row. Rows are independent: a row's result does not depend on the others.
+// of each row, or kNonFiniteLogits for a row whose logits hold a NaN or an infinity (the
+// model failed on that sequence; nothing can be sampled from it). Rows are independent: a
+// row's result does not depend on the others.
 // Probabilities are computed in fp64 after an fp32 sort, so that the choice at a given
 // draw is stable to rounding.
+constexpr int32_t kNonFiniteLogits = -1;
 std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<SampleRow>& rows);
 
 }  // namespace svdq::engine

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <random>
@@ -158,6 +159,31 @@ void FollowsDistribution(at::Device device) {
   }
 }
 
+// A row whose logits hold a NaN or an infinity gets kNonFiniteLogits; the other rows are
+// sampled as usual, including one whose bans put -inf in (after the check).
+void FlagsNonFiniteRows(at::Device device) {
+  const int64_t V = 50;
+  at::manual_seed(5);
+  at::Tensor logits = at::randn({5, V});
+  logits[1][7] = std::numeric_limits<float>::quiet_NaN();
+  logits[2][0] = std::numeric_limits<float>::infinity();
+  logits[3][9] = -std::numeric_limits<float>::infinity();
+  SamplingParams greedy, hot;
+  hot.temperature = 0.7f;
+  std::vector<SampleRow> rows(5);
+  for (int b = 0; b < 5; ++b) rows[b].params = b == 4 ? &hot : &greedy;
+  rows[4].u = 0.3;
+  const int32_t top0 = static_cast<int32_t>(logits[0].argmax().item<int64_t>());
+  rows[0].banned = {top0 == 0 ? 1 : 0};  // a ban is not a non-finite logit
+  std::vector<int32_t> got = SampleBatch(logits.to(device), rows);
+  EXPECT_EQ(got[0], top0);
+  EXPECT_EQ(got[1], kNonFiniteLogits);
+  EXPECT_EQ(got[2], kNonFiniteLogits);
+  EXPECT_EQ(got[3], kNonFiniteLogits);  // -inf straight from the model counts too
+  EXPECT_GE(got[4], 0);
+  EXPECT_LT(got[4], V);
+}
+
 bool HaveCuda() { return at::hasCUDA(); }
 
 }  // namespace
@@ -165,6 +191,7 @@ bool HaveCuda() { return at::hasCUDA(); }
 TEST(SamplerCpu, MatchesReference) { CompareWithReference(at::kCPU); }
 TEST(SamplerCpu, RowsAreIndependent) { RowsIndependent(at::kCPU); }
 TEST(SamplerCpu, FollowsTheDistribution) { FollowsDistribution(at::kCPU); }
+TEST(SamplerCpu, FlagsNonFiniteRows) { FlagsNonFiniteRows(at::kCPU); }
 
 TEST(SamplerCuda, MatchesReference) {
   if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
@@ -177,4 +204,8 @@ TEST(SamplerCuda, RowsAreIndependent) {
 TEST(SamplerCuda, FollowsTheDistribution) {
   if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
   FollowsDistribution(at::Device(at::kCUDA));
+}
+TEST(SamplerCuda, FlagsNonFiniteRows) {
+  if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
+  FlagsNonFiniteRows(at::Device(at::kCUDA));
 }
