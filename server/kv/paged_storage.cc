@@ -197,6 +197,9 @@ void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::T
 
 at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t) {
 #ifdef SVDQ_WITH_CUDA
+  // Both callers (AttendMany, the decode graphs) hold bf16 pages on CUDA; the kernels read bf16.
+  if (!spec_.device.is_cuda() || spec_.dtype != at::kBFloat16)
+    throw std::logic_error("AttendDecode needs bf16 pages on CUDA");
   const int64_t B = q.size(0), NH = q.size(1), D = spec_.shape.head_dim, KV = spec_.shape.kv_heads;
   const int64_t P = spec_.shape.block_size;
   at::Tensor qb = q.to(at::kBFloat16).contiguous();
@@ -234,18 +237,12 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   // Each sequence's tail page (pre-RoPE in its lane) rotated at its positions, and the value
   // page it shares; the bases stay where they are, addressed through basis_index.
   at::Tensor rows = tail_[layer].index_select(0, t.lanes).reshape({B * P, KV, D});
-  at::Tensor rotated;
-  if (rows.scalar_type() == at::kBFloat16) {  // one fused kernel (kernels/model), bit-equal to the chain below
-    rotated = at::empty({B * P, KV, D}, rows.options());
-    Check(kernels::RopeQk(static_cast<const uint16_t*>(rows.data_ptr()), KV * D, static_cast<int>(B * P),
-                          static_cast<int>(KV), 0, static_cast<int>(D), t.tail_pos.data_ptr<int64_t>(),
-                          spec_.rope_cos.data_ptr<float>(), spec_.rope_sin.data_ptr<float>(),
-                          static_cast<uint16_t*>(rotated.data_ptr()), nullptr, stream),
-          "tail RoPE");
-  } else {
-    rotated = models::ApplyRotaryHalfRows(rows, spec_.rope_cos.index_select(0, t.tail_pos),
-                                          spec_.rope_sin.index_select(0, t.tail_pos), at::kBFloat16);
-  }
+  at::Tensor rotated = at::empty({B * P, KV, D}, rows.options());  // one fused kernel (kernels/model)
+  Check(kernels::RopeQk(static_cast<const uint16_t*>(rows.data_ptr()), KV * D, static_cast<int>(B * P),
+                        static_cast<int>(KV), 0, static_cast<int>(D), t.tail_pos.data_ptr<int64_t>(),
+                        spec_.rope_cos.data_ptr<float>(), spec_.rope_sin.data_ptr<float>(),
+                        static_cast<uint16_t*>(rotated.data_ptr()), nullptr, stream),
+        "tail RoPE");
   at::Tensor tail_k = rotated.reshape({B, P, KV, D}).permute({0, 2, 1, 3}).contiguous();
   at::Tensor tail_v = values_[layer].data().index_select(0, t.tail_block).contiguous();
   kernels::SvdqAttentionParams p;
