@@ -14,14 +14,22 @@
 // Then the four warps' (m, l, O) are merged in shared memory and written out, or to the
 // split workspace for kernels/attention/split_merge.cu.
 //
-// Bytes: 4 D bytes per token and KV head (key and value), each read once; the queries and
-// page table are noise. The bound is HBM bandwidth, as for SDPA over a contiguous cache.
+// Quantized rows (fp8 keys; fp8, int8, int4 values) are staged as they are stored (codes and
+// their bf16 scales, cp.async) and dequantized by the warp into a bf16 tile in its shared
+// memory just before use, with TokenStore::Read's rounding; the rest is the same.
+//
+// Bytes: 4 D bytes per token and KV head in bf16 (key and value), each read once; fp8 / int8
+// rows are D + D / 16 bytes, int4 D / 2 + D / 16. The queries and page table are noise. The
+// bound is HBM bandwidth, as for SDPA over a contiguous cache.
 #include "kernels/attention/paged_decode.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cfloat>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "kernels/attention/split_merge.h"
@@ -46,41 +54,136 @@ __device__ __forceinline__ float Exp2(float x) {
   return y;
 }
 
-template <int D>
+// One tensor's share of a warp's shared memory: per stage, bf16 rows padded for ldmatrix, or
+// quantized rows as stored (codes, then the chunk's scales) plus one bf16 tile they are
+// dequantized into.
+template <int D, KvFormat F>
+struct Part {
+  static constexpr bool kRaw = F != KvFormat::kBf16;
+  static constexpr int kLd = D + 8;  // halves per bf16 row (no bank conflicts for ldmatrix)
+  static constexpr int kRowBytes = KvRowBytes(F, D);
+  static constexpr int kScaleBytes = D / kKvScaleGroup * 2;
+  static constexpr int kStageBytes = kRaw ? kTok * (kRowBytes + kScaleBytes) : kTok * kLd * 2;
+  static constexpr int kTileBytes = kRaw ? kTok * kLd * 2 : 0;
+};
+
+template <int D, KvFormat KF, KvFormat VF>
 struct MmaPlan {
-  static constexpr int kLd = D + 8;                        // halves per staged row (no bank conflicts)
-  static constexpr int kStageHalves = 2 * kTok * kLd;      // keys, then values
-  static constexpr int kWarpHalves = kStages * kStageHalves;
-  static constexpr int kStreamBytes = kWarps * kWarpHalves * 2;
+  using K = Part<D, KF>;
+  using V = Part<D, VF>;
+  static constexpr int kLd = D + 8;
+  static constexpr int kStageBytes = K::kStageBytes + V::kStageBytes;  // keys, then values
+  static constexpr int kWarpBytes = kStages * kStageBytes + K::kTileBytes + V::kTileBytes;
+  static constexpr int kStreamBytes = kWarps * kWarpBytes;
   static constexpr int kMergeBytes = kWarps * 16 * (D + 2) * 4;  // per warp: O [16, D], m [16], l [16]
   static constexpr int kSmemBytes = kStreamBytes > kMergeBytes ? kStreamBytes : kMergeBytes;
 };
 
-int NumSplits(const PagedDecodeParams& p) {
-  return p.tokens_per_split > 0 ? (p.max_seq_len + p.tokens_per_split - 1) / p.tokens_per_split : 1;
-}
+int NumSplits(const PagedDecodeParams& p) { return p.num_splits > 1 ? p.num_splits : 1; }
 
 int RowGroups(const PagedDecodeParams& p) { return (p.num_heads / p.kv_heads + 15) / 16; }
 
-template <int D>
+// Stages a chunk's key and value rows [t0, t0 + 16) (clipped to t_end; rows past it are zeros):
+// lanes take (row, 16-byte piece) pairs of the wider row, and each pair's row address serves
+// both tensors; quantized rows then get their scales (a lane per row).
+template <int D, KvFormat KF, KvFormat VF>
+__device__ __forceinline__ void StageChunk(uint8_t* kdst, uint8_t* vdst, const PagedDecodeParams& p,
+                                           const int32_t* table, int t0, int t_end, int kvh, int lane) {
+  using KP = Part<D, KF>;
+  using VP = Part<D, VF>;
+  constexpr int kKPieces = KP::kRowBytes / 16, kVPieces = VP::kRowBytes / 16;
+  constexpr int kPieces = kKPieces > kVPieces ? kKPieces : kVPieces;
+  static_assert(kTok * kPieces % 32 == 0, "whole warp steps");
+  const int P = p.page_size, KV = p.kv_heads;
+  const auto* kp = static_cast<const uint8_t*>(p.key_pages);
+  const auto* vp = static_cast<const uint8_t*>(p.value_pages);
+#pragma unroll
+  for (int j = 0; j < kTok * kPieces / 32; ++j) {
+    const int idx = lane + 32 * j, row = idx / kPieces, piece = idx % kPieces;
+    const int t = t0 + row;
+    const bool ok = t < t_end;
+    const int64_t prow = ok ? (static_cast<int64_t>(table[t / P]) * KV + kvh) * P + t % P : 0;
+    if (kKPieces == kPieces || piece < kKPieces)
+      mma::CpAsync16(KP::kRaw ? kdst + row * KP::kRowBytes + piece * 16 : kdst + (row * KP::kLd + piece * 8) * 2,
+                     kp + prow * KP::kRowBytes + piece * 16, ok ? 16 : 0);
+    if (kVPieces == kPieces || piece < kVPieces)
+      mma::CpAsync16(VP::kRaw ? vdst + row * VP::kRowBytes + piece * 16 : vdst + (row * VP::kLd + piece * 8) * 2,
+                     vp + prow * VP::kRowBytes + piece * 16, ok ? 16 : 0);
+  }
+  if constexpr (KP::kRaw || VP::kRaw) {
+    if (lane < kTok) {
+      const int t = t0 + lane;
+      const bool ok = t < t_end;
+      const int64_t prow = ok ? (static_cast<int64_t>(table[t / P]) * KV + kvh) * P + t % P : 0;
+      if constexpr (KP::kRaw)
+        mma::CpAsyncSmall<KP::kScaleBytes>(kdst + kTok * KP::kRowBytes + lane * KP::kScaleBytes,
+                                           reinterpret_cast<const uint8_t*>(p.key_scales) + prow * KP::kScaleBytes, ok);
+      if constexpr (VP::kRaw)
+        mma::CpAsyncSmall<VP::kScaleBytes>(vdst + kTok * VP::kRowBytes + lane * VP::kScaleBytes,
+                                           reinterpret_cast<const uint8_t*>(p.value_scales) + prow * VP::kScaleBytes, ok);
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t ScaledBf162(float a, float b, float scale) {
+  return mma::PackBf162(a * scale, b * scale);
+}
+
+// Quantized rows of a stage -> the warp's bf16 tile [16, D + 8], value = bf16(code * scale).
+template <int D, KvFormat F>
+__device__ __forceinline__ void Dequantize(const uint8_t* raw, __nv_bfloat16* tile, int lane) {
+  using Pt = Part<D, F>;
+  constexpr int kPieces = Pt::kRowBytes / 16;
+  constexpr int kCodes = F == KvFormat::kInt4 ? 32 : 16;  // codes per 16-byte piece
+  const auto* scales = reinterpret_cast<const __nv_bfloat16*>(raw + kTok * Pt::kRowBytes);
+#pragma unroll
+  for (int j = 0; j < kTok * kPieces / 32; ++j) {
+    const int idx = lane + 32 * j, row = idx / kPieces, piece = idx % kPieces;
+    const uint4 w = *reinterpret_cast<const uint4*>(raw + row * Pt::kRowBytes + piece * 16);
+    const float scale = __bfloat162float(scales[row * (D / kKvScaleGroup) + piece * kCodes / kKvScaleGroup]);
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+    uint32_t out[kCodes / 2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t x = words[i];
+      if constexpr (F == KvFormat::kFp8) {
+        const __half2 lo = __half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(x & 0xffffu), __NV_E4M3));
+        const __half2 hi = __half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(x >> 16), __NV_E4M3));
+        const float2 a = __half22float2(lo), b = __half22float2(hi);
+        out[2 * i] = ScaledBf162(a.x, a.y, scale);
+        out[2 * i + 1] = ScaledBf162(b.x, b.y, scale);
+      } else if constexpr (F == KvFormat::kInt8) {
+        const int32_t s = static_cast<int32_t>(x);
+        out[2 * i] = ScaledBf162(static_cast<float>((s << 24) >> 24), static_cast<float>((s << 16) >> 24), scale);
+        out[2 * i + 1] = ScaledBf162(static_cast<float>((s << 8) >> 24), static_cast<float>(s >> 24), scale);
+      } else {
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const int lo = static_cast<int>((x >> (8 * n)) & 0xfu) - 8, hi = static_cast<int>((x >> (8 * n + 4)) & 0xfu) - 8;
+          out[4 * i + n] = ScaledBf162(static_cast<float>(lo), static_cast<float>(hi), scale);
+        }
+      }
+    }
+    uint4* dst = reinterpret_cast<uint4*>(tile + row * Pt::kLd + piece * kCodes);
+#pragma unroll
+    for (int i = 0; i < kCodes / 8; ++i) dst[i] = make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
+  }
+}
+
+template <int D, KvFormat KF, KvFormat VF>
 __global__ void __launch_bounds__(kThreads, 2) PagedDecodeMmaKernel(PagedDecodeParams p, int row_groups) {
-  using Plan = MmaPlan<D>;
+  using Plan = MmaPlan<D, KF, VF>;
   constexpr int KS = D / 16;           // k-steps of the score product
   constexpr int NT = D / 8;            // 8-column tiles of O
-  constexpr int kPieces = D / 8;       // 16-byte pieces per row
-  constexpr int kLoads = kTok * kPieces / 32;  // per lane per tensor per chunk
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g8 = lane / 4, q4 = lane % 4;
   const int split = blockIdx.x, kvh = blockIdx.y / row_groups, rg = blockIdx.y % row_groups, b = blockIdx.z;
   const int G = p.num_heads / p.kv_heads, row0 = rg * 16, nrows = min(16, G - row0);
   const int P = p.page_size, KV = p.kv_heads;
   const int L = min(p.seq_len[b], p.max_pages * P);  // never past the page table's row
-  int t_begin = 0, t_end = L;
-  if (p.tokens_per_split > 0) {
-    t_begin = split * p.tokens_per_split;
-    // The last split takes whatever lies past the plan, so no key is ever dropped.
-    t_end = split + 1 == static_cast<int>(gridDim.x) ? L : min(L, t_begin + p.tokens_per_split);
-  }
+  // This sequence's own length over the grid's splits, in ranges of whole 64-token steps.
+  const int per = gridDim.x > 1 ? ((L + gridDim.x - 1) / gridDim.x + kSplitAlign - 1) / kSplitAlign * kSplitAlign : L;
+  const int t_begin = min(L, split * per), t_end = min(L, t_begin + per);
   const int nchunks = max(0, (t_end - t_begin + kTok - 1) / kTok);
   const int mine = nchunks > warp ? (nchunks - warp + kWarps - 1) / kWarps : 0;
 
@@ -98,23 +201,14 @@ __global__ void __launch_bounds__(kThreads, 2) PagedDecodeMmaKernel(PagedDecodeP
     qa[ks][3] = g8 + 8 < nrows ? qrow_hi[c + 4] : 0u;
   }
 
-  __nv_bfloat16* wsm = reinterpret_cast<__nv_bfloat16*>(smem) + warp * Plan::kWarpHalves;
-  const auto* kp = reinterpret_cast<const __nv_bfloat16*>(p.key_pages);
-  const auto* vp = reinterpret_cast<const __nv_bfloat16*>(p.value_pages);
+  uint8_t* wsm = smem + warp * Plan::kWarpBytes;
+  auto* ktile = reinterpret_cast<__nv_bfloat16*>(wsm + kStages * Plan::kStageBytes);
+  auto* vtile = reinterpret_cast<__nv_bfloat16*>(wsm + kStages * Plan::kStageBytes + Plan::K::kTileBytes);
   const int32_t* table = p.page_table + static_cast<int64_t>(b) * p.max_pages;
   auto issue = [&](int i) {  // the warp's i-th chunk into stage i % kStages
-    const int t0 = t_begin + (warp + i * kWarps) * kTok;
-    __nv_bfloat16* ks = wsm + (i % kStages) * Plan::kStageHalves;
-    __nv_bfloat16* vs = ks + kTok * Plan::kLd;
-#pragma unroll
-    for (int j = 0; j < kLoads; ++j) {
-      const int idx = lane + 32 * j, row = idx / kPieces, piece = idx % kPieces;
-      const int t = t0 + row;
-      const bool ok = t < t_end;
-      const int64_t off = ok ? ((static_cast<int64_t>(table[t / P]) * KV + kvh) * P + t % P) * D + piece * 8 : 0;
-      mma::CpAsync16(ks + row * Plan::kLd + piece * 8, kp + off, ok ? 16 : 0);
-      mma::CpAsync16(vs + row * Plan::kLd + piece * 8, vp + off, ok ? 16 : 0);
-    }
+    uint8_t* stage = wsm + (i % kStages) * Plan::kStageBytes;
+    StageChunk<D, KF, VF>(stage, stage + Plan::K::kStageBytes, p, table, t_begin + (warp + i * kWarps) * kTok, t_end,
+                          kvh, lane);
   };
 
   const float scale = p.sm_scale * kLog2e;
@@ -134,8 +228,18 @@ __global__ void __launch_bounds__(kThreads, 2) PagedDecodeMmaKernel(PagedDecodeP
     mma::CpAsyncCommit();
     mma::CpAsyncWait<kStages - 1>();
     __syncwarp();
-    const __nv_bfloat16* ks = wsm + (i % kStages) * Plan::kStageHalves;
-    const __nv_bfloat16* vs = ks + kTok * Plan::kLd;
+    const uint8_t* stage = wsm + (i % kStages) * Plan::kStageBytes;
+    const __nv_bfloat16* ks = reinterpret_cast<const __nv_bfloat16*>(stage);
+    const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(stage + Plan::K::kStageBytes);
+    if constexpr (Plan::K::kRaw) {
+      Dequantize<D, KF>(stage, ktile, lane);
+      ks = ktile;
+    }
+    if constexpr (Plan::V::kRaw) {
+      Dequantize<D, VF>(stage + Plan::K::kStageBytes, vtile, lane);
+      vs = vtile;
+    }
+    if constexpr (Plan::K::kRaw || Plan::V::kRaw) __syncwarp();
     const int t0 = t_begin + (warp + i * kWarps) * kTok;
 
     float s[2][4] = {};
@@ -232,7 +336,7 @@ __global__ void __launch_bounds__(kThreads, 2) PagedDecodeMmaKernel(PagedDecodeP
       sum += e * ls[w * 16 + row];
     }
     const int64_t head = static_cast<int64_t>(b) * p.num_heads + head0 + row;
-    if (p.tokens_per_split == 0) {
+    if (splits == 1) {
       p.out[head * D + col] = sum > 0.f ? acc / sum : 0.f;
     } else {
       float* ws = p.workspace + (head * splits + split) * (D + 2);
@@ -270,7 +374,7 @@ __global__ void __launch_bounds__(kScalarThreads) PagedDecodeScalarKernel(PagedD
   const auto* qb = reinterpret_cast<const __nv_bfloat16*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h) * D;
   for (int d = threadIdx.x; d < D; d += kScalarThreads) q[d] = __bfloat162float(qb[d]) * p.sm_scale;
   __syncthreads();
-  auto row = [&](const uint16_t* pages, int t) {
+  auto row = [&](const void* pages, int t) {
     const int64_t page = p.page_table[static_cast<int64_t>(b) * p.max_pages + t / P];
     return reinterpret_cast<const __nv_bfloat16*>(pages) + ((page * p.kv_heads + kvh) * P + t % P) * D;
   };
@@ -299,34 +403,89 @@ __global__ void __launch_bounds__(kScalarThreads) PagedDecodeScalarKernel(PagedD
   }
 }
 
-template <int D>
+template <int D, KvFormat KF, KvFormat VF>
+const void* MmaKernel() {
+  return reinterpret_cast<const void*>(PagedDecodeMmaKernel<D, KF, VF>);
+}
+
+template <int D, KvFormat KF, KvFormat VF>
 Status LaunchMma(const PagedDecodeParams& p, cudaStream_t stream) {
-  const int smem = MmaPlan<D>::kSmemBytes;
-  if (Status s = AllowSmem(reinterpret_cast<const void*>(PagedDecodeMmaKernel<D>), smem); !s.ok()) return s;
+  const int smem = MmaPlan<D, KF, VF>::kSmemBytes;
+  if (Status s = AllowSmem(MmaKernel<D, KF, VF>(), smem); !s.ok()) return s;
   const int splits = NumSplits(p), groups = RowGroups(p);
-  PagedDecodeMmaKernel<D><<<dim3(splits, p.kv_heads * groups, p.batch), kThreads, smem, stream>>>(p, groups);
+  PagedDecodeMmaKernel<D, KF, VF><<<dim3(splits, p.kv_heads * groups, p.batch), kThreads, smem, stream>>>(p, groups);
   if (Status s = LaunchStatus("paged decode attention"); !s.ok()) return s;
-  if (p.tokens_per_split == 0) return Status::Ok();
+  if (splits == 1) return Status::Ok();
   return MergeSplits(p.workspace, p.out, p.batch * p.num_heads, splits, D, stream);
+}
+
+// The tensor-core kernel for p's head dim and formats: its launcher, or its address and shared
+// memory (for the occupancy query). Keys bf16 or fp8; values any format.
+template <int D, KvFormat KF>
+Status DispatchValues(const PagedDecodeParams& p, cudaStream_t stream, const void** kernel, int* smem) {
+  switch (p.value_format) {
+#define SVDQ_PAGED_CASE(VF)                                      \
+  case VF:                                                       \
+    if (kernel) {                                                \
+      *kernel = MmaKernel<D, KF, VF>();                          \
+      *smem = MmaPlan<D, KF, VF>::kSmemBytes;                    \
+      return Status::Ok();                                       \
+    }                                                            \
+    return LaunchMma<D, KF, VF>(p, stream);
+    SVDQ_PAGED_CASE(KvFormat::kBf16)
+    SVDQ_PAGED_CASE(KvFormat::kFp8)
+    SVDQ_PAGED_CASE(KvFormat::kInt8)
+    SVDQ_PAGED_CASE(KvFormat::kInt4)
+#undef SVDQ_PAGED_CASE
+  }
+  return Status::Invalid("paged decode: unknown value format");
+}
+
+template <int D>
+Status DispatchKeys(const PagedDecodeParams& p, cudaStream_t stream, const void** kernel, int* smem) {
+  if (p.key_format == KvFormat::kBf16) return DispatchValues<D, KvFormat::kBf16>(p, stream, kernel, smem);
+  if (p.key_format == KvFormat::kFp8) return DispatchValues<D, KvFormat::kFp8>(p, stream, kernel, smem);
+  return Status::Invalid("paged decode: keys must be bf16 or fp8");
+}
+
+Status Dispatch(const PagedDecodeParams& p, cudaStream_t stream, const void** kernel = nullptr, int* smem = nullptr) {
+  return p.head_dim == 64 ? DispatchKeys<64>(p, stream, kernel, smem) : DispatchKeys<128>(p, stream, kernel, smem);
 }
 
 }  // namespace
 
 bool PagedDecodeTensorCores(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
-int PagedDecodeTokensPerSplit(int batch, int num_heads, int kv_heads, int max_seq_len, int num_sms) {
-  if (batch < 1 || kv_heads < 1 || num_heads < kv_heads || max_seq_len < 1 || num_sms < 1) return 0;
-  const int64_t units = static_cast<int64_t>(batch) * kv_heads * ((num_heads / kv_heads + 15) / 16);
-  const int64_t target = 4LL * num_sms;
-  if (units * 2 >= target) return 0;
-  const int64_t splits = (target + units - 1) / units;
-  int64_t tokens = (max_seq_len + splits - 1) / splits;
-  tokens = std::max<int64_t>(4 * kSplitAlign, (tokens + kSplitAlign - 1) / kSplitAlign * kSplitAlign);
-  return tokens >= max_seq_len ? 0 : static_cast<int>(tokens);
+int PagedDecodeNumSplits(const PagedDecodeParams& p, int num_sms) {
+  if (p.batch < 1 || p.kv_heads < 1 || p.num_heads < p.kv_heads || p.max_seq_len < 1 || num_sms < 1 ||
+      !PagedDecodeTensorCores(p.head_dim))
+    return 1;
+  const void* kernel = nullptr;
+  int smem = 0, per_sm = 0;
+  if (!Dispatch(p, nullptr, &kernel, &smem).ok()) return 1;
+  {
+    // Asked once per kernel (the planner runs every layer of an eager step).
+    static std::mutex mu;
+    static std::map<const void*, int> resident;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = resident.find(kernel);
+    if (it == resident.end()) {
+      if (!AllowSmem(kernel, smem).ok() ||
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess || per_sm < 1)
+        per_sm = 2;
+      it = resident.emplace(kernel, per_sm).first;
+    }
+    per_sm = it->second;
+  }
+  const int64_t units = static_cast<int64_t>(p.batch) * p.kv_heads * RowGroups(p);
+  // A block's fixed cost (query load, pipeline fill, the warps' merge) is worth about two
+  // steps of its four warps.
+  return PlanSplitsByWaves(units, p.max_seq_len, static_cast<int64_t>(per_sm) * num_sms, kSplitAlign, 2 * kSplitAlign,
+                           4096);
 }
 
 size_t PagedDecodeWorkspaceFloats(const PagedDecodeParams& p) {
-  if (p.tokens_per_split <= 0 || !PagedDecodeTensorCores(p.head_dim) || p.max_seq_len < 1) return 0;
+  if (NumSplits(p) == 1 || !PagedDecodeTensorCores(p.head_dim)) return 0;
   return static_cast<size_t>(p.batch) * p.num_heads * NumSplits(p) * (p.head_dim + 2);
 }
 
@@ -338,14 +497,18 @@ Status PagedDecodeAttention(const PagedDecodeParams& p, cudaStream_t stream) {
   if (p.page_size < 1 || p.max_pages < 1 || p.max_seq_len < 1 ||
       p.max_seq_len > static_cast<int64_t>(p.max_pages) * p.page_size)
     return Status::Invalid("paged decode: max_seq_len must be in [1, max_pages * page_size]");
+  if (p.num_splits < 0) return Status::Invalid("paged decode: num_splits must be >= 0");
+  const bool quantized = p.key_format != KvFormat::kBf16 || p.value_format != KvFormat::kBf16;
+  if (quantized && !PagedDecodeTensorCores(p.head_dim))
+    return Status::Invalid("paged decode: quantized pages need head dim 64 or 128");
   if (p.batch == 0) return Status::Ok();
   if (!p.q || !p.key_pages || !p.value_pages || !p.page_table || !p.seq_len || !p.out)
     return Status::Invalid("paged decode: a pointer is null");
+  if ((p.key_format != KvFormat::kBf16 && !p.key_scales) || (p.value_format != KvFormat::kBf16 && !p.value_scales))
+    return Status::Invalid("paged decode: quantized pages need their scales");
   if (PagedDecodeTensorCores(p.head_dim)) {
-    if (p.tokens_per_split < 0 || p.tokens_per_split % kSplitAlign != 0)
-      return Status::Invalid("paged decode: tokens_per_split must be 0 or a positive multiple of 64");
-    if (p.tokens_per_split > 0 && !p.workspace) return Status::Invalid("paged decode: a split needs a workspace");
-    return p.head_dim == 64 ? LaunchMma<64>(p, stream) : LaunchMma<128>(p, stream);
+    if (NumSplits(p) > 1 && !p.workspace) return Status::Invalid("paged decode: a split needs a workspace");
+    return Dispatch(p, stream);
   }
   const size_t smem = (static_cast<size_t>(p.head_dim) + kScalarThreads / 32 + p.max_seq_len) * sizeof(float);
   if (Status s = AllowSmem(reinterpret_cast<const void*>(PagedDecodeScalarKernel), smem); !s.ok()) return s;

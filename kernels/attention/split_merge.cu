@@ -41,4 +41,18 @@ Status MergeSplits(const float* ws, float* out, int rows, int splits, int width,
   return LaunchStatus("merge splits");
 }
 
+int PlanSplitsByWaves(int64_t units, int64_t work, int64_t slots, int64_t align, int64_t overhead, int max_splits) {
+  if (units < 1 || work < 1 || slots < 1 || align < 1 || max_splits < 1) return 1;
+  int best = 1;
+  int64_t best_cost = -1;
+  for (int s = 1; s <= max_splits; ++s) {
+    const int64_t per = ((work + s - 1) / s + align - 1) / align * align;
+    if (s > 1 && per * (s - 1) >= work) break;  // more splits than the work can fill
+    const int64_t waves = (units * s + slots - 1) / slots;
+    const int64_t cost = waves * (per + overhead);
+    if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
+  }
+  return best;
+}
+
 }  // namespace svdq::kernels

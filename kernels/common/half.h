@@ -1,7 +1,8 @@
-// fp16 / bf16 <-> fp32 conversions usable from host code (reference ops, tests) with
+// fp16 / bf16 <-> fp32 (and fp8 e4m3 -> fp32) conversions usable from host code (reference ops, tests) with
 // the same rounding as the device intrinsics (__float2half_rn, __float2bfloat16_rn).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -67,6 +68,14 @@ inline uint16_t FloatToBf16Bits(float f) {
   if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40);  // quiet NaN
   uint32_t rounding = 0x7FFFu + ((x >> 16) & 1);
   return static_cast<uint16_t>((x + rounding) >> 16);
+}
+
+// fp8 e4m3 (the "fn" variant: no infinities, 0x7f / 0xff are NaN) to fp32, exactly.
+inline float Fp8E4m3BitsToFloat(uint8_t x) {
+  const int exp = (x >> 3) & 0xF, mant = x & 7;
+  if (exp == 15 && mant == 7) return NAN;
+  const float v = exp == 0 ? std::ldexp(static_cast<float>(mant), -9) : std::ldexp(1.f + mant / 8.f, exp - 7);
+  return (x & 0x80) ? -v : v;
 }
 
 }  // namespace svdq::kernels

@@ -53,6 +53,13 @@ __device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_by
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src), "r"(src_bytes));
 }
 
+// N-byte (4 or 8) global -> shared copy through L1; ok false fills the destination with zeros.
+template <int N>
+__device__ __forceinline__ void CpAsyncSmall(void* dst, const void* src, bool ok) {
+  static_assert(N == 4 || N == 8, "cp.async.ca copies 4, 8 or 16 bytes");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(SmemAddr(dst)), "l"(src), "n"(N), "r"(ok ? N : 0));
+}
+
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N>

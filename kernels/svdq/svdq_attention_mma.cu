@@ -16,18 +16,23 @@
 //      rebuild is the B fragment of the score product), partial per warp over its columns;
 //      the four partials are summed in shared memory, where one warp per query row runs the
 //      online softmax (exp2, scale folded into q) and writes the probabilities in bf16;
-//   5. O += P V on tensor cores (bf16), V from the staged chunk by ldmatrix.trans.
+//   5. O += P V on tensor cores (bf16), V from the staged chunk by ldmatrix.trans; quantized
+//      values (fp8, int8, int4 with bf16 scales per 32 channels) are staged as stored and
+//      dequantized by the block into one bf16 tile at the start of their chunk.
 // The bf16 tail (< P tokens, already rotated) is one more chunk whose keys come from memory
 // and meet the unrotated q. Splits end in kernels/attention/split_merge.cu.
 //
 // Bytes per token and KV head: the key codes and scales (52 B at 8,4,2,1,1 / 16-token
-// pages) and the bf16 values (2 D); the basis is read once per block.
+// pages) and the values (2 D in bf16, D + D / 16 in fp8 / int8, D / 2 + D / 16 in int4); the
+// basis is read once per block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/attention/split_merge.h"
 #include "kernels/common/cuda_launch.h"
 #include "kernels/common/mma.cuh"
 #include "kernels/common/warp.cuh"
@@ -50,17 +55,24 @@ __host__ __device__ constexpr int Align16(int x) { return (x + 15) / 16 * 16; }
 // Byte offsets into dynamic shared memory.
 struct MmaSmem {
   int recs_bytes;   // one stage's key records (padded: the code reader may touch one word past)
-  int stage_bytes;  // records + values [64, D + 8] bf16
+  int stage_bytes;  // records + values: bf16 [64, D + 8], or codes [64, row bytes] + scales [64, D / 32]
   int z_ld;         // halves per Z row
+  int vtile;        // quantized values: their bf16 tile [64, D + 8] (0: values are bf16)
   int z, sp, pm, pids, gtab, cj, state, total;
 };
 
-__host__ __device__ inline MmaSmem PlanSmem(const SvdqLayout& l, int D, int G, int ks) {
+__host__ __device__ inline MmaSmem PlanSmem(const SvdqLayout& l, int D, int G, int ks, KvFormat vf) {
   MmaSmem s{};
   s.recs_bytes = Align16((kChunk / l.page_size) * l.page_bytes + 16);
-  s.stage_bytes = s.recs_bytes + kChunk * (D + 8) * 2;
+  const bool raw = vf != KvFormat::kBf16;
+  s.stage_bytes = s.recs_bytes + (raw ? kChunk * (KvRowBytes(vf, D) + D / kKvScaleGroup * 2) : kChunk * (D + 8) * 2);
   s.z_ld = ks * 16 + 8;
   int o = kStages * s.stage_bytes;
+  s.vtile = 0;
+  if (raw) {
+    s.vtile = o;
+    o += kChunk * (D + 8) * 2;
+  }
   s.z = o;     o += Align16(kChunk * s.z_ld * 2);        // Z [64, ks*16 (+8)] fp16
   s.sp = o;    o += Align16(kWarps * G * (kChunk + 4) * 4);  // partial scores [warp, G, 64 (+4)]
   s.pm = o;    o += Align16(16 * (kChunk + 8) * 2);      // probabilities [16, 64 (+8)] bf16
@@ -78,7 +90,9 @@ __device__ __forceinline__ float FastExp2(float x) {
   return y;
 }
 
-template <int D, int KS>
+// kRawV: values in a quantized format (staged as stored, dequantized into a tile); the bf16
+// path is compiled apart so that it keeps its registers.
+template <int D, int KS, bool kRawV>
 __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionParams p) {
   constexpr int NT = D / 32;  // 8-column tiles a warp owns: NH low ones, their NH partners D/2 higher
   constexpr int NH = NT / 2;
@@ -90,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, G = p.num_heads / p.kv_heads, r = l.retained;
   const int log2p = __ffs(P) - 1;
-  const MmaSmem s = PlanSmem(l, D, G, KS);
+  const MmaSmem s = PlanSmem(l, D, G, KS, p.value_format);
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
   const int dq_pair = lane % kPpg, dq_tok = lane / kPpg;
@@ -212,34 +226,115 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
       }
   }
 
-  // ---- Staging of chunk c into its stage: key records (a warp per page) and values (a
-  //      thread per 16-byte column piece, rows 128 / RV apart; rows past n zero).
+  // ---- Staging of chunk c into its stage: key records (a warp per page) and values: bf16 rows
+  //      by a thread per 16-byte column piece, rows 128 / RV apart, or quantized rows as stored
+  //      (codes by 16-byte pieces, then the rows' scales). Rows past n are zeros.
   constexpr int kRowStep = kThreads / RV;
   const int v_row0 = tid / RV, v_piece = tid % RV;
+  const KvFormat vf = p.value_format;
+  constexpr bool vraw = kRawV;
+  const int v_row_bytes = KvRowBytes(vf, D), v_pieces = v_row_bytes / 16;
+  constexpr int kScaleBytes = D / kKvScaleGroup * 2;
+  const auto* vbytes = static_cast<const uint8_t*>(p.value_pages);
   auto issue = [&](int c) {
     uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
-    auto* vals = reinterpret_cast<__nv_bfloat16*>(recs + s.recs_bytes) + v_row0 * (D + 8) + v_piece * 8;
-    if (c < page_chunks) {
-      const int pg0 = first + c * ppc, npg = min(ppc, last - pg0), n = npg * P;
-      const int* pid_c = pids + (pg0 - win0);
+    const bool paged_chunk = c < page_chunks;
+    const int pg0 = first + c * ppc;
+    const int n = paged_chunk ? min(ppc, last - pg0) * P : tail;
+    const int* pid_c = pids + (pg0 - win0);
+    if (paged_chunk) {
+      const int npg = min(ppc, last - pg0);
       const int rv = l.page_bytes / 16;
       for (int k = warp; k < npg; k += kWarps) {
         const uint8_t* src = p.key_pages + (static_cast<int64_t>(pid_c[k]) * p.kv_heads + h) * l.page_bytes;
         for (int piece = lane; piece < rv; piece += 32) mma::CpAsync16(recs + k * l.page_bytes + piece * 16, src + piece * 16, 16);
       }
+    }
+    if constexpr (vraw) {
+      // The value row of chunk token t (t < n): a page's row, or the tail page's.
+      auto vrow = [&](int t) -> int64_t {
+        if (paged_chunk) return (static_cast<int64_t>(pid_c[t >> log2p]) * p.kv_heads + h) * P + (t & (P - 1));
+        return (static_cast<int64_t>(p.tail_value_page[b]) * p.kv_heads + h) * P + t;
+      };
+      uint8_t* codes = recs + s.recs_bytes;
+      for (int idx = tid; idx < kChunk * v_pieces; idx += kThreads) {
+        const int t = idx / v_pieces, piece = idx % v_pieces;
+        const uint8_t* src = t < n ? vbytes + vrow(t) * v_row_bytes + piece * 16 : vbytes;
+        mma::CpAsync16(codes + t * v_row_bytes + piece * 16, src, t < n ? 16 : 0);
+      }
+      if (tid < kChunk) {
+        const uint8_t* src = reinterpret_cast<const uint8_t*>(p.value_scales);
+        mma::CpAsyncSmall<kScaleBytes>(codes + kChunk * v_row_bytes + tid * kScaleBytes,
+                                       tid < n ? src + vrow(tid) * kScaleBytes : src, tid < n);
+      }
+      return;
+    } else {
+    auto* vals = reinterpret_cast<__nv_bfloat16*>(recs + s.recs_bytes) + v_row0 * (D + 8) + v_piece * 8;
+    if (paged_chunk) {
 #pragma unroll
       for (int k = 0; k < kChunk / kRowStep; ++k) {
         const int t = v_row0 + k * kRowStep;
-        const uint16_t* src = p.value_pages;
+        const uint16_t* src = static_cast<const uint16_t*>(p.value_pages);
         if (t < n) src += ((static_cast<int64_t>(pid_c[t >> log2p]) * p.kv_heads + h) * P + (t & (P - 1))) * D + v_piece * 8;
         mma::CpAsync16(vals + k * kRowStep * (D + 8), src, t < n ? 16 : 0);
       }
     } else {
-      const uint16_t* tv = p.tail_values + bh * P * D + v_piece * 8;
+      // The tail's rows: in their value page, or in the gathered bf16 copy.
+      const uint16_t* tv = p.tail_value_page
+                               ? static_cast<const uint16_t*>(p.value_pages) + (p.tail_value_page[b] * p.kv_heads + h) * P * D
+                               : p.tail_values + bh * P * D;
+      tv += v_piece * 8;
 #pragma unroll
       for (int k = 0; k < kChunk / kRowStep; ++k) {
         const int t = v_row0 + k * kRowStep;
         mma::CpAsync16(vals + k * kRowStep * (D + 8), t < tail ? tv + t * D : tv, t < tail ? 16 : 0);
+      }
+    }
+    }
+  };
+  // Quantized values of the stage -> the bf16 tile, value = bf16(code * scale) (block-wide).
+  auto dequantize_values = [&](const uint8_t* codes) {
+    const auto* scales = reinterpret_cast<const __nv_bfloat16*>(codes + kChunk * v_row_bytes);
+    auto* tile = reinterpret_cast<__nv_bfloat16*>(smem + s.vtile);
+    const int per_piece = vf == KvFormat::kInt4 ? 32 : 16;
+    for (int idx = tid; idx < kChunk * v_pieces; idx += kThreads) {
+      const int t = idx / v_pieces, piece = idx % v_pieces, c0 = piece * per_piece;
+      const uint4 w = *reinterpret_cast<const uint4*>(codes + t * v_row_bytes + piece * 16);
+      const float scale = __bfloat162float(scales[t * (D / kKvScaleGroup) + c0 / kKvScaleGroup]);
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      uint4* dst = reinterpret_cast<uint4*>(tile + t * (D + 8) + c0);
+      if (vf == KvFormat::kInt4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          uint32_t o[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const uint32_t byte = (words[i] >> (8 * k)) & 0xffu;
+            o[k] = mma::PackBf162(static_cast<float>(static_cast<int>(byte & 0xfu) - 8) * scale,
+                                  static_cast<float>(static_cast<int>(byte >> 4) - 8) * scale);
+          }
+          dst[i] = make_uint4(o[0], o[1], o[2], o[3]);
+        }
+      } else {
+        uint32_t o[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t x = words[i];
+          float f[4];
+          if (vf == KvFormat::kFp8) {
+            const float2 a = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(x & 0xffffu), __NV_E4M3)));
+            const float2 c2 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(x >> 16), __NV_E4M3)));
+            f[0] = a.x, f[1] = a.y, f[2] = c2.x, f[3] = c2.y;
+          } else {
+            const int32_t sx = static_cast<int32_t>(x);
+            f[0] = static_cast<float>((sx << 24) >> 24), f[1] = static_cast<float>((sx << 16) >> 24);
+            f[2] = static_cast<float>((sx << 8) >> 24), f[3] = static_cast<float>(sx >> 24);
+          }
+          o[2 * i] = mma::PackBf162(f[0] * scale, f[1] * scale);
+          o[2 * i + 1] = mma::PackBf162(f[2] * scale, f[3] * scale);
+        }
+        dst[0] = make_uint4(o[0], o[1], o[2], o[3]);
+        dst[1] = make_uint4(o[4], o[5], o[6], o[7]);
       }
     }
   };
@@ -274,7 +369,11 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
     const bool paged = c < page_chunks;
     const int n = paged ? min(ppc, last - (first + c * ppc)) * P : tail;
     const uint8_t* recs = smem + (c % kStages) * s.stage_bytes;
-    const auto* vals = reinterpret_cast<const __nv_bfloat16*>(recs + s.recs_bytes);
+    const __nv_bfloat16* vals = reinterpret_cast<const __nv_bfloat16*>(recs + s.recs_bytes);
+    if constexpr (vraw) {  // the tile of chunk c - 1 is free (the barrier above); barriers follow before step 5
+      dequantize_values(recs + s.recs_bytes);
+      vals = reinterpret_cast<const __nv_bfloat16*>(smem + s.vtile);
+    }
 
     // 1. Latents. Lanes take (token, channel pair) with kPpg pairs of a group per token and
     //    kTpi consecutive tokens per warp step, so that a step reads consecutive code words
@@ -476,24 +575,25 @@ int KSteps(const SvdqLayout& l) { return (l.retained + 15) / 16; }
 
 using KernelFn = void (*)(SvdqAttentionParams);
 
-template <int D, int KS>
+template <int D, int KS, bool kRawV>
 KernelFn PickKs(int ks) {
   if constexpr (KS > D / 16) {
     return nullptr;
   } else {
-    return ks == KS ? AttentionMmaKernel<D, KS> : PickKs<D, KS + 1>(ks);
+    return ks == KS ? AttentionMmaKernel<D, KS, kRawV> : PickKs<D, KS + 1, kRawV>(ks);
   }
 }
 
 KernelFn Pick(const SvdqAttentionParams& p) {
   const int ks = KSteps(p.layout);
-  if (p.layout.width == 64) return PickKs<64, 1>(ks);
-  if (p.layout.width == 128) return PickKs<128, 1>(ks);
+  const bool raw = p.value_format != KvFormat::kBf16;
+  if (p.layout.width == 64) return raw ? PickKs<64, 1, true>(ks) : PickKs<64, 1, false>(ks);
+  if (p.layout.width == 128) return raw ? PickKs<128, 1, true>(ks) : PickKs<128, 1, false>(ks);
   return nullptr;
 }
 
 size_t SmemBytes(const SvdqAttentionParams& p) {
-  return PlanSmem(p.layout, p.layout.width, p.num_heads / p.kv_heads, KSteps(p.layout)).total;
+  return PlanSmem(p.layout, p.layout.width, p.num_heads / p.kv_heads, KSteps(p.layout), p.value_format).total;
 }
 
 }  // namespace
@@ -516,13 +616,15 @@ Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStre
 }
 
 int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms) {
-  // Enough blocks for about four per multiprocessor, but no split shorter than two chunks.
+  // Planned by waves (split_merge.h) for the two blocks per multiprocessor the mma kernel keeps
+  // resident (226 registers a thread); ranges of whole chunks, and a block's setup (its slice
+  // of V_r^T, rotations, page ids) counted as two chunks.
   const int64_t pairs = static_cast<int64_t>(batch) * kv_heads;
-  const int64_t want = 4LL * num_sms;
-  if (pairs <= 0 || pairs >= want || max_pages <= 0) return 0;
-  const int splits = static_cast<int>((want + pairs - 1) / pairs);
-  const int min_pages = std::max(1, 2 * kChunk / std::max(1, page_size));
-  const int pps = std::max(min_pages, (max_pages + splits - 1) / splits);
+  if (pairs <= 0 || max_pages <= 0 || num_sms <= 0 || page_size <= 0) return 0;
+  const int chunk_pages = std::max(1, kChunk / page_size);
+  const int splits = PlanSplitsByWaves(pairs, max_pages, 2LL * num_sms, chunk_pages, 2 * chunk_pages, 4096);
+  if (splits <= 1) return 0;
+  const int pps = std::max(2 * chunk_pages, (max_pages + splits - 1) / splits);
   return pps >= max_pages ? 0 : pps;
 }
 

@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/common/status.h"
+#include "kernels/svdq/svdq_cuda.h"
 #include "kernels/svdq/svdq_params.h"
 
 namespace svdq::kernels {
@@ -14,9 +15,6 @@ bool SvdqAttentionTcSupported(const SvdqAttentionParams& p);
 // Launches the page kernel only; partial results go to p.workspace when split.
 Status SvdqAttentionTcLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
 
-// Whether the mma kernel (svdq_attention_mma.cu) handles p: rope_inv_freq set, width 64 or
-// 128, page size dividing 64, and its shared-memory plan fits.
-bool SvdqAttentionMmaSupported(const SvdqAttentionParams& p);
 // Launches the mma page kernel only; partial results go to p.workspace when split.
 Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
 

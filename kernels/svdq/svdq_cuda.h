@@ -16,8 +16,12 @@ Status SvdqDecode(const SvdqDecodeParams& p, cudaStream_t stream);
 // registers) when p.rope_inv_freq is set and the shape allows; else the WMMA/TF32 kernel;
 // else (or use_tensor_cores false) the CUDA-core kernel, the first correct version.
 Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream);
-// A pages_per_split for SvdqAttention that gives the GPU about four blocks per
-// multiprocessor (0: no split needed). Planned once per step from the longest sequence.
+// Whether SvdqAttention runs the mma kernel (svdq_attention_mma.cu) for p: rope_inv_freq set,
+// width 64 or 128, page size dividing 64, and its shared-memory plan fits. Only that kernel
+// reads quantized values and tail values in place (value_format, tail_value_page).
+bool SvdqAttentionMmaSupported(const SvdqAttentionParams& p);
+// A pages_per_split for SvdqAttention, planned by waves of resident blocks (0: no split).
+// Planned once per step from the longest sequence.
 int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms);
 // Floats of workspace SvdqAttention needs for p's shape and split (0 without a split).
 size_t SvdqAttentionWorkspaceFloats(const SvdqAttentionParams& p);

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "kernels/attention/kv_format.h"
+
 namespace svdq::kernels {
 
 constexpr int kSvdqGroups = 8;
@@ -89,7 +91,12 @@ struct SvdqAttentionParams {
   float sm_scale = 0.f;
   const uint16_t* q = nullptr;             // bf16 [batch, num_heads, width], post-RoPE
   const uint8_t* key_pages = nullptr;      // [pool_pages, kv_heads, page_bytes]
-  const uint16_t* value_pages = nullptr;   // bf16 [pool_pages, kv_heads, P, width]
+  // [pool_pages, kv_heads, P, row] in value_format (kernels/attention/kv_format.h): bf16 rows,
+  // or codes with bf16 value_scales [pool_pages, kv_heads, P, width / 32]. Quantized values
+  // need the mma kernel (svdq_attention_mma.cu).
+  const void* value_pages = nullptr;
+  KvFormat value_format = KvFormat::kBf16;
+  const uint16_t* value_scales = nullptr;
   const int32_t* page_table = nullptr;     // [batch, max_pages]: pool page ids
   const int32_t* num_pages = nullptr;      // [batch]: encoded full pages
   const float* mean = nullptr;             // [basis_rows, kv_heads, width]
@@ -99,6 +106,10 @@ struct SvdqAttentionParams {
   const int32_t* basis_index = nullptr;
   const uint16_t* tail_keys = nullptr;     // bf16 [batch, kv_heads, P, width], post-RoPE
   const uint16_t* tail_values = nullptr;   // bf16 [batch, kv_heads, P, width]
+  // Optional, instead of tail_values: the tail's values are rows 0 .. tail_len - 1 of value page
+  // tail_value_page[b] (where the tail's tokens are stored), read in place; the mma kernel and
+  // the reference only.
+  const int64_t* tail_value_page = nullptr;
   const int32_t* tail_len = nullptr;       // [batch]: 0 .. P-1
   const float* rope_cos = nullptr;         // [max_pos, width]
   const float* rope_sin = nullptr;         // [max_pos, width]

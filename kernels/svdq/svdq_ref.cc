@@ -238,8 +238,35 @@ Status ValidateAttention(const SvdqAttentionParams& p) {
   if (!p.q || !p.out || !p.page_table || !p.num_pages || !p.mean || !p.basis || !p.tail_len || !p.rope_cos ||
       !p.rope_sin || (p.max_pages > 0 && (!p.key_pages || !p.value_pages)))
     return Status::Invalid("a required attention pointer is null");
+  if (p.value_format != KvFormat::kBf16 && (!p.value_scales || l.width % kKvScaleGroup != 0))
+    return Status::Invalid("quantized values need value_scales and a width that is a multiple of 32");
+  if (p.tail_value_page && !p.value_pages) return Status::Invalid("tail_value_page needs value_pages");
   return Status::Ok();
 }
+
+namespace {
+
+// Row t of value page `pool`, KV head h, as attention reads it: bf16, or bf16(code * scale).
+void ValueRow(const SvdqAttentionParams& p, int64_t pool, int h, int t, float* out) {
+  const int W = p.layout.width, P = p.layout.page_size;
+  const int64_t row = (pool * p.kv_heads + h) * P + t;
+  if (p.value_format == KvFormat::kBf16) {
+    const uint16_t* v = static_cast<const uint16_t*>(p.value_pages) + row * W;
+    for (int i = 0; i < W; ++i) out[i] = Bf16BitsToFloat(v[i]);
+    return;
+  }
+  const uint8_t* codes = static_cast<const uint8_t*>(p.value_pages) + row * KvRowBytes(p.value_format, W);
+  const uint16_t* scales = p.value_scales + row * (W / kKvScaleGroup);
+  for (int i = 0; i < W; ++i) {
+    float c;
+    if (p.value_format == KvFormat::kFp8) c = Fp8E4m3BitsToFloat(codes[i]);
+    else if (p.value_format == KvFormat::kInt8) c = static_cast<float>(static_cast<int8_t>(codes[i]));
+    else c = static_cast<float>(((codes[i / 2] >> (4 * (i % 2))) & 0xf) - 8);
+    out[i] = Bf16BitsToFloat(FloatToBf16Bits(c * Bf16BitsToFloat(scales[i / kKvScaleGroup])));
+  }
+}
+
+}  // namespace
 
 Status SvdqAttentionRef(const SvdqAttentionParams& p) {
   Status st = ValidateAttention(p);
@@ -267,16 +294,17 @@ Status SvdqAttentionRef(const SvdqAttentionParams& p) {
           float* key = &keys[pos * W];
           Rebuild(l, mean, basis, &z[static_cast<size_t>(t) * W], key);
           ApplyRopeRef(key, W, p.rope_cos + pos * W, p.rope_sin + pos * W);
-          const uint16_t* v = p.value_pages + ((pool * p.kv_heads + h) * P + t) * W;
-          for (int i = 0; i < W; ++i) vals[pos * W + i] = Bf16BitsToFloat(v[i]);
+          ValueRow(p, pool, h, t, &vals[pos * W]);
         }
       }
       for (int t = 0; t < tail; ++t) {
         int64_t pos = static_cast<int64_t>(np) * P + t;
         const int64_t src = ((static_cast<int64_t>(b) * p.kv_heads + h) * P + t) * W;
-        for (int i = 0; i < W; ++i) {
-          keys[pos * W + i] = Bf16BitsToFloat(p.tail_keys[src + i]);
-          vals[pos * W + i] = Bf16BitsToFloat(p.tail_values[src + i]);
+        for (int i = 0; i < W; ++i) keys[pos * W + i] = Bf16BitsToFloat(p.tail_keys[src + i]);
+        if (p.tail_value_page) {
+          ValueRow(p, p.tail_value_page[b], h, t, &vals[pos * W]);
+        } else {
+          for (int i = 0; i < W; ++i) vals[pos * W + i] = Bf16BitsToFloat(p.tail_values[src + i]);
         }
       }
       for (int g = 0; g < G; ++g) {

@@ -156,7 +156,8 @@ std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel* model, kv
                                                    kv::BlockId scratch_block, int scratch_lane, int max_batch,
                                                    std::string* why) {
   if (!storage->StaticDecodeCapable()) {
-    *why = "only bf16 values with bf16 or head-scope page-coded keys, on CUDA, are captured";
+    *why = "no decode kernel serves this KV mode at this shape (layer-scope SVDq, or quantized pages at a head "
+           "dim other than 64 or 128)";
     return nullptr;
   }
   const auto& c = model->config();

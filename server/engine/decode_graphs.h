@@ -4,8 +4,8 @@
 // page tables, lengths, lanes) from device buffers; a step then writes its inputs into one
 // pinned host block, copies it with two copies and replays: one launch instead of thousands.
 // Rows beyond the batch write to a scratch block and a scratch lane that no sequence owns.
-// Where the storage supports it (kv/paged_storage.h StaticDecodeCapable: bf16 values, bf16
-// or head-scope page-coded keys such as SVDq, on CUDA).
+// Where the storage supports it (kv/paged_storage.h StaticDecodeCapable: every KV mode but
+// layer-scope SVDq, in a bf16 model on CUDA; quantized pages at head dims 64 and 128).
 #pragma once
 
 #include <ATen/ATen.h>

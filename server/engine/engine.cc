@@ -310,9 +310,9 @@ void Engine::Load() {
   kc.block_size = m.opts.block_size;
   // Captured decode steps need one block and one lane that no sequence gets (their padding
   // rows write there): the storage has them beyond the pool's, over the budget by that much.
-  const bool graphs = m.opts.cuda_graphs && device.is_cuda() && dtype == at::kBFloat16 &&
-                      modes.value == kv::ValueMode::kFull &&
-                      (modes.key == kv::KeyMode::kFull || (modes.page_coded_keys() && !modes.layer_scope()));
+  // Every mode but layer-scope SVDq has decode kernels; DecodeGraphs::Create says where the
+  // shape does not fit them (e.g. quantized pages at a head dim other than 64 or 128).
+  const bool graphs = m.opts.cuda_graphs && device.is_cuda() && dtype == at::kBFloat16 && !modes.layer_scope();
   // Sharing is sound where a block's stored form depends only on the tokens before it, the
   // model and the mode: not with a per-sequence basis. The mode, dtype, block size and the
   // basis are in every block hash, so differently coded pages are never shared.
@@ -340,9 +340,7 @@ void Engine::Load() {
     else
       std::cout << "svdq-server: no CUDA graphs: " << why << std::endl;
   } else if (m.opts.cuda_graphs && device.is_cuda()) {
-    std::cout << "svdq-server: no CUDA graphs: only bf16 values with bf16 or head-scope page-coded keys, in a bf16 "
-                 "model, are captured"
-              << std::endl;
+    std::cout << "svdq-server: no CUDA graphs: layer-scope SVDq keys and non-bf16 models run eagerly" << std::endl;
   }
   if (m.metrics) {
     const std::string full = dtype == at::kFloat ? "fp32" : dtype == at::kHalf ? "fp16" : "bf16";

@@ -10,6 +10,7 @@
 #ifdef SVDQ_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 
+#include "kernels/attention/kv_write.h"
 #include "kernels/attention/paged_decode.h"
 #include "kernels/model/fused_ops.h"
 #include "kernels/svdq/svdq_cuda.h"
@@ -34,6 +35,27 @@ void Check(const kernels::Status& s, const char* what) {
 }
 
 at::Tensor ToDevice(const std::vector<int64_t>& v, at::Device d) { return models::IndexToDevice(v, d); }
+
+kernels::KvFormat FormatOf(TokenStore::Kind k) {
+  switch (k) {
+    case TokenStore::Kind::kFp8: return kernels::KvFormat::kFp8;
+    case TokenStore::Kind::kInt8: return kernels::KvFormat::kInt8;
+    case TokenStore::Kind::kInt4: return kernels::KvFormat::kInt4;
+    default: return kernels::KvFormat::kBf16;
+  }
+}
+
+const uint16_t* ScalesOf(const TokenStore& s) {
+  return s.scale().defined() ? static_cast<const uint16_t*>(s.scale().data_ptr()) : nullptr;
+}
+
+#ifdef SVDQ_WITH_CUDA
+// Rows [B, kv, D] with unit stride inside a row: their row stride, or 0 where they must be
+// copied first.
+int64_t RowStride(const at::Tensor& x) {
+  return x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2) ? x.stride(0) : 0;
+}
+#endif
 
 }  // namespace
 
@@ -108,7 +130,10 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
       keys_.emplace_back(m.key == KeyMode::kFp8 ? TokenStore::Kind::kFp8 : TokenStore::Kind::kFull, spec_.num_blocks, s,
                          spec_.dtype, spec_.device);
   }
-  if (!m.page_coded_keys()) return;
+  if (!m.page_coded_keys()) {
+    PlanKernels();
+    return;
+  }
   codec_ = CodecShapeOf(m, s);
   const int64_t U = codec_.units, W = codec_.width;
   Check(kernels::MakeLayout(codec_.width, s.block_size, m.CodecSchedule(), &layout_), "key page layout");
@@ -133,6 +158,7 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
     }
   }
   lane_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
+  PlanKernels();
 }
 
 void PagedKvStorage::ReleaseLane(int lane) {
@@ -149,14 +175,29 @@ int64_t PagedKvStorage::bytes() const {
   return b;
 }
 
-bool PagedKvStorage::StaticDecodeCapable() const {
+void PagedKvStorage::PlanKernels() {
 #ifdef SVDQ_WITH_CUDA
   const KvModes& m = spec_.modes;
-  const bool keys = m.key == KeyMode::kFull || (m.page_coded_keys() && !m.layer_scope());
-  return spec_.device.is_cuda() && spec_.dtype == at::kBFloat16 && keys && m.value == ValueMode::kFull &&
-         spec_.shape.head_dim <= 256;
-#else
-  return false;
+  const int D = spec_.shape.head_dim;
+  if (!spec_.device.is_cuda() || spec_.dtype != at::kBFloat16 || D > 256) return;
+  fused_write_ = D == 64 || D == 128 || D == 256;
+  const bool quantized_values = m.value != ValueMode::kFull;
+  if (!m.page_coded_keys()) {
+    kernels_fit_ = (m.key == KeyMode::kFull && !quantized_values) || kernels::PagedDecodeTensorCores(D);
+    return;
+  }
+  if (m.layer_scope()) return;
+  if (!quantized_values) {
+    kernels_fit_ = true;
+    return;
+  }
+  kernels::SvdqAttentionParams p;  // the shape the mma kernel would be asked for
+  p.layout = layout_;
+  p.num_heads = spec_.shape.kv_heads;  // G = 1 bounds nothing; the kernel takes G <= 16
+  p.kv_heads = spec_.shape.kv_heads;
+  p.value_format = FormatOf(values_[0].kind());
+  p.rope_inv_freq = spec_.rope_inv_freq.defined() ? spec_.rope_inv_freq.data_ptr<float>() : nullptr;
+  kernels_fit_ = kernels::SvdqAttentionMmaSupported(p);
 #endif
 }
 
@@ -164,13 +205,51 @@ int PagedKvStorage::BasisSlot(int lane) const { return mean_.empty() || mean_[0]
 
 void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
                                  const DecodeWrites& w) {
-  values_[layer].Write(w.block, w.offset, v);
-  if (!spec_.modes.page_coded_keys()) {
-    keys_[layer].Write(w.block, w.offset, k);
-    return;
+  const bool coded = spec_.modes.page_coded_keys();
+  at::Tensor tail = coded ? tail_[layer] : at::Tensor();
+  bool written = false;
+#ifdef SVDQ_WITH_CUDA
+  if (fused_write_ && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 &&
+      k_pre.scalar_type() == at::kBFloat16) {
+    // One launch: values, per-token keys or the pre-RoPE key into the lane's tail.
+    at::Tensor kc = RowStride(k) ? k : k.contiguous(), vc = RowStride(v) ? v : v.contiguous();
+    at::Tensor pc = RowStride(k_pre) ? k_pre : k_pre.contiguous();
+    kernels::KvWriteParams p;
+    p.rows = static_cast<int>(v.size(0));
+    p.kv_heads = static_cast<int>(spec_.shape.kv_heads);
+    p.head_dim = static_cast<int>(spec_.shape.head_dim);
+    p.page_size = static_cast<int>(spec_.shape.block_size);
+    p.v = static_cast<const uint16_t*>(vc.data_ptr());
+    p.v_stride = RowStride(vc);
+    p.block = w.block.data_ptr<int64_t>();
+    p.offset = w.offset.data_ptr<int64_t>();
+    const TokenStore& vs = values_[layer];
+    p.value_format = FormatOf(vs.kind());
+    p.value_pages = vs.data().data_ptr();
+    p.value_scales = const_cast<uint16_t*>(ScalesOf(vs));
+    if (!coded) {
+      const TokenStore& ks = keys_[layer];
+      p.k = static_cast<const uint16_t*>(kc.data_ptr());
+      p.k_stride = RowStride(kc);
+      p.key_format = FormatOf(ks.kind());
+      p.key_pages = ks.data().data_ptr();
+      p.key_scales = const_cast<uint16_t*>(ScalesOf(ks));
+    } else {
+      p.k_pre = static_cast<const uint16_t*>(pc.data_ptr());
+      p.k_pre_stride = RowStride(pc);
+      p.lanes = w.lanes.data_ptr<int64_t>();
+      p.tail = static_cast<uint16_t*>(tail.data_ptr());
+    }
+    Check(kernels::KvWrite(p, at::cuda::getCurrentCUDAStream()), "KV write");
+    written = true;
   }
-  at::Tensor& tail = tail_[layer];
-  tail.index_put_({w.lanes, w.offset}, k_pre.to(tail.scalar_type()));
+#endif
+  if (!written) {
+    values_[layer].Write(w.block, w.offset, v);
+    if (!coded) keys_[layer].Write(w.block, w.offset, k);
+    else tail.index_put_({w.lanes, w.offset}, k_pre.to(tail.scalar_type()));
+  }
+  if (!coded) return;
   // A row whose token completes its page has that page encoded into its block: decided on the
   // device (encode_if_last), read straight from the lane's tail, written straight to the codes.
   at::Tensor tail_f32;  // the codec reads bf16 or fp32 tails; fp16 ones go through fp32
@@ -197,9 +276,8 @@ void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::T
 
 at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t) {
 #ifdef SVDQ_WITH_CUDA
-  // Both callers (AttendMany, the decode graphs) hold bf16 pages on CUDA; the kernels read bf16.
-  if (!spec_.device.is_cuda() || spec_.dtype != at::kBFloat16)
-    throw std::logic_error("AttendDecode needs bf16 pages on CUDA");
+  // Both callers (AttendMany, the decode graphs) ask only where DecodeKernelsFit.
+  if (!kernels_fit_) throw std::logic_error("AttendDecode: no decode kernel serves this KV mode and shape");
   const int64_t B = q.size(0), NH = q.size(1), D = spec_.shape.head_dim, KV = spec_.shape.kv_heads;
   const int64_t P = spec_.shape.block_size;
   at::Tensor qb = q.to(at::kBFloat16).contiguous();
@@ -223,13 +301,17 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
     p.max_seq_len = static_cast<int>(t.max_len);
     p.sm_scale = scale;
     p.q = static_cast<const uint16_t*>(qb.data_ptr());
-    p.key_pages = static_cast<const uint16_t*>(keys_[layer].data().data_ptr());
-    p.value_pages = static_cast<const uint16_t*>(values_[layer].data().data_ptr());
+    p.key_format = FormatOf(keys_[layer].kind());
+    p.value_format = FormatOf(values_[layer].kind());
+    p.key_pages = keys_[layer].data().data_ptr();
+    p.value_pages = values_[layer].data().data_ptr();
+    p.key_scales = ScalesOf(keys_[layer]);
+    p.value_scales = ScalesOf(values_[layer]);
     p.page_table = t.table.data_ptr<int32_t>();
     p.seq_len = t.len.data_ptr<int32_t>();
     p.out = out.data_ptr<float>();
     // The split plan depends on the shapes only, so a captured step keeps a valid one.
-    p.tokens_per_split = kernels::PagedDecodeTokensPerSplit(p.batch, p.num_heads, p.kv_heads, p.max_seq_len, num_sms);
+    p.num_splits = kernels::PagedDecodeNumSplits(p, num_sms);
     if (const size_t n = kernels::PagedDecodeWorkspaceFloats(p); n > 0) p.workspace = workspace(n);
     Check(kernels::PagedDecodeAttention(p, stream), "paged decode attention");
     return out;
@@ -244,7 +326,6 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
                         static_cast<uint16_t*>(rotated.data_ptr()), nullptr, stream),
         "tail RoPE");
   at::Tensor tail_k = rotated.reshape({B, P, KV, D}).permute({0, 2, 1, 3}).contiguous();
-  at::Tensor tail_v = values_[layer].data().index_select(0, t.tail_block).contiguous();
   kernels::SvdqAttentionParams p;
   p.layout = layout_;
   p.batch = static_cast<int>(B);
@@ -254,18 +335,28 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   p.sm_scale = scale;
   p.q = static_cast<const uint16_t*>(qb.data_ptr());
   p.key_pages = codes_[layer].data_ptr<uint8_t>();
-  p.value_pages = static_cast<const uint16_t*>(values_[layer].data().data_ptr());
+  p.value_pages = values_[layer].data().data_ptr();
+  p.value_format = FormatOf(values_[layer].kind());
+  p.value_scales = ScalesOf(values_[layer]);
   p.page_table = t.table.data_ptr<int32_t>();
   p.num_pages = t.len.data_ptr<int32_t>();
   p.mean = mean_[layer].data_ptr<float>();
   p.basis = vectors_[layer].data_ptr<float>();
   p.basis_index = t.basis_index.data_ptr<int32_t>();
   p.tail_keys = static_cast<const uint16_t*>(tail_k.data_ptr());
-  p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
   p.tail_len = t.tail_len.data_ptr<int32_t>();
   p.rope_cos = spec_.rope_cos.data_ptr<float>();
   p.rope_sin = spec_.rope_sin.data_ptr<float>();
   if (spec_.rope_inv_freq.defined()) p.rope_inv_freq = spec_.rope_inv_freq.data_ptr<float>();
+  // The tail's values are read where they are stored (the mma kernel); the other kernels take
+  // a gathered bf16 copy.
+  at::Tensor tail_v;
+  p.tail_value_page = t.tail_block.data_ptr<int64_t>();
+  if (!kernels::SvdqAttentionMmaSupported(p)) {
+    p.tail_value_page = nullptr;
+    tail_v = values_[layer].data().index_select(0, t.tail_block).contiguous();
+    p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
+  }
   p.out = out.data_ptr<float>();
   p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, p.max_pages, static_cast<int>(P), num_sms);
   if (p.pages_per_split > 0) p.workspace = workspace(kernels::SvdqAttentionWorkspaceFloats(p));
@@ -597,9 +688,8 @@ const PagedSeqView::BatchTables& PagedSeqView::Tables(const std::vector<models::
 at::Tensor PagedSeqView::AttendMany(int layer, const at::Tensor& q, const std::vector<models::KvView*>& views) {
 #ifdef SVDQ_WITH_CUDA
   const auto& sp = st_->spec();
-  if (!sp.device.is_cuda() || sp.modes.value != ValueMode::kFull || sp.dtype != at::kBFloat16) return {};
+  if (!st_->DecodeKernelsFit()) return {};
   const bool coded = sp.modes.page_coded_keys();
-  if ((!coded && sp.modes.key != KeyMode::kFull) || sp.modes.layer_scope() || sp.shape.head_dim > 256) return {};
   for (models::KvView* kv : views) {
     auto* v = dynamic_cast<PagedSeqView*>(kv);
     if (!v || v->st_ != st_ || v->fresh_layer_ != layer || v->fresh_k_.size(0) != 1) return {};

@@ -50,7 +50,9 @@ class TokenStore {
   void Write(const at::Tensor& block, const at::Tensor& offset, const at::Tensor& x);
   // [n, kv, D] in the model's dtype.
   at::Tensor Read(const at::Tensor& block, const at::Tensor& offset) const;
-  const at::Tensor& data() const { return data_; }  // [blocks, kv, P, X]
+  const at::Tensor& data() const { return data_; }    // [blocks, kv, P, X]
+  const at::Tensor& scale() const { return scale_; }  // bf16 [blocks, kv, P, D / 32]; undefined for kFull
+  Kind kind() const { return kind_; }
   int64_t bytes() const;
 
  private:
@@ -99,23 +101,30 @@ class PagedKvStorage {
   // per-token-coded keys at (block, offset); page-coded keys in each row's lane tail, whose
   // page is encoded into its block when this token completes it (decided on the device by the
   // codec, so a captured step holds it; the page is final before attention reads it).
-  // AttendDecode runs the bf16 paged decode or the SVDq attention kernel: q [B, heads, D] ->
-  // fp32 [B, heads, D].
-  // StaticDecodeCapable: whether decode steps of this storage can be captured (CUDA, bf16
-  // model, bf16 values, bf16 or head-scope page-coded keys).
-  bool StaticDecodeCapable() const;
+  // On CUDA with a bf16 model, all of it is one kernel (kernels/attention/kv_write.h) before
+  // the SVDq encode; elsewhere the ATen chains of TokenStore::Write.
+  // AttendDecode runs the paged decode kernel (bf16 or fp8 keys) or the SVDq attention kernel
+  // (page-coded keys), each reading any value format in place: q [B, heads, D] -> fp32 [B, heads, D].
+  // DecodeKernelsFit: whether AttendDecode can serve this storage's mode and shape (CUDA, bf16
+  // model, per-token or head-scope page-coded keys; quantized pages need the tensor-core
+  // kernels' head dims). StaticDecodeCapable: whether decode steps can be captured (the same).
+  bool DecodeKernelsFit() const { return kernels_fit_; }
+  bool StaticDecodeCapable() const { return kernels_fit_; }
   void WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v, const DecodeWrites& w);
   at::Tensor AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t);
   int BasisSlot(int lane) const;  // the basis row a lane's pages use (0 where the basis is shared)
 
  private:
   friend class PagedSeqView;
+  void PlanKernels();  // sets kernels_fit_ and fused_write_ (constructor)
   StorageSpec spec_;
   kernels::SvdqLayout layout_;  // page-coded keys
   CodecShape codec_;
   std::vector<TokenStore> keys_, values_;  // keys_ empty for page-coded keys
   std::vector<at::Tensor> codes_, tail_, mean_, vectors_;
   std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed
+  bool kernels_fit_ = false;
+  bool fused_write_ = false;  // WriteDecode runs kernels::KvWrite
 };
 
 // One sequence's view of the pool for one forward. `blocks` must already cover every

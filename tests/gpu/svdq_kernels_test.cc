@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <random>
 
 #include "kernels/common/half.h"
 #include "tests/common/device_buffer.h"
@@ -240,7 +242,15 @@ struct AttnCase {
 // one (tables only), or the CUDA-core one.
 enum class Path { kMma, kWmma, kCudaCores };
 
-void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Path path = Path::kMma) {
+// Values in pages of format vf read in place, the tail's from a page of its own (the server's
+// layout); kBf16 with in_place false: the bf16 value pages and a gathered bf16 tail.
+struct InPlaceValues {
+  bool on = false;
+  KvFormat format = KvFormat::kBf16;
+};
+
+void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Path path = Path::kMma,
+                  InPlaceValues in_place = {}) {
   const bool tensor_cores = path != Path::kCudaCores;
   const SvdqLayout l = Layout(ac.width, ac.P, ac.sched);
   const int W = ac.width, P = ac.P, kv = ac.kv, heads = kv * ac.group, B = ac.batch;
@@ -281,6 +291,24 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
       }
     }
   auto values = svdq::testing::RandomBf16(static_cast<size_t>(std::max(pool_pages, 1)) * kv * P * W, seed + 1);
+  // In place: every sequence's tail values sit in page pool_pages + b after the full pages;
+  // codes random (finite), scales random.
+  const size_t value_rows = static_cast<size_t>(pool_pages + B) * kv * P;
+  std::vector<uint8_t> value_bytes(value_rows * KvRowBytes(in_place.format, W));
+  std::vector<uint16_t> value_scales(value_rows * (W / 32) + 1);
+  std::vector<int64_t> tail_page(B);
+  if (in_place.on) {
+    std::mt19937 rng(seed + 7);
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> unit(0.1f, 1.f);
+    for (auto& x : value_bytes) {
+      x = static_cast<uint8_t>(byte(rng));
+      if (in_place.format == KvFormat::kFp8 && (x & 0x7F) == 0x7F) x ^= 1;
+      if (in_place.format == KvFormat::kBf16) x &= 0xBF;  // bf16 bytes: exponent <= 2^(+1), finite
+    }
+    for (auto& s : value_scales) s = FloatToBf16Bits(unit(rng) / 64.f);
+    for (int b = 0; b < B; ++b) tail_page[b] = pool_pages + b;
+  }
   auto tail_k = svdq::testing::RandomBf16(static_cast<size_t>(B) * kv * P * W, seed + 2);
   auto tail_v = svdq::testing::RandomBf16(static_cast<size_t>(B) * kv * P * W, seed + 3);
   auto q = svdq::testing::RandomBf16(static_cast<size_t>(B) * heads * W, seed + 4, 0.3f);
@@ -305,10 +333,18 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
   a.rope_cos = cos_t.data();
   a.rope_sin = sin_t.data();
   a.out = ref.data();
+  if (in_place.on) {
+    a.value_pages = value_bytes.data();
+    a.value_format = in_place.format;
+    a.value_scales = value_scales.data();
+    a.tail_value_page = tail_page.data();
+  }
   Status st = SvdqAttentionRef(a);
   ASSERT_TRUE(st.ok()) << st.message();
 
-  DeviceBuffer<uint16_t> dq(q), dv(values), dtk(tail_k), dtv(tail_v);
+  DeviceBuffer<uint16_t> dq(q), dv(values), dtk(tail_k), dtv(tail_v), dvs(value_scales);
+  DeviceBuffer<uint8_t> dvb(value_bytes);
+  DeviceBuffer<int64_t> dtp(tail_page);
   DeviceBuffer<uint8_t> dpool(pool);
   DeviceBuffer<int32_t> dtable(table), dnp(np), dtl(tl);
   DeviceBuffer<float> dm(means), db(bases), dc(cos_t), ds(sin_t), dinv(inv_freq);
@@ -328,6 +364,11 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
   g.tail_keys = dtk.ptr();
   g.tail_values = dtv.ptr();
   g.tail_len = dtl.ptr();
+  if (in_place.on) {
+    g.value_pages = dvb.ptr();
+    g.value_scales = dvs.ptr();
+    g.tail_value_page = dtp.ptr();
+  }
   g.rope_cos = dc.ptr();
   g.rope_sin = ds.ptr();
   g.out = dout.ptr();
@@ -384,6 +425,35 @@ TEST(SvdqKernels, AttentionAwkwardShapes) {
   RunAttention({128, 64, 2, 4, 1, "8,4,2,1,1,0,0,0", {600}, {33}}, 14, 0);
   RunAttention({128, 64, 2, 4, 1, "8,4,2,1,1,0,0,0", {600}, {33}}, 15, 37);
   RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {64, 8, 0}, {0, 5, 9}}, 16, 8);
+}
+
+TEST(SvdqKernels, AttentionValuesInPlaceEveryFormat) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 3000;
+  for (KvFormat f : {KvFormat::kBf16, KvFormat::kFp8, KvFormat::kInt8, KvFormat::kInt4})
+    for (int width : {64, 128}) {
+      RunAttention({width, 16, 2, 4, 3, "8,4,2,1,1,0,0,0", {5, 0, 9}, {3, 7, 0}}, seed++, 0, Path::kMma, {true, f});
+      RunAttention({width, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kMma, {true, f});
+    }
+  // Quantized values need the mma kernel: the others refuse rather than misread them.
+  SvdqAttentionParams p;
+  p.layout = Layout(128, 16, "8,4,2,1,1,0,0,0");
+  p.batch = 1;
+  p.num_heads = p.kv_heads = 1;
+  p.value_format = KvFormat::kInt4;
+  uint16_t dummy16 = 0;
+  float dummyf = 0;
+  int32_t dummy32 = 0;
+  uint8_t dummy8 = 0;
+  p.q = &dummy16;
+  p.out = &dummyf;
+  p.page_table = p.num_pages = p.tail_len = &dummy32;
+  p.mean = p.basis = p.rope_cos = p.rope_sin = &dummyf;
+  p.value_scales = &dummy16;
+  p.key_pages = &dummy8;
+  p.value_pages = &dummy8;
+  p.max_pages = 1;
+  EXPECT_FALSE(SvdqAttention(p, nullptr).ok());  // no rope_inv_freq: not the mma kernel
 }
 
 }  // namespace

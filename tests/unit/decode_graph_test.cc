@@ -1,6 +1,8 @@
 // Decode steps replayed from CUDA graphs (server/engine/decode_graphs.h) on a synthetic model
-// over the paged cache with bf16 keys and with SVDq keys (prefill basis; 16-token pages, so
-// the steps cross a page that is encoded inside the graph): a replay gives exactly the logits
+// over the paged cache in every kind of KV mode the kernels serve: bf16 keys and values, SVDq
+// keys (prefill basis; 16-token pages, so the steps cross a page that is encoded inside the
+// graph), and on SmolLM2-135M's shape (head dim 64) fp8 keys with int4 values, SVDq keys with int8
+// values, bf16 keys with fp8 values, int4 keys with fp8 values: a replay gives exactly the logits
 // of the same fixed-shape step run eagerly (same kernels, same inputs), and matches the
 // engine's eager batched forward within bf16 tolerance (relative L2 <= 2e-2: its GEMMs see 3
 // rows, the graph's 4), step after step, with a padding row writing only to the scratch block
@@ -26,13 +28,14 @@ double RelErr(const at::Tensor& got, const at::Tensor& want) {
   return (got - want).norm().item<double>() / std::max(want.norm().item<double>(), 1e-30);
 }
 
-void RunModes(const char* key_mode) {
+void RunModes(const char* key_mode, const char* value_mode = "bf16", const char* model_name = "synthetic:tiny") {
   c10::InferenceMode guard;
   const at::Device dev(at::kCUDA, 0);
-  auto model = models::LoadModel("synthetic:tiny", dev, at::kBFloat16);
+  auto model = models::LoadModel(model_name, dev, at::kBFloat16);
   const auto& c = model->config();
   kv::StorageSpec spec;
   ASSERT_TRUE(kv::ParseKeyMode(key_mode, &spec.modes.key));
+  ASSERT_TRUE(kv::ParseValueMode(value_mode, &spec.modes.value));
   ASSERT_TRUE(kernels::ParseSchedule("8,4,2,1,1,0,0,0", &spec.modes.schedule).ok());
   spec.shape = {c.n_layers, c.n_kv_heads, c.head_dim, 16, 2};
   constexpr int kBlocks = 32;
@@ -103,6 +106,15 @@ TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardBf16Keys) {
 TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardSvdqKeys) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   RunModes("svdq");
+}
+
+TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardQuantizedModes) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  // Quantized pages need head dim 64 or 128: SmolLM2-135M's shape (64), random weights.
+  RunModes("fp8", "int4", "synthetic:smollm2-135m");
+  RunModes("svdq", "int8", "synthetic:smollm2-135m");
+  RunModes("bf16", "fp8", "synthetic:smollm2-135m");
+  RunModes("int4", "fp8", "synthetic:smollm2-135m");
 }
 
 }  // namespace

@@ -12,6 +12,11 @@
 #include <vector>
 
 #include "server/kv/paged_storage.h"
+#ifdef SVDQ_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
+#include "kernels/attention/kv_write.h"
+#endif
 
 using namespace svdq::kv;
 
@@ -130,16 +135,19 @@ double RunCase(const Case& c, at::Device device, at::ScalarType dtype) {
         worst_key = std::max(worst_key, ek);
       }
       if (T == 1 && device.is_cuda() && (pos0 + 1) % kPage != 0) {
-        // Where the storage attends itself (page-coded keys, bf16 values), it must agree
-        // with SDPA over what Read returns. (Not when this token completes its page: the
-        // kernel then reads the token's key from the freshly encoded page, Read as written.)
+        // Where the storage attends itself (the decode kernels), it must agree with SDPA over
+        // what is stored, this token included (a view that has no fresh tokens reads that).
+        // (Not when this token completes its page: the kernel then reads the token's key from
+        // the freshly encoded page, the stored view from the tail.)
         at::manual_seed(l);
         at::Tensor q = at::randn({1, kHeads, kDim}, k.options());
         at::Tensor o = view.Attend(l, q);
         if (o.defined()) {
+          PagedSeqView stored(&storage, s.blocks, pos0 + T, s.lane);
+          auto [sk, sv] = stored.Read(l, pos0 + T);
           at::Tensor ref = at::scaled_dot_product_attention(q.transpose(0, 1).to(at::kFloat),
-                                                            k.repeat_interleave(kHeads / kKv, 0).to(at::kFloat),
-                                                            v.repeat_interleave(kHeads / kKv, 0).to(at::kFloat));
+                                                            sk.repeat_interleave(kHeads / kKv, 0).to(at::kFloat),
+                                                            sv.repeat_interleave(kHeads / kKv, 0).to(at::kFloat));
           EXPECT_LT(RelErr(o.squeeze(0), ref.squeeze(1)), 0.03) << c.key << " attention at " << pos0;
         }
       }
@@ -159,8 +167,8 @@ double RunCase(const Case& c, at::Device device, at::ScalarType dtype) {
   a.Reserve(p0 + 1);
   b.Reserve(p1 + 1);
   const std::string key(c.key), scope(c.scope);
-  const bool batched = device.is_cuda() && dtype == at::kBFloat16 && std::string(c.value) == "bf16" &&
-                       key != "fp8" && scope == "head";
+  // The decode kernels serve every mode but layer-scope SVDq (head dim 64 here).
+  const bool batched = device.is_cuda() && dtype == at::kBFloat16 && scope == "head";
   // Both tokens are written by one WriteMany (every mode), then read back as in `step`.
   auto rows = [&](const at::Tensor Seq::*field, double f) {
     return at::cat({(seqs[0].*field).narrow(0, p0, 1), (seqs[1].*field).narrow(0, p1, 1)}, 0) * f;
@@ -242,6 +250,93 @@ TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
   EXPECT_THROW(next.Write(0, kPrompt, k_pre.narrow(0, kPrompt, 1), k.narrow(0, kPrompt, 1), v.narrow(0, kPrompt, 1)),
                std::logic_error);
 }
+
+#ifdef SVDQ_WITH_CUDA
+// The decode step's one-launch KV write (kernels/attention/kv_write.h) against the ATen chains
+// it replaces (TokenStore::Write, the tail's index_put), byte for byte: every format, head dims
+// 64 and 128, rows of very different magnitudes (scales from 1e-3 to 1e3), strided input rows.
+TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const at::Device dev(at::kCUDA, 0);
+  for (int D : {64, 128}) {
+    const KvShape s{1, 2, D, 16, 2};
+    const int64_t T = 24, blocks = 6, lanes = 3;
+    at::manual_seed(D);
+    at::Tensor mag = at::pow(10.0, at::linspace(-3, 3, T)).reshape({T, 1, 1});
+    // Keys and values as column slices of one wider row (as from a fused projection).
+    at::Tensor wide = (at::randn({T, 3 * s.kv_heads * D}) * mag.reshape({T, 1})).to(dev, at::kBFloat16);
+    at::Tensor k = wide.narrow(1, 0, s.kv_heads * D).view({T, s.kv_heads, D});
+    at::Tensor v = wide.narrow(1, s.kv_heads * D, s.kv_heads * D).view({T, s.kv_heads, D});
+    // Row i goes to slot idx[i]: offset idx % 16 of the (idx / 16)-th block and lane, so that no
+    // (block, offset) or (lane, offset) pair repeats.
+    at::Tensor idx = at::randperm(T, at::kLong), slot_block = at::randperm(blocks, at::kLong);
+    at::Tensor slot = at::div(idx, 16, "floor");
+    at::Tensor block = slot_block.index_select(0, slot).to(dev), offset = (idx % 16).to(dev);
+    at::Tensor lane = slot.to(dev);
+    using Kind = TokenStore::Kind;
+    for (auto [kind, format] : {std::make_pair(Kind::kFull, svdq::kernels::KvFormat::kBf16),
+                                std::make_pair(Kind::kFp8, svdq::kernels::KvFormat::kFp8),
+                                std::make_pair(Kind::kInt8, svdq::kernels::KvFormat::kInt8),
+                                std::make_pair(Kind::kInt4, svdq::kernels::KvFormat::kInt4)}) {
+      SCOPED_TRACE("head dim " + std::to_string(D) + ", format " + std::to_string(static_cast<int>(format)));
+      TokenStore ref_k(kind, blocks, s, at::kBFloat16, dev), ref_v(kind, blocks, s, at::kBFloat16, dev);
+      TokenStore got_k(kind, blocks, s, at::kBFloat16, dev), got_v(kind, blocks, s, at::kBFloat16, dev);
+      ref_k.Write(block, offset, k);
+      ref_v.Write(block, offset, v);
+      svdq::kernels::KvWriteParams p;
+      p.rows = static_cast<int>(T);
+      p.kv_heads = s.kv_heads;
+      p.head_dim = D;
+      p.page_size = s.block_size;
+      p.k = static_cast<const uint16_t*>(k.data_ptr());
+      p.k_stride = k.stride(0);
+      p.v = static_cast<const uint16_t*>(v.data_ptr());
+      p.v_stride = v.stride(0);
+      p.block = block.data_ptr<int64_t>();
+      p.offset = offset.data_ptr<int64_t>();
+      p.key_format = p.value_format = format;
+      p.key_pages = got_k.data().data_ptr();
+      p.value_pages = got_v.data().data_ptr();
+      if (got_k.scale().defined()) {
+        p.key_scales = static_cast<uint16_t*>(got_k.scale().data_ptr());
+        p.value_scales = static_cast<uint16_t*>(got_v.scale().data_ptr());
+      }
+      ASSERT_TRUE(svdq::kernels::KvWrite(p, at::cuda::getCurrentCUDAStream()).ok());
+      for (auto [got, ref] : {std::make_pair(&got_k, &ref_k), std::make_pair(&got_v, &ref_v)}) {
+        at::Tensor a = got->data().view(at::kByte).cpu(), b = ref->data().view(at::kByte).cpu();
+        EXPECT_EQ(a.ne(b).sum().item<int64_t>(), 0) << "codes differ";
+        if (ref->scale().defined()) {
+          at::Tensor sa = got->scale().view(at::kShort).cpu(), sb = ref->scale().view(at::kShort).cpu();
+          EXPECT_EQ(sa.ne(sb).sum().item<int64_t>(), 0) << "scales differ";
+        }
+      }
+    }
+    // Page-coded keys: values stored as before, pre-RoPE keys into the lanes' tails.
+    at::Tensor tail_ref = at::zeros({lanes, 16, s.kv_heads, D}, at::TensorOptions().device(dev).dtype(at::kBFloat16));
+    at::Tensor tail_got = tail_ref.clone();
+    tail_ref.index_put_({lane, offset}, k);
+    TokenStore vals(Kind::kInt4, blocks, s, at::kBFloat16, dev);
+    svdq::kernels::KvWriteParams p;
+    p.rows = static_cast<int>(T);
+    p.kv_heads = s.kv_heads;
+    p.head_dim = D;
+    p.page_size = s.block_size;
+    p.v = static_cast<const uint16_t*>(v.data_ptr());
+    p.v_stride = v.stride(0);
+    p.block = block.data_ptr<int64_t>();
+    p.offset = offset.data_ptr<int64_t>();
+    p.value_format = svdq::kernels::KvFormat::kInt4;
+    p.value_pages = vals.data().data_ptr();
+    p.value_scales = static_cast<uint16_t*>(vals.scale().data_ptr());
+    p.k_pre = static_cast<const uint16_t*>(k.data_ptr());
+    p.k_pre_stride = k.stride(0);
+    p.lanes = lane.data_ptr<int64_t>();
+    p.tail = static_cast<uint16_t*>(tail_got.data_ptr());
+    ASSERT_TRUE(svdq::kernels::KvWrite(p, at::cuda::getCurrentCUDAStream()).ok());
+    EXPECT_TRUE(at::equal(tail_got, tail_ref));
+  }
+}
+#endif
 
 TEST(KvStorageCuda, EveryModeStoresWhatWasWritten) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
