@@ -97,7 +97,7 @@ std::vector<Flag> Flags(ServerConfig* c) {
       {"svdq-scope", "head (a basis per layer and KV head) | layer (one per layer, KV heads concatenated) (default head)",
        oneof(&c->svdq_scope, {"head", "layer"})},
       {"svdq-basis-file", "calibrated basis (tools/svdq_calibrate; default <model>.svdq-basis)", str(&c->svdq_basis_file)},
-      {"cuda-graphs", "true | false: replay decode steps from CUDA graphs (bf16 keys and values on a GPU) (default true)",
+      {"cuda-graphs", "true | false: replay decode steps from CUDA graphs (a bf16 model on a GPU; every KV mode but layer-scope SVDq) (default true)",
        [c](const std::string& v) {
          if (v != "true" && v != "false") return false;
          c->cuda_graphs = v == "true";
