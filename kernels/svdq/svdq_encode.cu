@@ -47,7 +47,7 @@ __global__ void EncodeKernel(SvdqEncodeParams p) {
   uint32_t* out = reinterpret_cast<uint32_t*>(p.out + oh * l.page_bytes);
   if (bad) {
     for (int w = threadIdx.x; w < n_words; w += blockDim.x) out[w] = 0u;
-    if (threadIdx.x == 0 && p.nonfinite) *p.nonfinite = 1;
+    if (threadIdx.x == 0 && p.nonfinite) p.nonfinite[p.key_lane ? p.key_lane[blockIdx.x] : 0] = 1;
     return;
   }
   const float* basis = p.basis + bh * W * W;

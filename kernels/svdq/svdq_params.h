@@ -50,7 +50,10 @@ struct SvdqEncodeParams {
   const float* mean = nullptr;    // [num_pages, kv_heads, width]: each page's sequence mean
   const float* basis = nullptr;   // [num_pages, kv_heads, width, width]: column j = basis vector j
   uint8_t* out = nullptr;         // [num_pages, kv_heads, page_bytes]
-  int32_t* nonfinite = nullptr;   // [1], optional: set to 1 when a key is NaN or Inf (that page is left zero)
+  // Optional: set to 1 when a page holds a NaN or infinite key (that page is written as zeros):
+  // nonfinite[0], or nonfinite[key_lane[page]] where key_lane is set (one flag per lane).
+  // Without it the reference returns an error instead.
+  int32_t* nonfinite = nullptr;
   // Optional: page n takes its mean and basis from row basis_index[n] of mean and basis
   // (then [rows, kv_heads, ...]) instead of row n, so pages share a basis without copies.
   const int32_t* basis_index = nullptr;  // [num_pages]

@@ -169,9 +169,13 @@ Status SvdqEncodeRef(const SvdqEncodeParams& p) {
       const float* basis = p.basis + bh * W * W;
       uint8_t* rec = p.out + oh * l.page_bytes;
       std::fill(rec, rec + l.page_bytes, 0);
-      for (int64_t e = 0; e < static_cast<int64_t>(P) * W; ++e) {
-        if (!std::isfinite(k[e]))
+      bool finite = true;
+      for (int64_t e = 0; e < static_cast<int64_t>(P) * W && finite; ++e) finite = std::isfinite(k[e]);
+      if (!finite) {  // as the kernel: the page stays zero and the flag is raised, or an error
+        if (!p.nonfinite)
           return Status::Invalid("non-finite key in page " + std::to_string(page) + ", KV head " + std::to_string(h));
+        p.nonfinite[p.key_lane ? p.key_lane[page] : 0] = 1;
+        continue;
       }
       for (int t = 0; t < P; ++t) {
         for (int c = 0; c < W; ++c) {

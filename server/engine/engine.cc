@@ -71,6 +71,8 @@ const char* MetricReason(FinishReason r) {
 
 constexpr const char* kNonFiniteMessage =
     "the model produced non-finite logits (NaN or infinity) for this sequence; nothing can be sampled";
+constexpr const char* kNonFiniteKeyMessage =
+    "the model produced a non-finite key (NaN or infinity) for this sequence; its KV page cannot be encoded";
 
 // The chosen tokens' log-probabilities and each row's top `want[i]` (-1: the row asked for
 // none; its entry stays empty), for all rows at once: one log-softmax over the rows that asked,
@@ -161,6 +163,8 @@ struct Engine::Impl {
   bool Emit(Sequence* s, const TokenLogprob* logprob, int32_t tok);
   // Sends the final event and frees the sequence's cache.
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
+  // Lanes whose page-coded keys met a NaN or infinity (empty for other modes).
+  std::vector<int> NonFiniteKeyLanes() const;
   void ReportKv() {
     if (!metrics) return;
     const int32_t used = kv->num_blocks() - kv->num_free_blocks();
@@ -597,12 +601,16 @@ void Engine::Impl::RunBatch() {
       } catch (const std::exception& e) {
         error = e.what();
       }
+      // Page-coded keys: sequences whose keys had a NaN or infinity (the codec stored that page as
+      // zeros and raised its lane's flag) end with an error. Read after the sampler's sync.
+      const std::vector<int> bad = error.empty() ? NonFiniteKeyLanes() : std::vector<int>();
       for (size_t j = 0; j < sampling.size(); ++j) {
         Sequence* s = Seq(work[sampling[j]].seq);
         bool done = true;
         try {
           if (!error.empty()) throw std::runtime_error(error);
           if (toks[j] == kNonFiniteLogits) throw std::runtime_error(kNonFiniteMessage);
+          if (std::find(bad.begin(), bad.end(), s->lane) != bad.end()) throw std::runtime_error(kNonFiniteKeyMessage);
           done = Emit(s, want[j] >= 0 ? &lps[j] : nullptr, toks[j]);
         } catch (const std::exception& e) {
           Finish(s, FinishReason::kError, e.what());
@@ -610,8 +618,23 @@ void Engine::Impl::RunBatch() {
         if (done) finished.push_back(s);
       }
     }
+    // Prompt chunks that did not sample this step are checked the same way.
+    if (error.empty() && sampling.size() < work.size()) {
+      const std::vector<int> bad = NonFiniteKeyLanes();
+      for (size_t i = 0; i < work.size() && !bad.empty(); ++i) {
+        Sequence* s = Seq(work[i].seq);
+        if (work[i].samples || std::find(bad.begin(), bad.end(), s->lane) == bad.end()) continue;
+        Finish(s, FinishReason::kError, kNonFiniteKeyMessage);
+        finished.push_back(s);
+      }
+    }
   }
   for (Sequence* s : finished) sched->TakeRunning(s);
+}
+
+std::vector<int> Engine::Impl::NonFiniteKeyLanes() const {
+  if (!storage->spec().modes.page_coded_keys()) return {};
+  return storage->NonFiniteLanes();
 }
 
 bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {

@@ -158,12 +158,24 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
     }
   }
   lane_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
+  nonfinite_ = at::zeros({spec_.lanes}, o.dtype(at::kInt));
   PlanKernels();
 }
 
 void PagedKvStorage::ReleaseLane(int lane) {
   if (lane < 0 || lane >= spec_.lanes || lane_basis_set_.empty()) return;  // empty: no prefill bases in this mode
   std::fill_n(lane_basis_set_.begin() + static_cast<size_t>(lane) * spec_.shape.layers, spec_.shape.layers, 0);
+  if (nonfinite_.defined()) nonfinite_[lane].zero_();
+}
+
+std::vector<int> PagedKvStorage::NonFiniteLanes() const {
+  std::vector<int> out;
+  if (!nonfinite_.defined()) return out;
+  at::Tensor f = nonfinite_.to(at::kCPU);
+  const int32_t* v = f.data_ptr<int32_t>();
+  for (int i = 0; i < f.numel(); ++i)
+    if (v[i] != 0) out.push_back(i);
+  return out;
 }
 
 int64_t PagedKvStorage::bytes() const {
@@ -267,6 +279,7 @@ void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::T
   p.mean = mean_[layer].data_ptr<float>();
   p.basis = vectors_[layer].data_ptr<float>();
   p.basis_index = w.basis_index.data_ptr<int32_t>();
+  p.nonfinite = nonfinite_.data_ptr<int32_t>();  // indexed by lane
 #ifdef SVDQ_WITH_CUDA
   if (spec_.device.is_cuda()) Check(kernels::SvdqEncode(p, at::cuda::getCurrentCUDAStream()), "SVDq encode");
   else
@@ -464,6 +477,7 @@ void PagedSeqView::EncodeChunk(int layer, int64_t first_page, const at::Tensor& 
   p.mean = mean.data_ptr<float>();
   p.basis = vec.data_ptr<float>();
   p.out = out.data_ptr<uint8_t>();
+  p.nonfinite = st_->nonfinite_.data_ptr<int32_t>() + lane_;  // this sequence's flag
 #ifdef SVDQ_WITH_CUDA
   if (sp.device.is_cuda()) Check(kernels::SvdqEncode(p, nullptr), "SVDq encode");
   else

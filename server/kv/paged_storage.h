@@ -85,6 +85,10 @@ class PagedKvStorage {
   // A sequence left `lane`: its prefill bases no longer count as computed, so that the next
   // sequence on the lane must compute its own (and cannot silently use the last one's).
   void ReleaseLane(int lane);
+  // Lanes whose keys included a NaN or infinity since they were last released (page-coded
+  // keys: such a page cannot be encoded and is stored as zeros, so the sequence must end with
+  // an error). One small device-to-host read; empty for other modes.
+  std::vector<int> NonFiniteLanes() const;
   // Whether `lane` holds a prefill basis for `layer` (for tests).
   bool LaneHasBasis(int lane, int layer) const {
     return lane_basis_set_[static_cast<size_t>(lane) * spec_.shape.layers + layer] != 0;
@@ -123,6 +127,7 @@ class PagedKvStorage {
   std::vector<TokenStore> keys_, values_;  // keys_ empty for page-coded keys
   std::vector<at::Tensor> codes_, tail_, mean_, vectors_;
   std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed
+  at::Tensor nonfinite_;              // int32 [lanes] on the device: the codec's non-finite key flags
   bool kernels_fit_ = false;
   bool fused_write_ = false;  // WriteDecode runs kernels::KvWrite
 };

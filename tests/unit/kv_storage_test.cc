@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -219,6 +220,66 @@ void RunAll(at::Device device, at::ScalarType dtype) {
 
 TEST(KvStorageCpu, EveryModeStoresWhatWasWritten) { RunAll(at::Device(at::kCPU), at::kFloat); }
 
+// A key that is NaN or infinite cannot be encoded: its page is stored as zeros and its lane is
+// flagged (the engine ends that sequence with an error), through the prefill path (Write) and
+// the decode path (WriteMany), for that lane only; releasing the lane clears the flag. (Before,
+// the CPU codec threw out of the whole step and the CUDA one zeroed the page silently.)
+void RunNonFiniteKeys(at::Device device, at::ScalarType dtype) {
+  const Tables rope = Rope(device);
+  StorageSpec spec;
+  ASSERT_TRUE(ParseKeyMode("int4", &spec.modes.key));
+  ASSERT_TRUE(ParseValueMode("bf16", &spec.modes.value));
+  spec.shape = {kLayers, kKv, kDim, kPage, 4};
+  spec.num_blocks = 8;
+  spec.lanes = 3;
+  spec.device = device;
+  spec.dtype = dtype;
+  spec.shape.dtype_bytes = static_cast<int>(c10::elementSize(dtype));
+  spec.rope_cos = rope.cos;
+  spec.rope_sin = rope.sin;
+  PagedKvStorage storage(spec);
+  at::Tensor k_pre = Keys(4).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
+  at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
+  k_pre = k_pre.to(dtype), k = k.to(dtype), v = v.to(dtype);
+  at::Tensor bad_pre = k_pre.clone();
+  bad_pre[3][1][7] = std::numeric_limits<float>::quiet_NaN();   // in the first page
+  bad_pre[25][0][2] = std::numeric_limits<float>::infinity();    // in the second page
+  const std::vector<BlockId> blocks_a = {0, 1}, blocks_b = {2, 3}, blocks_c = {4, 5};
+  EXPECT_TRUE(storage.NonFiniteLanes().empty());
+  {
+    PagedSeqView a(&storage, blocks_a, 0, /*lane=*/0), b(&storage, blocks_b, 0, /*lane=*/1);
+    a.Reserve(20);
+    b.Reserve(20);
+    for (int l = 0; l < kLayers; ++l) {
+      a.Write(l, 0, bad_pre.narrow(0, 0, 20), k.narrow(0, 0, 20), v.narrow(0, 0, 20));  // page 0 encoded
+      b.Write(l, 0, k_pre.narrow(0, 0, 20), k.narrow(0, 0, 20), v.narrow(0, 0, 20));
+    }
+  }
+  EXPECT_EQ(storage.NonFiniteLanes(), std::vector<int>({0}));
+  storage.ReleaseLane(0);
+  EXPECT_TRUE(storage.NonFiniteLanes().empty());
+  // Decode steps: lane 2 meets the infinity at position 25; the page encodes when position 31
+  // is written, in a joint step with lane 1 (finite keys).
+  {
+    PagedSeqView c(&storage, blocks_c, 0, /*lane=*/2);
+    c.Reserve(20);
+    for (int l = 0; l < kLayers; ++l) c.Write(l, 0, k_pre.narrow(0, 0, 20), k.narrow(0, 0, 20), v.narrow(0, 0, 20));
+  }
+  for (int64_t pos = 20; pos < 32; ++pos) {
+    PagedSeqView b(&storage, blocks_b, pos, 1), c(&storage, blocks_c, pos, 2);
+    b.Reserve(pos + 1);
+    c.Reserve(pos + 1);
+    for (int l = 0; l < kLayers; ++l) {
+      at::Tensor kp = at::cat({k_pre.narrow(0, pos, 1), bad_pre.narrow(0, pos, 1)});
+      at::Tensor kk = at::cat({k.narrow(0, pos, 1), k.narrow(0, pos, 1)}), vv = at::cat({v.narrow(0, pos, 1), v.narrow(0, pos, 1)});
+      ASSERT_TRUE(b.WriteMany(l, kp, kk, vv, {&b, &c}));
+    }
+    EXPECT_EQ(storage.NonFiniteLanes(), pos == 31 ? std::vector<int>({2}) : std::vector<int>()) << "position " << pos;
+  }
+}
+
+TEST(KvStorageCpu, NonFiniteKeysFlagTheirLane) { RunNonFiniteKeys(at::Device(at::kCPU), at::kFloat); }
+
 // A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
 // the lane cannot start past position 0 on them (before, the flag stayed set and such a
 // sequence would have been encoded with the previous one's basis, silently).
@@ -337,6 +398,11 @@ TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
   }
 }
 #endif
+
+TEST(KvStorageCuda, NonFiniteKeysFlagTheirLane) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  RunNonFiniteKeys(at::Device(at::kCUDA, 0), at::kBFloat16);
+}
 
 TEST(KvStorageCuda, EveryModeStoresWhatWasWritten) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
