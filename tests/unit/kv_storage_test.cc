@@ -334,6 +334,18 @@ TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
     at::Tensor slot = at::div(idx, 16, "floor");
     at::Tensor block = slot_block.index_select(0, slot).to(dev), offset = (idx % 16).to(dev);
     at::Tensor lane = slot.to(dev);
+    auto rows = [&] {  // the step's shape, values and where they go; formats and pages per case
+      svdq::kernels::KvWriteParams p;
+      p.rows = static_cast<int>(T);
+      p.kv_heads = s.kv_heads;
+      p.head_dim = D;
+      p.page_size = s.block_size;
+      p.v = static_cast<const uint16_t*>(v.data_ptr());
+      p.v_stride = v.stride(0);
+      p.block = block.data_ptr<int64_t>();
+      p.offset = offset.data_ptr<int64_t>();
+      return p;
+    };
     using Kind = TokenStore::Kind;
     for (auto [kind, format] : {std::make_pair(Kind::kFull, svdq::kernels::KvFormat::kBf16),
                                 std::make_pair(Kind::kFp8, svdq::kernels::KvFormat::kFp8),
@@ -344,17 +356,9 @@ TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
       TokenStore got_k(kind, blocks, s, at::kBFloat16, dev), got_v(kind, blocks, s, at::kBFloat16, dev);
       ref_k.Write(block, offset, k);
       ref_v.Write(block, offset, v);
-      svdq::kernels::KvWriteParams p;
-      p.rows = static_cast<int>(T);
-      p.kv_heads = s.kv_heads;
-      p.head_dim = D;
-      p.page_size = s.block_size;
+      svdq::kernels::KvWriteParams p = rows();
       p.k = static_cast<const uint16_t*>(k.data_ptr());
       p.k_stride = k.stride(0);
-      p.v = static_cast<const uint16_t*>(v.data_ptr());
-      p.v_stride = v.stride(0);
-      p.block = block.data_ptr<int64_t>();
-      p.offset = offset.data_ptr<int64_t>();
       p.key_format = p.value_format = format;
       p.key_pages = got_k.data().data_ptr();
       p.value_pages = got_v.data().data_ptr();
@@ -377,15 +381,7 @@ TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
     at::Tensor tail_got = tail_ref.clone();
     tail_ref.index_put_({lane, offset}, k);
     TokenStore vals(Kind::kInt4, blocks, s, at::kBFloat16, dev);
-    svdq::kernels::KvWriteParams p;
-    p.rows = static_cast<int>(T);
-    p.kv_heads = s.kv_heads;
-    p.head_dim = D;
-    p.page_size = s.block_size;
-    p.v = static_cast<const uint16_t*>(v.data_ptr());
-    p.v_stride = v.stride(0);
-    p.block = block.data_ptr<int64_t>();
-    p.offset = offset.data_ptr<int64_t>();
+    svdq::kernels::KvWriteParams p = rows();
     p.value_format = svdq::kernels::KvFormat::kInt4;
     p.value_pages = vals.data().data_ptr();
     p.value_scales = static_cast<uint16_t*>(vals.scale().data_ptr());
