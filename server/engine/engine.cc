@@ -128,6 +128,7 @@ struct Engine::Impl {
   metrics::Metrics* metrics;
   std::string source;  // "gguf", "huggingface" or "synthetic"
   std::unique_ptr<DecodeGraphs> graphs;  // null where decode steps are not captured
+  std::unique_ptr<PenaltyState> penalties;  // made for the first request with a penalty
   std::unique_ptr<models::Tokenizer> tokenizer;
   std::unique_ptr<models::LlamaModel> model;
   std::atomic<bool> ready{false};
@@ -330,7 +331,10 @@ void Engine::Load() {
   spec.lanes = lanes + (graphs ? 1 : 0);
   m.storage = std::make_unique<kv::PagedKvStorage>(spec);
   m.sched = std::make_unique<Scheduler>(m.kv.get(), static_cast<int>(m.opts.max_running), m.opts.max_batch_tokens, lanes);
-  m.sched->on_lane_released = [&m](int lane) { m.storage->ReleaseLane(lane); };
+  m.sched->on_lane_released = [&m](int lane) {
+    m.storage->ReleaseLane(lane);
+    if (m.penalties) m.penalties->Release(lane);
+  };
   if (graphs) {
     std::string why;
     try {
@@ -588,7 +592,7 @@ void Engine::Impl::RunBatch() {
       std::vector<int32_t> toks;
       try {
         sub = logits.index_select(0, models::IndexToDevice(picked, logits.device()));
-        toks = SampleBatch(sub, rows);
+        toks = SampleBatch(sub, rows, penalties.get());
       } catch (const std::exception& e) {
         error = e.what();
       }
@@ -601,6 +605,8 @@ void Engine::Impl::RunBatch() {
       } catch (const std::exception& e) {
         error = e.what();
       }
+      std::vector<int> penalty_lanes;  // the emitted tokens that the penalties' device state counts
+      std::vector<int32_t> penalty_toks;
       // Page-coded keys: sequences whose keys had a NaN or infinity (the codec stored that page as
       // zeros and raised its lane's flag) end with an error. Read after the sampler's sync.
       const std::vector<int> bad = error.empty() ? NonFiniteKeyLanes() : std::vector<int>();
@@ -612,11 +618,13 @@ void Engine::Impl::RunBatch() {
           if (toks[j] == kNonFiniteLogits) throw std::runtime_error(kNonFiniteMessage);
           if (std::find(bad.begin(), bad.end(), s->lane) != bad.end()) throw std::runtime_error(kNonFiniteKeyMessage);
           done = Emit(s, want[j] >= 0 ? &lps[j] : nullptr, toks[j]);
+          if (rows[j].penalty_lane >= 0) penalty_lanes.push_back(rows[j].penalty_lane), penalty_toks.push_back(toks[j]);
         } catch (const std::exception& e) {
           Finish(s, FinishReason::kError, e.what());
         }
         if (done) finished.push_back(s);
       }
+      if (!penalty_lanes.empty()) penalties->Add(penalty_lanes, penalty_toks);  // one launch for the step
     }
     // Prompt chunks that did not sample this step are checked the same way.
     if (error.empty() && sampling.size() < work.size()) {
@@ -645,15 +653,34 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   kv::PagedSeqView view(storage.get(), kv->Blocks(s->id), s->computed, s->lane);
   std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
   at::Tensor last_logits;
-  at::Tensor picked = model->ForwardLogprobs(uncached, &view, &last_logits);  // bounded memory
-  s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
+  const int64_t chunk = s->req.prompt_logprobs_chunk;
+  if (chunk <= 0) {
+    at::Tensor picked = model->ForwardLogprobs(uncached, &view, &last_logits);  // bounded memory
+    s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
+  } else {
+    // Chunk by chunk through the cache: each chunk's forward reads every earlier position in
+    // its stored form (the view's Read / Attend), its own positions as computed. The first
+    // token of a chunk is scored by the previous chunk's last logits.
+    s->prompt_logprobs.clear();
+    const int64_t n = static_cast<int64_t>(uncached.size());
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+      std::vector<int32_t> part(uncached.begin() + c0, uncached.begin() + std::min(n, c0 + chunk));
+      if (last_logits.defined())
+        s->prompt_logprobs.push_back(at::log_softmax(last_logits.to(at::kFloat), -1)[part[0]].item<float>());
+      at::Tensor picked = model->ForwardLogprobs(part, &view, &last_logits);
+      s->prompt_logprobs.insert(s->prompt_logprobs.end(), picked.data_ptr<float>(),
+                                picked.data_ptr<float>() + picked.numel());
+    }
+  }
   s->computed = static_cast<int64_t>(tokens.size());
   kv->Commit(s->id, static_cast<int32_t>(s->computed));
   s->prefilled = true;
   if (metrics && s->preempted == 0) metrics->AddPromptTokens(static_cast<double>(s->req.prompt.size()));
   at::Tensor last = last_logits.unsqueeze(0);
-  const int32_t tok = SampleBatch(last, {RowFor(s)})[0];
+  const SampleRow row = RowFor(s);
+  const int32_t tok = SampleBatch(last, {row}, penalties.get())[0];
   if (tok == kNonFiniteLogits) throw std::runtime_error(kNonFiniteMessage);  // the caller ends s with the error
+  if (row.penalty_lane >= 0) penalties->Add({row.penalty_lane}, {tok});
   const std::vector<TokenLogprob> lp = TokenLogprobs(last, {tok}, {s->req.logprobs});
   return Emit(s, s->req.logprobs >= 0 ? &lp[0] : nullptr, tok);
 }
@@ -669,6 +696,15 @@ SampleRow Engine::Impl::RowFor(Sequence* s) {
     row.banned.insert(row.banned.end(), rq.stop_token_ids.begin(), rq.stop_token_ids.end());
   }
   if (rq.sampling.temperature > 0.f) row.u = std::uniform_real_distribution<double>(0.0, 1.0)(s->rng);
+  // Penalties read the sequence's tokens from a device table per lane, filled once when the
+  // sequence starts on its lane (again after a preemption), then one token per step.
+  const SamplingParams& sp = rq.sampling;
+  if ((sp.repetition_penalty != 1.f || sp.presence_penalty != 0.f || sp.frequency_penalty != 0.f) && s->lane >= 0) {
+    if (!penalties)
+      penalties = std::make_unique<PenaltyState>(storage->spec().lanes, model->config().vocab_size, storage->spec().device);
+    if (!penalties->Holds(s->lane, s->id)) penalties->Reset(s->lane, s->id, rq.prompt, s->output);
+    row.penalty_lane = s->lane;
+  }
   return row;
 }
 

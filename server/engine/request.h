@@ -43,6 +43,7 @@ struct Request {
   std::vector<int32_t> stop_token_ids;
   int32_t logprobs = -1;       // top alternatives per generated token; -1: none
   bool prompt_logprobs = false;
+  int32_t prompt_logprobs_chunk = 0;  // 0: exact; N: chunks of N tokens over the stored cache
 };
 
 struct TokenLogprob {

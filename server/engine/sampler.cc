@@ -1,11 +1,12 @@
-// The batched sampler. Penalties and bans are scattered into the [B, vocab] logits with
-// index lists built on the host (one copy each); the sampling rows are sorted once on the
+// The batched sampler. Penalties come from the per-lane device state (PenaltyState) or, for
+// rows without one, from index lists built on the host; bans from host lists (one copy each); the sampling rows are sorted once on the
 // device, and top-k, top-p and min-p become one prefix mask over the sorted row.
 #include "server/engine/sampler.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 
 namespace svdq::engine {
 namespace {
@@ -17,7 +18,34 @@ at::Tensor OnDevice(const at::Tensor& host, at::Device d) {
 at::Tensor OnDevice(const std::vector<int64_t>& v, at::Device d) { return OnDevice(at::tensor(v, at::kLong), d); }
 at::Tensor OnDevice(const std::vector<double>& v, at::Device d) { return OnDevice(at::tensor(v, at::kDouble), d); }
 
-// Adds penalties and bans to x [B, V] fp32 in place.
+// Penalties of the rows that read the device state, on the device: the same arithmetic as the
+// host lists below (repetition: x / p where x > 0, x * p elsewhere, on seen tokens; presence
+// and frequency: x - float(presence + frequency * count) on tokens in the output).
+void ApplyStatePenalties(at::Tensor& x, const std::vector<SampleRow>& rows, const PenaltyState& st) {
+  std::vector<int64_t> idx, lanes;
+  std::vector<double> rep, presence, frequency;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    if (rows[b].penalty_lane < 0) continue;
+    const SamplingParams& p = *rows[b].params;
+    idx.push_back(static_cast<int64_t>(b));
+    lanes.push_back(rows[b].penalty_lane);
+    rep.push_back(p.repetition_penalty);
+    presence.push_back(p.presence_penalty);
+    frequency.push_back(p.frequency_penalty);
+  }
+  if (idx.empty()) return;
+  const at::Device d = x.device();
+  at::Tensor rows_t = OnDevice(idx, d), lanes_t = OnDevice(lanes, d);
+  at::Tensor v = x.index_select(0, rows_t);
+  at::Tensor seen = st.seen().index_select(0, lanes_t), count = st.count().index_select(0, lanes_t);
+  at::Tensor pen = OnDevice(rep, d).to(at::kFloat).unsqueeze(1);
+  v = at::where(seen & (pen != 1.f), at::where(v > 0, v / pen, v * pen), v);
+  at::Tensor add = (OnDevice(presence, d).unsqueeze(1) + OnDevice(frequency, d).unsqueeze(1) * count.to(at::kDouble));
+  v = at::where(count > 0, v + (-add).to(at::kFloat), v);
+  x.index_copy_(0, rows_t, v);
+}
+
+// Adds penalties and bans to x [B, V] fp32 in place (rows with a penalty_lane: bans only).
 void ApplyPenalties(at::Tensor& x, const std::vector<SampleRow>& rows) {
   const int64_t V = x.size(1);
   auto valid = [V](int32_t t) { return t >= 0 && t < V; };
@@ -26,6 +54,9 @@ void ApplyPenalties(at::Tensor& x, const std::vector<SampleRow>& rows) {
   for (size_t b = 0; b < rows.size(); ++b) {
     const SamplingParams& p = *rows[b].params;
     const int64_t base = static_cast<int64_t>(b) * V;
+    for (int32_t t : rows[b].banned)
+      if (valid(t)) ban_idx.push_back(base + t);
+    if (rows[b].penalty_lane >= 0) continue;  // on the device (ApplyStatePenalties)
     if (p.repetition_penalty != 1.f) {
       std::vector<int32_t> seen;
       for (const auto* list : {rows[b].history.prompt, rows[b].history.output})
@@ -52,8 +83,6 @@ void ApplyPenalties(at::Tensor& x, const std::vector<SampleRow>& rows) {
         i = j;
       }
     }
-    for (int32_t t : rows[b].banned)
-      if (valid(t)) ban_idx.push_back(base + t);
   }
   at::Tensor flat = x.view({-1});
   const at::Device d = x.device();
@@ -68,12 +97,49 @@ void ApplyPenalties(at::Tensor& x, const std::vector<SampleRow>& rows) {
 
 }  // namespace
 
-std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<SampleRow>& rows) {
+PenaltyState::PenaltyState(int lanes, int64_t vocab, at::Device device)
+    : seen_(at::zeros({lanes, vocab}, at::TensorOptions().device(device).dtype(at::kBool))),
+      count_(at::zeros({lanes, vocab}, at::TensorOptions().device(device).dtype(at::kInt))),
+      owner_(static_cast<size_t>(lanes), kNoOwner) {}
+
+void PenaltyState::Reset(int lane, uint64_t owner, const std::vector<int32_t>& prompt,
+                         const std::vector<int32_t>& output) {
+  const int64_t V = seen_.size(1);
+  std::vector<int64_t> all, out;
+  for (int32_t t : prompt)
+    if (t >= 0 && t < V) all.push_back(t);
+  for (int32_t t : output)
+    if (t >= 0 && t < V) all.push_back(t), out.push_back(t);
+  at::Tensor s = seen_[lane], c = count_[lane];
+  s.zero_();
+  c.zero_();
+  const at::Device d = seen_.device();
+  if (!all.empty()) s.index_fill_(0, OnDevice(all, d), true);
+  if (!out.empty()) c.index_put_({OnDevice(out, d)}, at::ones({static_cast<int64_t>(out.size())}, c.options()), true);
+  owner_[static_cast<size_t>(lane)] = owner;
+}
+
+void PenaltyState::Add(const std::vector<int>& lanes, const std::vector<int32_t>& tokens) {
+  const int64_t V = seen_.size(1);
+  std::vector<int64_t> flat;
+  for (size_t i = 0; i < lanes.size() && i < tokens.size(); ++i)
+    if (tokens[i] >= 0 && tokens[i] < V) flat.push_back(static_cast<int64_t>(lanes[i]) * V + tokens[i]);
+  if (flat.empty()) return;
+  at::Tensor idx = OnDevice(flat, seen_.device());
+  seen_.view({-1}).index_fill_(0, idx, true);
+  count_.view({-1}).index_put_({idx}, at::ones({static_cast<int64_t>(flat.size())}, count_.options()), true);
+}
+
+std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<SampleRow>& rows,
+                                 const PenaltyState* state) {
   const int64_t B = static_cast<int64_t>(rows.size());
   if (logits.dim() != 2 || logits.size(0) != B) throw std::invalid_argument("SampleBatch: one logits row per entry");
   const at::Device d = logits.device();
   at::Tensor x = logits.to(at::kFloat).contiguous().clone();
   const at::Tensor finite = at::isfinite(x).all(-1);  // before bans put -inf in
+  for (const SampleRow& r : rows)
+    if (r.penalty_lane >= 0 && !state) throw std::invalid_argument("SampleBatch: a penalty_lane needs the state");
+  if (state) ApplyStatePenalties(x, rows, *state);
   ApplyPenalties(x, rows);
   at::Tensor chosen = x.argmax(-1);  // greedy rows keep this
 

@@ -69,8 +69,12 @@ int32_t Reference(std::vector<float> x, const SampleRow& r) {
   return idx[cut - 1];
 }
 
-void CompareWithReference(at::Device device) {
+// use_state: three rows in four read their penalties from the device state (PenaltyState),
+// filled from all but its last output token and then given that one by Add, as the engine
+// does step by step; the reference still reads the host lists.
+void CompareWithReference(at::Device device, bool use_state = false) {
   constexpr int kVocab = 300, kBatch = 24, kRounds = 20;
+  PenaltyState state(kBatch, kVocab, device);
   std::mt19937_64 rng(7);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   std::vector<SamplingParams> params(kBatch);
@@ -96,8 +100,14 @@ void CompareWithReference(at::Device device) {
       rows[b].history = TokenHistory{&prompts[b], &outputs[b]};
       if (b % 8 == 7) rows[b].banned = {static_cast<int32_t>(logits[b].argmax().item<int64_t>())};
       rows[b].u = unit(rng);
+      if (use_state && b % 4 != 0) {  // the penalized rows are odd (repetition) and b % 6 == 5
+        const std::vector<int32_t> earlier(outputs[b].begin(), outputs[b].end() - 1);
+        state.Reset(b, static_cast<uint64_t>(round * kBatch + b), prompts[b], earlier);
+        state.Add({b}, {outputs[b].back()});
+        rows[b].penalty_lane = b;
+      }
     }
-    std::vector<int32_t> got = SampleBatch(logits.to(device), rows);
+    std::vector<int32_t> got = SampleBatch(logits.to(device), rows, use_state ? &state : nullptr);
     ASSERT_EQ(got.size(), static_cast<size_t>(kBatch));
     for (int b = 0; b < kBatch; ++b) {
       at::Tensor row = logits[b].contiguous();
@@ -189,6 +199,7 @@ bool HaveCuda() { return at::hasCUDA(); }
 }  // namespace
 
 TEST(SamplerCpu, MatchesReference) { CompareWithReference(at::kCPU); }
+TEST(SamplerCpu, DeviceStatePenaltiesMatchReference) { CompareWithReference(at::kCPU, /*use_state=*/true); }
 TEST(SamplerCpu, RowsAreIndependent) { RowsIndependent(at::kCPU); }
 TEST(SamplerCpu, FollowsTheDistribution) { FollowsDistribution(at::kCPU); }
 TEST(SamplerCpu, FlagsNonFiniteRows) { FlagsNonFiniteRows(at::kCPU); }
@@ -196,6 +207,10 @@ TEST(SamplerCpu, FlagsNonFiniteRows) { FlagsNonFiniteRows(at::kCPU); }
 TEST(SamplerCuda, MatchesReference) {
   if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
   CompareWithReference(at::Device(at::kCUDA));
+}
+TEST(SamplerCuda, DeviceStatePenaltiesMatchReference) {
+  if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
+  CompareWithReference(at::Device(at::kCUDA), /*use_state=*/true);
 }
 TEST(SamplerCuda, RowsAreIndependent) {
   if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""What each KV cache mode costs in quality, measured through the running server: perplexity of
+natural text scored exactly (prompt_logprobs_chunk 0: every mode gives the same number) and
+through the cache as served (prompt_logprobs_chunk N: the text is prefilled N tokens at a time,
+each chunk attending over the stored, quantized or SVDq-encoded form of the earlier ones, as
+decode does). One server per mode; texts are Debian's license files, cut into windows.
+
+  .venv/bin/python bench/kv_fidelity.py [--device cpu] [--chunk 32] [--windows 4]
+        [--model PATH] [--only SUBSTRING] [--json bench/results/kv_fidelity_cpu.json]
+
+SVDq runs with each sequence's prefill basis (from its first forward: with chunks of N tokens,
+N tokens, a weak estimate for small N) and with a basis calibrated once on another text
+(2,048 tokens of MPL-2.0); --only keeps the modes whose flags contain SUBSTRING.
+
+Prints a Markdown table: perplexity exact, through the cache, and the change in percent, and the
+mean absolute change in per-token log-probability (nats) against the exact scores."""
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+MODES = [  # key mode, value mode, extra flags
+    ("bf16", "bf16", []),
+    ("fp8", "bf16", []),
+    ("int4", "bf16", []),
+    ("int2", "bf16", []),
+    ("svdq", "bf16", ["--svdq-schedule", "8,8,8,8,8,8,8,8"]),
+    ("svdq", "bf16", ["--svdq-schedule", "8,4,2,1,1,0,0,0"]),
+    ("svdq", "bf16", ["--svdq-schedule", "8,2,0,0,0,0,0,0"]),
+    ("bf16", "fp8", []),
+    ("bf16", "int8", []),
+    ("bf16", "int4", []),
+    ("svdq", "int4", ["--svdq-schedule", "8,4,2,1,1,0,0,0"]),
+    ("int2", "int4", []),
+]
+TEXTS = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/GPL-3"]
+# The calibrated SVDq basis (tools/svdq_calibrate) comes from another text, so that it is not
+# fitted to what is scored.
+CALIBRATION_TEXT = "/usr/share/common-licenses/MPL-2.0"
+CALIBRATED = ["8,8,8,8,8,8,8,8", "8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0"]
+
+
+def windows(n_per_text, chars):
+    out = []
+    for path in TEXTS:
+        text = " ".join(Path(path).read_text(encoding="utf-8").split())  # one line, single spaces
+        for i in range(n_per_text):
+            w = text[i * chars:(i + 1) * chars]
+            if len(w) == chars:
+                out.append(w)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--windows", type=int, default=4, help="windows per text")
+    ap.add_argument("--chars", type=int, default=2000, help="characters per window")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "kv_fidelity_cpu.json"))
+    a = ap.parse_args()
+    import conftest
+    from conftest import Server
+    from grpc_tools import protoc
+    out = Path(tempfile.mkdtemp())
+    protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
+                 str(ROOT / "proto" / "svdq" / "v1" / "generation.proto")])
+    sys.path.insert(0, str(out))
+    import grpc
+    from svdq.v1 import generation_pb2 as pb, generation_pb2_grpc as pb_grpc
+    model = Path(a.model) if a.model else conftest.MODEL
+    texts = windows(a.windows, a.chars)
+    import subprocess
+    basis = out / "calibrated.svdq-basis"
+    r = subprocess.run([str(conftest.BUILD / "tools" / "svdq_calibrate"), str(model), "--text", CALIBRATION_TEXT,
+                        "--tokens", "2048", "--out", str(basis)], capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise SystemExit("svdq_calibrate failed: " + r.stderr)
+    modes = MODES + [("svdq", "bf16", ["--svdq-schedule", s, "--svdq-basis", "calibrated", "--svdq-basis-file", str(basis)])
+                     for s in CALIBRATED]
+    if a.only:
+        modes = [m for m in modes if a.only in " ".join([m[0], m[1], *m[2]])]
+
+    def score(stub, text, chunk):
+        for r in stub.Generate(pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True,
+                                                  prompt_logprobs_chunk=chunk), timeout=1200):
+            if r.HasField("chunk") and len(r.chunk.prompt_logprobs):
+                return list(r.chunk.prompt_logprobs)
+        raise RuntimeError("no prompt logprobs")
+
+    rows, exact = [], None
+    for key, value, extra in modes:
+        s = Server(model, a.device, extra=["--key-mode", key, "--value-mode", value, "--kv-cache-bytes", "256M",
+                                           "--max-running", "2", *extra])
+        try:
+            s.wait_ready(timeout=600)
+            with grpc.insecure_channel(s.addr) as ch:
+                stub = pb_grpc.GenerationStub(ch)
+                info = stub.GetServerInfo(pb.GetServerInfoRequest())
+                if exact is None:  # exact scoring ignores the cache: the same in every mode
+                    exact = [score(stub, t, 0) for t in texts]
+                cached = [score(stub, t, a.chunk) for t in texts]
+        finally:
+            s.stop()
+        ex = [x for w in exact for x in w]
+        ca = [x for w in cached for x in w]
+        ppl_exact, ppl_cache = math.exp(-sum(ex) / len(ex)), math.exp(-sum(ca) / len(ca))
+        row = dict(key_mode=info.key_mode, value_mode=info.value_mode, key_bytes_per_token=info.key_bytes_per_token,
+                   value_bytes_per_token=info.value_bytes_per_token, key_compression=info.key_compression_ratio,
+                   tokens=len(ex), ppl_exact=ppl_exact, ppl_cache=ppl_cache,
+                   ppl_change_pct=100.0 * (ppl_cache / ppl_exact - 1.0),
+                   mean_abs_logprob_change=sum(abs(x - y) for x, y in zip(ca, ex)) / len(ex))
+        rows.append(row)
+        print(row, file=sys.stderr)
+    meta = dict(date=datetime.date.today().isoformat(), host=platform.node(), device=a.device, model=model.name,
+                chunk=a.chunk, texts=TEXTS, windows_per_text=a.windows, chars_per_window=a.chars,
+                command=" ".join(sys.argv))
+    Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"{model.name}, {rows[0]['tokens']} scored tokens, chunks of {a.chunk}, device {a.device}\n")
+    print("| keys | values | key compression | ppl exact | ppl through the cache | change | mean abs logprob change (nats) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['key_mode']} | {r['value_mode']} | {r['key_compression']:.2f}x | {r['ppl_exact']:.3f} | "
+              f"{r['ppl_cache']:.3f} | {r['ppl_change_pct']:+.2f}% | {r['mean_abs_logprob_change']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
