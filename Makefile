@@ -6,8 +6,11 @@ BUILD_TYPE ?= Release
 PY ?= $(CURDIR)/.venv/bin/python
 PROM_PREFIX ?= /opt/svdq/prometheus-cpp/usr
 SERVE_ARGS ?=
+# The fuzz harnesses' build folder (fuzz/build.sh) and each one's run in `make test`.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 15
 
-.PHONY: all setup configure build model serve test test-cpp test-python clean
+.PHONY: all setup configure build model serve test test-cpp test-python test-fuzz clean
 
 all: build
 
@@ -31,13 +34,18 @@ model: setup
 serve: build model
 	exec $(BUILD)/server/svdq-server $(SERVE_ARGS)
 
-test: build model test-cpp test-python
+test: build model test-cpp test-python test-fuzz
 
 test-cpp:
 	ctest --test-dir $(BUILD) -L cpu --output-on-failure
 
 test-python:
 	SVDQ_BUILD_DIR=$(abspath $(BUILD)) $(PY) -m pytest -q tests/integration
+
+# libFuzzer harnesses (fuzz/) under ASan + UBSan, FUZZ_SECONDS each; no CMake build needed.
+test-fuzz: setup
+	bash fuzz/build.sh $(FUZZ_BUILD)
+	bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BUILD)
 
 clean:
 	rm -rf $(BUILD)

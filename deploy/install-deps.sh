@@ -2,7 +2,8 @@
 # Installs everything svdq-serve needs on a fresh Debian 12 machine, or on Ubuntu 24.04
 # (the Docker image's build stage runs this same script). Idempotent: a second run checks
 # and returns in seconds.
-#   - distribution packages (gRPC, protobuf, abseil, civetweb, curl, GoogleTest, ...)
+#   - distribution packages (gRPC, protobuf, abseil, civetweb, curl, GoogleTest, clang with
+#     libFuzzer for fuzz/, ...)
 #   - prometheus-cpp from Debian 13's binary packages, unpacked into a private prefix
 #   - a Python virtual environment at .venv with torch (its libtorch is what C++ links)
 set -euo pipefail
@@ -14,6 +15,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
+  clang libclang-rt-dev
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev libre2-dev libc-ares-dev libssl-dev zlib1g-dev
   libcivetweb-dev libcivetweb1 civetweb libcurl4-openssl-dev

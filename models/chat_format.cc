@@ -236,6 +236,11 @@ bool ChatFormat::RenderInst(const std::vector<ChatTurn>& turns, std::string* pro
       *error = "this model's chat template (" + name_ + ") does not accept a system message";
       return false;
     }
+    // The template would drop it and render nothing (or a lone BOS): no prompt to answer.
+    if (turns.size() == 1) {
+      *error = "a system message must be followed by a user message";
+      return false;
+    }
     system = turns[0].content;
     first = 1;
   }

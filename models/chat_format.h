@@ -32,7 +32,8 @@ class ChatFormat {
 
   // The prompt for `turns` followed by the assistant's header (where the format has one).
   // Returns false and sets *error for an empty list, an unknown role, or a conversation
-  // the format cannot express (inst: roles not alternating user/assistant).
+  // the format cannot express (inst: roles not alternating user/assistant, a system message
+  // alone).
   bool Render(const std::vector<ChatTurn>& turns, std::string* prompt, std::string* error) const;
   const std::string& name() const { return name_; }
 

@@ -2,6 +2,7 @@
 // corrupt file ends in FormatError, never in a read past the map.
 #include "models/gguf.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -14,6 +15,8 @@ constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
 constexpr uint64_t kMaxStringBytes = 1ull << 30;
 constexpr uint64_t kMaxArrayElems = 1ull << 28;
 constexpr uint32_t kMaxDims = 4;
+// Elements of one tensor at most: numel() then never overflows, nor nbytes (<= 4 bytes each).
+constexpr uint64_t kMaxTensorElems = 1ull << 60;
 
 enum ValueType : uint32_t {
   kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
@@ -40,6 +43,7 @@ class Cursor {
     return s;
   }
   size_t pos() const { return pos_; }
+  size_t remaining() const { return n_ - pos_; }
   [[noreturn]] void Fail(const std::string& msg) const {
     throw FormatError(path_ + ": " + msg + " (at byte " + std::to_string(pos_) + ")");
   }
@@ -82,7 +86,7 @@ GgufValue ReadValue(Cursor& c, uint32_t type, const std::string& key) {
   if (elem == kArray) c.Fail("nested arrays are not supported (key " + key + ")");
   uint64_t count = c.Read<uint64_t>(key.c_str());
   if (count > kMaxArrayElems) c.Fail("array too long for key " + key);
-  v.array.reserve(count);
+  v.array.reserve(std::min<uint64_t>(count, c.remaining()));  // each element takes a byte or more
   for (uint64_t k = 0; k < count; ++k) v.array.push_back(ReadScalar(c, elem, key.c_str()));
   return v;
 }
@@ -110,12 +114,16 @@ int64_t GgufTensorInfo::numel() const {
 }
 
 std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path) {
+  auto map = std::make_unique<MappedFile>(path);
+  std::unique_ptr<GgufFile> f = FromBuffer(map->data(), map->size(), path);
+  f->map_ = std::move(map);
+  return f;
+}
+
+std::unique_ptr<GgufFile> GgufFile::FromBuffer(const uint8_t* base, size_t size, const std::string& name) {
   std::unique_ptr<GgufFile> f(new GgufFile());
-  f->path_ = path;
-  f->map_ = std::make_unique<MappedFile>(path);
-  const size_t map_size = f->map_->size();
-  const uint8_t* base = f->map_->data();
-  Cursor c(base, map_size, f->path_);
+  f->path_ = name;
+  Cursor c(base, size, f->path_);
 
   if (c.Read<uint32_t>("magic") != kMagic) c.Fail("not a GGUF file (bad magic)");
   f->version_ = c.Read<uint32_t>("version");
@@ -135,9 +143,12 @@ std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path) {
     t.name = c.ReadString("tensor name");
     uint32_t nd = c.Read<uint32_t>("tensor rank");
     if (nd == 0 || nd > kMaxDims) c.Fail("tensor " + t.name + " has unsupported rank " + std::to_string(nd));
+    uint64_t elems = 1;
     for (uint32_t d = 0; d < nd; ++d) {
       uint64_t dim = c.Read<uint64_t>("tensor dim");
       if (dim == 0 || dim > (1ull << 40)) c.Fail("tensor " + t.name + " has invalid dimension");
+      if (elems > kMaxTensorElems / dim) c.Fail("tensor " + t.name + " has too many elements");
+      elems *= dim;
       t.dims.push_back(static_cast<int64_t>(dim));
     }
     t.type = static_cast<GgmlType>(c.Read<uint32_t>("tensor type"));
@@ -155,9 +166,9 @@ std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path) {
   uint64_t alignment = static_cast<uint64_t>(f->GetInt("general.alignment", 32));
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) c.Fail("general.alignment is not a power of two");
   uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
-  if (data_start > map_size) c.Fail("file truncated before the tensor data");
+  if (data_start > size) c.Fail("file truncated before the tensor data");
   f->data_ = base + data_start;
-  uint64_t data_size = map_size - data_start;
+  uint64_t data_size = size - data_start;
   for (const auto& t : f->tensors_) {
     if (t.offset % alignment != 0) c.Fail("tensor " + t.name + " is misaligned");
     if (t.offset > data_size || t.nbytes > data_size - t.offset)

@@ -56,6 +56,9 @@ class GgufFile {
  public:
   // Opens and validates the whole directory; throws FormatError with the path on any problem.
   static std::unique_ptr<GgufFile> Open(const std::string& path);
+  // The same for a file already in memory (the fuzzer's input): `data` must outlive the
+  // object, whose TensorData points into it; `name` stands for the path in messages.
+  static std::unique_ptr<GgufFile> FromBuffer(const uint8_t* data, size_t size, const std::string& name);
   ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;

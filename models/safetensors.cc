@@ -46,18 +46,21 @@ int64_t StTensor::numel() const {
 }
 
 std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  auto map = std::make_unique<MappedFile>(path);
+  std::unique_ptr<SafetensorsFile> f = FromBuffer(map->data(), map->size(), path);
+  f->map_ = std::move(map);
+  return f;
+}
+
+std::unique_ptr<SafetensorsFile> SafetensorsFile::FromBuffer(const uint8_t* base, size_t size, const std::string& path) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  f->map_ = std::make_unique<MappedFile>(path);
-  const size_t map_size = f->map_->size();
-  if (map_size < 8)
-    throw FormatError(path + ": too short for a safetensors header (" + std::to_string(map_size) + " bytes)");
-  const uint8_t* base = f->map_->data();
+  if (size < 8) throw FormatError(path + ": too short for a safetensors header (" + std::to_string(size) + " bytes)");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = header_len << 8 | base[i];
-  if (header_len > map_size - 8)
+  if (header_len > size - 8)
     throw FormatError(path + ": header of " + std::to_string(header_len) + " bytes runs past the end of the file (" +
-                      std::to_string(map_size) + " bytes)");
+                      std::to_string(size) + " bytes)");
   json header;
   try {
     header = json::parse(base + 8, base + 8 + header_len);
@@ -66,7 +69,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) 
   }
   if (!header.is_object()) throw FormatError(path + ": header is not a JSON object");
   const uint8_t* data = base + 8 + header_len;
-  const uint64_t data_len = map_size - 8 - header_len;
+  const uint64_t data_len = size - 8 - header_len;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") continue;
@@ -82,7 +85,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) 
     const std::string dt = v["dtype"].get<std::string>();
     if (!ParseDtype(dt, &t.dtype)) throw FormatError(where + ": dtype " + dt + " is not supported (F32, F16, BF16)");
     for (const json& d : v["shape"]) {
-      if (!d.is_number_unsigned()) throw FormatError(where + ": shape entries must be non-negative integers");
+      // Below 2^63, so that the entry stays non-negative as an int64 (the size check below
+      // does not see one that follows a zero).
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t{INT64_MAX})
+        throw FormatError(where + ": shape entries must be non-negative integers below 2^63");
       t.shape.push_back(d.get<int64_t>());
     }
     for (const json& o : v["data_offsets"])

@@ -4,6 +4,7 @@
 // dtype, no overlaps), with errors that name the file and the tensor. No torch here.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -32,6 +33,9 @@ class SafetensorsFile {
  public:
   // Maps and validates one file; throws FormatError naming the file (and tensor) on any problem.
   static std::unique_ptr<SafetensorsFile> Open(const std::string& path);
+  // The same for a file already in memory (the fuzzer's input): `data` must outlive the
+  // object, whose tensors point into it; `name` stands for the path in messages.
+  static std::unique_ptr<SafetensorsFile> FromBuffer(const uint8_t* data, size_t size, const std::string& name);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;

@@ -143,9 +143,11 @@ std::unique_ptr<Tokenizer> Tokenizer::FromGguf(const GgufFile& f) {
     if (types.array.size() != n) throw FormatError(f.path() + ": token_type length differs from tokens");
     for (size_t k = 0; k < n; ++k) {
       int64_t ty = types.array[k].AsInt();
-      // 3 = control, 4 = user defined: matched whole in input text.
+      // 3 = control, 4 = user defined: matched whole in input text (an empty one never: it
+      // would match everywhere without consuming anything).
       if (ty == 3 || ty == 4) {
         t->special_[k] = (ty == 3);
+        if (t->tokens_[k].empty()) continue;
         std::u32string text;
         size_t bad;
         if (!DecodeUtf8(t->tokens_[k], &text, &bad)) throw FormatError(f.path() + ": token " + std::to_string(k) + " is not UTF-8");
@@ -162,12 +164,19 @@ std::unique_ptr<Tokenizer> Tokenizer::FromGguf(const GgufFile& f) {
     if (sp != std::string::npos) t->AddMerge(m.substr(0, sp), m.substr(sp + 1), static_cast<int32_t>(k), false);
   }
 
-  t->bos_id_ = static_cast<int32_t>(f.GetInt("tokenizer.ggml.bos_token_id", -1));
-  t->eos_id_ = static_cast<int32_t>(f.GetInt("tokenizer.ggml.eos_token_id", -1));
-  t->unk_id_ = static_cast<int32_t>(f.GetInt("tokenizer.ggml.unknown_token_id", -1));
-  if (t->eos_id_ < 0 || t->eos_id_ >= static_cast<int32_t>(n)) throw FormatError(f.path() + ": missing or invalid eos token id");
+  // Special ids outside the vocabulary count as absent (as llama.cpp treats them): an unknown
+  // token emitted for a byte with no token of its own, or a BOS, would index past the
+  // embedding. EOS is required.
+  auto id_or_none = [&](const char* key) {
+    const int64_t id = f.GetInt(key, -1);
+    return id >= 0 && id < static_cast<int64_t>(n) ? static_cast<int32_t>(id) : -1;
+  };
+  t->bos_id_ = id_or_none("tokenizer.ggml.bos_token_id");
+  t->eos_id_ = id_or_none("tokenizer.ggml.eos_token_id");
+  t->unk_id_ = id_or_none("tokenizer.ggml.unknown_token_id");
+  if (t->eos_id_ < 0) throw FormatError(f.path() + ": missing or invalid eos token id");
   t->eos_ids_ = {t->eos_id_};
-  t->add_bos_ = f.GetInt("tokenizer.ggml.add_bos_token", 0) != 0 && t->bos_id_ >= 0 && t->bos_id_ < static_cast<int32_t>(n);
+  t->add_bos_ = f.GetInt("tokenizer.ggml.add_bos_token", 0) != 0 && t->bos_id_ >= 0;
   t->chat_template_ = f.GetString("tokenizer.chat_template", "");
   t->Finish();
   return t;

@@ -11,6 +11,7 @@
 //   added_tokens  special or not, matched whole; lstrip, rstrip, single_word refused
 // Anything else throws FormatError naming the file and the component.
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -91,6 +92,16 @@ class HfTokenizerLoader {
     if (!obj.is_object() || !obj.contains(key)) Fail(std::string("missing '") + key + "'");
     return obj.at(key);
   }
+  // An integer JSON number (a float, even a whole one, is refused: nlohmann's get<int64_t>()
+  // of one beyond int64's range is undefined behaviour).
+  int64_t Int(const json& v, const char* what) const {
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX}))
+      Fail(std::string(what) + " " + v.dump() + " is not an integer");
+    return v.get<int64_t>();
+  }
+  int64_t IntField(const json& obj, const char* key, int64_t fallback) const {
+    return obj.is_object() && obj.contains(key) ? Int(obj.at(key), key) : fallback;
+  }
   static bool Flag(const json& obj, const char* key, bool fallback) {
     return obj.contains(key) && !obj[key].is_null() ? obj[key].get<bool>() : fallback;
   }
@@ -128,7 +139,7 @@ class HfTokenizerLoader {
     const json& vocab = Field(m, "vocab");
     if (!vocab.is_object() || vocab.empty()) Fail("vocab is not a non-empty object");
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      int64_t id = it.value().get<int64_t>();
+      int64_t id = Int(it.value(), "vocab id");
       if (id >= 0 && static_cast<size_t>(id) < t_->tokens_.size() && !t_->tokens_[id].empty())
         Fail("vocab id " + std::to_string(id) + " is used twice");
       SetToken(id, it.key());
@@ -181,7 +192,7 @@ class HfTokenizerLoader {
       if (content.empty()) Fail("an added token has empty content");
       for (const char* k : {"lstrip", "rstrip", "single_word"})
         if (Flag(a, k, false)) Fail("added token '" + content + "': " + k + " is not supported");
-      int64_t id = Field(a, "id").get<int64_t>();
+      int64_t id = Int(Field(a, "id"), "added token id");
       SetToken(id, content);
       t_->special_[id] = Flag(a, "special", false);
       t_->added_tokens_.emplace_back(U32(content), static_cast<int32_t>(id));
@@ -270,9 +281,11 @@ class HfTokenizerLoader {
       } else if (st == "Fuse") {
         fused = true;
       } else if (st == "Strip") {
-        if (Field(s, "content").get<std::string>() != " " || s.value("stop", 0) != 0 || !fused)
+        const int64_t start = IntField(s, "start", 0);
+        if (Field(s, "content").get<std::string>() != " " || IntField(s, "stop", 0) != 0 || !fused || start < 0 ||
+            start > INT32_MAX)
           Fail("Strip is supported only as Strip(' ', start, 0) after Fuse");
-        t_->strip_leading_spaces_ = s.value("start", 0);
+        t_->strip_leading_spaces_ = static_cast<int>(start);
       } else {
         Fail("Sequence: type '" + st + "' is not supported (Replace, ByteFallback, Fuse, Strip)");
       }
@@ -366,11 +379,14 @@ class HfTokenizerLoader {
       std::vector<int64_t> ids;
       if (gen.contains("eos_token_id") && !gen["eos_token_id"].is_null()) {
         const json& e = gen["eos_token_id"];
-        if (e.is_array()) ids = e.get<std::vector<int64_t>>();
-        else ids.push_back(e.get<int64_t>());
+        if (e.is_array()) {
+          for (const json& id : e) ids.push_back(Int(id, "eos_token_id"));
+        } else {
+          ids.push_back(Int(e, "eos_token_id"));
+        }
       }
       if (t_->bos_id_ < 0 && gen.contains("bos_token_id") && !gen["bos_token_id"].is_null()) {
-        int64_t b = gen["bos_token_id"].get<int64_t>();
+        int64_t b = Int(gen["bos_token_id"], "bos_token_id");
         if (b < 0 || b >= n) Fail("bos_token_id " + std::to_string(b) + " is outside the vocabulary");
         t_->bos_id_ = static_cast<int32_t>(b);
       }

@@ -58,8 +58,4 @@ class GenerationService final : public GenerationBase {
   std::atomic<bool> draining_{false};
 };
 
-// Checks a request against the model and turns it into an engine request. On a bad
-// input returns INVALID_ARGUMENT with a message that says what to change.
-grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const engine::Engine& engine, engine::Request* out);
-
 }  // namespace svdq::api

@@ -91,6 +91,17 @@ TEST(ChatFormat, MistralFollowsTheTemplateSpacingAndRefusesSystem) {
   EXPECT_NE(error.find("alternate"), std::string::npos);
 }
 
+// Found by fuzz/request_fuzz.cc: Llama 2's template renders a system message with no user
+// message after it as nothing, which reached the engine as an empty prompt.
+TEST(ChatFormat, InstRefusesALoneSystemMessage) {
+  ChatFormat f;
+  ASSERT_TRUE(ChatFormat::FromTemplate(kLlama2, &f));
+  std::string out, error;
+  EXPECT_FALSE(f.Render({{"system", "Be brief."}}, &out, &error));
+  EXPECT_NE(error.find("followed by a user message"), std::string::npos) << error;
+  EXPECT_EQ(Render(kLlama2, {{"system", "S"}, {"user", "Hi"}}), "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nHi [/INST]");
+}
+
 TEST(ChatFormat, UnknownTemplatesAndRolesAreRefused) {
   ChatFormat f;
   EXPECT_FALSE(ChatFormat::FromTemplate("{{ '<start_of_turn>' + role }}", &f));

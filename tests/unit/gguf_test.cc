@@ -89,6 +89,31 @@ TEST(Gguf, RejectsUnknownTensorType) {
   std::remove(p.c_str());
 }
 
+TEST(Gguf, FromBufferReadsInPlace) {
+  const std::vector<uint8_t> bytes = SmallFile().Build();
+  auto f = GgufFile::FromBuffer(bytes.data(), bytes.size(), "in-memory.gguf");
+  EXPECT_EQ(f->path(), "in-memory.gguf");
+  const GgufTensorInfo* b = f->FindTensor("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(f->TensorData(*b), bytes.data() + bytes.size() - 32);  // the last 32-byte slot
+  std::vector<uint8_t> cut(bytes.begin(), bytes.end() - 32);
+  EXPECT_THROW(GgufFile::FromBuffer(cut.data(), cut.size(), "cut.gguf"), FormatError);
+}
+
+// Found by fuzz/gguf_fuzz.cc: every dimension is allowed (<= 2^40) but their product (2^83)
+// overflowed int64 in numel(), wrapped to 0 elements and 0 bytes, and the tensor was accepted.
+TEST(Gguf, RejectsTensorsWithTooManyElements) {
+  GgufWriter w;
+  w.Tensor("x", {1ull << 40, 1ull << 40, 8}, 0, std::vector<uint8_t>(32, 0));
+  const std::vector<uint8_t> bytes = w.Build();
+  try {
+    GgufFile::FromBuffer(bytes.data(), bytes.size(), "huge.gguf");
+    ADD_FAILURE() << "accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor x has too many elements"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Dequant, HalfConversion) {
   EXPECT_EQ(HalfToFloat(0x3C00), 1.0f);
   EXPECT_EQ(HalfToFloat(0xC000), -2.0f);

@@ -1,6 +1,8 @@
-// Request parsing at the API's edge (proto/request_parsing.*) and request ids
-// (server/api/request_id.*): invalid UTF-8 anywhere in a request is named, malformed bytes
-// are refused, valid requests parse; caller ids are bounded, server ids are random.
+// Request parsing at the API's edge (proto/request_parsing.*), request ids
+// (server/api/request_id.*) and request validation (server/api/request_validation.*): invalid
+// UTF-8 anywhere in a request is named, malformed bytes are refused, valid requests parse;
+// caller ids are bounded, server ids are random; a request that would leave the engine an
+// empty prompt is refused. Arbitrary bytes through all three: fuzz/request_fuzz.cc.
 #include <gtest/gtest.h>
 #include <grpcpp/support/byte_buffer.h>
 
@@ -9,8 +11,13 @@
 #include <set>
 #include <string>
 
+#include "models/gguf.h"
+#include "models/tokenizer.h"
 #include "proto/request_parsing.h"
 #include "server/api/request_id.h"
+#include "server/api/request_validation.h"
+#include "tests/common/byte_char.h"
+#include "tests/unit/gguf_writer.h"
 
 namespace {
 
@@ -75,6 +82,52 @@ TEST(RequestParsing, ParseRequestMarksWhatItCannotRead) {
   EXPECT_EQ(req.text(), want.text());
   EXPECT_EQ(req.max_tokens(), 7);
   ASSERT_EQ(req.stop_size(), 1);
+}
+
+// A byte-level tokenizer whose vocabulary has the ASCII bytes only, and an [INST] chat
+// template with Llama 2's <<SYS>> block.
+std::unique_ptr<svdq::models::Tokenizer> AsciiTokenizer() {
+  std::vector<std::string> tokens = {"<|end|>"};
+  for (unsigned b = 0; b < 128; ++b) tokens.push_back(svdq::testing::ByteChar(b));
+  svdq::testing::GgufWriter w;
+  w.KvString("tokenizer.ggml.model", "gpt2");
+  w.KvStrings("tokenizer.ggml.tokens", tokens);
+  w.KvStrings("tokenizer.ggml.merges", {});
+  w.KvU32("tokenizer.ggml.eos_token_id", 0);
+  w.KvString("tokenizer.chat_template",
+             "<<SYS>>{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+             "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{% endif %}");
+  const std::vector<uint8_t> bytes = w.Build();
+  return svdq::models::Tokenizer::FromGguf(*svdq::models::GgufFile::FromBuffer(bytes.data(), bytes.size(), "tok.gguf"));
+}
+
+TEST(RequestValidation, RefusesRequestsThatLeaveNoPromptTokens) {
+  auto tok = AsciiTokenizer();
+  svdq::models::ModelConfig cfg;
+  cfg.vocab_size = tok->vocab_size();
+  cfg.max_context = 64;
+  svdq::engine::Request out;
+  svdq::v1::GenerateRequest req;
+  req.set_text("hi!");
+  ASSERT_TRUE(svdq::api::ToEngineRequest(req, cfg, *tok, &out).ok());
+  EXPECT_EQ(out.prompt.size(), 3u);
+  // Text whose bytes are all outside the vocabulary (and no unknown token) encodes to nothing.
+  req.set_text("\xE6\x97\xA5\xE6\x9C\xAC");
+  grpc::Status st = svdq::api::ToEngineRequest(req, cfg, *tok, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "the input encodes to no tokens");
+  // Found by fuzz/request_fuzz.cc: a lone system message rendered to an empty prompt.
+  auto* m = req.mutable_chat()->add_messages();
+  m->set_role("system");
+  m->set_content("Be brief.");
+  st = svdq::api::ToEngineRequest(req, cfg, *tok, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("followed by a user message"), std::string::npos) << st.error_message();
+  m = req.mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("Hi");
+  ASSERT_TRUE(svdq::api::ToEngineRequest(req, cfg, *tok, &out).ok());
+  EXPECT_EQ(tok->DecodeBytes(out.prompt, false), "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]");
 }
 
 TEST(RequestIds, CallerIdsAreBounded) {

@@ -276,7 +276,7 @@ TEST(HfTokenizerErrors, MalformedFilesAreFormatErrorsNamingFileAndComponent) {
   ExpectFormatError(j.dump(), "model: vocab is not a non-empty object");
   j = SentencePieceJson(false);
   j["model"]["vocab"]["h"] = "seven";
-  ExpectFormatError(j.dump(), "tokenizer.json: model: malformed");
+  ExpectFormatError(j.dump(), "tokenizer.json: model: vocab id \"seven\" is not an integer");
   j = SentencePieceJson(false);
   j["model"]["merges"].push_back("e zz");
   ExpectFormatError(j.dump(), "merge 5 ('e', 'zz') names a token not in the vocabulary");
@@ -305,6 +305,31 @@ TEST(HfTokenizerErrors, MalformedFilesAreFormatErrorsNamingFileAndComponent) {
   ExpectFormatError(good, "no eos token", json::object());
   ExpectFormatError(good, "tokenizer_config.json: eos_token '<eos>' is not in the vocabulary", {{"eos_token", "<eos>"}});
   ExpectFormatError(good, "tokenizer_config.json: the top level is not an object", "x");
+}
+
+// Found by fuzz/tokenizer_json_fuzz.cc: a float where an id belongs was converted by
+// nlohmann's get<int64_t>(), which is undefined behaviour beyond int64's range (1e30).
+TEST(HfTokenizerErrors, IdsMustBeIntegers) {
+  json j = SentencePieceJson(false);
+  j["model"]["vocab"]["h"] = 1e30;
+  ExpectFormatError(j.dump(), "tokenizer.json: model: vocab id 1e+30 is not an integer");
+  j = SentencePieceJson(false);
+  j["added_tokens"][0]["id"] = 0.5;
+  ExpectFormatError(j.dump(), "tokenizer.json: added_tokens: added token id 0.5 is not an integer");
+  j = SentencePieceJson(false);
+  j["decoder"]["decoders"][3]["start"] = 1e300;
+  ExpectFormatError(j.dump(), "tokenizer.json: decoder: start 1e+300 is not an integer");
+  TempDir d;
+  d.Write("tokenizer.json", SentencePieceJson(false).dump());
+  d.Write("tokenizer_config.json", R"({"eos_token": "</s>"})");
+  d.Write("generation_config.json", R"({"eos_token_id": [2, 1e30]})");
+  try {
+    Tokenizer::FromHuggingFace(d.path());
+    ADD_FAILURE() << "no FormatError";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("generation_config.json: eos_token_id 1e+30 is not an integer"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(HfTokenizerErrors, MissingTokenizerJson) {

@@ -98,6 +98,33 @@ TEST(TokenizerLoad, RejectsUnsupportedModels) {
   std::remove(p.c_str());
 }
 
+// Both fail fuzz/gguf_fuzz.cc (crafted inputs, now in its seeds): an empty control token
+// matched at every position without consuming text (Encode never returned), and an
+// unknown-token id past the vocabulary was emitted for each byte without a token of its own.
+TEST(TokenizerLoad, EmptyControlTokensAndOutOfRangeIdsAreHarmless) {
+  std::vector<std::string> tokens = {"<|end|>", ""};
+  for (unsigned b = 0; b < 256; ++b) tokens.push_back(b == 'x' ? "not-x" : ByteChar(b));
+  std::vector<int32_t> types(tokens.size(), 1);
+  types[0] = types[1] = 3;
+  GgufWriter w;
+  w.KvString("tokenizer.ggml.model", "gpt2");
+  w.KvStrings("tokenizer.ggml.tokens", tokens);
+  w.KvI32s("tokenizer.ggml.token_type", types);
+  w.KvStrings("tokenizer.ggml.merges", {});
+  w.KvU32("tokenizer.ggml.eos_token_id", 0);
+  w.KvU32("tokenizer.ggml.bos_token_id", 100000);
+  w.KvU32("tokenizer.ggml.unknown_token_id", 100000);
+  w.KvU32("tokenizer.ggml.add_bos_token", 1);
+  const std::vector<uint8_t> bytes = w.Build();
+  auto f = GgufFile::FromBuffer(bytes.data(), bytes.size(), "tok.gguf");
+  auto t = Tokenizer::FromGguf(*f);
+  EXPECT_EQ(t->Encode("ab"), (std::vector<int32_t>{2 + 'a', 2 + 'b'}));
+  EXPECT_EQ(t->Encode("axb"), (std::vector<int32_t>{2 + 'a', 2 + 'b'}));  // no token for 'x', no unknown token
+  EXPECT_EQ(t->bos_id(), -1);
+  EXPECT_FALSE(t->add_bos());
+  EXPECT_EQ(t->EncodePrompt("a"), (std::vector<int32_t>{2 + 'a'}));
+}
+
 }  // namespace
 
 // Invalid UTF-8 in streamed output: one U+FFFD per maximal invalid subpart, as Python's and
