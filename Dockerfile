@@ -1,5 +1,5 @@
 # svdq-server image. Build:   docker build -t svdq-serve .
-# Run (GPU):   docker run --gpus all -p 50051:50051 -p 9464:9464 svdq-serve
+# Run (GPU):   docker run --gpus all -p 50051:50051 -p 8000:8000 -p 9464:9464 svdq-serve
 # Own model:   docker run --gpus all -v /path/to/models:/models -e SVDQ_MODEL=/models/x.gguf ... svdq-serve
 # Build args:  BAKE_MODEL=0 leaves the default model out (mount one); CUDA_ARCH picks the kernels' target.
 ARG CUDA_VERSION=13.0.1
@@ -32,12 +32,13 @@ ENV PATH=/opt/svdq/bin:$PATH \
     SVDQ_MODEL=/models/SmolLM2-135M-Instruct.Q4_1.gguf \
     SVDQ_HOST=0.0.0.0 \
     SVDQ_PORT=50051 \
+    SVDQ_HTTP_PORT=8000 \
     SVDQ_METRICS_HOST=0.0.0.0 \
     SVDQ_METRICS_PORT=9464 \
     SVDQ_SHUTDOWN_GRACE_SECONDS=30
 USER svdq
 VOLUME ["/models"]
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 # Readiness through gRPC health: exit 0 only when the model is loaded and serving.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["svdq-cli", "--addr", "127.0.0.1:50051", "health"]

@@ -19,7 +19,7 @@ APT_PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev libre2-dev libc-ares-dev libssl-dev zlib1g-dev
   libcivetweb-dev libcivetweb1 civetweb libcurl4-openssl-dev
-  nlohmann-json3-dev
+  nlohmann-json3-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev prometheus
   python3-venv curl ca-certificates
 )
@@ -73,12 +73,46 @@ fi
 
 # Python environment: torch (libtorch + its CMake config) and the reference/test tools.
 VENV="$ROOT/.venv"
-PY_PACKAGES=(torch transformers accelerate safetensors gguf tokenizers grpcio grpcio-tools grpcio-health-checking grpcio-reflection protobuf numpy pytest sentencepiece)
+# openai and lm_eval[api] (its local-completions client) drive the HTTP front in the tests.
+PY_PACKAGES=(torch transformers accelerate safetensors gguf tokenizers grpcio grpcio-tools grpcio-health-checking grpcio-reflection protobuf numpy pytest sentencepiece openai "lm_eval[api]")
 if [ ! -f "$VENV/.complete" ]; then
   echo "install-deps: python venv at $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
   touch "$VENV/.complete"
+else
+  # An existing venv: install what was added to the list since it was made (one quick
+  # Python call; a package with [extras] counts as missing while one of the extra's
+  # requirements is).
+  mapfile -t missing_py < <("$VENV/bin/python" - "${PY_PACKAGES[@]}" <<'PY'
+import re, sys
+from importlib.metadata import PackageNotFoundError, distribution
+
+def installed(name):
+    try:
+        distribution(name)
+        return True
+    except PackageNotFoundError:
+        return False
+
+for spec in sys.argv[1:]:
+    m = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", spec)
+    name, extras = m.group(1), [e.strip() for e in (m.group(2) or "").split(",") if e.strip()]
+    ok = installed(name)
+    if ok and extras:
+        for req in distribution(name).requires or []:
+            req_name, _, marker = req.partition(";")
+            if any(re.search(r"extra\s*==\s*['\"]%s['\"]" % re.escape(e), marker) for e in extras):
+                dep = re.match(r"\s*([A-Za-z0-9_.-]+)", req_name).group(1)
+                ok = ok and installed(dep)
+    if not ok:
+        print(spec)
+PY
+  )
+  if [ ${#missing_py[@]} -gt 0 ]; then
+    echo "install-deps: python packages: ${missing_py[*]}"
+    "$VENV/bin/pip" install -q "${missing_py[@]}"
+  fi
 fi
 echo "install-deps: ok"

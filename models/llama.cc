@@ -476,17 +476,31 @@ at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos
   return at::linear(AddNorm(x, pending, output_norm_), output_).to(at::kFloat);
 }
 
-at::Tensor LlamaModel::ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits) {
+at::Tensor LlamaModel::ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits,
+                                       int64_t top, at::Tensor* top_ids, at::Tensor* top_logprobs) {
   at::Tensor h = Hidden(tokens, kv);  // [T, hidden]
   const int64_t T = h.size(0);
   *last_logits = at::linear(h.narrow(0, T - 1, 1), output_).to(at::kFloat)[0];
+  if (top > 0) {
+    *top_ids = at::empty({std::max<int64_t>(T - 1, 0), top}, at::kLong);
+    *top_logprobs = at::empty({std::max<int64_t>(T - 1, 0), top}, at::kFloat);
+  }
   if (T < 2) return at::empty({0}, at::kFloat);
   at::Tensor next = at::tensor(std::vector<int64_t>(tokens.begin() + 1, tokens.end()), at::kLong).to(h.device());
-  std::vector<at::Tensor> parts;
+  std::vector<at::Tensor> parts, ids, vals;
   for (int64_t r0 = 0; r0 < T - 1; r0 += kLogprobRows) {
     const int64_t n = std::min(kLogprobRows, T - 1 - r0);
     at::Tensor lp = at::log_softmax(at::linear(h.narrow(0, r0, n), output_).to(at::kFloat), -1);
     parts.push_back(lp.gather(1, next.narrow(0, r0, n).unsqueeze(1)).squeeze(1));
+    if (top > 0) {
+      auto [v, i] = lp.topk(std::min(top, lp.size(1)), 1);
+      vals.push_back(v);
+      ids.push_back(i);
+    }
+  }
+  if (top > 0) {
+    *top_ids = at::cat(ids).to(at::kCPU).contiguous();
+    *top_logprobs = at::cat(vals).to(at::kCPU).contiguous();
   }
   return at::cat(parts).to(at::kCPU).contiguous();
 }

@@ -68,7 +68,10 @@ class LlamaModel {
   // *last_logits. Logits are made kLogprobRows rows at a time, so memory stays bounded by
   // the hidden states [T, hidden] however long the prompt (not T x vocab, twice).
   static constexpr int64_t kLogprobRows = 256;
-  at::Tensor ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits);
+  // With top > 0, *top_ids and *top_logprobs get each scored position's `top` most likely
+  // tokens ([T - 1, top], CPU), from the same log-softmax rows.
+  at::Tensor ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits, int64_t top = 0,
+                             at::Tensor* top_ids = nullptr, at::Tensor* top_logprobs = nullptr);
   // Several sequences in one forward (continuous batching): tokens[i] runs at positions
   // kvs[i]->length() ... of sequence i (a decode token or a prefill chunk). The projections
   // and the MLP run once over all rows; attention runs per sequence over its own KV.

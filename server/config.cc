@@ -65,6 +65,20 @@ std::vector<Flag> Flags(ServerConfig* c) {
                 "(default: the bundled SmolLM2-135M-Instruct)", str(&c->model)},
       {"host", "gRPC listen address (default 127.0.0.1)", str(&c->host)},
       {"port", "gRPC port (default 50051)", num(&c->port, 0, 65535)},
+      {"http-host", "OpenAI-compatible HTTP front's listen address (default: the gRPC --host)", str(&c->http_host)},
+      {"http-port", "HTTP front's port; 0 turns it off (default 8000)", num(&c->http_port, 0, 65535)},
+      {"http-threads", "HTTP connections served at once; a streaming response holds one (default 64)",
+       num(&c->http_threads, 1, 4096)},
+      {"served-model-name", "the model id the HTTP front answers to (default: the model's name)",
+       str(&c->served_model_name)},
+      {"tls-cert", "PEM certificate (chain): both fronts serve TLS; needs --tls-key", str(&c->tls_cert)},
+      {"tls-key", "PEM private key of --tls-cert", str(&c->tls_key)},
+      {"tls-client-ca", "PEM CA: gRPC clients must present a certificate it signed (mutual TLS)",
+       str(&c->tls_client_ca)},
+      {"api-key", "an API key both fronts require as 'authorization: Bearer <key>' (prefer --api-key-file: "
+                  "arguments are visible to other users)", str(&c->api_key)},
+      {"api-key-file", "a file of API keys, one per line ('#' comments); health, readiness and metrics stay open",
+       str(&c->api_key_file)},
       {"metrics-host", "metrics listen address (default 127.0.0.1)", str(&c->metrics_host)},
       {"metrics-port", "Prometheus metrics port; 0 picks a free one (default 9464)", num(&c->metrics_port, 0, 65535)},
       {"device", "auto | cuda | cpu (default auto: the GPU when there is one)", str(&c->device)},
@@ -182,6 +196,15 @@ bool ParseConfig(int argc, char** argv, const std::string& default_model, Server
              std::to_string(cfg->max_batch_tokens) + ")";
     return false;
   }
+  if (cfg->tls_cert.empty() != cfg->tls_key.empty()) {
+    *error = "--tls-cert and --tls-key go together";
+    return false;
+  }
+  if (!cfg->tls_client_ca.empty() && cfg->tls_cert.empty()) {
+    *error = "--tls-client-ca needs --tls-cert and --tls-key";
+    return false;
+  }
+  if (cfg->http_host.empty()) cfg->http_host = cfg->host;
   return true;
 }
 

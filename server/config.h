@@ -29,6 +29,15 @@ struct ServerConfig {
   std::string svdq_basis_file;
   int shutdown_grace_seconds = 30;
   int64_t max_message_bytes = 4 << 20;
+  // The OpenAI-compatible HTTP front.
+  std::string http_host;  // empty: the gRPC host
+  int http_port = 8000;   // 0: no HTTP front
+  int http_threads = 64;
+  std::string served_model_name;  // the `model` id on HTTP; empty: the model's name
+  // TLS for both fronts (PEM files); a client CA makes gRPC require client certificates.
+  std::string tls_cert, tls_key, tls_client_ca;
+  // API keys for both fronts: one key, and/or a file of keys (one per line).
+  std::string api_key, api_key_file;
 };
 
 // Parses argv and the environment. Returns false and fills *error on a bad flag or

@@ -7,18 +7,62 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
-#include <thread>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
+#include <thread>
 
+#include "server/api/admission.h"
+#include "server/api/auth.h"
 #include "server/api/generation_service.h"
 #include "server/config.h"
 #include "server/engine/engine.h"
+#include "server/http/http_front.h"
 #include "server/metrics/metrics.h"
 
 namespace {
 constexpr const char* kServiceName = "svdq.v1.Generation";
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return true;
 }
+
+// gRPC's credentials: TLS from PEM files when configured (mutual with a client CA).
+std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(const svdq::server::ServerConfig& cfg, std::string* error) {
+  if (cfg.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  if (!ReadFile(cfg.tls_key, &pair.private_key) || !ReadFile(cfg.tls_cert, &pair.cert_chain)) {
+    *error = "cannot read --tls-cert " + cfg.tls_cert + " or --tls-key " + cfg.tls_key;
+    return nullptr;
+  }
+  grpc::SslServerCredentialsOptions opts(cfg.tls_client_ca.empty()
+                                             ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                             : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  if (!cfg.tls_client_ca.empty() && !ReadFile(cfg.tls_client_ca, &opts.pem_root_certs)) {
+    *error = "cannot read --tls-client-ca " + cfg.tls_client_ca;
+    return nullptr;
+  }
+  opts.pem_key_cert_pairs.push_back(pair);
+  return grpc::SslServerCredentials(opts);
+}
+// The model id the HTTP front answers to by default: the file or folder name, without .gguf.
+std::string DefaultModelName(std::string model) {
+  if (model.rfind("synthetic:", 0) == 0) return model;
+  while (model.size() > 1 && model.back() == '/') model.pop_back();
+  const size_t slash = model.find_last_of('/');
+  if (slash != std::string::npos) model = model.substr(slash + 1);
+  const std::string ext = ".gguf";
+  if (model.size() > ext.size() && model.compare(model.size() - ext.size(), ext.size(), ext) == 0)
+    model.resize(model.size() - ext.size());
+  return model;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   using svdq::server::ServerConfig;
@@ -40,6 +84,19 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // A client that goes away mid-response must not kill the server: writes fail instead.
+  std::signal(SIGPIPE, SIG_IGN);
+
+  svdq::api::ApiKeys keys;
+  if (!svdq::api::ApiKeys::Load(cfg.api_key, cfg.api_key_file, &keys, &error)) {
+    std::cerr << "svdq-server: " << error << "\n";
+    return 2;
+  }
+  std::shared_ptr<grpc::ServerCredentials> creds = GrpcCredentials(cfg, &error);
+  if (!creds) {
+    std::cerr << "svdq-server: " << error << "\n";
+    return 2;
+  }
 
   svdq::metrics::Metrics metrics;
   int metrics_port;
@@ -68,13 +125,14 @@ int main(int argc, char** argv) {
   eo.cuda_graphs = cfg.cuda_graphs;
   eo.svdq_basis_file = cfg.svdq_basis_file;
   svdq::engine::Engine engine(eo, &metrics);
-  svdq::api::GenerationService service(&engine);
+  svdq::api::Admission admission(&engine, &metrics);
+  svdq::api::GenerationService service(&admission, &keys);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(cfg.host + ":" + std::to_string(cfg.port), grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(cfg.host + ":" + std::to_string(cfg.port), creds, &bound_port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.max_message_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -84,8 +142,31 @@ int main(int argc, char** argv) {
   }
   auto* health = server->GetHealthCheckService();
   health->SetServingStatus(kServiceName, false);  // liveness ("") is SERVING; readiness waits for the model
-  std::cout << "svdq-server: gRPC on " << cfg.host << ":" << bound_port << ", metrics on http://" << cfg.metrics_host
-            << ":" << metrics_port << "/metrics" << std::endl;
+  std::unique_ptr<svdq::http::HttpFront> http;
+  int http_port = 0;
+  if (cfg.http_port != 0) {
+    svdq::http::HttpFrontOptions ho;
+    ho.host = cfg.http_host;
+    ho.port = cfg.http_port;
+    ho.tls_cert = cfg.tls_cert;
+    ho.tls_key = cfg.tls_key;
+    ho.max_body_bytes = cfg.max_message_bytes;
+    ho.model_name = cfg.served_model_name.empty() ? DefaultModelName(cfg.model) : cfg.served_model_name;
+    ho.threads = cfg.http_threads;
+    http = std::make_unique<svdq::http::HttpFront>(&admission, &keys, ho);
+    try {
+      http_port = http->Start();
+    } catch (const std::exception& e) {
+      std::cerr << "svdq-server: " << e.what() << "\n";
+      server->Shutdown();
+      return 1;
+    }
+  }
+  const char* scheme = cfg.tls_cert.empty() ? "http" : "https";
+  std::cout << "svdq-server: gRPC on " << cfg.host << ":" << bound_port << (cfg.tls_cert.empty() ? "" : " (TLS)");
+  if (http) std::cout << ", OpenAI HTTP on " << scheme << "://" << cfg.http_host << ":" << http_port << "/v1";
+  std::cout << ", metrics on http://" << cfg.metrics_host << ":" << metrics_port << "/metrics"
+            << (keys.enabled() ? "; API keys required (" + std::to_string(keys.size()) + " loaded)" : "") << std::endl;
 
   try {
     auto t0 = std::chrono::steady_clock::now();
@@ -106,6 +187,7 @@ int main(int argc, char** argv) {
               << "prefix caching " << (k.prefix_caching ? "on" : "off") << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "svdq-server: cannot load the model: " << e.what() << "\n";
+    if (http) http->Stop();
     server->Shutdown();
     return 1;
   }
@@ -122,10 +204,10 @@ int main(int argc, char** argv) {
   // done, or the grace period ends, or a second signal comes, gRPC shuts down (cancelling
   // what is left; each handler then cancels its sequence). The engine keeps stepping meanwhile.
   health->SetServingStatus(kServiceName, false);
-  service.StartDraining();
+  admission.StartDraining();
   const auto grace_end = std::chrono::steady_clock::now() + std::chrono::seconds(cfg.shutdown_grace_seconds);
   timespec tick{0, 100 * 1000 * 1000};
-  while (service.InFlightCount() > 0 && std::chrono::steady_clock::now() < grace_end) {
+  while (admission.InFlightCount() > 0 && std::chrono::steady_clock::now() < grace_end) {
     if (sigtimedwait(&sigs, nullptr, &tick) > 0) {
       std::cout << "svdq-server: second signal, cancelling in-flight requests" << std::endl;
       engine.Stop();
@@ -135,6 +217,8 @@ int main(int argc, char** argv) {
   std::atomic<bool> drained{false};
   std::thread drain([&] {
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    admission.CancelAll();  // HTTP streams still running end with the next step
+    if (http) http->Stop();
     drained = true;
   });
   while (!drained) {

@@ -28,55 +28,40 @@ svdq::v1::FinishReason ToProto(engine::FinishReason r) {
 
 }  // namespace
 
+bool GenerationService::Authorized(const grpc::ServerContextBase& ctx, std::string* owner) const {
+  if (!keys_->enabled()) return keys_->Check("", owner);
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) return false;
+  return keys_->Check(std::string_view(it->second.data(), it->second.size()), owner);
+}
+
+grpc::Status GenerationService::Counted(grpc::Status st) {
+  admission_->CountCall("grpc", StatusCodeName(st.error_code()));
+  return st;
+}
+
+namespace {
+grpc::Status Unauthenticated() {
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      "missing or invalid API key: send metadata 'authorization: Bearer <key>'");
+}
+}  // namespace
+
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v1::GenerateRequest* req,
                                          grpc::ServerWriter<svdq::v1::GenerateResponse>* writer) {
+  return Counted(DoGenerate(ctx, req, writer));
+}
+
+grpc::Status GenerationService::DoGenerate(grpc::ServerContext* ctx, const svdq::v1::GenerateRequest* req,
+                                           grpc::ServerWriter<svdq::v1::GenerateResponse>* writer) {
+  std::string owner;
+  if (!Authorized(*ctx, &owner)) return Unauthenticated();
   if (const std::string e = proto::RequestError(*req); !e.empty()) return Invalid(e);
-  if (draining_)
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down; send the request to another replica");
-  if (!engine_->ready()) return Unavailable();
-  engine::Request er;
-  grpc::Status st = ToEngineRequest(*req, engine_->model_config(), engine_->tokenizer(), &er);
+  std::unique_ptr<Admission::Ticket> ticket;
+  grpc::Status st = admission_->Admit(*req, owner, &ticket);
   if (!st.ok()) return st;
-  // A request whose tokens could never fit in the KV cache is refused now, not queued forever.
-  const int64_t need = static_cast<int64_t>(er.prompt.size()) + std::max({1, er.max_tokens, er.min_tokens});
-  if (need > engine_->kv_capacity_tokens())
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "the request needs " + std::to_string(need) + " tokens of KV cache; the server holds at most " +
-                            std::to_string(engine_->kv_capacity_tokens()) +
-                            " (shorten the prompt, max_tokens or min_tokens)");
-  // The id is claimed (check and insert under one lock) before the engine sees the
-  // request, and released only by the call that claimed it, however that call ends.
-  const std::string id = er.id;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (in_flight_.count(id))
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "request_id '" + id + "' is already in flight");
-    in_flight_[id] = InFlight{};
-  }
-  struct Unregister {
-    GenerationService* self;
-    const std::string& id;
-    ~Unregister() {
-      std::lock_guard<std::mutex> lock(self->mu_);
-      self->in_flight_.erase(id);
-    }
-  } unregister{this, id};
-  std::shared_ptr<engine::RequestStream> stream;
-  switch (engine_->Submit(std::move(er), &stream)) {
-    case engine::SubmitResult::kOk: break;
-    case engine::SubmitResult::kQueueFull:
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the request queue is full; retry later");
-    case engine::SubmitResult::kNotReady:
-      return Unavailable();
-    case engine::SubmitResult::kShuttingDown:
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    InFlight& f = in_flight_[id];
-    f.stream = stream;
-    if (f.abort_requested) stream->Cancel();  // Abort arrived before the engine had it
-  }
+  engine::RequestStream* stream = &ticket->stream();
   engine::Event ev;
   while (true) {
     if (!stream->Pop(&ev, std::chrono::milliseconds(50))) {
@@ -122,35 +107,27 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const svdq::v
   }
 }
 
-size_t GenerationService::InFlightCount() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return in_flight_.size();
-}
-
 grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* ctx, const svdq::v1::AbortRequest* req,
                                                    svdq::v1::AbortResponse*) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(DoAbort(req));
+  reactor->Finish(DoAbort(*ctx, req));
   return reactor;
 }
 
-grpc::Status GenerationService::DoAbort(const svdq::v1::AbortRequest* req) {
+grpc::Status GenerationService::DoAbort(const grpc::ServerContextBase& ctx, const svdq::v1::AbortRequest* req) {
+  std::string owner;
+  if (!Authorized(ctx, &owner)) return Unauthenticated();
   if (const std::string e = proto::RequestError(*req); !e.empty()) return Invalid(e);
   if (!ValidRequestId(req->request_id())) return Invalid(kRequestIdRule);
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = in_flight_.find(req->request_id());
-  if (it == in_flight_.end())
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no request '" + req->request_id() + "' is in flight");
-  if (auto stream = it->second.stream.lock()) stream->Cancel();
-  else it->second.abort_requested = true;
-  return grpc::Status::OK;
+  return admission_->Abort(req->request_id(), owner);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* ctx,
                                                       const svdq::v1::TokenizeRequest* req,
                                                       svdq::v1::TokenizeResponse* out) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(DoTokenize(req, out));
+  std::string owner;
+  reactor->Finish(Authorized(*ctx, &owner) ? DoTokenize(req, out) : Unauthenticated());
   return reactor;
 }
 
@@ -174,8 +151,10 @@ grpc::Status GenerationService::DoTokenize(const svdq::v1::TokenizeRequest* req,
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationService::Detokenize(grpc::ServerContext*, const svdq::v1::DetokenizeRequest* req,
+grpc::Status GenerationService::Detokenize(grpc::ServerContext* ctx, const svdq::v1::DetokenizeRequest* req,
                                            svdq::v1::DetokenizeResponse* out) {
+  std::string owner;
+  if (!Authorized(*ctx, &owner)) return Unauthenticated();
   if (!engine_->ready()) return Unavailable();
   const int32_t vocab = engine_->model_config().vocab_size;
   std::vector<int32_t> ids(req->ids().begin(), req->ids().end());
@@ -193,8 +172,10 @@ grpc::Status GenerationService::Detokenize(grpc::ServerContext*, const svdq::v1:
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationService::GetServerInfo(grpc::ServerContext*, const svdq::v1::GetServerInfoRequest*,
+grpc::Status GenerationService::GetServerInfo(grpc::ServerContext* ctx, const svdq::v1::GetServerInfoRequest*,
                                               svdq::v1::ServerInfo* out) {
+  std::string owner;
+  if (!Authorized(*ctx, &owner)) return Unauthenticated();
   if (!engine_->ready()) return Unavailable();
   engine::KvConfigInfo k = engine_->kv_config();
   out->set_device(engine_->device_name());
@@ -219,8 +200,10 @@ grpc::Status GenerationService::GetServerInfo(grpc::ServerContext*, const svdq::
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const svdq::v1::GetModelInfoRequest*,
+grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* ctx, const svdq::v1::GetModelInfoRequest*,
                                              svdq::v1::ModelInfo* out) {
+  std::string owner;
+  if (!Authorized(*ctx, &owner)) return Unauthenticated();
   if (!engine_->ready()) return Unavailable();
   const auto& c = engine_->model_config();
   out->set_name(c.name);

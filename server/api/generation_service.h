@@ -2,14 +2,11 @@
 // engine, and relays the engine's events to the client's stream.
 #pragma once
 
-#include <atomic>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <string>
 
 #include "proto/request_parsing.h"  // before the generated service: its request parsing
-#include "server/engine/engine.h"
+#include "server/api/admission.h"
+#include "server/api/auth.h"
 #include "svdq/v1/generation.grpc.pb.h"
 
 namespace svdq::api {
@@ -22,7 +19,9 @@ using GenerationBase = svdq::v1::Generation::WithCallbackMethod_Tokenize<
 
 class GenerationService final : public GenerationBase {
  public:
-  explicit GenerationService(engine::Engine* engine) : engine_(engine) {}
+  // `keys` with keys loaded: every method needs `authorization: Bearer <key>` metadata.
+  GenerationService(Admission* admission, const ApiKeys* keys)
+      : admission_(admission), engine_(admission->engine()), keys_(keys) {}
 
   grpc::Status Generate(grpc::ServerContext* ctx, const svdq::v1::GenerateRequest* req,
                         grpc::ServerWriter<svdq::v1::GenerateResponse>* writer) override;
@@ -37,25 +36,19 @@ class GenerationService final : public GenerationBase {
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const svdq::v1::AbortRequest* req,
                                   svdq::v1::AbortResponse* out) override;
 
-  // Shutdown: from now on Generate answers UNAVAILABLE while the calls in flight go on.
-  void StartDraining() { draining_ = true; }
-  // Generate calls in flight (claimed ids), for the shutdown to wait on.
-  size_t InFlightCount();
-
  private:
+  grpc::Status DoGenerate(grpc::ServerContext* ctx, const svdq::v1::GenerateRequest* req,
+                          grpc::ServerWriter<svdq::v1::GenerateResponse>* writer);
   grpc::Status DoTokenize(const svdq::v1::TokenizeRequest* req, svdq::v1::TokenizeResponse* out);
-  grpc::Status DoAbort(const svdq::v1::AbortRequest* req);
+  grpc::Status DoAbort(const grpc::ServerContextBase& ctx, const svdq::v1::AbortRequest* req);
+  // Checks the call's API key; *owner names the client (empty when keys are off).
+  bool Authorized(const grpc::ServerContextBase& ctx, std::string* owner) const;
+  // Counts a Generate call in the metrics by its status, and returns the status.
+  grpc::Status Counted(grpc::Status st);
 
+  Admission* admission_;
   engine::Engine* engine_;
-  // Generate calls in flight, by request id, for Abort (gRPC threads only). The stream is
-  // empty between the id's claim and the engine's acceptance of the request.
-  struct InFlight {
-    std::weak_ptr<engine::RequestStream> stream;
-    bool abort_requested = false;
-  };
-  std::mutex mu_;
-  std::map<std::string, InFlight> in_flight_;
-  std::atomic<bool> draining_{false};
+  const ApiKeys* keys_;
 };
 
 }  // namespace svdq::api

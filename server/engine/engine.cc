@@ -51,6 +51,7 @@ struct Sequence : SchedSeq {
   std::unique_ptr<models::IncrementalDetokenizer> detok;
   std::mt19937_64 rng;
   std::vector<float> prompt_logprobs;
+  std::vector<std::vector<std::pair<int32_t, float>>> prompt_top;
   bool prompt_logprobs_sent = false;
   std::string text;        // generated text so far (complete UTF-8 characters)
   size_t emitted = 0;      // bytes of `text` sent; the rest may still turn out to be a stop string
@@ -654,22 +655,44 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   std::vector<int32_t> uncached(tokens.begin() + s->computed, tokens.end());
   at::Tensor last_logits;
   const int64_t chunk = s->req.prompt_logprobs_chunk;
+  const int64_t top = s->req.prompt_logprobs_top;
+  s->prompt_logprobs.clear();
+  s->prompt_top.clear();
+  auto add_top = [&](const at::Tensor& ids, const at::Tensor& vals) {  // [rows, top] on the CPU
+    const auto ia = ids.accessor<int64_t, 2>();
+    const auto va = vals.accessor<float, 2>();
+    for (int64_t r = 0; r < ids.size(0); ++r) {
+      std::vector<std::pair<int32_t, float>> row;
+      for (int64_t j = 0; j < ids.size(1); ++j) row.emplace_back(static_cast<int32_t>(ia[r][j]), va[r][j]);
+      s->prompt_top.push_back(std::move(row));
+    }
+  };
+  // Runs one piece of the prompt and appends its scores (and top tokens).
+  auto score = [&](const std::vector<int32_t>& part) {
+    at::Tensor ids, vals;
+    at::Tensor picked = model->ForwardLogprobs(part, &view, &last_logits, top, &ids, &vals);  // bounded memory
+    s->prompt_logprobs.insert(s->prompt_logprobs.end(), picked.data_ptr<float>(),
+                              picked.data_ptr<float>() + picked.numel());
+    if (top > 0) add_top(ids, vals);
+  };
   if (chunk <= 0) {
-    at::Tensor picked = model->ForwardLogprobs(uncached, &view, &last_logits);  // bounded memory
-    s->prompt_logprobs.assign(picked.data_ptr<float>(), picked.data_ptr<float>() + picked.numel());
+    score(uncached);
   } else {
     // Chunk by chunk through the cache: each chunk's forward reads every earlier position in
     // its stored form (the view's Read / Attend), its own positions as computed. The first
     // token of a chunk is scored by the previous chunk's last logits.
-    s->prompt_logprobs.clear();
     const int64_t n = static_cast<int64_t>(uncached.size());
     for (int64_t c0 = 0; c0 < n; c0 += chunk) {
       std::vector<int32_t> part(uncached.begin() + c0, uncached.begin() + std::min(n, c0 + chunk));
-      if (last_logits.defined())
-        s->prompt_logprobs.push_back(at::log_softmax(last_logits.to(at::kFloat), -1)[part[0]].item<float>());
-      at::Tensor picked = model->ForwardLogprobs(part, &view, &last_logits);
-      s->prompt_logprobs.insert(s->prompt_logprobs.end(), picked.data_ptr<float>(),
-                                picked.data_ptr<float>() + picked.numel());
+      if (last_logits.defined()) {
+        at::Tensor lp = at::log_softmax(last_logits.to(at::kFloat), -1).to(at::kCPU);
+        s->prompt_logprobs.push_back(lp[part[0]].item<float>());
+        if (top > 0) {
+          auto [v, i] = lp.topk(std::min<int64_t>(top, lp.size(0)));
+          add_top(i.unsqueeze(0), v.unsqueeze(0));
+        }
+      }
+      score(part);
     }
   }
   s->computed = static_cast<int64_t>(tokens.size());
@@ -764,6 +787,7 @@ bool Engine::Impl::Emit(Sequence* s, const TokenLogprob* logprob, int32_t tok) {
   if (logprob) ev.logprobs.push_back(*logprob);
   if (!s->prompt_logprobs_sent && rq.prompt_logprobs) {
     ev.prompt_logprobs = s->prompt_logprobs;
+    ev.prompt_top = s->prompt_top;
     s->prompt_logprobs_sent = true;
   }
   s->emitted = send_to;

@@ -44,6 +44,7 @@ struct Request {
   int32_t logprobs = -1;       // top alternatives per generated token; -1: none
   bool prompt_logprobs = false;
   int32_t prompt_logprobs_chunk = 0;  // 0: exact; N: chunks of N tokens over the stored cache
+  int32_t prompt_logprobs_top = 0;    // with prompt_logprobs: the most likely tokens per position too
 };
 
 struct TokenLogprob {
@@ -69,6 +70,8 @@ struct Event {
   std::string stop_reason;  // the stop string or stop token id that ended generation
   std::vector<TokenLogprob> logprobs;
   std::vector<float> prompt_logprobs;
+  // With Request::prompt_logprobs_top: per scored prompt position, its most likely tokens.
+  std::vector<std::vector<std::pair<int32_t, float>>> prompt_top;
 };
 
 // A single-producer (engine) single-consumer (gRPC handler) queue of events, plus the

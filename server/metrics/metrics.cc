@@ -33,6 +33,7 @@ struct Metrics::Impl {
   prometheus::Histogram* e2e;
   prometheus::Histogram* queue;
   prometheus::Family<prometheus::Counter>* finished;
+  prometheus::Family<prometheus::Counter>* api_calls;
   prometheus::Gauge* kv_usage;
   prometheus::Gauge* kv_blocks_used;
   prometheus::Gauge* kv_blocks_total;
@@ -68,6 +69,8 @@ struct Metrics::Impl {
                  .Help("Time a request waited before its first step").Register(r).Add({}, kLatencyBuckets);
     finished = &prometheus::BuildCounter().Name("svdq_request_success_total")
                     .Help("Finished requests by finish reason").Register(r);
+    api_calls = &prometheus::BuildCounter().Name("svdq_api_requests_total")
+                     .Help("Generation calls answered, by front (grpc, http) and status").Register(r);
     kv_usage = &prometheus::BuildGauge().Name("svdq_kv_cache_usage_ratio")
                     .Help("Fraction of KV cache blocks in use (1 = full)").Register(r).Add({});
     kv_blocks_used = &prometheus::BuildGauge().Name("svdq_kv_cache_blocks_used")
@@ -160,6 +163,10 @@ void Metrics::SetCacheConfig(int block_size, const std::string& key_codec, const
       ->Add({{"block_size", std::to_string(block_size)}, {"key_codec", key_codec}, {"schedule", schedule},
              {"value_dtype", value_dtype}})
       .Set(1);
+}
+
+void Metrics::ApiCall(const std::string& front, const std::string& code) {
+  impl_->api_calls->Add({{"front", front}, {"code", code}}).Increment();  // Family::Add locks
 }
 
 void Metrics::RequestFinished(const std::string& reason) {

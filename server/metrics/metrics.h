@@ -37,6 +37,9 @@ class Metrics {
                       const std::string& value_dtype);
   // reason: "stop", "length", "abort", "error".
   void RequestFinished(const std::string& reason);
+  // A generation call answered by a front: front "grpc" or "http"; code the gRPC status
+  // name or the HTTP status. Thread-safe.
+  void ApiCall(const std::string& front, const std::string& code);
 
  private:
   struct Impl;

@@ -101,12 +101,15 @@ class Server:
     def __init__(self, model_path, device, extra=()):
         self.port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="svdq_server_", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [str(BUILD / "server" / "svdq-server"), "--model", str(model_path), "--device", device,
-             "--port", str(self.port), "--metrics-port", str(self.metrics_port), *extra],
+             "--port", str(self.port), "--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port),
+             *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.addr = f"127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
 
     def wait_ready(self, timeout=120):
         import grpc

@@ -163,5 +163,5 @@ def test_bad_mode_settings_are_refused(model_path, calibrated_basis, tmp_path):
           str(calibrated_basis)], "the server needs layer scope"),
     ]:
         r = subprocess.run([str(BUILD / "server" / "svdq-server"), "--model", str(model_path), "--device", "cpu",
-                            "--port", "0", "--metrics-port", "0", *args], capture_output=True, text=True, timeout=120)
+                            "--port", "0", "--metrics-port", "0", "--http-port", "0", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and fragment in r.stderr, (args, r.stderr)

@@ -60,3 +60,25 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
 }
 
 }  // namespace
+
+TEST(Config, HttpFrontTlsAndKeys) {
+  ServerConfig c;
+  std::string err;
+  ASSERT_TRUE(Parse({"--host", "0.0.0.0"}, &c, &err)) << err;
+  EXPECT_EQ(c.http_port, 8000);
+  EXPECT_EQ(c.http_host, "0.0.0.0");  // the gRPC host unless set
+  ASSERT_TRUE(Parse({"--http-port", "0", "--http-host", "::1", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                     "--tls-client-ca", "ca.pem", "--api-key-file", "keys"}, &c, &err)) << err;
+  EXPECT_EQ(c.http_port, 0);
+  EXPECT_EQ(c.http_host, "::1");
+  EXPECT_EQ(c.tls_client_ca, "ca.pem");
+  ServerConfig d;
+  EXPECT_FALSE(Parse({"--tls-cert", "c.pem"}, &d, &err));
+  EXPECT_NE(err.find("--tls-key"), std::string::npos);
+  ServerConfig e;
+  EXPECT_FALSE(Parse({"--tls-client-ca", "ca.pem"}, &e, &err));
+  ServerConfig f;
+  EXPECT_FALSE(Parse({"--http-port", "70000"}, &f, &err));
+  ServerConfig g;
+  EXPECT_FALSE(Parse({"--api-key", ""}, &g, &err));
+}
