@@ -5,13 +5,13 @@
 # input slower than 10 s or one that takes more than 2 GB; the input is saved under
 # DIR/crashes/NAME/ and the log's tail printed. Build first with fuzz/build.sh.
 #   fuzz/run.sh SECONDS [DIR]    DIR: the build folder (default build-fuzz/)
-# FUZZ_TARGETS (default: all six) picks harnesses by name; FUZZ_FLAGS adds libFuzzer flags,
+# FUZZ_TARGETS (default: all seven) picks harnesses by name; FUZZ_FLAGS adds libFuzzer flags,
 # e.g. FUZZ_FLAGS=-runs=1000000 stops each at 10^6 executions if that comes before SECONDS.
 set -euo pipefail
 secs="${1:?usage: fuzz/run.sh SECONDS [BUILD_DIR]}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$(realpath -m "${2:-$root/build-fuzz}")"
-targets="${FUZZ_TARGETS:-gguf safetensors tokenizer_json tokenizer_encode chat_format request}"
+targets="${FUZZ_TARGETS:-gguf safetensors tokenizer_json tokenizer_encode chat_format request openai}"
 failed=()
 for name in $targets; do
   bin="$out/${name}_fuzz"
