@@ -49,8 +49,11 @@ std::unique_ptr<LlamaModel> LlamaModel::LoadGguf(const GgufFile& f, at::Device d
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   ModelConfig& c = m->cfg_;
   c.architecture = f.GetString("general.architecture", "");
-  if (c.architecture != "llama")
-    throw FormatError(f.path() + ": architecture '" + c.architecture + "' is not supported (llama)");
+  if (c.architecture != "llama" && c.architecture != "qwen2")
+    throw FormatError(f.path() + ": architecture '" + c.architecture + "' is not supported (llama, qwen2)");
+  // llama.cpp's converter permutes Llama's q/k rows for its interleaved RoPE and leaves Qwen2's
+  // (rotate-half RoPE, as here) alone; Qwen2 adds biases to q, k and v.
+  const bool permuted_qk = c.architecture == "llama";
   const std::string a = c.architecture + ".";
   c.name = f.GetString("general.name", "unnamed");
   c.n_layers = static_cast<int>(f.GetInt(a + "block_count", 0));
@@ -71,6 +74,8 @@ std::unique_ptr<LlamaModel> LlamaModel::LoadGguf(const GgufFile& f, at::Device d
   if (!emb || emb->dims.size() != 2) throw FormatError(f.path() + ": missing tensor token_embd.weight");
   c.vocab_size = static_cast<int>(emb->dims[1]);
   c.tied_embeddings = f.FindTensor("output.weight") == nullptr;
+  c.qkv_bias = f.FindTensor("blk.0.attn_q.bias") != nullptr;
+  if (c.architecture == "qwen2" && !c.qkv_bias) throw FormatError(f.path() + ": qwen2 without blk.0.attn_q.bias");
 
   m->device_ = device;
   m->dtype_ = dtype;
@@ -93,9 +98,15 @@ std::unique_ptr<LlamaModel> LlamaModel::LoadGguf(const GgufFile& f, at::Device d
     const std::string p = "blk." + std::to_string(l) + ".";
     LayerWeights w;
     w.attn_norm = place_f32(LoadTensor(f, p + "attn_norm.weight", {H}));
-    w.wq = place(UnpermuteQK(LoadTensor(f, p + "attn_q.weight", {H, H}), c.n_heads));
-    w.wk = place(UnpermuteQK(LoadTensor(f, p + "attn_k.weight", {KV, H}), c.n_kv_heads));
+    at::Tensor wq = LoadTensor(f, p + "attn_q.weight", {H, H}), wk = LoadTensor(f, p + "attn_k.weight", {KV, H});
+    w.wq = place(permuted_qk ? UnpermuteQK(wq, c.n_heads) : wq);
+    w.wk = place(permuted_qk ? UnpermuteQK(wk, c.n_kv_heads) : wk);
     w.wv = place(LoadTensor(f, p + "attn_v.weight", {KV, H}));
+    if (c.qkv_bias) {
+      w.bq = place(LoadTensor(f, p + "attn_q.bias", {H}));
+      w.bk = place(LoadTensor(f, p + "attn_k.bias", {KV}));
+      w.bv = place(LoadTensor(f, p + "attn_v.bias", {KV}));
+    }
     w.wo = place(LoadTensor(f, p + "attn_output.weight", {H, H}));
     w.ffn_norm = place_f32(LoadTensor(f, p + "ffn_norm.weight", {H}));
     w.w_gate = place(LoadTensor(f, p + "ffn_gate.weight", {c.ffn_hidden, H}));

@@ -114,18 +114,28 @@ std::unique_ptr<Tokenizer> Tokenizer::FromGguf(const GgufFile& f) {
   std::string model = f.GetString("tokenizer.ggml.model", "");
   if (model != "gpt2")
     throw FormatError(f.path() + ": tokenizer model '" + model + "' is not supported (only byte-level BPE, 'gpt2')");
+  // The pre-tokenizer llama.cpp's converter names: GPT-2's split (SmolLM's with digits one by
+  // one), or Llama 3's / Qwen2's split regex before a byte-level step without its own regex
+  // (Qwen2 also puts text in NFC first), as their tokenizer.json files say.
   std::string pre = f.GetString("tokenizer.ggml.pre", "gpt2");
+  PreTokenizeStep bytes;
+  bytes.kind = PreTokenizeStep::Kind::kByteLevel;
   if (pre == "smollm") {
     PreTokenizeStep digits;
     digits.kind = PreTokenizeStep::Kind::kDigits;
     digits.individual_digits = true;
     t->pre_tokenizer_.push_back(digits);
+  } else if (pre == "qwen2" || pre == "llama-bpe") {
+    if (pre == "qwen2") t->normalizer_.push_back({NormalizeStep::Kind::kNfc, {}, {}});
+    PreTokenizeStep split;
+    split.kind = PreTokenizeStep::Kind::kSplit;
+    split.pattern = pre == "qwen2" ? SplitPattern::kQwen2 : SplitPattern::kLlama3;
+    t->pre_tokenizer_.push_back(split);
+    bytes.use_regex = false;
   } else if (pre != "gpt2" && pre != "default") {
-    throw FormatError(f.path() + ": pre-tokenizer '" + pre + "' is not supported (gpt2, smollm)");
+    throw FormatError(f.path() + ": pre-tokenizer '" + pre + "' is not supported (gpt2, smollm, qwen2, llama-bpe)");
   }
-  PreTokenizeStep split;
-  split.kind = PreTokenizeStep::Kind::kByteLevel;
-  t->pre_tokenizer_.push_back(split);
+  t->pre_tokenizer_.push_back(bytes);
 
   const GgufValue& tokens = f.Get("tokenizer.ggml.tokens");
   if (tokens.kind != GgufValue::Kind::kArray || tokens.array.empty())
