@@ -1,5 +1,7 @@
 #include "server/api/auth.h"
 
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 
 namespace svdq::api {
@@ -52,8 +54,11 @@ bool ApiKeys::Load(const std::string& key, const std::string& file, ApiKeys* out
 bool ApiKeys::Check(std::string_view authorization, std::string* owner) const {
   owner->clear();
   if (keys_.empty()) return true;
-  constexpr std::string_view kBearer = "Bearer ";
-  if (authorization.size() <= kBearer.size() || authorization.substr(0, kBearer.size()) != kBearer) return false;
+  // The scheme is case-insensitive (RFC 7235); the key is not.
+  constexpr std::string_view kBearer = "bearer ";
+  if (authorization.size() <= kBearer.size()) return false;
+  for (size_t i = 0; i < kBearer.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(authorization[i])) != kBearer[i]) return false;
   const std::string_view given = authorization.substr(kBearer.size());
   size_t found = 0;  // every key is compared, so the time does not say which one matched
   for (size_t i = 0; i < keys_.size(); ++i)

@@ -1,8 +1,13 @@
 #include "server/http/http_front.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <stdexcept>
 #include <thread>
@@ -42,7 +47,7 @@ struct Job {
   std::vector<std::vector<int32_t>> prompt_ids;
   std::vector<ChoiceOutput> out;
   std::vector<bool> done, echoed;
-  std::vector<int64_t> offset;  // completions: text sent so far per choice, for text_offset
+  std::vector<int64_t> offset;  // completions: characters sent so far per choice, for text_offset
   std::string error;            // the first engine error
 
   void CancelAll() {
@@ -88,6 +93,55 @@ struct Job {
 };
 
 std::string SseEvent(const std::string& data) { return "data: " + data + "\n\n"; }
+
+std::string AddressText(const sockaddr_storage& a, int* port) {
+  char buf[INET6_ADDRSTRLEN] = {0};
+  if (a.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(&a);
+    inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof(buf));
+    *port = ntohs(v4->sin_port);
+  } else if (a.ss_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&a);
+    inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof(buf));
+    *port = ntohs(v6->sin6_port);
+  }
+  return buf;
+}
+
+// The socket a request arrived on (httplib does not hand it to handlers): the process's socket
+// whose two ends are the request's addresses; -1 if none is found. The connection's thread
+// owns it until the handler returns, so it cannot be closed and reused meanwhile.
+int ConnectionFd(const httplib::Request& req) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int found = -1;
+  while (dirent* e = readdir(dir)) {
+    const int fd = std::atoi(e->d_name);
+    struct stat st;
+    if (fd <= 2 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t ll = sizeof(local), pl = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0)
+      continue;
+    int lport = -1, pport = -1;
+    AddressText(local, &lport);
+    if (lport == req.local_port && AddressText(peer, &pport) == req.remote_addr && pport == req.remote_port) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+// Whether the client closed its end: a read would return end of file. Pending bytes (a
+// pipelined request, a TLS alert) leave it open.
+bool PeerClosed(int fd) {
+  char c;
+  const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 }  // namespace
 
@@ -154,7 +208,8 @@ struct HttpFront::Impl {
 
   void Generate(const httplib::Request& hreq, httplib::Response& res, bool chat) {
     Answer(hreq, res, chat);
-    admission->CountCall("http", std::to_string(res.status));
+    // A handler that set no status answers 200 once it returns (httplib's -1 until then).
+    admission->CountCall("http", std::to_string(res.status == -1 ? 200 : res.status));
   }
 
   void Answer(const httplib::Request& hreq, httplib::Response& res, bool chat) {
@@ -191,12 +246,17 @@ struct HttpFront::Impl {
     job->head.model = name;
     job->head.created = std::time(nullptr);
     if (rq.stream) return Stream(job, res);
-    // Whole response: wait for every choice (they run side by side in the engine).
+    // Whole response: wait for every choice (they run side by side in the engine). A client
+    // that goes away meanwhile (a timeout, then an SDK's retry) cancels them within a step.
+    const int fd = ConnectionFd(hreq);
     engine::Event ev;
     for (size_t i = 0; i < n; ++i) {
       while (!job->done[i]) {
-        if (!job->tickets[i]->stream().Pop(&ev, std::chrono::milliseconds(100))) continue;
-        job->Accumulate(i, ev, job->Part(i, ev));
+        if (job->tickets[i]->stream().Pop(&ev, std::chrono::milliseconds(100))) {
+          job->Accumulate(i, ev, job->Part(i, ev));
+        } else if (fd >= 0 && PeerClosed(fd)) {
+          job->CancelAll();
+        }
       }
     }
     if (!job->error.empty()) return Reply(res, MakeError(500, "generation failed: " + job->error));
@@ -240,7 +300,7 @@ struct HttpFront::Impl {
                 job->echoed[i] = true;
                 if (!send(CompletionChunk(job->head, rq, static_cast<int>(i), echo, 0, texts)))
                   return job->CancelAll(), false;
-                job->offset[i] = static_cast<int64_t>(echo.text.size());
+                job->offset[i] = CharCount(echo.text);
               }
               if (ev.final) {
                 prompt_tokens += part.prompt_tokens;
@@ -254,7 +314,7 @@ struct HttpFront::Impl {
               const std::string chunk = rq.chat ? ChatChunk(job->head, rq, static_cast<int>(i), part, texts)
                                                 : CompletionChunk(job->head, rq, static_cast<int>(i), part,
                                                                   job->offset[i], texts);
-              job->offset[i] += static_cast<int64_t>(part.text.size());
+              job->offset[i] += CharCount(part.text);
               if (!send(chunk)) return job->CancelAll(), false;
             }
             if (!any && !sink.is_writable()) return job->CancelAll(), false;

@@ -220,7 +220,7 @@ json LegacyLogprobs(const ChoiceOutput& part, int64_t text_offset, const TokenTe
     token_logprobs.push_back(std::move(lp));
     top_logprobs.push_back(std::move(top));
     offsets.push_back(off);
-    off += static_cast<int64_t>(t.size());
+    off += CharCount(t);
   };
   for (size_t i = 0; i < part.prompt_ids.size(); ++i) {
     if (i == 0) {
@@ -373,6 +373,12 @@ ApiError ParseOpenAiRequest(const std::string& body, bool chat, OpenAiRequest* o
     return MakeError(400, std::string("'prompt' ") + kShape, "prompt");
   }
   return {};
+}
+
+int64_t CharCount(const std::string& s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
 }
 
 std::string FinishReasonText(engine::FinishReason r) {

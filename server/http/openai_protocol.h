@@ -71,6 +71,10 @@ struct ResponseHead {
   int64_t created = 0;
 };
 
+// Characters (code points) in UTF-8 text, as OpenAI's text_offset counts them; a piece of a
+// character counts its lead byte.
+int64_t CharCount(const std::string& s);
+
 // "stop" / "length" for a finished choice (a cancelled one reads "stop").
 std::string FinishReasonText(engine::FinishReason r);
 
@@ -80,7 +84,8 @@ std::string CompletionResponse(const ResponseHead& head, const OpenAiRequest& re
 
 // Stream chunks (each the JSON of one `data:` event). `part` holds only what this chunk adds:
 // its text, ids and logprobs (and, for a completion's echo, the prompt's); `finish_reason`
-// empty until the choice's last chunk. `text_offset` is where part's text starts in the choice.
+// empty until the choice's last chunk. `text_offset` is where part's text starts in the choice,
+// in characters.
 std::string CompletionChunk(const ResponseHead& head, const OpenAiRequest& req, int index, const ChoiceOutput& part,
                             int64_t text_offset, const TokenText& token_text);
 std::string ChatRoleChunk(const ResponseHead& head, const OpenAiRequest& req, int index);

@@ -178,6 +178,7 @@ TEST(OpenAiProtocol, ResponsesAndChunks) {
   EXPECT_DOUBLE_EQ(lp["top_logprobs"][1]["t7"].get<double>(), -0.25);
   EXPECT_DOUBLE_EQ(lp["top_logprobs"][2]["t4"].get<double>(), -2.0);
   EXPECT_EQ(lp["text_offset"], json({0, 2, 4}));
+  EXPECT_EQ(svdq::http::CharCount("Caf\xC3\xA9 \xE2\x80\x94"), 6);  // characters, not bytes
   EXPECT_EQ(j["usage"], json({{"prompt_tokens", 2}, {"completion_tokens", 1}, {"total_tokens", 3}}));
 
   OpenAiRequest chat = Ok(R"({"messages": [{"role": "user", "content": "x"}], "stream": true,
@@ -223,7 +224,8 @@ TEST(ApiKeys, FileBearerAndOwners) {
   EXPECT_EQ(owner, "key-2");
   EXPECT_TRUE(keys.Check("Bearer beta-key", &owner));
   EXPECT_EQ(owner, "key-3");
-  for (const char* bad : {"", "Bearer ", "beta-key", "Bearer beta-ke", "Bearer beta-keyy", "bearer beta-key",
+  EXPECT_TRUE(keys.Check("bearer beta-key", &owner));  // the scheme's case does not matter
+  for (const char* bad : {"", "Bearer ", "beta-key", "Bearer beta-ke", "Bearer beta-keyy", "Bearer BETA-KEY",
                           "Basic beta-key", "Bearer # team keys"})
     EXPECT_FALSE(keys.Check(bad, &owner)) << bad;
 
