@@ -75,18 +75,7 @@ def main():
         conn.close()
         return t0, first, n, arrivals
 
-    def one(i):
-        prompt = f"Request {i}: " + " ".join(words[(i + k) % len(words)] for k in range(a.prompt_words))
-        if a.front == "http":
-            t0, first, n, arrivals = one_http(i, prompt)
-            end = time.perf_counter()
-            with lock:
-                streams.append(arrivals)
-                ttft.append(first - t0)
-                if n > 1:
-                    per_token.append((end - first) / (n - 1))
-                generated[0] += n
-            return
+    def one_grpc(prompt):
         with grpc.insecure_channel(a.addr) as ch:
             stub = pb_grpc.GenerationStub(ch)
             t0 = time.perf_counter()
@@ -97,7 +86,12 @@ def main():
                     arrivals.append((time.perf_counter(), len(r.chunk.token_ids)))
                     if first is None:
                         first = time.perf_counter()
-            end = time.perf_counter()
+        return t0, first, n, arrivals
+
+    def one(i):
+        prompt = f"Request {i}: " + " ".join(words[(i + k) % len(words)] for k in range(a.prompt_words))
+        t0, first, n, arrivals = one_http(i, prompt) if a.front == "http" else one_grpc(prompt)
+        end = time.perf_counter()
         with lock:
             streams.append(arrivals)
             ttft.append(first - t0)
