@@ -169,9 +169,9 @@ def test_dockerfile_stages_user_healthcheck_and_scripts():
     assert "deploy/install-deps.sh" in d  # the build reuses the project's install script
     assert "svdq-cli" in (DEPLOY / "collect-runtime.sh").read_text()
     env = docker_env()
-    assert env["SVDQ_PORT"] == "50051" and env["SVDQ_METRICS_PORT"] == "9464"
-    assert env["SVDQ_HOST"] == "0.0.0.0" and env["SVDQ_METRICS_HOST"] == "0.0.0.0"
-    assert re.search(r"^EXPOSE 50051 9464$", d, re.M)
+    assert env["SVDQ_PORT"] == "50051" and env["SVDQ_METRICS_PORT"] == "9464" and env["SVDQ_HTTP_PORT"] == "8000"
+    assert env["SVDQ_HOST"] == "0.0.0.0" and env["SVDQ_METRICS_HOST"] == "0.0.0.0"  # HTTP follows SVDQ_HOST
+    assert re.search(r"^EXPOSE 50051 8000 9464$", d, re.M)
 
 
 def test_compose_file_references_exist_and_agree():
@@ -179,7 +179,7 @@ def test_compose_file_references_exist_and_agree():
     assert set(c["services"]) == {"svdq", "prometheus", "grafana"}
     svdq = c["services"]["svdq"]
     assert (DEPLOY / svdq["build"]["context"] / svdq["build"]["dockerfile"]).exists()
-    assert {"50051:50051", "9464:9464"} <= set(svdq["ports"])
+    assert {"50051:50051", "8000:8000", "9464:9464"} <= set(svdq["ports"])
     assert svdq["healthcheck"]["test"][1:] == ["svdq-cli", "--addr", "127.0.0.1:50051", "health"]
     grace = int(svdq["environment"]["SVDQ_SHUTDOWN_GRACE_SECONDS"])
     assert int(svdq["stop_grace_period"].rstrip("s")) > grace
@@ -206,7 +206,7 @@ def test_kubernetes_manifests_agree():
     pod = dep["spec"]["template"]["spec"]
     ctr = pod["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
-    assert ports == {"grpc": 50051, "metrics": 9464}
+    assert ports == {"grpc": 50051, "http": 8000, "metrics": 9464}
     assert ctr["resources"]["limits"]["nvidia.com/gpu"] == 1
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert ctr[probe]["grpc"]["port"] == ports["grpc"], probe
