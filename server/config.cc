@@ -110,6 +110,8 @@ std::vector<Flag> Flags(ServerConfig* c) {
        oneof(&c->svdq_basis, {"prefill", "calibrated"})},
       {"svdq-scope", "head (a basis per layer and KV head) | layer (one per layer, KV heads concatenated) (default head)",
        oneof(&c->svdq_scope, {"head", "layer"})},
+      {"svdq-basis-tokens", "prefill basis: fitted on the first min(prompt, N) tokens, which a sequence's first "
+                            "forward always covers whole (default 256)", num(&c->svdq_basis_tokens, 1, 1 << 20)},
       {"svdq-basis-file", "calibrated basis (tools/svdq_calibrate; default <model>.svdq-basis)", str(&c->svdq_basis_file)},
       {"cuda-graphs", "true | false: replay decode steps from CUDA graphs (a bf16 model on a GPU; every KV mode but layer-scope SVDq) (default true)",
        [c](const std::string& v) {

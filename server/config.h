@@ -25,6 +25,7 @@ struct ServerConfig {
   std::string svdq_schedule = "8,4,2,1,1,0,0,0";
   std::string svdq_basis = "prefill";
   std::string svdq_scope = "head";
+  int svdq_basis_tokens = 256;
   bool cuda_graphs = true;
   std::string svdq_basis_file;
   int shutdown_grace_seconds = 30;

@@ -122,6 +122,7 @@ int main(int argc, char** argv) {
   eo.svdq_schedule = cfg.svdq_schedule;
   eo.svdq_basis = cfg.svdq_basis;
   eo.svdq_scope = cfg.svdq_scope;
+  eo.svdq_basis_tokens = cfg.svdq_basis_tokens;
   eo.cuda_graphs = cfg.cuda_graphs;
   eo.svdq_basis_file = cfg.svdq_basis_file;
   svdq::engine::Engine engine(eo, &metrics);

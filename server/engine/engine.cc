@@ -422,6 +422,7 @@ SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
   seq->req = std::move(r);
   seq->prompt = &seq->req.prompt;
   seq->no_prefix_cache = seq->prefill_alone = seq->req.prompt_logprobs;
+  if (m.opts.key_mode == "svdq" && m.opts.svdq_basis == "prefill") seq->min_first_chunk = m.opts.svdq_basis_tokens;
   for (const auto& st : seq->req.stop) seq->max_stop = std::max(seq->max_stop, st.size());
   *stream = seq->stream;
   {
@@ -681,9 +682,13 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
     // Chunk by chunk through the cache: each chunk's forward reads every earlier position in
     // its stored form (the view's Read / Attend), its own positions as computed. The first
     // token of a chunk is scored by the previous chunk's last logits.
+    // The first piece covers the sequence's minimum first chunk (an SVDq prefill basis is
+    // fitted on it), then pieces of `chunk`.
     const int64_t n = static_cast<int64_t>(uncached.size());
-    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-      std::vector<int32_t> part(uncached.begin() + c0, uncached.begin() + std::min(n, c0 + chunk));
+    for (int64_t c0 = 0; c0 < n;) {
+      const int64_t len = c0 == 0 && s->computed == 0 ? std::max(chunk, s->min_first_chunk) : chunk;
+      std::vector<int32_t> part(uncached.begin() + c0, uncached.begin() + std::min(n, c0 + len));
+      c0 += static_cast<int64_t>(part.size());
       if (last_logits.defined()) {
         at::Tensor lp = at::log_softmax(last_logits.to(at::kFloat), -1).to(at::kCPU);
         s->prompt_logprobs.push_back(lp[part[0]].item<float>());

@@ -32,6 +32,9 @@ struct EngineOptions {
   std::string svdq_schedule = "8,4,2,1,1,0,0,0";  // svdq key mode
   std::string svdq_basis = "prefill";             // prefill | calibrated
   std::string svdq_scope = "head";                // head | layer
+  // Prefill basis: fitted on the keys of a sequence's first min(prompt, svdq_basis_tokens)
+  // tokens, which its first forward always covers, however the step budget is shared.
+  int64_t svdq_basis_tokens = 256;
   bool cuda_graphs = true;                        // decode steps replayed from CUDA graphs where possible
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };

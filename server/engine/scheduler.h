@@ -39,6 +39,9 @@ struct SchedSeq {
   bool prefilled = false;    // false: the next step runs prompt + output (after preemption, a recompute)
   bool no_prefix_cache = false;  // computed in full (prompt logprobs): prefix-cache hits are not used
   bool prefill_alone = false;    // to prefill alone and whole next (until its prompt logprobs are made)
+  // Tokens the first forward (from position 0) must cover at least, all at once: an SVDq
+  // prefill basis is fitted on them, so it must not depend on how a step's budget was shared.
+  int64_t min_first_chunk = 0;
   int32_t preempted = 0;
   int32_t cached_tokens = 0;   // prompt tokens found in the prefix cache at first admission
   bool in_queue_bound = true;  // counted against the queue bound (until first admitted)

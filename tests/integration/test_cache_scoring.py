@@ -24,12 +24,12 @@ def prompt_logprobs(stubs, addr, chunk, text=TEXT):
     raise AssertionError("no prompt logprobs came back")
 
 
-def scores(model_path, stubs, key, value, chunks):
+def scores(model_path, stubs, key, value, chunks, extra=(), text=TEXT):
     s = Server(model_path, "cpu", extra=["--key-mode", key, "--value-mode", value, "--kv-cache-bytes", "64M",
-                                        "--max-running", "2"])
+                                        "--max-running", "2", *extra])
     try:
         s.wait_ready()
-        return {c: prompt_logprobs(stubs, s.addr, c) for c in chunks}
+        return {c: prompt_logprobs(stubs, s.addr, c, text) for c in chunks}
     finally:
         assert s.stop() == 0, s.output()
 
@@ -56,6 +56,23 @@ def test_chunked_scoring_reads_the_cache(model_path, stubs):
         assert max_diff(low[c][:c - 1], low[0][:c - 1]) < 1e-4, c
     # A chunk longer than the prompt is the exact computation.
     assert low[10_000] == low[0]
+
+
+def test_svdq_prefill_basis_does_not_depend_on_the_chunks(model_path, stubs):
+    """The prefill basis is fitted on a sequence's first min(prompt, --svdq-basis-tokens)
+    tokens, which its first forward covers whole: chunks of 8 and of 16 then score those
+    positions identically, through the same basis, and differ only after them (each chunk
+    reads the stored pages of the earlier ones). With a minimum of 1 the first forward is one
+    chunk, the basis comes from its 8 or 16 keys, and the two disagree from the start."""
+    text = TEXT + " " + TEXT
+    svdq = ["--svdq-schedule", "8,4,2,1,1,0,0,0"]
+    fixed = scores(model_path, stubs, "svdq", "bf16", [8, 16], extra=[*svdq, "--svdq-basis-tokens", "32"], text=text)
+    loose = scores(model_path, stubs, "svdq", "bf16", [8, 16], extra=[*svdq, "--svdq-basis-tokens", "1"], text=text)
+    n = len(fixed[8])
+    assert n > 48
+    assert max_diff(fixed[8][:31], fixed[16][:31]) < 1e-4  # the first 32 tokens: one forward each time
+    assert max_diff(fixed[8], fixed[16]) > 1e-3             # later chunks read stored pages
+    assert max_diff(loose[8][8:31], loose[16][8:31]) > 1e-3  # bases from 8 and from 16 keys
 
 
 @pytest.mark.parametrize("req, fragment", [

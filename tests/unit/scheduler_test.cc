@@ -121,6 +121,42 @@ TEST_F(SchedulerTest, PlanPutsDecodesFirstThenChunksUnderTheBudget) {
   EXPECT_EQ(p2.items[1].tokens.front(), b->prompt_tokens[3]);
 }
 
+TEST_F(SchedulerTest, AFirstChunkBelowItsMinimumWaitsForRoom) {
+  // An SVDq prefill-basis sequence's first forward covers min(prompt, min_first_chunk) tokens
+  // whole, however the budget is shared; later chunks are as usual.
+  Make(/*blocks=*/8, /*max_running=*/2, /*budget=*/6);
+  TestSeq* a = Add(1, 3);
+  TestSeq* b = Add(2, 9);
+  b->min_first_chunk = 5;
+  sched_->Admit();
+  engine::StepPlan p1 = sched_->Plan();
+  ASSERT_EQ(p1.items.size(), 1u);  // a takes 3 of 6: b's 3 would be below its 5
+  EXPECT_EQ(p1.items[0].seq, a);
+  RunPlan(p1);
+  std::vector<SchedSeq*> preempted;
+  sched_->ReserveDecodes(&preempted);
+  engine::StepPlan p2 = sched_->Plan();  // a decodes (1), b gets 5 of its 9
+  ASSERT_EQ(p2.items.size(), 2u);
+  EXPECT_EQ(p2.items[1].seq, b);
+  EXPECT_EQ(p2.items[1].tokens.size(), 5u);
+  RunPlan(p2);
+  sched_->ReserveDecodes(&preempted);
+  engine::StepPlan p3 = sched_->Plan();  // after the first chunk, any size goes
+  ASSERT_EQ(p3.items.size(), 2u);
+  EXPECT_EQ(p3.items[1].tokens.size(), 4u);
+  // A minimum above the step budget or the prompt is capped by them, never waits forever.
+  Make(/*blocks=*/8, /*max_running=*/2, /*budget=*/6);
+  TestSeq* c = Add(3, 9);
+  c->min_first_chunk = 100;
+  TestSeq* d = Add(4, 2);
+  d->min_first_chunk = 100;
+  sched_->Admit();
+  engine::StepPlan q = sched_->Plan();
+  ASSERT_EQ(q.items.size(), 1u);
+  EXPECT_EQ(q.items[0].seq, c);
+  EXPECT_EQ(q.items[0].tokens.size(), 6u);  // the whole budget; d (2 tokens) waits for 2 whole
+}
+
 TEST_F(SchedulerTest, TheNewestGivesWayAndComesBackFirst) {
   Make(/*blocks=*/3, /*max_running=*/2, /*budget=*/16);
   TestSeq* a = Add(1, 4);  // fills block 0 exactly: its first decode needs a new block
