@@ -8,9 +8,10 @@ decode does). One server per mode; texts are Debian's license files, cut into wi
   .venv/bin/python bench/kv_fidelity.py [--device cpu] [--chunk 32] [--windows 4]
         [--model PATH] [--only SUBSTRING] [--json bench/results/kv_fidelity_cpu.json]
 
-SVDq runs with each sequence's prefill basis (from its first forward: with chunks of N tokens,
-N tokens, a weak estimate for small N) and with a basis calibrated once on another text
-(2,048 tokens of MPL-2.0); --only keeps the modes whose flags contain SUBSTRING.
+SVDq runs with each sequence's prefill basis (fitted on its first min(window, 256) tokens, the
+server's --svdq-basis-tokens, which are scored in one piece: only the tokens after them read
+SVDq pages, so use windows well past 256 tokens) and with a basis calibrated once on another
+text (2,048 tokens of MPL-2.0); --only keeps the modes whose flags contain SUBSTRING.
 
 Prints a Markdown table: perplexity exact, through the cache, and the change in percent, and the
 mean absolute change in per-token log-probability (nats) against the exact scores."""
