@@ -4,6 +4,7 @@
 
 #include "server/api/request_id.h"
 #include "server/api/request_validation.h"
+#include "server/api/status_messages.h"
 #include "server/metrics/metrics.h"
 
 namespace svdq::api {
@@ -54,7 +55,7 @@ grpc::Status Admission::Submit(engine::Request er, const std::string& owner, std
   switch (engine_->Submit(std::move(er), &ticket->stream_)) {
     case engine::SubmitResult::kOk: break;
     case engine::SubmitResult::kQueueFull:
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the request queue is full; retry later");
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, kQueueFullMessage);
     case engine::SubmitResult::kNotReady: return Unavailable();
     case engine::SubmitResult::kShuttingDown: return ShuttingDown();
   }

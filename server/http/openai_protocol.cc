@@ -6,6 +6,8 @@
 #include <limits>
 #include <map>
 
+#include "server/api/status_messages.h"
+
 namespace svdq::http {
 namespace {
 
@@ -288,7 +290,7 @@ ApiError FromStatus(const grpc::Status& st) {
     case grpc::StatusCode::ALREADY_EXISTS: return MakeError(409, st.error_message());
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
       // The queue being full passes; a request larger than the whole cache never will.
-      if (st.error_message().find("queue is full") != std::string::npos)
+      if (st.error_message() == api::kQueueFullMessage)
         return MakeError(429, st.error_message(), "", "queue_full");
       return MakeError(400, st.error_message(), "", "context_length_exceeded");
     case grpc::StatusCode::UNAVAILABLE: return MakeError(503, st.error_message());

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "server/api/auth.h"
+#include "server/api/status_messages.h"
 #include "server/http/openai_protocol.h"
 
 using nlohmann::json;
@@ -145,7 +146,7 @@ TEST(OpenAiProtocol, StatusesMapToHttp) {
   using grpc::Status;
   using grpc::StatusCode;
   EXPECT_EQ(svdq::http::FromStatus(Status(StatusCode::INVALID_ARGUMENT, "x")).status, 400);
-  EXPECT_EQ(svdq::http::FromStatus(Status(StatusCode::RESOURCE_EXHAUSTED, "the request queue is full; retry later")).status,
+  EXPECT_EQ(svdq::http::FromStatus(Status(StatusCode::RESOURCE_EXHAUSTED, svdq::api::kQueueFullMessage)).status,
             429);
   EXPECT_EQ(svdq::http::FromStatus(Status(StatusCode::RESOURCE_EXHAUSTED, "the request needs 9 tokens of KV cache")).status,
             400);

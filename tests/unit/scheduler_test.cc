@@ -155,6 +155,16 @@ TEST_F(SchedulerTest, AFirstChunkBelowItsMinimumWaitsForRoom) {
   ASSERT_EQ(q.items.size(), 1u);
   EXPECT_EQ(q.items[0].seq, c);
   EXPECT_EQ(q.items[0].tokens.size(), 6u);  // the whole budget; d (2 tokens) waits for 2 whole
+  // The minimum is capped at what a step leaves after max_running decodes (6 - 2 = 4): a
+  // sequence behind a decoding one still starts.
+  Make(/*blocks=*/8, /*max_running=*/2, /*budget=*/6);
+  TestSeq* e = Add(5, 1);
+  TestSeq* f = Add(6, 9);
+  f->min_first_chunk = 6;
+  sched_->Admit();
+  RunPlan(sched_->Plan());  // e prefills (1 token); f's 5 meet its capped minimum of 4
+  EXPECT_EQ(f->computed, 5);
+  EXPECT_TRUE(e->prefilled);
 }
 
 TEST_F(SchedulerTest, TheNewestGivesWayAndComesBackFirst) {
