@@ -152,7 +152,9 @@ def test_cancel_storm_and_abort_storm(server, stubs):
 
 def test_sigterm_under_load(model_path, stubs):
     pb, pb_grpc = stubs
-    s = Server(model_path, "cpu", extra=["--max-running", "16", "--shutdown-grace-seconds", "10"])
+    # 30 s of grace: 16 streams step about twice a second on a 2-core CPU, so 24 tokens take
+    # 10 s or more there; 10 s of grace made the test depend on the machine's load.
+    s = Server(model_path, "cpu", extra=["--max-running", "16", "--shutdown-grace-seconds", "30"])
     s.wait_ready()
     ends = {}
     lock = threading.Lock()
