@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
   dst.reset();
   printf("svdq_attention_bench on %s: copy bandwidth %.2f TB/s (read + write)\n", prop.name, copy_tbs);
   printf("bf16-eq TB/s = bf16 K+V bytes of the context / time; real TB/s = bytes this kernel reads / time\n\n");
-  printf("%-10s %-5s %-18s %-6s %9s %9s %9s %10s %10s %9s\n", "batch x ctx", "page", "keys", "values", "bytes MB", "us",
+  printf("%-10s %-5s %-26s %-6s %9s %9s %9s %10s %10s %9s\n", "batch x ctx", "page", "keys", "values", "bytes MB", "us",
          "real TB/s", "bf16eq TB/s", "peer us", "vs peer");
 
   nlohmann::json rows = nlohmann::json::array();
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
     const double bf16_bytes = 2.0 * 2.0 * B * KV * static_cast<double>(T) * D;
     char label[32];
     snprintf(label, sizeof(label), "%d x %dk", B, T / 1024);
-    printf("%-10s %-5d %-18s %-6s %9.1f %9.1f %9.2f %10.2f %10.1f %8.2fx\n", label, page, key_mode.c_str(),
+    printf("%-10s %-5d %-26s %-6s %9.1f %9.1f %9.2f %10.2f %10.1f %8.2fx\n", label, page, key_mode.c_str(),
            value_mode.c_str(), bytes / 1e6, us, bytes / (us * 1e-6) / 1e12, bf16_bytes / (us * 1e-6) / 1e12, peer_us,
            peer_us / us);
     rows.push_back({{"batch", B}, {"context", T}, {"key_mode", key_mode}, {"value_mode", value_mode}, {"page", page},
@@ -288,18 +288,30 @@ int main(int argc, char** argv) {
         at::Tensor ws = at::empty({static_cast<int64_t>(std::max<size_t>(SvdqAttentionWorkspaceFloats(a), 1))},
                                   dev.dtype(at::kFloat));
         a.workspace = ws.data_ptr<float>();
-        Status st = Status::Ok();
-        double us = TimeUs([&] { st = SvdqAttention(a, stream); }, iters);
-        Die(st);
-        Die(cudaDeviceSynchronize() == cudaSuccess ? Status::Ok() : Status::Invalid("kernel failed"));
         // Bytes read: key records, values, each sequence's basis (r columns used, fp32) and mean.
         const double bytes = static_cast<double>(key_pages.numel()) + vpages.bytes() +
                              4.0 * B * KV * (static_cast<double>(D) * l.retained + D);
-        char mode[64];
-        if (forced > 0) snprintf(mode, sizeof(mode), "svdq %.2fb s=%d", sched.EquivalentBits(), forced);
-        else snprintf(mode, sizeof(mode), "svdq %.2fb %s", sched.EquivalentBits(), sched_text.substr(0, 7).c_str());
-        record(B, T, mode, vname, page, bytes, us, peer_us,
-               "svdq_mma_pps" + std::to_string(a.pages_per_split) + (forced > 0 ? "_forced" : ""));
+        // Each tensor-core kernel that takes the shape: the warp-stream one (what SvdqAttention
+        // picks first) and the block mma one; split sweeps take the default.
+        using K = SvdqAttentionParams::Kernel;
+        std::vector<std::pair<K, std::string>> kernels = {{K::kAuto, ""}};
+        if (forced == 0) {
+          kernels = {{K::kBlockMma, " block"}};
+          if (SvdqAttentionWarpSupported(a)) kernels.insert(kernels.begin(), {K::kWarpStreams, " warp"});
+        }
+        for (const auto& [kernel, suffix] : kernels) {
+          a.kernel = kernel;
+          Status st = Status::Ok();
+          double us = TimeUs([&] { st = SvdqAttention(a, stream); }, iters);
+          Die(st);
+          Die(cudaDeviceSynchronize() == cudaSuccess ? Status::Ok() : Status::Invalid("kernel failed"));
+          char mode[64];
+          if (forced > 0) snprintf(mode, sizeof(mode), "svdq %.2fb s=%d", sched.EquivalentBits(), forced);
+          else snprintf(mode, sizeof(mode), "svdq %.2fb %s%s", sched.EquivalentBits(), sched_text.substr(0, 7).c_str(), suffix.c_str());
+          const bool warp = kernel == K::kWarpStreams || (kernel == K::kAuto && SvdqAttentionWarpSupported(a));
+          record(B, T, mode, vname, page, bytes, us, peer_us,
+                 std::string(warp ? "svdq_warp_pps" : "svdq_mma_pps") + std::to_string(a.pages_per_split) + (forced > 0 ? "_forced" : ""));
+        }
         }
       }
     }

@@ -91,10 +91,17 @@ Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
   if (p.pages_per_split < 0) return Status::Invalid("pages_per_split must be >= 0");
   if (p.pages_per_split > 0 && !p.workspace) return Status::Invalid("a split attention needs a workspace");
   const int splits = Splits(p);
-  const bool mma = p.use_tensor_cores && SvdqAttentionMmaSupported(p);
-  if (!mma && (p.value_format != KvFormat::kBf16 || p.tail_value_page))
+  using K = SvdqAttentionParams::Kernel;
+  const bool warp = p.use_tensor_cores && p.kernel != K::kBlockMma && SvdqAttentionWarpSupported(p);
+  const bool mma = !warp && p.use_tensor_cores && p.kernel != K::kWarpStreams && SvdqAttentionMmaSupported(p);
+  if (p.use_tensor_cores && p.kernel == K::kWarpStreams && !warp)
+    return Status::Invalid("the warp-stream SVDq kernel does not take this shape");
+  if (!warp && !mma && (p.value_format != KvFormat::kBf16 || p.tail_value_page))
     return Status::Invalid("quantized values and in-place tail values need the mma kernel (rope_inv_freq, width 64 or 128)");
-  if (mma) {
+  if (warp) {
+    st = SvdqAttentionWarpLaunch(p, splits, stream);
+    if (!st.ok()) return st;
+  } else if (mma) {
     st = SvdqAttentionMmaLaunch(p, splits, stream);
     if (!st.ok()) return st;
   } else if (p.use_tensor_cores && SvdqAttentionTcSupported(p)) {

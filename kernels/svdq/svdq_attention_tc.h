@@ -18,4 +18,8 @@ Status SvdqAttentionTcLaunch(const SvdqAttentionParams& p, int splits, cudaStrea
 // Launches the mma page kernel only; partial results go to p.workspace when split.
 Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
 
+// Launches the warp-stream kernel only (svdq_attention_warp.cu); partial results go to
+// p.workspace when split.
+Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
+
 }  // namespace svdq::kernels

@@ -12,14 +12,20 @@ namespace svdq::kernels {
 Status SvdqEncode(const SvdqEncodeParams& p, cudaStream_t stream);
 Status SvdqDecode(const SvdqDecodeParams& p, cudaStream_t stream);
 // One thread block per (sequence, KV head, split of pages), partial results merged by a
-// second kernel. Dispatch: the mma kernel (keys rebuilt on tensor cores in fp16, RoPE in
-// registers) when p.rope_inv_freq is set and the shape allows; else the WMMA/TF32 kernel;
+// second kernel. Dispatch: the warp-stream kernel where it takes the shape (head dim 128,
+// bf16 values); the mma kernel (keys rebuilt on tensor cores in fp16, RoPE in registers) when
+// p.rope_inv_freq is set and the shape allows; else the WMMA/TF32 kernel;
 // else (or use_tensor_cores false) the CUDA-core kernel, the first correct version.
 Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream);
 // Whether SvdqAttention runs the mma kernel (svdq_attention_mma.cu) for p: rope_inv_freq set,
 // width 64 or 128, page size dividing 64, and its shared-memory plan fits. Only that kernel
-// reads quantized values and tail values in place (value_format, tail_value_page).
+// and the warp-stream one read tail values in place (tail_value_page), and only it quantized
+// values (value_format).
 bool SvdqAttentionMmaSupported(const SvdqAttentionParams& p);
+// Whether the warp-stream kernel (svdq_attention_warp.cu) takes p: head dim 128, pages of a
+// multiple of 16 tokens, at most 8 query heads per KV head, bf16 values. SvdqAttention
+// prefers it to the mma kernel.
+bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p);
 // A pages_per_split for SvdqAttention, planned by waves of resident blocks (0: no split).
 // Planned once per step from the longest sequence.
 int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms);

@@ -128,6 +128,10 @@ struct SvdqAttentionParams {
   float* workspace = nullptr;  // [batch, num_heads, max_pages / pages_per_split + 1, width + 2]
   // Rebuild keys on tensor cores (TF32 inputs, fp32 accumulation) where the shape allows.
   bool use_tensor_cores = true;
+  // Which tensor-core kernel: the fastest that takes the shape (the warp-stream kernel, then
+  // the block mma kernel), or one of them forced (tests and the benchmark compare them).
+  enum class Kernel { kAuto, kBlockMma, kWarpStreams };
+  Kernel kernel = Kernel::kAuto;
 };
 
 }  // namespace svdq::kernels

@@ -238,9 +238,9 @@ struct AttnCase {
   std::vector<int> pages, tails;
 };
 
-// Which kernel SvdqAttention should take: the mma kernel (rope_inv_freq given), the WMMA
-// one (tables only), or the CUDA-core one.
-enum class Path { kMma, kWmma, kCudaCores };
+// Which kernel SvdqAttention should take: the warp-stream kernel, the block mma kernel
+// (rope_inv_freq given), the WMMA one (tables only), or the CUDA-core one.
+enum class Path { kWarp, kMma, kWmma, kCudaCores };
 
 // Values in pages of format vf read in place, the tail's from a page of its own (the server's
 // layout); kBf16 with in_place false: the bf16 value pages and a gathered bf16 tail.
@@ -352,7 +352,13 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
   SvdqAttentionParams g = a;
   if (path == Path::kMma) {
     g.rope_inv_freq = dinv.ptr();
+    g.kernel = SvdqAttentionParams::Kernel::kBlockMma;
     ASSERT_TRUE(SvdqAttentionMmaSupported(g)) << "the mma kernel should take this shape";
+  } else if (path == Path::kWarp) {
+    g.kernel = SvdqAttentionParams::Kernel::kWarpStreams;
+    ASSERT_TRUE(SvdqAttentionWarpSupported(g)) << "the warp-stream kernel should take this shape";
+  } else {
+    g.kernel = SvdqAttentionParams::Kernel::kBlockMma;  // the WMMA or CUDA-core kernel
   }
   g.q = dq.ptr();
   g.key_pages = dpool.ptr();
@@ -400,8 +406,29 @@ TEST(SvdqKernels, AttentionMatchesReference) {
     for (int group : {1, 2, 4, 8})
       for (const char* s : {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,3,3,0,0,0,0,0", "0,0,4,0,2,0,0,1"})
         for (int split : {0, 2, 4})
-          for (Path path : {Path::kMma, Path::kWmma, Path::kCudaCores})
+          for (Path path : {Path::kWarp, Path::kMma, Path::kWmma, Path::kCudaCores}) {
+            if (path == Path::kWarp && width != 128) continue;
             RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++, split, path);
+          }
+}
+
+// The warp-stream kernel: pages of 16, 32 and 64 tokens, tails of 0, 1, 15 and P - 1 tokens
+// (several tiles of tail), GQA 1-8, schedules from 0.5 to 4 bits, splits whose ranges end
+// mid-sequence, a long context (positions past 38k), and in-place tail values.
+TEST(SvdqKernels, AttentionWarpStreams) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 5000;
+  for (int P : {16, 32, 64})
+    for (const char* s : {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,3,1,0,0,0,0,3", "8,8,8,8,4,4,4,4"})
+      for (int split : {0, 3}) {
+        RunAttention({128, P, 2, 4, 4, s, {1, 9, 4, 0}, {0, 1, 15, P - 1}}, seed++, split, Path::kWarp);
+        RunAttention({128, P, 1, 8, 2, s, {6, 2}, {P - 1, 3}}, seed++, split, Path::kWarp);
+      }
+  RunAttention({128, 16, 8, 1, 2, "8,2,0,0,0,0,0,0", {33, 0}, {5, 9}}, seed++, 4, Path::kWarp);
+  RunAttention({128, 64, 2, 4, 1, "8,4,2,1,1,0,0,0", {600}, {33}}, seed++, 0, Path::kWarp);
+  RunAttention({128, 64, 2, 4, 1, "8,2,0,0,0,0,0,0", {600}, {33}}, seed++, 37, Path::kWarp);
+  RunAttention({128, 16, 2, 4, 3, "8,4,2,1,1,0,0,0", {5, 0, 9}, {3, 7, 0}}, seed++, 0, Path::kWarp, {true, KvFormat::kBf16});
+  RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
 }
 
 TEST(SvdqKernels, AttentionAwkwardShapes) {

@@ -1,0 +1,540 @@
+// SVDq decode attention with one independent stream per warp (head dim 128, bf16 values).
+//
+// Why another kernel: the block kernel (svdq_attention_mma.cu) splits the head dimension
+// over its four warps, so every 64-token chunk needs the warps to meet four times (latents
+// in shared memory, partial scores summed in shared memory, a softmax warp, then P V), and
+// with two blocks per multiprocessor those barriers and the shared-memory round trips are
+// what its time is made of (ncu: 12% occupancy, issue slots half idle). Here each warp owns
+// whole 16-token tiles and carries a tile from codes to output alone, like the bf16 paged
+// kernel (kernels/attention/paged_decode.cu); the block meets once, at the end.
+//
+// One block of 4 warps per (sequence, KV head, split). Warp w takes the 16-token tiles
+// w, w + 4, w + 8, ... of the block's range; three tiles in flight per warp (cp.async of the
+// tile's key codes, its page's scales and zeros, the RoPE row of its first position, and its
+// bf16 value rows). Per tile, tokens are the rows (M) of every product:
+//   1. latents Z [16 tok, r] straight into mma A fragments: lane q of a k-step takes the four
+//      consecutive codes 4q..4q+3 of a 16-channel group (one load; the k order inside the
+//      step is permuted, and V_r^T's rows with it, so that they are consecutive);
+//   2. keys K = mean + Z V_r^T on tensor cores (fp16 in, fp32 accumulation, the mean as the
+//      accumulator's start), two 8-column tiles at a time: columns i and i + 64, the RoPE
+//      pair, land in the same thread;
+//   3. RoPE split as q . R_t k = (R_T0^T q) . (R_d k) with T0 the tile's first position and
+//      d = t - T0 < 16: R_d for the thread's two rows is a table built once per block in
+//      shared memory; R_T0 is the staged table row, applied to the query once per tile;
+//   4. scores S^T [16 tok, 8 heads] = K q^T with the rotated keys as the A operand (the
+//      rebuild's accumulators are the score product's A fragments) and the group's queries
+//      as the B operand (n = 8: GQA groups up to 8);
+//   5. online softmax per head in registers (exp2, scale and log2 e folded into q);
+//   6. O^T [128, 8 heads] += V^T P^T: V^T by ldmatrix.trans from the staged rows, P^T from S's
+//      accumulators transposed in registers (movmatrix).
+// The bf16 tail (fewer than P tokens, already rotated) is a tile or more whose keys come from
+// memory and meet the unrotated query. At the end the four warps' states are merged in shared
+// memory and written out, or to the split workspace for kernels/attention/split_merge.cu.
+//
+// V_r^T (r = 16 KS retained channels) is held in registers when KS <= 2 (1.25-bit schedules
+// keep 32 channels), otherwise in shared memory and read by ldmatrix per tile.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/attention/split_merge.h"
+#include "kernels/common/cuda_launch.h"
+#include "kernels/common/mma.cuh"
+#include "kernels/svdq/svdq_attention_tc.h"
+
+namespace svdq::kernels {
+namespace {
+
+constexpr int kD = 128;         // head dim
+constexpr int kHalf = kD / 2;   // RoPE pairs (i, i + 64)
+constexpr int kPairs = kD / 16; // 8-column tile pairs (a, a + 8), one score k-step each
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kStages = 3;      // tiles in flight per warp
+constexpr int kTok = 16;        // tokens per tile
+constexpr int kLdV = kD + 8;    // halves per staged value row (ldmatrix without bank conflicts)
+constexpr int kMaxPieces = 2 * 8 * kSvdqMaxBits + kD / 4;  // 16-byte pieces of a tile's key record
+constexpr int kRopeBytes = 2 * kHalf * 4;  // a staged RoPE row: cos, sin of the 64 frequencies (fp32)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__host__ __device__ constexpr int Align16(int x) { return (x + 15) / 16 * 16; }
+
+// Byte offsets into dynamic shared memory.
+struct WarpSmem {
+  int ks;           // k-steps (retained 16-channel groups)
+  int vr, vr_ld;    // V_r^T [128 dims][ks*16 + 8] fp16, in the permuted k order (0 bytes when in registers)
+  int mean;         // fp32 quads [64]: (mean[2i], mean[2i + 1]) twice, a rebuild accumulator's start
+  int rd;           // R_d: [pair][lane] x {cos, sin} at rows g and g + 8, half2 over the pair's two columns
+  int ptab;         // int2 [kMaxPieces]: key record piece -> (byte offset in the page record, bytes per 16 tokens)
+  int rec_bytes;    // one tile's key record: codes of each group (16 tokens), then scales and zeros of its page
+  int stage_bytes;  // record | RoPE row | values [16][kLdV] bf16
+  int stages;       // kWarps x kStages stages; the merge reuses them
+  int total;
+};
+
+__host__ __device__ inline WarpSmem PlanWarpSmem(const SvdqLayout& l, bool vr_in_regs) {
+  WarpSmem s{};
+  s.ks = l.retained / 16;
+  int code_bytes = 0;
+  for (int g = 0; g < kSvdqGroups; ++g) code_bytes += 32 * l.bits[g];  // 16 tokens x 16 codes x b bits
+  s.rec_bytes = Align16(code_bytes + 4 * l.retained);
+  s.stage_bytes = s.rec_bytes + kRopeBytes + kTok * kLdV * 2;
+  int o = 0;
+  s.vr_ld = s.ks * 16 + 8;
+  s.vr = o;
+  if (!vr_in_regs) o += Align16(kD * s.vr_ld * 2);
+  s.mean = o;  o += kD * 8;
+  s.rd = o;    o += kPairs * 32 * 16;
+  s.ptab = o;  o += kMaxPieces * 8;
+  s.stages = o;
+  const int merge = kWarps * (kD * 8 + 16) * 4;  // per warp: O^T [128][8] fp32, m [8], l [8]
+  o += std::max(kWarps * kStages * s.stage_bytes, merge);
+  s.total = o;
+  return s;
+}
+
+__device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Latent channel of k slot `slot` (0..15) of a k-step: slots 2q, 2q + 1 hold channels 4q, 4q + 1
+// and slots 2q + 8, 2q + 9 hold 4q + 2, 4q + 3, so that an A fragment's four values are the
+// four consecutive codes 4q .. 4q + 3 of a token.
+__host__ __device__ constexpr int SlotChannel(int slot) { return 4 * ((slot & 7) >> 1) + 2 * (slot >> 3) + (slot & 1); }
+
+template <int KS>
+constexpr bool VrInRegs() { return KS <= 2; }
+
+template <int KS>
+__global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttentionParams p) {
+  constexpr bool kVrRegs = VrInRegs<KS>();
+  extern __shared__ __align__(128) uint8_t smem[];
+  const SvdqLayout& l = p.layout;
+  const int P = l.page_size, G = p.num_heads / p.kv_heads, KVH = p.kv_heads;
+  const WarpSmem s = PlanWarpSmem(l, kVrRegs);
+  const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
+
+  const int np = p.num_pages[b];
+  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
+  const int first = split * pps, last = min(np, first + pps);
+  const int tail = (np / pps == split) ? p.tail_len[b] : 0;
+  const int paged_tiles = max(0, last - first) * P / kTok;
+  const int ntiles = paged_tiles + (tail + kTok - 1) / kTok;
+  const int64_t bh = static_cast<int64_t>(b) * KVH + h;
+  const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * KVH + h;
+  const float* basis = p.basis + brow * kD * kD;
+
+  // Retained groups in order: channel base and bits of each k-step, and its codes' offset in a
+  // tile's record (uniform across the block; small arrays the compiler keeps in registers).
+  int gch[KS], gbits[KS], goff[KS];
+  {
+    int ks = 0, off = 0;
+#pragma unroll
+    for (int g = 0; g < kSvdqGroups; ++g) {
+      if (l.bits[g] == 0 || ks >= KS) continue;
+#pragma unroll
+      for (int k = 0; k < KS; ++k)
+        if (k == ks) gch[k] = g * 16, gbits[k] = l.bits[g], goff[k] = off;
+      off += 32 * l.bits[g];
+      ++ks;
+    }
+  }
+  const int code_bytes_all = goff[KS - 1] + 32 * gbits[KS - 1];
+  const int scale_at = code_bytes_all, zero_at = code_bytes_all + 2 * l.retained;
+  const int code_pieces = code_bytes_all / 16, npieces = code_pieces + l.retained / 4;
+
+  // ---- Block setup: piece table, mean, R_d, V_r^T (shared memory or registers), queries.
+  float4* mean_s = reinterpret_cast<float4*>(smem + s.mean);
+  int2* ptab = reinterpret_cast<int2*>(smem + s.ptab);
+  for (int i = tid; i < npieces; i += kThreads) {
+    int2 e;
+    if (i < code_pieces) {
+      int ch = gch[0], bits = gbits[0], off = goff[0];
+#pragma unroll
+      for (int k = 1; k < KS; ++k)
+        if (16 * i >= goff[k]) ch = gch[k], bits = gbits[k], off = goff[k];
+      e = make_int2(l.group_offset[ch / 16] + 16 * i - off, 32 * bits);
+    } else {
+      e = make_int2(l.scale_offset + 16 * (i - code_pieces), 0);
+    }
+    ptab[i] = e;
+  }
+  for (int i = tid; i < kHalf; i += kThreads) {
+    const float2 m = *reinterpret_cast<const float2*>(p.mean + brow * kD + 2 * i);
+    mean_s[i] = make_float4(m.x, m.y, m.x, m.y);
+  }
+  {
+    uint4* rd = reinterpret_cast<uint4*>(smem + s.rd);
+    for (int idx = tid; idx < kPairs * 32; idx += kThreads) {
+      const int a = idx / 32, ln = idx % 32, i = 8 * a + 2 * (ln % 4), d0 = ln / 4;
+      uint32_t w[4];
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int d = d0 + 8 * rr;
+        w[2 * rr] = mma::PackHalf2(p.rope_cos[d * kD + i], p.rope_cos[d * kD + i + 1]);
+        w[2 * rr + 1] = mma::PackHalf2(p.rope_sin[d * kD + i], p.rope_sin[d * kD + i + 1]);
+      }
+      rd[idx] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+  // V_r^T: B[k][n = dim] with k in the permuted order; thread (g8, q4) of tile n holds dim 8n + g8
+  // and channels 4 q4 .. 4 q4 + 3 of each group: two fp16 pairs.
+  uint32_t bv[kVrRegs ? 2 * kPairs : 1][KS][2];
+  if constexpr (kVrRegs) {
+#pragma unroll
+    for (int n = 0; n < 2 * kPairs; ++n)
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const float4 v = *reinterpret_cast<const float4*>(basis + (8 * n + g8) * kD + gch[ks] + 4 * q4);
+        bv[n][ks][0] = mma::PackHalf2(v.x, v.y);
+        bv[n][ks][1] = mma::PackHalf2(v.z, v.w);
+      }
+  } else {
+    __half* vr = reinterpret_cast<__half*>(smem + s.vr);
+    for (int idx = tid; idx < kD * KS * 16; idx += kThreads) {
+      const int dim = idx / (KS * 16), k = idx % (KS * 16), ks = k / 16;
+      int ch = 0;
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk)
+        if (kk == ks) ch = gch[kk];
+      vr[dim * s.vr_ld + k] = __float2half(basis[dim * kD + ch + SlotChannel(k % 16)]);
+    }
+  }
+  // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and 64 + 8a + 2q4 (+1),
+  // scaled by sm_scale * log2(e).
+  __half2 qlo[kPairs], qhi[kPairs];
+  {
+    const float qs = p.sm_scale * kLog2e;
+    const auto* qg = reinterpret_cast<const __nv_bfloat162*>(p.q) + ((static_cast<int64_t>(b) * p.num_heads + h * G + g8) * kD) / 2;
+#pragma unroll
+    for (int a = 0; a < kPairs; ++a) {
+      float2 lo = make_float2(0.f, 0.f), hi = lo;
+      if (g8 < G) {
+        lo = __bfloat1622float2(qg[(8 * a + 2 * q4) / 2]);
+        hi = __bfloat1622float2(qg[(kHalf + 8 * a + 2 * q4) / 2]);
+      }
+      qlo[a] = __floats2half2_rn(lo.x * qs, lo.y * qs);
+      qhi[a] = __floats2half2_rn(hi.x * qs, hi.y * qs);
+    }
+  }
+  __syncthreads();
+
+  // ---- The warp's stream.
+  uint8_t* wstages = smem + s.stages + warp * kStages * s.stage_bytes;
+  const int64_t table_row = static_cast<int64_t>(b) * p.max_pages;
+  const auto* vbase = static_cast<const uint16_t*>(p.value_pages);
+  // Stages tile j (block-relative) into stage `slot`: key record pieces, RoPE row, values.
+  // The pool page of tile j (0 past the paged tiles), loaded one tile ahead of its staging so
+  // that the load's latency overlaps a tile's work.
+  // Tiles per page is a power of two (pages of 16 x 2^n tokens): shifts, no divisions.
+  const int tile_shift = __ffs(P / kTok) - 1, tile_mask = P / kTok - 1;
+  auto page_of = [&](int j) { return j < paged_tiles ? p.page_table[table_row + first + (j >> tile_shift)] : 0; };
+  // Each lane stages value rows lane / 16 + 2i, 16-byte piece lane % 16: fixed offsets.
+  const int v_src_lane = (lane / 16) * kD + (lane % 16) * 8, v_dst_lane = ((lane / 16) * kLdV + (lane % 16) * 8) * 2;
+  const float* rope_lane = (lane < 16 ? p.rope_cos : p.rope_sin) + 4 * (lane % 16);
+  const uint8_t* key_head = p.key_pages + static_cast<int64_t>(h) * l.page_bytes;
+  const uint16_t* value_head = vbase + static_cast<int64_t>(h) * P * kD;
+  auto issue = [&](int j, int slot, int pid) {
+    uint8_t* st = wstages + slot * s.stage_bytes;
+    uint8_t* vst = st + s.rec_bytes + kRopeBytes + v_dst_lane;
+    if (j < paged_tiles) {
+      const int tin16 = j & tile_mask;  // the tile's 16-token step inside its page
+      const uint8_t* rec = key_head + static_cast<int64_t>(pid) * KVH * l.page_bytes;
+      for (int i = lane; i < npieces; i += 32) {
+        const int2 e = ptab[i];
+        mma::CpAsync16(st + 16 * i, rec + e.x + tin16 * e.y, 16);
+      }
+      const int t0 = (first << (tile_shift + 4)) + j * kTok;  // the tile's first position
+      mma::CpAsync16(st + s.rec_bytes + 16 * lane, rope_lane + static_cast<int64_t>(t0) * kD, 16);
+      const uint16_t* vsrc = value_head + (static_cast<int64_t>(pid) * KVH * P + tin16 * kTok) * kD + v_src_lane;
+#pragma unroll
+      for (int i = 0; i < kTok * kD / 8 / 32; ++i) mma::CpAsync16(vst + i * 2 * kLdV * 2, vsrc + i * 2 * kD, 16);
+    } else {
+      const int t0 = (j - paged_tiles) * kTok, valid = min(kTok, tail - t0);
+      const uint16_t* vsrc = (p.tail_value_page ? vbase + ((p.tail_value_page[b] * KVH + h) * P + t0) * kD
+                                                : p.tail_values + (bh * P + t0) * kD) + v_src_lane;
+#pragma unroll
+      for (int i = 0; i < kTok * kD / 8 / 32; ++i) {
+        const bool ok = lane / 16 + 2 * i < valid;
+        mma::CpAsync16(vst + i * 2 * kLdV * 2, ok ? vsrc + i * 2 * kD : vbase, ok ? 16 : 0);
+      }
+    }
+  };
+
+  float o[kPairs][4];  // O^T [128 dims, 8 heads]: tile mt holds dims 16 mt + g8 (+8), heads 2 q4 (+1)
+#pragma unroll
+  for (int mt = 0; mt < kPairs; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // heads 2 q4, 2 q4 + 1 (log2 units)
+
+  const int my_tiles = ntiles > warp ? (ntiles - warp + kWarps - 1) / kWarps : 0;
+#pragma unroll
+  for (int k = 0; k < kStages - 1; ++k) {
+    if (k < my_tiles) issue(warp + kWarps * k, k, page_of(warp + kWarps * k));
+    mma::CpAsyncCommit();
+  }
+  int pid_next = page_of(warp + kWarps * (kStages - 1));
+  const uint4* rd = reinterpret_cast<const uint4*>(smem + s.rd);
+  for (int k = 0; k < my_tiles; ++k) {
+    if (k + kStages - 1 < my_tiles) issue(warp + kWarps * (k + kStages - 1), (k + kStages - 1) % kStages, pid_next);
+    mma::CpAsyncCommit();
+    pid_next = page_of(warp + kWarps * (k + kStages));
+    mma::CpAsyncWait<kStages - 1>();
+    __syncwarp();
+    const int j = warp + kWarps * k;
+    const uint8_t* st = wstages + (k % kStages) * s.stage_bytes;
+    const __nv_bfloat16* vst = reinterpret_cast<const __nv_bfloat16*>(st + s.rec_bytes + kRopeBytes);
+    const bool paged = j < paged_tiles;
+    const int valid = paged ? kTok : min(kTok, tail - (j - paged_tiles) * kTok);
+
+    // S^T: tokens g8 (0, 1) and g8 + 8 (2, 3), heads 2 q4, 2 q4 + 1; two accumulators for the
+    // odd and even tile pairs halve the chain of dependent mma.
+    float sc[4] = {0.f, 0.f, 0.f, 0.f}, sc2[4] = {0.f, 0.f, 0.f, 0.f};
+    if (paged) {
+      // 1. Latents of tokens g8 and g8 + 8, channels 4 q4 .. 4 q4 + 3 of every group.
+      uint32_t zf[KS][4];
+      const __half2 k1024 = __float2half2_rn(1024.f);
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const int bits = gbits[ks];
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(st + goff[ks]);
+        const uint32_t mask = (1u << bits) - 1u, mask_hi = mask << 16;
+        const uint2 sc2 = *reinterpret_cast<const uint2*>(st + scale_at + 2 * (16 * ks + 4 * q4));
+        const uint2 zr2 = *reinterpret_cast<const uint2*>(st + zero_at + 2 * (16 * ks + 4 * q4));
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int bit = ((g8 + 8 * rr) * 16 + 4 * q4) * bits;
+          const uint32_t* w = words + (bit >> 5);
+          const int sh = bit & 31;
+          const uint32_t v = (bits & (bits - 1)) == 0 ? w[0] >> sh : __funnelshift_r(w[0], w[1], sh);
+          const uint32_t v2 = v >> (2 * bits);
+          // 1024 + code as fp16 pairs: codes 0, 1 and codes 2, 3.
+          const uint32_t pa = (v & mask) | ((v << (16 - bits)) & mask_hi) | 0x64006400u;
+          const uint32_t pb = (v2 & mask) | ((v2 << (16 - bits)) & mask_hi) | 0x64006400u;
+          zf[ks][rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pa), k1024), mma::AsHalf2(sc2.x), mma::AsHalf2(zr2.x)));
+          zf[ks][2 + rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pb), k1024), mma::AsHalf2(sc2.y), mma::AsHalf2(zr2.y)));
+        }
+      }
+      // The query rotated back by the tile's first position: R_T0^T q, as B fragments.
+      uint32_t qb[kPairs][2];
+      {
+        const float* rc = reinterpret_cast<const float*>(st + s.rec_bytes);
+        const float* rsn = rc + kHalf;
+#pragma unroll
+        for (int a = 0; a < kPairs; ++a) {
+          const float2 c = *reinterpret_cast<const float2*>(rc + 8 * a + 2 * q4);
+          const float2 sn = *reinterpret_cast<const float2*>(rsn + 8 * a + 2 * q4);
+          const __half2 ch = __floats2half2_rn(c.x, c.y), sh = __floats2half2_rn(sn.x, sn.y);
+          qb[a][0] = mma::AsU32(__hfma2(qlo[a], ch, __hmul2(qhi[a], sh)));
+          qb[a][1] = mma::AsU32(__hfma2(qhi[a], ch, __hneg2(__hmul2(qlo[a], sh))));
+        }
+      }
+      // 2-4. Keys of tile pair (a, a + 8), rotated by R_d, scored.
+#pragma unroll
+      for (int a = 0; a < kPairs; ++a) {
+        uint32_t blo[KS][2], bhi[KS][2];
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          if constexpr (kVrRegs) {
+            blo[ks][0] = bv[a][ks][0], blo[ks][1] = bv[a][ks][1];
+            bhi[ks][0] = bv[a + kPairs][ks][0], bhi[ks][1] = bv[a + kPairs][ks][1];
+          } else {
+            // Matrices: (tile a, slots 0-7), (tile a, 8-15), (tile a + 8, 0-7), (tile a + 8, 8-15).
+            const int mi = lane / 8, tile = a + kPairs * (mi >> 1);
+            const __half* vr = reinterpret_cast<const __half*>(smem + s.vr);
+            uint32_t r4[4];
+            mma::LdMatrixX4(r4, vr + (tile * 8 + lane % 8) * s.vr_ld + ks * 16 + 8 * (mi & 1));
+            blo[ks][0] = r4[0], blo[ks][1] = r4[1], bhi[ks][0] = r4[2], bhi[ks][1] = r4[3];
+          }
+        }
+        const float4 mlo = mean_s[4 * a + q4], mhi = mean_s[kHalf / 2 + 4 * a + q4];
+        float x[4] = {mlo.x, mlo.y, mlo.z, mlo.w}, y[4] = {mhi.x, mhi.y, mhi.z, mhi.w};
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          mma::MmaF16(x, zf[ks], blo[ks][0], blo[ks][1]);
+          mma::MmaF16(y, zf[ks], bhi[ks][0], bhi[ks][1]);
+        }
+        const uint4 r = rd[a * 32 + lane];  // cos, sin at row g8; cos, sin at row g8 + 8
+        uint32_t ka[4];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const __half2 xh = __floats2half2_rn(x[2 * rr], x[2 * rr + 1]);
+          const __half2 yh = __floats2half2_rn(y[2 * rr], y[2 * rr + 1]);
+          const __half2 c = mma::AsHalf2(rr == 0 ? r.x : r.z), sn = mma::AsHalf2(rr == 0 ? r.y : r.w);
+          ka[rr] = mma::AsU32(__hfma2(xh, c, __hneg2(__hmul2(yh, sn))));  // x cos - y sin
+          ka[2 + rr] = mma::AsU32(__hfma2(yh, c, __hmul2(xh, sn)));       // y cos + x sin
+        }
+        mma::MmaF16(a % 2 ? sc2 : sc, ka, qb[a][0], qb[a][1]);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[e] += sc2[e];
+    } else {
+      // Tail tokens: keys rotated already, in bf16 rows; the query as it is.
+      const auto* tk = reinterpret_cast<const __nv_bfloat162*>(p.tail_keys) + (bh * P + (j - paged_tiles) * kTok) * (kD / 2);
+#pragma unroll
+      for (int a = 0; a < kPairs; ++a) {
+        uint32_t ka[4];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int t = g8 + 8 * rr;
+          float2 lo = make_float2(0.f, 0.f), hi = lo;
+          if (t < valid) {
+            lo = __bfloat1622float2(tk[(t * kD + 8 * a + 2 * q4) / 2]);
+            hi = __bfloat1622float2(tk[(t * kD + kHalf + 8 * a + 2 * q4) / 2]);
+          }
+          ka[rr] = mma::PackHalf2(lo.x, lo.y);
+          ka[2 + rr] = mma::PackHalf2(hi.x, hi.y);
+        }
+        mma::MmaF16(sc, ka, mma::AsU32(qlo[a]), mma::AsU32(qhi[a]));
+      }
+      if (g8 >= valid) sc[0] = sc[1] = -INFINITY;
+      if (g8 + 8 >= valid) sc[2] = sc[3] = -INFINITY;
+    }
+
+    // 5. Online softmax, heads 2 q4 and 2 q4 + 1 (max and sums over the 8 lanes of a column).
+    float mx[2] = {fmaxf(sc[0], sc[2]), fmaxf(sc[1], sc[3])};
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xffffffffu, mx[0], off));
+      mx[1] = fmaxf(mx[1], __shfl_xor_sync(0xffffffffu, mx[1], off));
+    }
+    float corr[2], ps[4];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float mn = fmaxf(m_run[e], mx[e]);  // finite: every tile has a valid token
+      corr[e] = Exp2(m_run[e] - mn);
+      m_run[e] = mn;
+      ps[e] = Exp2(sc[e] - mn);
+      ps[2 + e] = Exp2(sc[2 + e] - mn);
+    }
+    const __nv_bfloat162 p01 = __floats2bfloat162_rn(ps[0], ps[1]), p23 = __floats2bfloat162_rn(ps[2], ps[3]);
+    float sum[2] = {__low2float(p01) + __low2float(p23), __high2float(p01) + __high2float(p23)};  // the weights P V uses
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      sum[0] += __shfl_xor_sync(0xffffffffu, sum[0], off);
+      sum[1] += __shfl_xor_sync(0xffffffffu, sum[1], off);
+    }
+    l_run[0] = l_run[0] * corr[0] + sum[0];
+    l_run[1] = l_run[1] * corr[1] + sum[1];
+    if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
+#pragma unroll
+      for (int mt = 0; mt < kPairs; ++mt) {
+        o[mt][0] *= corr[0];
+        o[mt][1] *= corr[1];
+        o[mt][2] *= corr[0];
+        o[mt][3] *= corr[1];
+      }
+    }
+    // 6. O^T += V^T P^T. P^T as B fragments: the [token, head] accumulators transposed.
+    const uint32_t pb0 = Transpose8x8(*reinterpret_cast<const uint32_t*>(&p01));
+    const uint32_t pb1 = Transpose8x8(*reinterpret_cast<const uint32_t*>(&p23));
+    {
+      const int mi = lane / 8, tok = lane % 8 + 8 * (mi >> 1), col = 8 * (mi & 1);
+#pragma unroll
+      for (int mt = 0; mt < kPairs; ++mt) {
+        uint32_t va[4];
+        mma::LdMatrixX4Trans(va, vst + tok * kLdV + 16 * mt + col);
+        mma::MmaBf16(o[mt], va, pb0, pb1);
+      }
+    }
+    __syncwarp();
+  }
+  mma::CpAsyncWait<0>();
+  __syncthreads();
+
+  // ---- Merge the warps: each leaves O^T, m, l in shared memory; threads then take (head, dim).
+  float* mg = reinterpret_cast<float*>(smem + s.stages) + warp * (kD * 8 + 16);
+#pragma unroll
+  for (int mt = 0; mt < kPairs; ++mt) {
+    *reinterpret_cast<float2*>(mg + (16 * mt + g8) * 8 + 2 * q4) = make_float2(o[mt][0], o[mt][1]);
+    *reinterpret_cast<float2*>(mg + (16 * mt + g8 + 8) * 8 + 2 * q4) = make_float2(o[mt][2], o[mt][3]);
+  }
+  if (g8 == 0) {
+    mg[kD * 8 + 2 * q4] = m_run[0];
+    mg[kD * 8 + 2 * q4 + 1] = m_run[1];
+    mg[kD * 8 + 8 + 2 * q4] = l_run[0];
+    mg[kD * 8 + 8 + 2 * q4 + 1] = l_run[1];
+  }
+  __syncthreads();
+  const float* m0 = reinterpret_cast<const float*>(smem + s.stages);
+  const int splits = gridDim.z;
+  for (int idx = tid; idx < G * kD; idx += kThreads) {
+    const int hd = idx / kD, dim = idx % kD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, m0[w * (kD * 8 + 16) + kD * 8 + hd]);
+    float acc = 0.f, L = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float* mw = m0 + w * (kD * 8 + 16);
+        const float f = Exp2(mw[kD * 8 + hd] - M);
+        acc += f * mw[dim * 8 + hd];
+        L += f * mw[kD * 8 + 8 + hd];
+      }
+    }
+    const int64_t head = static_cast<int64_t>(b) * p.num_heads + h * G + hd;
+    if (p.pages_per_split == 0) {
+      p.out[head * kD + dim] = L > 0.f ? acc / L : 0.f;
+    } else {
+      float* ws = p.workspace + (head * splits + split) * (kD + 2);
+      ws[dim] = acc;
+      if (dim == 0) {
+        ws[kD] = M == -INFINITY ? -INFINITY : M * kLn2;  // the merge works in natural-log units
+        ws[kD + 1] = L;
+      }
+    }
+  }
+}
+
+using KernelFn = void (*)(SvdqAttentionParams);
+
+template <int KS>
+KernelFn PickKs(int ks) {
+  if constexpr (KS > kD / 16) {
+    return nullptr;
+  } else {
+    return ks == KS ? AttentionWarpKernel<KS> : PickKs<KS + 1>(ks);
+  }
+}
+
+bool VrInRegsFor(int ks) { return ks <= 2; }
+
+}  // namespace
+
+bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
+  const SvdqLayout& l = p.layout;
+  if (l.width != kD || l.group_size != 16 || l.retained <= 0 || l.retained % 16 != 0) return false;
+  const int tiles_per_page = l.page_size / kTok;
+  if (l.page_size % kTok != 0 || tiles_per_page < 1 || (tiles_per_page & (tiles_per_page - 1)) != 0) return false;
+  if (l.page_bytes % 16 != 0 || l.scale_offset % 16 != 0) return false;
+  for (int g = 0; g < kSvdqGroups; ++g)
+    if (l.bits[g] > 0 && l.group_offset[g] % 16 != 0) return false;
+  if (l.zero_offset != l.scale_offset + 2 * l.retained) return false;
+  if (p.value_format != KvFormat::kBf16 || p.num_heads / p.kv_heads > 8) return false;
+  const int ks = l.retained / 16;
+  return PickKs<1>(ks) && PlanWarpSmem(l, VrInRegsFor(ks)).total <= 227 * 1024;
+}
+
+Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
+  const int ks = p.layout.retained / 16;
+  KernelFn kernel = PickKs<1>(ks);
+  const size_t smem = PlanWarpSmem(p.layout, VrInRegsFor(ks)).total;
+  Status st = AllowSmem(reinterpret_cast<const void*>(kernel), smem);
+  if (!st.ok()) return st;
+  kernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
+  return LaunchStatus("SvdqAttention (warp streams)");
+}
+
+}  // namespace svdq::kernels
