@@ -13,7 +13,9 @@
 // JSON rows (model, key_mode, value_mode, streams, step_tok_s, peer_tok_s, ceiling_tok_s, ...).
 //
 // usage: decode_step_bench [--model synthetic:llama-3-8b] [--streams 1,16,64] [--context 1400]
-//        [--steps 32] [--modes bf16_bf16,svdq_bf16] [--json OUT] [--date YYYY-MM-DD]
+//        [--steps 32] [--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT]
+//        [--date YYYY-MM-DD]
+// --svdq-schedules: the schedules SVDq key modes run with (default 8,4,2,1,1,0,0,0).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -117,7 +119,7 @@ double PeerStepSeconds(models::LlamaModel* model, int64_t B, int64_t T, int step
 
 int main(int argc, char** argv) {
   std::string model_path = "synthetic:llama-3-8b", streams_arg = "1,16,64", modes_arg = "bf16_bf16,svdq_bf16";
-  std::string json_out, date;
+  std::string json_out, date, schedules_arg = "8,4,2,1,1,0,0,0";
   int context = 1400, steps = 32;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -128,13 +130,14 @@ int main(int argc, char** argv) {
     if (a == "--model") model_path = next();
     else if (a == "--streams") streams_arg = next();
     else if (a == "--modes") modes_arg = next();
+    else if (a == "--svdq-schedules") schedules_arg = next();
     else if (a == "--context") context = std::stoi(next());
     else if (a == "--steps") steps = std::stoi(next());
     else if (a == "--json") json_out = next();
     else if (a == "--date") date = next();
     else {
       std::cerr << "usage: decode_step_bench [--model M] [--streams 1,16,64] [--context N] [--steps N] "
-                   "[--modes bf16_bf16,svdq_bf16] [--json OUT] [--date D]\n";
+                   "[--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT] [--date D]\n";
       return 2;
     }
   }
@@ -164,14 +167,26 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < streams.size(); ++i)
     peer[i] = static_cast<double>(streams[i]) / PeerStepSeconds(model.get(), streams[i], context, steps);
 
-  for (const std::string& mode : Split(modes_arg, ',')) {
+  for (const std::string& mode : Split(modes_arg, ','))
+  for (const std::string& schedule : Split(schedules_arg, ';')) {
     const auto parts = Split(mode, '_');
     kv::StorageSpec spec;
     if (parts.size() != 2 || !kv::ParseKeyMode(parts[0], &spec.modes.key) || !kv::ParseValueMode(parts[1], &spec.modes.value)) {
       std::cerr << "decode_step_bench: bad mode " << mode << " (keys_values, e.g. svdq_bf16)\n";
       return 2;
     }
-    if (!kernels::ParseSchedule("8,4,2,1,1,0,0,0", &spec.modes.schedule).ok()) return 1;
+    const bool svdq = parts[0] == "svdq";
+    if (!svdq && schedule != Split(schedules_arg, ';').front()) continue;  // one run for the other modes
+    if (!kernels::ParseSchedule(schedule, &spec.modes.schedule).ok()) {
+      std::cerr << "decode_step_bench: bad schedule " << schedule << "\n";
+      return 2;
+    }
+    std::string key_label = parts[0];
+    if (svdq) {
+      char label[32];
+      std::snprintf(label, sizeof(label), "svdq%.2fb", spec.modes.schedule.EquivalentBits());
+      key_label = label;
+    }
     spec.shape = {c.n_layers, c.n_kv_heads, c.head_dim, static_cast<int>(P), 2};
     spec.num_blocks = static_cast<int32_t>(max_b * pages + 1);  // the last: the graphs' scratch block
     spec.lanes = static_cast<int>(max_b + 1);                   // the last: the graphs' scratch lane
@@ -224,9 +239,10 @@ int main(int argc, char** argv) {
       const double step_s = Median(t), tok_s = B / step_s;
       const double ceiling = B / ((weights + B * context * kv_token) / bw);
       std::printf("%-10s %-6s %7lld %12.3f %12.1f %12.1f %8.0f %7.0f%%   eager %.2f ms: kv write %.2f, attention %.2f\n",
-                  parts[0].c_str(), parts[1].c_str(), static_cast<long long>(B), step_s * 1e3, tok_s, peer[si], ceiling,
+                  key_label.c_str(), parts[1].c_str(), static_cast<long long>(B), step_s * 1e3, tok_s, peer[si], ceiling,
                   100.0 * tok_s / peer[si], prof.total_ms, prof.write_ms, prof.attend_ms);
       rows.push_back({{"model", model_path}, {"key_mode", parts[0]}, {"value_mode", parts[1]}, {"streams", B},
+                      {"schedule", svdq ? schedule : ""},
                       {"context", context}, {"step_ms", step_s * 1e3}, {"step_tok_s", tok_s}, {"peer_tok_s", peer[si]},
                       {"ceiling_tok_s", ceiling}, {"copy_tbps", bw / 1e12}, {"device", prop->name}, {"date", date},
                       {"graphs", graphs->sizes()}, {"eager_step_ms", prof.total_ms},
