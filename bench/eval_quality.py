@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Long-context retrieval per KV cache mode, in the style of RULER, through the running server's
+gRPC API (what users get): synthetic tasks generated here with fixed seeds, answered greedily,
+scored by exact match.
+
+Tasks (our own wording and generator; RULER's task kinds):
+  passkey     one number hidden in filler text; answer it;
+  multikey    four "special magic number for <word>" needles with different words; answer the
+              number of one of them;
+  multivalue  four numbers for the same word; answer all four;
+  vartrack    a chain of four variable assignments (VAR A = 12345, VAR B = VAR A, ...) among
+              filler; name every variable that holds the value.
+Filler: sentences of Debian's license texts (/usr/share/common-licenses), shuffled by the seed.
+Each case is sized with the server's Tokenize to the target length (the whole chat prompt),
+its needles placed at depths spread over the context. A case scores the fraction of expected
+strings found in the answer (all of them for multivalue and vartrack); accuracy is the mean.
+
+  .venv/bin/python bench/eval_quality.py --model .models/Qwen2.5-Coder-0.5B-Instruct.gguf \\
+        [--device cpu] [--lengths 1024,2048] [--cases 10] [--tasks passkey,multikey,...]
+        [--modes "bf16_bf16;svdq_bf16@8,4,2,1,1,0,0,0"] [--kv-cache-bytes 1G]
+        [--json bench/results/eval_quality_cpu.json]
+
+A mode is keys_values, with @schedule for SVDq keys. One server per mode; the same cases for
+every mode. The model's context bounds the lengths (Qwen2.5-Coder: 32k)."""
+import argparse
+import datetime
+import json
+import platform
+import random
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+TASKS = ["passkey", "multikey", "multivalue", "vartrack"]
+FILLER_TEXTS = ["Apache-2.0", "GPL-3", "MPL-2.0", "LGPL-3", "Artistic", "GFDL-1.3"]
+WORDS = ["amber", "basalt", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
+         "kestrel", "lagoon", "meadow", "nectar", "onyx", "pepper", "quartz", "raven", "saffron", "tundra",
+         "umber", "violet", "willow", "xenon", "yarrow", "zephyr"]
+DEFAULT_MODES = "bf16_bf16;svdq_bf16@8,4,2,1,1,0,0,0;svdq_bf16@8,2,0,0,0,0,0,0"
+
+
+def filler_sentences(license_dir="/usr/share/common-licenses"):
+    """Sentences of the license texts: whitespace collapsed, split after . ! ?, 20-400 chars."""
+    out = []
+    for name in FILLER_TEXTS:
+        path = Path(license_dir) / name
+        if not path.exists():
+            continue
+        text = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+        out += [s for s in re.split(r"(?<=[.!?])\s+", text) if 20 <= len(s) <= 400]
+    if len(out) < 100:
+        raise SystemExit(f"too little filler text under {license_dir}")
+    return out
+
+
+def number(rng, digits=7):
+    return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
+
+
+def var_name(rng):
+    return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+
+
+def make_case(task, seed):
+    """Needles, question and expected answers of one case (no filler yet)."""
+    rng = random.Random(f"{task}-{seed}")
+    if task == "passkey":
+        n = number(rng, 5)
+        needles = [f"The pass key is {n}. Remember it. {n} is the pass key."]
+        question = "What is the pass key? Answer with the number only."
+        expect = [n]
+    elif task == "multikey":
+        words = rng.sample(WORDS, 4)
+        values = [number(rng) for _ in words]
+        needles = [f"One of the special magic numbers for {w} is: {v}." for w, v in zip(words, values)]
+        k = rng.randrange(len(words))
+        question = f"What is the special magic number for {words[k]} mentioned in the text? Answer with the number only."
+        expect = [values[k]]
+    elif task == "multivalue":
+        word = rng.choice(WORDS)
+        values = [number(rng) for _ in range(4)]
+        needles = [f"One of the special magic numbers for {word} is: {v}." for v in values]
+        question = (f"What are all the special magic numbers for {word} mentioned in the text? "
+                    "Answer with the numbers only, separated by commas.")
+        expect = values
+    elif task == "vartrack":
+        names = []
+        while len(names) < 4:
+            v = var_name(rng)
+            if v not in names:
+                names.append(v)
+        value = number(rng, 5)
+        needles = [f"VAR {names[0]} = {value}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, 4)]
+        question = (f"Find all variables that are assigned the value {value} in the text above, directly or "
+                    "through other variables. Answer with the variable names only, separated by commas.")
+        expect = names
+    else:
+        raise ValueError(task)
+    return dict(task=task, seed=seed, needles=needles, question=question, expect=expect)
+
+
+def assemble(case, sentences, n_filler):
+    """The user message: n_filler shuffled filler sentences with the needles at spread depths."""
+    rng = random.Random(f"filler-{case['task']}-{case['seed']}")
+    body = [sentences[rng.randrange(len(sentences))] for _ in range(n_filler)]
+    k = len(case["needles"])
+    # Depths: the needles in order (a variable chain reads forwards), spread over 10%-90%.
+    depths = sorted(rng.uniform(0.1, 0.9) for _ in range(k))
+    for i, (d, needle) in enumerate(zip(depths, case["needles"])):
+        body.insert(min(len(body), int(d * len(body)) + i), needle)
+    context = " ".join(body)
+    return (f"Below is a long text. Some facts are hidden in it; read it and answer the question after it.\n\n"
+            f"{context}\n\n{case['question']}")
+
+
+def score(case, answer):
+    """Fraction of the expected strings found in the answer (RULER's string-match-all)."""
+    found = sum(1 for e in case["expect"] if re.search(r"(?<![0-9A-Za-z])" + re.escape(e) + r"(?![0-9A-Za-z])", answer))
+    return found / len(case["expect"])
+
+
+def build_prompt(tokenize, case, sentences, target_tokens):
+    """The case's user message sized to target_tokens (chat template included), by bisection on
+    the filler count with the server's tokenizer. Returns (message, tokens)."""
+    lo, hi = 0, max(8, target_tokens // 8)
+    while tokenize(assemble(case, sentences, hi)) < target_tokens:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if tokenize(assemble(case, sentences, mid)) <= target_tokens:
+            lo = mid
+        else:
+            hi = mid
+    msg = assemble(case, sentences, lo)
+    return msg, tokenize(msg)
+
+
+def parse_mode(mode):
+    keys_values, _, schedule = mode.partition("@")
+    key, _, value = keys_values.partition("_")
+    if not key or not value:
+        raise SystemExit(f"bad mode {mode!r}: keys_values[@schedule]")
+    flags = ["--key-mode", key, "--value-mode", value]
+    if schedule:
+        flags += ["--svdq-schedule", schedule]
+    return flags
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--lengths", default="1024,2048")
+    ap.add_argument("--cases", type=int, default=10, help="cases per task and length")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--modes", default=DEFAULT_MODES,
+                    help="modes separated by ';' (schedules contain commas)")
+    ap.add_argument("--kv-cache-bytes", default="1G")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--server-flags", default="", help="more flags for every server, space separated")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "eval_quality_cpu.json"))
+    a = ap.parse_args()
+    import conftest
+    from conftest import Server
+    from grpc_tools import protoc
+    out = Path(tempfile.mkdtemp())
+    protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
+                 str(ROOT / "proto" / "svdq" / "v1" / "generation.proto")])
+    sys.path.insert(0, str(out))
+    import grpc
+    from svdq.v1 import generation_pb2 as pb, generation_pb2_grpc as pb_grpc
+
+    lengths = [int(x) for x in a.lengths.split(",")]
+    tasks = a.tasks.split(",")
+    for t in tasks:
+        if t not in TASKS:
+            raise SystemExit(f"unknown task {t}; tasks: {', '.join(TASKS)}")
+    sentences = filler_sentences()
+    cases = [(t, L, make_case(t, 1000 * L + i)) for t in tasks for L in lengths for i in range(a.cases)]
+
+    def chat(msg):
+        return pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=msg)])
+
+    rows, prompts = [], None
+    for mode in a.modes.split(";"):
+        s = Server(Path(a.model), a.device, extra=[*parse_mode(mode), "--kv-cache-bytes", a.kv_cache_bytes,
+                                                   "--max-running", "4", *a.server_flags.split()])
+        try:
+            s.wait_ready(timeout=900)
+            with grpc.insecure_channel(s.addr, options=[("grpc.max_receive_message_length", 64 << 20),
+                                                        ("grpc.max_send_message_length", 64 << 20)]) as ch:
+                stub = pb_grpc.GenerationStub(ch)
+                info = stub.GetServerInfo(pb.GetServerInfoRequest())
+                if prompts is None:  # the same prompts for every mode, sized once
+                    def tokenize(msg):
+                        return len(stub.Tokenize(pb.TokenizeRequest(chat=chat(msg)), timeout=120).ids)
+                    prompts = [build_prompt(tokenize, c, sentences, L) for _, L, c in cases]
+                results = {}
+                for (task, L, case), (msg, ntok) in zip(cases, prompts):
+                    text = ""
+                    for r in stub.Generate(pb.GenerateRequest(chat=chat(msg), max_tokens=a.max_tokens), timeout=3600):
+                        if r.HasField("chunk"):
+                            text += r.chunk.text
+                    results.setdefault((task, L), []).append((score(case, text), ntok, text))
+        finally:
+            s.stop()
+        for (task, L), res in sorted(results.items()):
+            row = dict(mode=mode, key_mode=info.key_mode, value_mode=info.value_mode,
+                       key_compression=info.key_compression_ratio, task=task, length=L, cases=len(res),
+                       accuracy=sum(r[0] for r in res) / len(res), mean_prompt_tokens=sum(r[1] for r in res) / len(res),
+                       answers=[r[2] for r in res[:3]])
+            rows.append(row)
+            print({k: v for k, v in row.items() if k != "answers"}, file=sys.stderr, flush=True)
+    meta = dict(date=datetime.date.today().isoformat(), host=platform.node(), device=a.device, model=Path(a.model).name,
+                lengths=lengths, cases_per_task_and_length=a.cases, tasks=tasks, max_tokens=a.max_tokens,
+                command=" ".join(sys.argv))
+    Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"{Path(a.model).name}, {a.cases} cases per task and length, device {a.device}\n")
+    print("| mode | key compression | task | " + " | ".join(f"{L} tokens" for L in lengths) + " |")
+    print("|---|---:|---|" + "---:|" * len(lengths))
+    for mode in a.modes.split(";"):
+        for task in tasks:
+            rs = {r["length"]: r for r in rows if r["mode"] == mode and r["task"] == task}
+            if not rs:
+                continue
+            first = next(iter(rs.values()))
+            cells = " | ".join(f"{100 * rs[L]['accuracy']:.0f}%" if L in rs else "-" for L in lengths)
+            print(f"| {mode} | {first['key_compression']:.2f}x | {task} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()

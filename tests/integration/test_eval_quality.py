@@ -1,0 +1,69 @@
+"""bench/eval_quality.py's case generator, sizing and scoring (no server: a stand-in tokenizer)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import eval_quality as eq  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    return eq.filler_sentences()
+
+
+def test_cases_are_fixed_by_their_seed():
+    for task in eq.TASKS:
+        assert eq.make_case(task, 7) == eq.make_case(task, 7)
+        assert eq.make_case(task, 7)["expect"] != eq.make_case(task, 8)["expect"]
+
+
+def test_needles_sit_in_the_context_in_order(sentences):
+    for task in eq.TASKS:
+        case = eq.make_case(task, 3)
+        msg = eq.assemble(case, sentences, 200)
+        at = [msg.index(n) for n in case["needles"]]
+        assert at == sorted(at), task  # a variable chain reads forwards
+        assert msg.endswith(case["question"])
+        # Spread over the context, not bunched at an end.
+        assert at[0] > 0.05 * len(msg) and at[-1] < 0.95 * len(msg)
+
+
+def test_vartrack_chain_links_every_name():
+    case = eq.make_case("vartrack", 11)
+    names = case["expect"]
+    assert len(set(names)) == 4
+    assert case["needles"][0].startswith(f"VAR {names[0]} = ")
+    for i in range(1, 4):
+        assert case["needles"][i] == f"VAR {names[i]} = VAR {names[i - 1]}."
+
+
+def test_score_counts_whole_strings_only():
+    case = eq.make_case("multivalue", 5)
+    e = case["expect"]
+    assert eq.score(case, ", ".join(e)) == 1.0
+    assert eq.score(case, f"{e[0]} and {e[2]}") == 0.5
+    assert eq.score(case, "I do not know.") == 0.0
+    assert eq.score(case, e[0] + "9") == 0.0  # inside a longer number: not an answer
+    key = eq.make_case("passkey", 5)
+    assert eq.score(key, f"The pass key is {key['expect'][0]}.") == 1.0
+
+
+def test_prompts_are_sized_to_the_target(sentences):
+    def tokenize(msg):  # stand-in: four characters a token
+        return len(msg) // 4
+    for target in (300, 1000, 4000):
+        case = eq.make_case("multikey", target)
+        msg, n = eq.build_prompt(tokenize, case, sentences, target)
+        assert n <= target
+        assert n > target - 110  # within one filler sentence (at most 400 characters)
+        assert all(needle in msg for needle in case["needles"])
+
+
+def test_modes_parse_to_server_flags():
+    assert eq.parse_mode("bf16_int4") == ["--key-mode", "bf16", "--value-mode", "int4"]
+    assert eq.parse_mode("svdq_bf16@8,2,0,0,0,0,0,0") == ["--key-mode", "svdq", "--value-mode", "bf16",
+                                                         "--svdq-schedule", "8,2,0,0,0,0,0,0"]
+    with pytest.raises(SystemExit):
+        eq.parse_mode("svdq")
