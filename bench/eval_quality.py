@@ -29,7 +29,6 @@ import platform
 import random
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,13 +165,8 @@ def main():
     a = ap.parse_args()
     import conftest
     from conftest import Server
-    from grpc_tools import protoc
-    out = Path(tempfile.mkdtemp())
-    protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-                 str(ROOT / "proto" / "svdq" / "v1" / "generation.proto")])
-    sys.path.insert(0, str(out))
     import grpc
-    from svdq.v1 import generation_pb2 as pb, generation_pb2_grpc as pb_grpc
+    pb, pb_grpc = conftest.generate_stubs()
 
     lengths = [int(x) for x in a.lengths.split(",")]
     tasks = a.tasks.split(",")

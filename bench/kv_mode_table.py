@@ -43,14 +43,8 @@ def main():
     a = ap.parse_args()
     import conftest
     from conftest import Server
-    from grpc_tools import protoc
-    import tempfile
-    out = Path(tempfile.mkdtemp())
-    protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-                 str(ROOT / "proto" / "svdq" / "v1" / "generation.proto")])
-    sys.path.insert(0, str(out))
     import grpc
-    from svdq.v1 import generation_pb2 as pb, generation_pb2_grpc as pb_grpc
+    pb, pb_grpc = conftest.generate_stubs()
     rows = []
     for key, value, extra in MODES:
         s = Server(conftest.MODEL, a.device, extra=["--key-mode", key, "--value-mode", value, "--kv-cache-bytes", "1G",

@@ -21,7 +21,6 @@ import json
 import platform
 import random
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -67,13 +66,8 @@ def main():
     import conftest
     from conftest import Server
     from test_engine_scheduling import scrape
-    from grpc_tools import protoc
-    out = Path(tempfile.mkdtemp())
-    protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-                 str(ROOT / "proto" / "svdq" / "v1" / "generation.proto")])
-    sys.path.insert(0, str(out))
     import grpc
-    from svdq.v1 import generation_pb2 as pb, generation_pb2_grpc as pb_grpc
+    pb, pb_grpc = conftest.generate_stubs()
 
     model = Path(a.model) if a.model else conftest.MODEL
     server = Server(model, a.device, extra=a.server_args.split())

@@ -78,17 +78,22 @@ def hf_greedy(model, ids, n):
     return out[0, len(ids):].tolist()
 
 
-@pytest.fixture(scope="session")
-def stubs():
-    """Python modules generated from proto/svdq/v1/generation.proto."""
+def generate_stubs():
+    """Python modules generated from proto/svdq/v1/generation.proto (tests and bench/ scripts)."""
     from grpc_tools import protoc
     out = Path(tempfile.mkdtemp(prefix="svdq_stubs_"))
     rc = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
                       str(ROOT / "proto" / "svdq" / "v1" / "generation.proto")])
-    assert rc == 0, "protoc failed on generation.proto"
+    if rc != 0:
+        raise RuntimeError("protoc failed on generation.proto")
     sys.path.insert(0, str(out))
     from svdq.v1 import generation_pb2, generation_pb2_grpc
     return generation_pb2, generation_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def stubs():
+    return generate_stubs()
 
 
 def free_port():
