@@ -6,7 +6,8 @@
 # 32 x 32k (logs named after the patch; skipped past PATCH_DEADLINE_S). Logs and JSON to $OUT.
 set -o pipefail
 export PYTHONUNBUFFERED=1
-BUILD_TARGETS="svdq_attention_bench decode_step_bench svdq_gpu_tests" source tools/gpu/build.sh || exit 1
+export BUILD_TARGETS="svdq_attention_bench decode_step_bench svdq_gpu_tests"
+source tools/gpu/build.sh || exit 1
 echo "built at ${SECONDS}s"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee $OUT/gpu_state.txt
 timeout 120 build-gpu/tests/gpu/svdq_gpu_tests --gtest_filter='SvdqKernels.AttentionWarp*' 2>&1 | tail -3 | tee $OUT/svdq_warp_tests.txt
