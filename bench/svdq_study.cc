@@ -6,9 +6,10 @@
 //   key error     ||K - K^||_F / ||K||_F                      (pre-RoPE)
 //   score error   ||S - S^||_F / ||S||_F over causal entries   (S = RoPE(Q) RoPE(K)^T / sqrt(d))
 //   output error  ||A - A^||_F / ||A||_F                       (A = softmax(S) V)
-// for SVDq with a per-sequence basis (computed from the evaluated text's own keys, the
-// paper's prefill setting), with a calibrated basis (from a different text), with the
-// layer scope, and for direct per-channel quantization. Scores and outputs use a sample
+// (means over layers and KV heads, and per layer in the JSON and a table) for SVDq with a
+// per-sequence basis (computed from the evaluated text's own keys, the paper's prefill
+// setting), with a calibrated basis (from a different text), with the layer scope, and for
+// direct per-channel quantization. Scores and outputs use a sample
 // of query positions (every 8th and the last 64) against all keys.
 //
 // usage: svdq_study MODEL.gguf [--text FILE] [--calib FILE | --basis FILE.svdq-basis] [--tokens N]
@@ -181,6 +182,9 @@ int Run(int argc, char** argv) {
   at::Tensor causal = at::arange(tokens, at::kLong).unsqueeze(0) <= qidx.unsqueeze(1);  // [Q, T]
 
   std::map<std::string, std::array<double, 3>> sums;
+  // The same errors per layer (summed over its KV heads), and each layer's spectrum.
+  std::map<std::string, std::vector<std::array<double, 3>>> layer_sums;
+  std::vector<double> layer_e16(cfg.n_layers, 0.0);
   std::vector<double> energy8(1, 0), energy16(1, 0), energy32(1, 0);
   double e8 = 0, e16 = 0, e32 = 0;
   std::vector<double> sv_decay(D, 0.0);
@@ -221,6 +225,7 @@ int Run(int argc, char** argv) {
       }
       e8 += c8 / total;
       e16 += c16 / total;
+      layer_e16[layer] += c16 / total / NKV;
       e32 += c32 / total;
       // Direct-sorted: channels ordered by variance, as a permutation basis.
       at::Tensor var = k.var(0);
@@ -258,10 +263,13 @@ int Run(int argc, char** argv) {
           case Method::kBf16: recon = k.to(at::kBFloat16).to(at::kFloat); break;
         }
         at::Tensor s_hat = scores(Rope(recon.unsqueeze(1), cos, sin).squeeze(1));
-        auto& acc = sums[m.name];
-        acc[0] += RelErr(k, recon);
-        acc[1] += RelErr(s_ref, s_hat);
-        acc[2] += RelErr(o_ref, output(s_hat));
+        const std::array<double, 3> err = {RelErr(k, recon), RelErr(s_ref, s_hat), RelErr(o_ref, output(s_hat))};
+        auto& per_layer = layer_sums[m.name];
+        per_layer.resize(cfg.n_layers, {0.0, 0.0, 0.0});
+        for (int e = 0; e < 3; ++e) {
+          sums[m.name][e] += err[e];
+          per_layer[layer][e] += err[e] / NKV;
+        }
       }
       ++n_heads;
     }
@@ -281,6 +289,13 @@ int Run(int argc, char** argv) {
   std::vector<double> decay;
   for (int j = 0; j < D; ++j) decay.push_back(sv_decay[j] / n_heads);
   out["singular_value_decay_mean"] = decay;
+  // Per layer: energy in the first 16 latent channels and each codec's key / score / output error
+  // (means over the layer's KV heads).
+  for (int layer = 0; layer < cfg.n_layers; ++layer) {
+    json row = {{"layer", layer}, {"energy_first_16", layer_e16[layer]}};
+    for (const auto& [name, v] : layer_sums) row["errors"][name] = {v[layer][0], v[layer][1], v[layer][2]};
+    out["per_layer"].push_back(row);
+  }
   printf("\nsingular values (mean over %d layer-heads): energy in the first 8/16/32 of %d latent channels = %.3f / %.3f / %.3f\n",
          n_heads, D, e8 / n_heads, e16 / n_heads, e32 / n_heads);
   printf("sigma_j / sigma_0 at j = 1, 4, 8, 16, 32, 63: %.3f %.3f %.3f %.3f %.3f %.4f\n\n", decay[1], decay[4], decay[8],
@@ -312,6 +327,16 @@ int Run(int argc, char** argv) {
   };
   printf("\nkey error ratio SVDq / direct at the same equivalent bits (the paper claims <= 0.1):\n");
   for (auto& [k, v] : out["answers"].items()) printf("  %-50s %.3f\n", k.c_str(), v.get<double>());
+  printf("\nper layer, key error (mean over KV heads) and energy in the first 16 latent channels:\n");
+  const char* shown[] = {"svdq-prefill 2.0b", "direct 2b", "svdq-prefill 1.25b (8,2)", "direct-sorted 1.25b"};
+  printf("%5s %7s", "layer", "e16");
+  for (const char* n : shown) printf(" %26s", n);
+  printf("\n");
+  for (int layer = 0; layer < cfg.n_layers; ++layer) {
+    printf("%5d %7.3f", layer, layer_e16[layer]);
+    for (const char* n : shown) printf(" %26.4f", layer_sums[n][layer][0]);
+    printf("\n");
+  }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   out["seconds"] = secs;
   printf("\n(%.1f s)\n", secs);
