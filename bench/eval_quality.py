@@ -17,12 +17,13 @@ strings found in the answer (all of them for multivalue and vartrack); accuracy 
 
   .venv/bin/python bench/eval_quality.py --model .models/Qwen2.5-Coder-0.5B-Instruct.gguf \\
         [--device cpu] [--lengths 1024,2048] [--cases 10] [--tasks passkey,multikey,...]
-        [--modes "bf16_bf16;svdq_bf16@8,4,2,1,1,0,0,0"] [--kv-cache-bytes 1G]
+        [--modes "bf16_bf16;svdq_bf16@8,4,2,1,1,0,0,0"] [--kv-cache-bytes 1G] [--concurrency 4]
         [--json bench/results/eval_quality_cpu.json]
 
 A mode is keys_values, with @schedule for SVDq keys. One server per mode; the same cases for
 every mode. The model's context bounds the lengths (Qwen2.5-Coder: 32k)."""
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import datetime
 import json
 import platform
@@ -160,6 +161,7 @@ def main():
                     help="modes separated by ';' (schedules contain commas)")
     ap.add_argument("--kv-cache-bytes", default="1G")
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (the server's --max-running)")
     ap.add_argument("--server-flags", default="", help="more flags for every server, space separated")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "eval_quality_cpu.json"))
     a = ap.parse_args()
@@ -182,7 +184,7 @@ def main():
     rows, prompts = [], None
     for mode in a.modes.split(";"):
         s = Server(Path(a.model), a.device, extra=[*parse_mode(mode), "--kv-cache-bytes", a.kv_cache_bytes,
-                                                   "--max-running", "4", *a.server_flags.split()])
+                                                   "--max-running", str(a.concurrency), *a.server_flags.split()])
         try:
             s.wait_ready(timeout=900)
             with grpc.insecure_channel(s.addr, options=[("grpc.max_receive_message_length", 64 << 20),
@@ -193,12 +195,16 @@ def main():
                     def tokenize(msg):
                         return len(stub.Tokenize(pb.TokenizeRequest(chat=chat(msg)), timeout=120).ids)
                     prompts = [build_prompt(tokenize, c, sentences, L) for _, L, c in cases]
-                results = {}
-                for (task, L, case), (msg, ntok) in zip(cases, prompts):
+                def answer(msg):
                     text = ""
                     for r in stub.Generate(pb.GenerateRequest(chat=chat(msg), max_tokens=a.max_tokens), timeout=3600):
                         if r.HasField("chunk"):
                             text += r.chunk.text
+                    return text
+                with ThreadPoolExecutor(max_workers=a.concurrency) as pool:
+                    answers = list(pool.map(answer, [msg for msg, _ in prompts]))
+                results = {}
+                for (task, L, case), (msg, ntok), text in zip(cases, prompts, answers):
                     results.setdefault((task, L), []).append((score(case, text), ntok, text))
         finally:
             s.stop()
