@@ -248,14 +248,18 @@ struct HttpFront::Impl {
     if (rq.stream) return Stream(job, res);
     // Whole response: wait for every choice (they run side by side in the engine). A client
     // that goes away meanwhile (a timeout, then an SDK's retry) cancels them within a step.
+    // The connection is checked every 100 ms whether or not tokens arrive: a sequence that
+    // yields a token every few milliseconds must not keep the check from running.
     const int fd = ConnectionFd(hreq);
+    constexpr auto kCheckEvery = std::chrono::milliseconds(100);
+    auto next_check = std::chrono::steady_clock::now() + kCheckEvery;
     engine::Event ev;
     for (size_t i = 0; i < n; ++i) {
       while (!job->done[i]) {
-        if (job->tickets[i]->stream().Pop(&ev, std::chrono::milliseconds(100))) {
-          job->Accumulate(i, ev, job->Part(i, ev));
-        } else if (fd >= 0 && PeerClosed(fd)) {
-          job->CancelAll();
+        if (job->tickets[i]->stream().Pop(&ev, kCheckEvery)) job->Accumulate(i, ev, job->Part(i, ev));
+        if (fd >= 0 && std::chrono::steady_clock::now() >= next_check) {
+          next_check = std::chrono::steady_clock::now() + kCheckEvery;
+          if (PeerClosed(fd)) job->CancelAll();
         }
       }
     }
