@@ -2,6 +2,7 @@
 Hugging Face reference model, and a running svdq-server with Python gRPC stubs."""
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -96,7 +97,31 @@ def stubs():
     return generate_stubs()
 
 
+_handed_out = set()
+
+
 def free_port():
+    """A free port below the kernel's ephemeral range. A port-0 bind hands out an ephemeral port,
+    which an outgoing connection (a test's own client) can take before the server binds it; that
+    made servers fail to start ("cannot listen") now and then. Ports below the range are only
+    taken by listeners."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    if low > 12000:
+        for _ in range(200):
+            port = rng.randrange(10000, low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
