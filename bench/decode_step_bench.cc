@@ -6,15 +6,17 @@
 //             (LlamaModel::DecodeStatic) over a contiguous bf16 cache of the same length, SDPA
 //             with GQA, captured in one CUDA graph and replayed back to back (no host work);
 //   ceiling:  B / ((weight bytes + the bf16 KV bytes of B sequences) / copy bandwidth).
-// Steady-state decode only: each sequence is prefilled to --context tokens first (eagerly),
-// then --steps steps are timed (median of per-step times), each with a sync on the chosen
+// Each sequence is first prefilled to --context tokens the way the engine plans prompt chunks
+// (steps of --prefill-step tokens, eager); that prefill is timed too, beside a prefill peer (the
+// same model over a contiguous cache, one prompt of --prefill-step tokens) and a GEMM ceiling.
+// Then --steps steps are timed (median of per-step times), each with a sync on the chosen
 // tokens as the server does. Then one step eagerly with CUDA events around every layer's KV
 // write and attention (GPU time of those parts, summed over layers). Prints a table and writes
 // JSON rows (model, key_mode, value_mode, streams, step_tok_s, peer_tok_s, ceiling_tok_s, ...).
 //
 // usage: decode_step_bench [--model synthetic:llama-3-8b] [--streams 1,16,64] [--context 1400]
 //        [--steps 32] [--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT]
-//        [--date YYYY-MM-DD]
+//        [--prefill-step 2048] [--prefill-json OUT] [--date YYYY-MM-DD]
 // --svdq-schedules: the schedules SVDq key modes run with (default 8,4,2,1,1,0,0,0).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -24,6 +26,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -36,7 +39,10 @@
 #include <vector>
 
 #include "kernels/svdq/schedule.h"
+#include "kernels/svdq/svdq_cuda.h"
 #include "models/checkpoint.h"
+#include "models/kv_view.h"
+#include "models/llama.h"
 #include "server/engine/decode_graphs.h"
 #include "server/kv/paged_storage.h"
 
@@ -115,12 +121,45 @@ double PeerStepSeconds(models::LlamaModel* model, int64_t B, int64_t T, int step
   return std::chrono::duration<double>(Clock::now() - a).count() / steps;
 }
 
+// The prefill peer: the same model's forward of one `n`-token prompt over a contiguous cache
+// (models::SequenceKv: no pages, no codec, causal SDPA); tokens/s, best of three.
+double PeerPrefillTokS(models::LlamaModel* model, int64_t n) {
+  std::vector<int32_t> p(n);
+  for (int64_t t = 0; t < n; ++t) p[t] = static_cast<int32_t>((31LL * t + 5) % model->config().vocab_size);
+  double best = 1e30;
+  for (int i = 0; i < 4; ++i) {
+    models::SequenceKv kv;
+    c10::cuda::device_synchronize();
+    auto a = Clock::now();
+    model->Forward(p, &kv);
+    c10::cuda::device_synchronize();
+    if (i > 0) best = std::min(best, std::chrono::duration<double>(Clock::now() - a).count());
+  }
+  return n / best;
+}
+
+// Dense bf16 GEMM throughput (flop/s) at a prefill step's shape: [n, 4096] x [4096, 14336].
+double GemmFlops(int64_t n) {
+  auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  at::Tensor x = at::randn({n, 4096}, o), w = at::randn({14336, 4096}, o);
+  std::vector<double> t;
+  for (int i = 0; i < 12; ++i) {
+    c10::cuda::device_synchronize();
+    auto a = Clock::now();
+    at::Tensor y = at::linear(x, w);
+    c10::cuda::device_synchronize();
+    if (i > 1) t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+  }
+  return 2.0 * n * 4096 * 14336 / Median(t);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_path = "synthetic:llama-3-8b", streams_arg = "1,16,64", modes_arg = "bf16_bf16,svdq_bf16";
   std::string json_out, date, schedules_arg = "8,4,2,1,1,0,0,0";
-  int context = 1400, steps = 32;
+  int context = 1400, steps = 32, prefill_step = 2048;
+  std::string prefill_json;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -133,11 +172,14 @@ int main(int argc, char** argv) {
     else if (a == "--svdq-schedules") schedules_arg = next();
     else if (a == "--context") context = std::stoi(next());
     else if (a == "--steps") steps = std::stoi(next());
+    else if (a == "--prefill-step") prefill_step = std::stoi(next());
+    else if (a == "--prefill-json") prefill_json = next();
     else if (a == "--json") json_out = next();
     else if (a == "--date") date = next();
     else {
       std::cerr << "usage: decode_step_bench [--model M] [--streams 1,16,64] [--context N] [--steps N] "
-                   "[--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT] [--date D]\n";
+                   "[--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT] [--prefill-step N] "
+                   "[--prefill-json OUT] [--date D]\n";
       return 2;
     }
   }
@@ -145,6 +187,7 @@ int main(int argc, char** argv) {
     std::cerr << "decode_step_bench: needs a CUDA device\n";
     return 1;
   }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a pipe as they are printed
   c10::InferenceMode no_grad;
   const at::Device dev(at::kCUDA, 0);
   auto model = models::LoadModel(model_path, dev, at::kBFloat16);
@@ -162,7 +205,54 @@ int main(int argc, char** argv) {
               prop->name, model_path.c_str(), weights / 1e9, context, bw / 1e12);
   std::printf("%-10s %-6s %7s %12s %12s %12s %8s %8s\n", "keys", "values", "streams", "step ms", "tok/s",
               "peer tok/s", "ceiling", "vs peer");
-  json rows = json::array();
+  json rows = json::array(), prefill_rows = json::array();
+  const double peer_prefill = PeerPrefillTokS(model.get(), prefill_step);
+  const double gemm = GemmFlops(prefill_step), gemm_ceiling = gemm / weights;  // 2 flop per weight, 2 bytes each
+  std::printf("prefill: the peer (one %d-token prompt, contiguous cache) %.0f tok/s; GEMM %.0f TFLOP/s, so %.0f tok/s "
+              "if every weight's GEMM ran at that rate\n",
+              prefill_step, peer_prefill, gemm / 1e12, gemm_ceiling);
+  {
+    // What a prefill basis costs per layer today (PagedSeqView::ComputeBasis): one eigh of
+    // kv_heads Gram matrices, fp64, on the device.
+    auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kDouble);
+    at::Tensor g = at::randn({c.n_kv_heads, c.head_dim, c.head_dim}, o);
+    g = at::matmul(g, g.transpose(1, 2));
+    std::vector<double> t;
+    for (int i = 0; i < 6; ++i) {
+      c10::cuda::device_synchronize();
+      auto a = Clock::now();
+      at::Tensor v = std::get<1>(at::linalg_eigh(g));
+      c10::cuda::device_synchronize();
+      if (i > 0) t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+    }
+    std::printf("prefill basis: eigh of %d %dx%d fp64 Gram matrices on the device: %.2f ms (one per layer and sequence)\n",
+                c.n_kv_heads, c.head_dim, c.head_dim, Median(t) * 1e3);
+    // The batched Jacobi kernel that replaces it, for one layer and for every layer at once.
+    for (int64_t batch : {static_cast<int64_t>(c.n_kv_heads), static_cast<int64_t>(c.n_kv_heads) * c.n_layers}) {
+      at::Tensor m = g.to(at::kFloat).repeat({batch / c.n_kv_heads, 1, 1}).contiguous(), vec = at::empty_like(m);
+      kernels::SymEigParams p;
+      p.matrices = m.data_ptr<float>();
+      p.vectors = vec.data_ptr<float>();
+      p.batch = static_cast<int>(batch);
+      p.n = c.head_dim;
+      std::vector<double> tj;
+      for (int i = 0; i < 4; ++i) {
+        c10::cuda::device_synchronize();
+        auto a = Clock::now();
+        const kernels::Status st = kernels::SymEigDescending(p, at::cuda::getCurrentCUDAStream());
+        c10::cuda::device_synchronize();
+        if (!st.ok()) throw std::runtime_error(st.message());
+        if (i > 0) tj.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+      }
+      std::printf("prefill basis: SymEigDescending of %lld %dx%d fp32 matrices: %.2f ms\n", static_cast<long long>(batch),
+                  c.head_dim, c.head_dim, Median(tj) * 1e3);
+    }
+  }
+  auto Prompt = [&](int64_t b) {
+    std::vector<int32_t> p(context);
+    for (int t = 0; t < context; ++t) p[t] = static_cast<int32_t>((1009LL * (t + 1) + 7919LL * b) % c.vocab_size);
+    return p;
+  };
   std::vector<double> peer(streams.size());
   for (size_t i = 0; i < streams.size(); ++i)
     peer[i] = static_cast<double>(streams[i]) / PeerStepSeconds(model.get(), streams[i], context, steps);
@@ -199,20 +289,51 @@ int main(int argc, char** argv) {
     std::vector<std::vector<kv::BlockId>> blocks(max_b);
     for (int64_t b = 0; b < max_b; ++b)
       for (int64_t p = 0; p < pages; ++p) blocks[b].push_back(static_cast<kv::BlockId>(b * pages + p));
-    // Prefill every sequence (eagerly, eight at a time), as the server does before decoding.
-    for (int64_t b0 = 0; b0 < max_b; b0 += 8) {
-      std::vector<std::unique_ptr<kv::PagedSeqView>> views;
+    // Prefill every sequence as the engine plans it: steps of up to --prefill-step tokens,
+    // sequences in order, the last one of a step chunked. Each step is timed to the end of
+    // its GPU work.
+    std::vector<std::unique_ptr<kv::PagedSeqView>> views;
+    for (int64_t b = 0; b < max_b; ++b)
+      views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), blocks[b], 0, static_cast<int>(b)));
+    std::vector<int64_t> done(max_b, 0);
+    double prefill_s = 0;
+    int prefill_steps = 0;
+    for (int64_t first = 0; first < max_b;) {
       std::vector<models::KvView*> kvs;
-      std::vector<std::vector<int32_t>> prompts;
-      for (int64_t b = b0; b < std::min(max_b, b0 + 8); ++b) {
-        views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), blocks[b], 0, static_cast<int>(b)));
-        kvs.push_back(views.back().get());
-        std::vector<int32_t> p(context);
-        for (int t = 0; t < context; ++t) p[t] = static_cast<int32_t>((1009LL * (t + 1) + 7919LL * b) % c.vocab_size);
-        prompts.push_back(std::move(p));
+      std::vector<std::vector<int32_t>> chunks;
+      int64_t budget = prefill_step;
+      for (int64_t b = first; b < max_b && budget > 0; ++b) {
+        const int64_t n = std::min<int64_t>(budget, context - done[b]);
+        const std::vector<int32_t> p = Prompt(b);
+        chunks.emplace_back(p.begin() + done[b], p.begin() + done[b] + n);
+        kvs.push_back(views[b].get());
+        done[b] += n;
+        budget -= n;
       }
-      model->ForwardBatch(prompts, kvs);
+      if (std::getenv("SVDQ_BENCH_TRACE")) {
+        std::fprintf(stderr, "prefill step %d:", prefill_steps);
+        for (size_t i = 0; i < chunks.size(); ++i)
+          std::fprintf(stderr, " [at %lld, %zu tokens]", static_cast<long long>(kvs[i]->length()), chunks[i].size());
+        std::fprintf(stderr, "\n");
+      }
+      c10::cuda::device_synchronize();
+      auto a = Clock::now();
+      model->ForwardBatch(chunks, kvs);
+      c10::cuda::device_synchronize();
+      prefill_s += std::chrono::duration<double>(Clock::now() - a).count();
+      ++prefill_steps;
+      while (first < max_b && done[first] == context) ++first;
     }
+    views.clear();
+    const double prefill_tok_s = max_b * context / prefill_s;
+    std::printf("%-10s %-6s prefill of %lld x %d tokens in %d steps: %.3f s, %.0f tok/s (%.0f%% of the peer's %.0f)\n",
+                key_label.c_str(), parts[1].c_str(), static_cast<long long>(max_b), context, prefill_steps, prefill_s,
+                prefill_tok_s, 100.0 * prefill_tok_s / peer_prefill, peer_prefill);
+    prefill_rows.push_back({{"model", model_path}, {"key_mode", parts[0]}, {"value_mode", parts[1]},
+                            {"schedule", svdq ? schedule : ""}, {"sequences", max_b}, {"context", context},
+                            {"prefill_step_tokens", prefill_step}, {"steps", prefill_steps}, {"seconds", prefill_s},
+                            {"prefill_tok_s", prefill_tok_s}, {"peer_prefill_tok_s", peer_prefill},
+                            {"gemm_ceiling_tok_s", gemm_ceiling}, {"device", prop->name}, {"date", date}});
     std::string why;
     auto graphs = engine::DecodeGraphs::Create(model.get(), storage.get(), static_cast<kv::BlockId>(max_b * pages),
                                                static_cast<int>(max_b), static_cast<int>(max_b), &why);
@@ -250,5 +371,6 @@ int main(int argc, char** argv) {
     }
   }
   if (!json_out.empty()) std::ofstream(json_out) << rows.dump(1) << "\n";
+  if (!prefill_json.empty()) std::ofstream(prefill_json) << prefill_rows.dump(1) << "\n";
   return 0;
 }

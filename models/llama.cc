@@ -346,22 +346,24 @@ at::Tensor LlamaModel::AttendStored(int layer, const at::Tensor& q, int64_t pos0
     if (o.defined()) return o.reshape({1, NH * D}).to(dtype_);
   }
   const int64_t L = pos0 + T;
-  auto [k_all, v_all] = kv->Read(layer, L);                // [NKV, L, D]
-  at::Tensor keys = k_all.repeat_interleave(NH / NKV, 0);  // [NH, L, D]
-  at::Tensor vals = v_all.repeat_interleave(NH / NKV, 0);
-  at::Tensor qh = q.transpose(0, 1);  // [NH, T, D]
+  auto [k_all, v_all] = kv->Read(layer, L);  // [NKV, L, D]
+  // Four-dimensional [1, heads, tokens, D]: ATen's fused kernels (flash, memory-efficient) take
+  // nothing else, and the math fallback materialises [heads, T, L] scores.
+  at::Tensor qh = q.transpose(0, 1).unsqueeze(0);  // [1, NH, T, D]
+  at::Tensor keys = k_all.unsqueeze(0), vals = v_all.unsqueeze(0);
   at::Tensor out;
-  if (T == 1) {
-    out = at::scaled_dot_product_attention(qh, keys, vals);
-  } else if (pos0 == 0) {
-    out = at::scaled_dot_product_attention(qh, keys, vals, {}, 0.0, /*is_causal=*/true);
+  if (T == 1 || pos0 == 0) {
+    // Flash attention reads the KV heads of a group once (enable_gqa); no repeat.
+    out = at::scaled_dot_product_attention(qh, keys, vals, {}, 0.0, /*is_causal=*/T > 1, {}, /*enable_gqa=*/true);
   } else {
-    // Query i sits at position pos0 + i and may see keys 0 .. pos0 + i.
+    // A later prompt chunk: query i sits at position pos0 + i and may see keys 0 .. pos0 + i
+    // (the memory-efficient kernel takes the mask, with the KV heads repeated per group).
     at::Tensor qpos = at::arange(pos0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(1);
     at::Tensor kpos = at::arange(0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(0);
-    out = at::scaled_dot_product_attention(qh, keys, vals, kpos <= qpos);
+    out = at::scaled_dot_product_attention(qh, keys.repeat_interleave(NH / NKV, 1), vals.repeat_interleave(NH / NKV, 1),
+                                           kpos <= qpos);
   }
-  return out.transpose(0, 1).reshape({T, NH * D});
+  return out.squeeze(0).transpose(0, 1).reshape({T, NH * D});
 }
 
 at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, KvView* kv) {

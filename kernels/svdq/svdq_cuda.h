@@ -32,4 +32,10 @@ int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_
 // Floats of workspace SvdqAttention needs for p's shape and split (0 without a split).
 size_t SvdqAttentionWorkspaceFloats(const SvdqAttentionParams& p);
 
+// Eigenvectors of a batch of symmetric n x n matrices (n = 64 or 128), in descending order of
+// eigenvalue: the SVDq prefill basis of every KV head of every layer in one launch
+// (kernels/svdq/sym_eig.cu; one block per matrix, cyclic Jacobi in fp32). Reference:
+// SymEigDescendingRef (svdq_ref.h).
+Status SymEigDescending(const SymEigParams& p, cudaStream_t stream);
+
 }  // namespace svdq::kernels

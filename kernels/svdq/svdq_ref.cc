@@ -146,6 +146,63 @@ Status ComputeBasisRef(const float* keys, int64_t tokens, int width, bool center
   return Status::Ok();
 }
 
+Status SymEigDescendingRef(const SymEigParams& p) {
+  if (p.batch < 0 || p.n < 1 || (p.batch > 0 && (!p.matrices || !p.vectors)))
+    return Status::Invalid("sym eig: missing matrices or output, or n < 1");
+  const int n = p.n;
+  std::vector<double> a(static_cast<size_t>(n) * n), v(a.size());
+  for (int b = 0; b < p.batch; ++b) {
+    const float* in = p.matrices + static_cast<size_t>(b) * n * n;
+    for (int i = 0; i < n * n; ++i) {
+      a[i] = in[i];
+      v[i] = i / n == i % n ? 1.0 : 0.0;
+    }
+    for (int sweep = 0; sweep < std::max(p.max_sweeps, 30); ++sweep) {
+      double off = 0, all = 0;
+      for (int i = 0; i < n * n; ++i) {
+        all += a[i] * a[i];
+        if (i / n != i % n) off += a[i] * a[i];
+      }
+      if (off <= 1e-28 * all) break;
+      for (int pi = 0; pi < n - 1; ++pi)
+        for (int qi = pi + 1; qi < n; ++qi) {
+          const double apq = a[pi * n + qi];
+          if (apq == 0.0) continue;
+          const double tau = (a[qi * n + qi] - a[pi * n + pi]) / (2 * apq);
+          const double t = (tau >= 0 ? 1.0 : -1.0) / (std::fabs(tau) + std::sqrt(1 + tau * tau));
+          const double c = 1 / std::sqrt(1 + t * t), s = t * c;
+          for (int j = 0; j < n; ++j) {  // rows, then columns (and V's columns)
+            const double x = a[pi * n + j], y = a[qi * n + j];
+            a[pi * n + j] = c * x - s * y;
+            a[qi * n + j] = s * x + c * y;
+          }
+          for (int r = 0; r < n; ++r) {
+            const double x = a[r * n + pi], y = a[r * n + qi];
+            a[r * n + pi] = c * x - s * y;
+            a[r * n + qi] = s * x + c * y;
+            const double vx = v[r * n + pi], vy = v[r * n + qi];
+            v[r * n + pi] = c * vx - s * vy;
+            v[r * n + qi] = s * vx + c * vy;
+          }
+        }
+    }
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return a[x * n + x] > a[y * n + y]; });
+    float* out = p.vectors + static_cast<size_t>(b) * n * n;
+    for (int j = 0; j < n; ++j) {
+      const int i = order[j];
+      double big = 0;
+      for (int r = 0; r < n; ++r)
+        if (std::fabs(v[r * n + i]) > std::fabs(big)) big = v[r * n + i];
+      const double sign = big < 0 ? -1.0 : 1.0;
+      for (int r = 0; r < n; ++r) out[static_cast<size_t>(r) * n + j] = static_cast<float>(sign * v[r * n + i]);
+      if (p.values) p.values[static_cast<size_t>(b) * n + j] = static_cast<float>(a[i * n + i]);
+    }
+  }
+  return Status::Ok();
+}
+
 Status SvdqEncodeRef(const SvdqEncodeParams& p) {
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width;

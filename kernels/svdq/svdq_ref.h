@@ -30,6 +30,8 @@ void WriteCode(uint8_t* group, int64_t index, int bits, uint32_t code);
 // Rotate-half RoPE of one vector in place; cos/sin rows hold `width` entries (halves duplicated).
 void ApplyRopeRef(float* x, int width, const float* cos_row, const float* sin_row);
 
+// SymEigDescending on the host: cyclic Jacobi in fp64 (any n), the same ordering and signs.
+Status SymEigDescendingRef(const SymEigParams& p);
 Status SvdqEncodeRef(const SvdqEncodeParams& p);
 Status SvdqDecodeRef(const SvdqDecodeParams& p);
 Status SvdqAttentionRef(const SvdqAttentionParams& p);

@@ -418,7 +418,34 @@ at::Tensor PagedSeqView::BlockIds(int64_t first_page, int64_t pages) const {
 
 int PagedSeqView::BasisSlot() const { return st_->BasisSlot(lane_); }
 
-void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
+namespace {
+
+// Eigenvectors of a batch of Gram matrices [n, W, W], as columns by descending eigenvalue, fp32.
+at::Tensor EigenvectorsDescending(const at::Tensor& gram) {
+  const int64_t n = gram.size(-1);
+#ifdef SVDQ_WITH_CUDA
+  if (gram.is_cuda() && (n == 64 || n == 128)) {
+    // One launch for the batch, no host sync (cuSOLVER's syevd took 1.6 ms a matrix).
+    at::Tensor m = gram.to(at::kFloat).contiguous(), vec = at::empty_like(m);
+    kernels::SymEigParams p;
+    p.matrices = m.data_ptr<float>();
+    p.vectors = vec.data_ptr<float>();
+    p.batch = static_cast<int>(m.size(0));
+    p.n = static_cast<int>(n);
+    Check(kernels::SymEigDescending(p, at::cuda::getCurrentCUDAStream()), "SVDq prefill basis");
+    return vec;
+  }
+#endif
+  // LAPACK / cuSOLVER in fp64, then the kernel's order and signs: descending, each vector's
+  // largest component positive.
+  at::Tensor vec = std::get<1>(at::linalg_eigh(gram.to(at::kDouble))).flip({-1});
+  at::Tensor big = vec.gather(-2, vec.abs().argmax(-2, /*keepdim=*/true));
+  return (vec * at::where(big < 0, -1.0, 1.0)).to(at::kFloat);
+}
+
+}  // namespace
+
+bool PagedSeqView::BeginBasis(int layer, const at::Tensor& k_pre) {
   const auto& sp = st_->spec();
   const int64_t T = k_pre.size(0), U = st_->codec_.units, W = st_->codec_.width;
   at::Tensor mean = st_->mean_[layer][lane_], vectors = st_->vectors_[layer][lane_];
@@ -426,17 +453,42 @@ void PagedSeqView::ComputeBasis(int layer, const at::Tensor& k_pre) {
     // Too few prompt keys to span the head: the calibrated basis stands in.
     mean.copy_(sp.calibrated_mean[layer].reshape_as(mean));
     vectors.copy_(sp.calibrated_vectors[layer].reshape_as(vectors));
-    return;
+    return false;
   }
-  // Eigenvectors of the centred Gram matrix per unit, by descending eigenvalue (fp64).
+  // The centred Gram matrix per unit (fp64, on the device); its eigenvectors come in
+  // FinishBasis, for every layer of the forward at once.
   at::Tensor kf = k_pre.to(at::kDouble).reshape({T, U, W}).transpose(0, 1);  // [U, T, W]
   at::Tensor mu = kf.mean(1, /*keepdim=*/true);
   at::Tensor c = kf - mu;
-  // On the device (cuSOLVER on a GPU): no round trip through the host per layer.
-  at::Tensor gram = at::matmul(c.transpose(1, 2), c);
-  at::Tensor evecs = std::get<1>(at::linalg_eigh(gram)).flip({-1});
   mean.copy_(mu.squeeze(1));
-  vectors.copy_(evecs);
+  if (pending_gram_.empty()) pending_gram_.resize(sp.shape.layers);
+  pending_gram_[layer] = at::matmul(c.transpose(1, 2), c);
+  return true;
+}
+
+void PagedSeqView::FinishBasis() {
+  std::vector<int> layers;
+  std::vector<at::Tensor> grams;
+  for (int l = 0; l < static_cast<int>(pending_gram_.size()); ++l)
+    if (pending_gram_[l].defined()) {
+      layers.push_back(l);
+      grams.push_back(pending_gram_[l]);
+    }
+  if (layers.empty()) return;
+  const int64_t U = st_->codec_.units, W = st_->codec_.width;
+  at::Tensor vec = EigenvectorsDescending(at::cat(grams, 0)).view({static_cast<int64_t>(layers.size()), U, W, W});
+  const int layer_count = st_->spec().shape.layers;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int l = layers[i];
+    st_->vectors_[l][lane_].copy_(vec[static_cast<int64_t>(i)]);
+    st_->lane_basis_set_[static_cast<size_t>(lane_) * layer_count + l] = 1;
+    pending_gram_[l] = at::Tensor();
+  }
+  for (int l : layers)
+    if (l < static_cast<int>(pending_keys_.size()) && pending_keys_[l].defined()) {
+      EncodePages(l, 0, pending_keys_[l]);
+      pending_keys_[l] = at::Tensor();
+    }
 }
 
 std::pair<at::Tensor, at::Tensor> PagedSeqView::PageBases(int layer, int64_t pages) const {
@@ -535,26 +587,35 @@ void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const
     st_->keys_[layer].Write(blk, off, k);
     return;
   }
+  bool deferred = false;
   if (sp.modes.key == KeyMode::kSvdq && sp.modes.basis == BasisSource::kPrefill) {
     char& set = st_->lane_basis_set_[static_cast<size_t>(lane_) * sp.shape.layers + layer];
     if (pos0 == 0) {
-      ComputeBasis(layer, k_pre);
-      set = 1;
+      deferred = BeginBasis(layer, k_pre);
+      if (!deferred) set = 1;
     } else if (!set) {
       throw std::logic_error("SVDq prefill basis: the sequence's first forward did not start at position 0");
     }
   }
   // Pages completed by this write are encoded (with the tail's earlier rows); the rest of
-  // the new keys wait in the lane's tail page, pre-RoPE.
+  // the new keys wait in the lane's tail page, pre-RoPE. A first chunk's pages wait for its
+  // basis (FinishBasis, once the last layer is written): attention in this forward reads its
+  // keys as written.
   at::Tensor tail = st_->tail_[layer][lane_];  // [P, KV, D]
   const int64_t page0 = pos0 / P, start = page0 * P, full_end = to / P * P;
   if (full_end > start) {
     at::Tensor keys = k_pre.narrow(0, 0, full_end - pos0);
     if (pos0 > start) keys = at::cat({tail.narrow(0, 0, pos0 - start), keys.to(tail.scalar_type())}, 0);
-    EncodePages(layer, page0, keys);
+    if (deferred) {
+      if (pending_keys_.empty()) pending_keys_.resize(sp.shape.layers);
+      pending_keys_[layer] = keys.clone(at::MemoryFormat::Contiguous);  // not a view of the step's q|k|v
+    } else {
+      EncodePages(layer, page0, keys);
+    }
   }
   const int64_t rest = std::max(pos0, full_end);
   if (to > rest) tail.narrow(0, rest % P, to - rest).copy_(k_pre.narrow(0, rest - pos0, to - rest));
+  if (layer == sp.shape.layers - 1) FinishBasis();
 }
 
 at::Tensor PagedSeqView::StoredKeys(int layer, int64_t n) {

@@ -158,7 +158,12 @@ class PagedSeqView : public models::KvView {
   at::Tensor BlockIds(int64_t first_page, int64_t pages) const;  // int64 on the device
   int BasisSlot() const;
   std::pair<at::Tensor, at::Tensor> PageBases(int layer, int64_t pages) const;  // mean, vectors per page
-  void ComputeBasis(int layer, const at::Tensor& k_pre);
+  // The SVDq prefill basis of a sequence's first forward: BeginBasis sets the layer's mean and
+  // keeps its Gram matrix (false: too few keys, the calibrated basis was copied instead);
+  // FinishBasis, after the last layer's Write, solves every kept layer in one batch and encodes
+  // the pages that waited for it.
+  bool BeginBasis(int layer, const at::Tensor& k_pre);
+  void FinishBasis();
   void EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre);  // [pages * P, kv, D]
   void EncodeChunk(int layer, int64_t first_page, const at::Tensor& keys_pre);
   int64_t BasisChunkPages() const;  // pages per codec call, bounding the per-page basis copies
@@ -173,6 +178,9 @@ class PagedSeqView : public models::KvView {
   int64_t fresh_pos0_ = -1;
   at::Tensor fresh_k_, fresh_v_;
   int fresh_layer_ = -1;
+  // Per layer, while a first forward's basis is pending: its Gram matrices [units, W, W] fp64
+  // and its full pages' pre-RoPE keys, to encode once the basis is known.
+  std::vector<at::Tensor> pending_gram_, pending_keys_;
   // Index tensors are the same for every layer of a forward: built once per view.
   mutable std::map<std::pair<int64_t, int64_t>, std::pair<at::Tensor, at::Tensor>> where_cache_;
   mutable std::map<std::pair<int64_t, int64_t>, at::Tensor> block_cache_;

@@ -312,6 +312,52 @@ TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
                std::logic_error);
 }
 
+// A first forward's SVDq bases are solved together, once its last layer is written (one
+// batched eigensolve instead of one per layer): before that no layer has its basis, the pages
+// wait, and the forward's own attention reads its keys as written; after it every layer has
+// its basis and the waiting pages read back within the codec's error.
+void RunPrefillBasisBatch(at::Device device) {
+  const Tables rope = Rope(device);
+  StorageSpec spec;
+  ASSERT_TRUE(ParseKeyMode("svdq", &spec.modes.key));
+  ASSERT_TRUE(ParseValueMode("bf16", &spec.modes.value));
+  ASSERT_TRUE(svdq::kernels::ParseSchedule("8,8,8,8,8,8,8,8", &spec.modes.schedule).ok());
+  spec.shape = {kLayers, kKv, kDim, kPage, 4};
+  spec.num_blocks = 8;
+  spec.lanes = 2;
+  spec.device = device;
+  spec.rope_cos = rope.cos;
+  spec.rope_sin = rope.sin;
+  spec.rope_inv_freq = rope.inv_freq;
+  PagedKvStorage storage(spec);
+  at::Tensor k_pre = Keys(5).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
+  at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
+  const std::vector<BlockId> blocks = {4, 1, 6};
+  {
+    PagedSeqView first(&storage, blocks, 0, /*lane=*/1);
+    first.Reserve(kPrompt);
+    for (int l = 0; l < kLayers; ++l) {
+      const double f = 1.0 + l;
+      first.Write(l, 0, k_pre.narrow(0, 0, kPrompt) * f, k.narrow(0, 0, kPrompt) * f, v.narrow(0, 0, kPrompt));
+      for (int m = 0; m < kLayers; ++m) EXPECT_EQ(storage.LaneHasBasis(1, m), l == kLayers - 1) << l << " " << m;
+      auto [rk, rv] = first.Read(l, kPrompt);  // this forward's own keys: exact
+      EXPECT_LT(RelErr(rk.transpose(0, 1), k.narrow(0, 0, kPrompt) * f), 1e-6) << l;
+    }
+    first.SetLength(kPrompt);
+  }
+  PagedSeqView later(&storage, blocks, kPrompt, /*lane=*/1);
+  later.Reserve(kPrompt + 1);
+  for (int l = 0; l < kLayers; ++l) {
+    const double f = 1.0 + l;
+    later.Write(l, kPrompt, k_pre.narrow(0, kPrompt, 1) * f, k.narrow(0, kPrompt, 1) * f, v.narrow(0, kPrompt, 1));
+    auto [rk, rv] = later.Read(l, kPrompt);  // two encoded pages and the tail
+    EXPECT_LT(RelErr(rk.transpose(0, 1), k.narrow(0, 0, kPrompt) * f), 0.02) << l;
+    EXPECT_GT(RelErr(rk.transpose(0, 1), k.narrow(0, 0, kPrompt) * f), 0.0) << l << ": pages were not encoded";
+  }
+}
+
+TEST(KvStorageCpu, PrefillBasisIsSolvedOnceEveryLayerIsWritten) { RunPrefillBasisBatch(at::Device(at::kCPU)); }
+
 #ifdef SVDQ_WITH_CUDA
 // The decode step's one-launch KV write (kernels/attention/kv_write.h) against the ATen chains
 // it replaces (TokenStore::Write, the tail's index_put), byte for byte: every format, head dims
@@ -394,6 +440,11 @@ TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
   }
 }
 #endif
+
+TEST(KvStorageCuda, PrefillBasisIsSolvedOnceEveryLayerIsWritten) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  RunPrefillBasisBatch(at::Device(at::kCUDA, 0));
+}
 
 TEST(KvStorageCuda, NonFiniteKeysFlagTheirLane) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
