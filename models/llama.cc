@@ -315,30 +315,6 @@ at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& w) const {
   return (w * (xf * at::rsqrt(var + cfg_.rms_eps)).to(dtype_).to(at::kFloat)).to(dtype_);
 }
 
-at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, int64_t pos0) const {
-  return ApplyRotaryHalf(x, rope_cos_, rope_sin_, pos0, dtype_);
-}
-
-at::Tensor LlamaModel::Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, KvView* kv) {
-  const int64_t T = h.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
-  at::Tensor q_pre = at::linear(h, w.wq, w.bq).view({T, NH, D});
-  at::Tensor k_pre = at::linear(h, w.wk, w.bk).view({T, NKV, D});
-  at::Tensor v = at::linear(h, w.wv, w.bv).view({T, NKV, D});
-  if (capture_) {
-    capture_->q_pre_rope.push_back(q_pre.to(at::kCPU, at::kFloat));
-    capture_->k_pre_rope.push_back(k_pre.to(at::kCPU, at::kFloat));
-    capture_->v.push_back(v.to(at::kCPU, at::kFloat));
-  }
-  at::Tensor out = AttendOne(layer, ApplyRope(q_pre, pos0), k_pre, ApplyRope(k_pre, pos0), v, pos0, kv);
-  return at::linear(out, w.wo);
-}
-
-at::Tensor LlamaModel::AttendOne(int layer, const at::Tensor& q, const at::Tensor& k_pre, const at::Tensor& k,
-                                 const at::Tensor& v, int64_t pos0, KvView* kv) {
-  kv->Write(layer, pos0, k_pre, k, v);
-  return AttendStored(layer, q, pos0, kv);
-}
-
 at::Tensor LlamaModel::AttendStored(int layer, const at::Tensor& q, int64_t pos0, KvView* kv) {
   const int64_t T = q.size(0), D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
   if (T == 1) {
@@ -366,37 +342,18 @@ at::Tensor LlamaModel::AttendStored(int layer, const at::Tensor& q, int64_t pos0
   return out.squeeze(0).transpose(0, 1).reshape({T, NH * D});
 }
 
-at::Tensor LlamaModel::Hidden(const std::vector<int32_t>& tokens, KvView* kv) {
-  const int64_t T = static_cast<int64_t>(tokens.size());
-  const int64_t pos0 = kv->length();
-  if (T == 0) throw std::invalid_argument("forward called with no tokens");
-  if (pos0 + T > cfg_.max_context)
-    throw std::out_of_range("sequence of " + std::to_string(pos0 + T) + " tokens exceeds the model context of " +
-                            std::to_string(cfg_.max_context));
-  for (int32_t id : tokens)
-    if (id < 0 || id >= cfg_.vocab_size) throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary");
-  kv->Reserve(pos0 + T);
-  at::Tensor ids = IndexToDevice(std::vector<int64_t>(tokens.begin(), tokens.end()), device_);
-  at::Tensor x = tok_embd_.index_select(0, ids);
-  for (int l = 0; l < cfg_.n_layers; ++l) {
-    const LayerWeights& w = layers_[l];
-    x = x + Attention(w, RmsNorm(x, w.attn_norm), l, pos0, kv);
-    at::Tensor h = RmsNorm(x, w.ffn_norm);
-    x = x + at::linear(at::silu(at::linear(h, w.w_gate)) * at::linear(h, w.w_up), w.w_down);
-  }
-  kv->SetLength(pos0 + T);
-  return RmsNorm(x, output_norm_);
-}
-
 at::Tensor LlamaModel::Forward(const std::vector<int32_t>& tokens, KvView* kv) {
-  at::Tensor h = Hidden(tokens, kv);
-  return at::linear(h.narrow(0, h.size(0) - 1, 1), output_).to(at::kFloat).squeeze(0);
+  return ForwardBatch({tokens}, {kv})[0];
 }
 
 at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tokens, const std::vector<KvView*>& kvs) {
+  return at::linear(Rows(tokens, kvs, /*all_rows=*/false), output_).to(at::kFloat);
+}
+
+at::Tensor LlamaModel::Rows(const std::vector<std::vector<int32_t>>& tokens, const std::vector<KvView*>& kvs,
+                            bool all_rows) {
   const size_t B = tokens.size();
-  if (B == 0 || kvs.size() != B) throw std::invalid_argument("ForwardBatch needs one KV view per sequence");
-  if (B == 1) return Forward(tokens[0], kvs[0]).unsqueeze(0);
+  if (B == 0 || kvs.size() != B) throw std::invalid_argument("a forward needs one KV view per sequence");
   const int64_t D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
   std::vector<int32_t> all;
   std::vector<int64_t> pos0(B), len(B), positions, last(B);
@@ -441,6 +398,11 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
     at::Tensor qkv = at::linear(h, w.wqkv, w.bqkv);
     at::Tensor k_pre = qkv.narrow(-1, NH * D, NKV * D).view({N, NKV, D});
     at::Tensor v = qkv.narrow(-1, (NH + NKV) * D, NKV * D).view({N, NKV, D});
+    if (capture_) {
+      capture_->q_pre_rope.push_back(qkv.narrow(-1, 0, NH * D).view({N, NH, D}).to(at::kCPU, at::kFloat));
+      capture_->k_pre_rope.push_back(k_pre.to(at::kCPU, at::kFloat));
+      capture_->v.push_back(v.to(at::kCPU, at::kFloat));
+    }
     auto [q, k] = RopeQk(qkv, pos, cos, sin);
     std::vector<at::Tensor> outs(B);
     const bool decodes_written =
@@ -462,10 +424,10 @@ at::Tensor LlamaModel::ForwardBatch(const std::vector<std::vector<int32_t>>& tok
     pending = Mlp(w, h2);
   }
   for (size_t i = 0; i < B; ++i) kvs[i]->SetLength(pos0[i] + len[i]);
+  if (all_rows) return AddNorm(x, pending, output_norm_);
   at::Tensor rows = on_device(last);
   at::Tensor xl = x.index_select(0, rows);
-  at::Tensor h = AddNorm(xl, pending.index_select(0, rows), output_norm_);
-  return at::linear(h, output_).to(at::kFloat);
+  return AddNorm(xl, pending.index_select(0, rows), output_norm_);
 }
 
 at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos, const StaticDecodeKv& kv) {
@@ -491,7 +453,7 @@ at::Tensor LlamaModel::DecodeStatic(const at::Tensor& ids, const at::Tensor& pos
 
 at::Tensor LlamaModel::ForwardLogprobs(const std::vector<int32_t>& tokens, KvView* kv, at::Tensor* last_logits,
                                        int64_t top, at::Tensor* top_ids, at::Tensor* top_logprobs) {
-  at::Tensor h = Hidden(tokens, kv);  // [T, hidden]
+  at::Tensor h = Rows({tokens}, {kv}, /*all_rows=*/true);  // [T, hidden]
   const int64_t T = h.size(0);
   *last_logits = at::linear(h.narrow(0, T - 1, 1), output_).to(at::kFloat)[0];
   if (top > 0) {

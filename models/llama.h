@@ -91,12 +91,11 @@ class LlamaModel {
 
  private:
   LlamaModel() = default;
-  at::Tensor Hidden(const std::vector<int32_t>& tokens, KvView* kv);
-  at::Tensor Attention(const LayerWeights& w, const at::Tensor& h, int layer, int64_t pos0, KvView* kv);
-  // Attention of one sequence's rows: q, k (post-RoPE), k_pre, v [T, heads, D]; returns [T, heads * D].
-  at::Tensor AttendOne(int layer, const at::Tensor& q, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
-                       int64_t pos0, KvView* kv);
-  // The attention part of AttendOne, after kv->Write of the rows.
+  // The forward of ForwardBatch up to the output norm: the final hidden states of every row
+  // ([N, hidden], all_rows) or of each sequence's last row ([B, hidden]).
+  at::Tensor Rows(const std::vector<std::vector<int32_t>>& tokens, const std::vector<KvView*>& kvs, bool all_rows);
+  // Attention of one sequence's rows q [T, heads, D] (post-RoPE), after kv->Write of them;
+  // returns [T, heads * D].
   at::Tensor AttendStored(int layer, const at::Tensor& q, int64_t pos0, KvView* kv);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
   // The hot path's pieces, fused into one kernel each on CUDA in bf16 (kernels/model), the ATen
@@ -109,7 +108,6 @@ class LlamaModel {
   at::Tensor Mlp(const LayerWeights& w, const at::Tensor& h) const;
   bool Fused(const at::Tensor& x) const;  // whether the fused kernels take x
   void FuseProjections();  // builds wqkv, bqkv, w_gate_up; the separate weights become views
-  at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x: [T, heads, head_dim]
   void InitRope();  // the tables from cfg_ (theta, llama3 scaling)
   // Fills every weight of cfg_'s shape from `get(name, shape)` (Hugging Face tensor names).
   // `fresh`: get returns tensors nothing else holds (no copy is needed on the device).
