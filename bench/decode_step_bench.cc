@@ -102,6 +102,9 @@ double PeerStepSeconds(models::LlamaModel* model, int64_t B, int64_t T, int step
         .squeeze(2)
         .to(at::kFloat);
   };
+  // The caches and inputs above are made on the current stream; the side stream below must
+  // not read them before they exist (it read uninitialised ids once, out of range).
+  c10::cuda::device_synchronize();
   at::cuda::CUDAStream side = at::cuda::getStreamFromPool();
   at::cuda::CUDAGraph graph;
   {

@@ -42,15 +42,17 @@ struct SvdqLayout {
 
 // Eigenvectors of `batch` symmetric n x n matrices (row-major, fp32), by descending eigenvalue:
 // vectors[b][r][j] is component r of matrix b's j-th eigenvector, signed so that its largest
-// component is positive; values[b][j] (optional) its eigenvalue. Jacobi sweeps stop once the
-// off-diagonal Frobenius norm is below `tolerance` times the whole, or after max_sweeps.
+// component is positive; values[b][j] (optional) its eigenvalue. A Jacobi rotation is skipped
+// where the off-diagonal entry is below `tolerance` times the matrix's Frobenius norm (or below
+// fp32's resolution of its diagonal pair); sweeps stop after one without a rotation, or after
+// max_sweeps.
 struct SymEigParams {
   const float* matrices = nullptr;  // [batch, n, n]
   float* vectors = nullptr;         // [batch, n, n]
   float* values = nullptr;          // [batch, n] or null
   int batch = 0, n = 0;
-  int max_sweeps = 16;
-  float tolerance = 1e-6f;
+  int max_sweeps = 20;
+  float tolerance = 1e-8f;
 };
 
 // Encodes full pages. Pointers are device pointers for the CUDA launcher, host pointers

@@ -562,7 +562,7 @@ TEST(SvdqKernels, SymEigMatchesReference) {
         for (int k = 0; k <= j; ++k) {
           double dot = 0;
           for (int i = 0; i < n; ++i) dot += static_cast<double>(V[i * n + j]) * V[i * n + k];
-          ASSERT_NEAR(dot, j == k ? 1.0 : 0.0, 2e-5) << what << " columns " << j << ", " << k;
+          ASSERT_NEAR(dot, j == k ? 1.0 : 0.0, 5e-5) << what << " columns " << j << ", " << k;
         }
         for (int i = 0; i < n; ++i) {
           double av = 0;
