@@ -52,7 +52,7 @@ struct SymEigParams {
   float* values = nullptr;          // [batch, n] or null
   int batch = 0, n = 0;
   int max_sweeps = 20;
-  float tolerance = 1e-8f;
+  float tolerance = 1e-6f;
 };
 
 // Encodes full pages. Pointers are device pointers for the CUDA launcher, host pointers

@@ -59,21 +59,28 @@ __global__ void __launch_bounds__(kEigThreads) SymEigKernel(const float* __restr
     if (threadIdx.x == 0) rotated = 0;
     __syncthreads();
     for (int round = 0; round < N - 1; ++round) {
+      float t = 0.f, dp = 0.f, dq = 0.f;  // this thread's pair: tangent and new diagonal
+      int p = 0, q = 0;
       if (threadIdx.x < H) {
         const int k = threadIdx.x;
         // Circle method: N - 1 rotates around the fixed player N - 1.
-        const int p = k == 0 ? round : (round + k) % (N - 1);
-        const int q = k == 0 ? N - 1 : (round - k + N - 1) % (N - 1);
+        p = k == 0 ? round : (round + k) % (N - 1);
+        q = k == 0 ? N - 1 : (round - k + N - 1) % (N - 1);
         const float app = a[p * S + p], aqq = a[q * S + q], apq = a[p * S + q];
         float c = 1.f, s = 0.f;
+        t = 0.f;
         if (fabsf(apq) > floor && fabsf(apq) > 1e-7f * sqrtf(fabsf(app * aqq))) {
           // The rotation that zeroes a_pq (Golub and Van Loan, sym.schur2), the smaller angle.
           const float tau = (aqq - app) / (2.f * apq);
-          const float t = (tau >= 0.f ? 1.f : -1.f) / (fabsf(tau) + sqrtf(1.f + tau * tau));
+          t = (tau >= 0.f ? 1.f : -1.f) / (fabsf(tau) + sqrtf(1.f + tau * tau));
           c = rsqrtf(1.f + t * t);
           s = t * c;
           rotated = 1;
         }
+        // What the rotation makes of the pair's 2 x 2 block, exactly (Rutishauser's form: the
+        // diagonal moves by t a_pq), written over the row and column passes' rounding below.
+        dp = app - t * apq;
+        dq = aqq + t * apq;
         pq[2 * k] = p;
         pq[2 * k + 1] = q;
         cs[2 * k] = c;
@@ -99,6 +106,13 @@ __global__ void __launch_bounds__(kEigThreads) SymEigKernel(const float* __restr
         const float vp = v[r * S + p], vq = v[r * S + q];
         v[r * S + p] = c * vp - s * vq;
         v[r * S + q] = s * vp + c * vq;
+      }
+      __syncthreads();
+      if (threadIdx.x < H && t != 0.f) {
+        a[p * S + p] = dp;
+        a[q * S + q] = dq;
+        a[p * S + q] = 0.f;
+        a[q * S + p] = 0.f;
       }
       __syncthreads();
     }
