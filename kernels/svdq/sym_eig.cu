@@ -116,7 +116,9 @@ __global__ void __launch_bounds__(kEigThreads) SymEigKernel(const float* __restr
       }
       __syncthreads();
     }
-    if (!rotated) break;
+    const bool again = rotated != 0;
+    __syncthreads();  // every thread has read the flag before thread 0 clears it for the next sweep
+    if (!again) break;
   }
   // Column i of V goes to column rank(i) of the output, by descending eigenvalue (ties by
   // index), signed so that its largest component is positive.
