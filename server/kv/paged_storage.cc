@@ -215,56 +215,48 @@ void PagedKvStorage::PlanKernels() {
 
 int PagedKvStorage::BasisSlot(int lane) const { return mean_.empty() || mean_[0].size(0) == 1 ? 0 : lane; }
 
-bool PagedKvStorage::WriteRows(int layer, const at::Tensor& block, const at::Tensor& offset, const at::Tensor& k,
-                               const at::Tensor& v, const at::Tensor& k_pre, const at::Tensor& lanes) {
-#ifdef SVDQ_WITH_CUDA
-  const bool coded = spec_.modes.page_coded_keys();
-  if (!fused_write_ || !v.is_cuda() || k.scalar_type() != at::kBFloat16 || v.scalar_type() != at::kBFloat16 ||
-      (k_pre.defined() && k_pre.scalar_type() != at::kBFloat16))
-    return false;
-  // One launch: values, per-token keys or (k_pre given) the pre-RoPE keys into the lanes' tails.
-  at::Tensor kc = RowStride(k) ? k : k.contiguous(), vc = RowStride(v) ? v : v.contiguous();
-  kernels::KvWriteParams p;
-  p.rows = static_cast<int>(v.size(0));
-  p.kv_heads = static_cast<int>(spec_.shape.kv_heads);
-  p.head_dim = static_cast<int>(spec_.shape.head_dim);
-  p.page_size = static_cast<int>(spec_.shape.block_size);
-  p.v = static_cast<const uint16_t*>(vc.data_ptr());
-  p.v_stride = RowStride(vc);
-  p.block = block.data_ptr<int64_t>();
-  p.offset = offset.data_ptr<int64_t>();
-  const TokenStore& vs = values_[layer];
-  p.value_format = FormatOf(vs.kind());
-  p.value_pages = vs.data().data_ptr();
-  p.value_scales = const_cast<uint16_t*>(ScalesOf(vs));
-  if (!coded) {
-    const TokenStore& ks = keys_[layer];
-    p.k = static_cast<const uint16_t*>(kc.data_ptr());
-    p.k_stride = RowStride(kc);
-    p.key_format = FormatOf(ks.kind());
-    p.key_pages = ks.data().data_ptr();
-    p.key_scales = const_cast<uint16_t*>(ScalesOf(ks));
-  }
-  at::Tensor pc;
-  if (coded && k_pre.defined()) {
-    pc = RowStride(k_pre) ? k_pre : k_pre.contiguous();
-    p.k_pre = static_cast<const uint16_t*>(pc.data_ptr());
-    p.k_pre_stride = RowStride(pc);
-    p.lanes = lanes.data_ptr<int64_t>();
-    p.tail = static_cast<uint16_t*>(tail_[layer].data_ptr());
-  }
-  Check(kernels::KvWrite(p, at::cuda::getCurrentCUDAStream()), "KV write");
-  return true;
-#else
-  return false;
-#endif
-}
-
 void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
                                  const DecodeWrites& w) {
   const bool coded = spec_.modes.page_coded_keys();
   at::Tensor tail = coded ? tail_[layer] : at::Tensor();
-  if (!WriteRows(layer, w.block, w.offset, k, v, k_pre, w.lanes)) {
+  bool written = false;
+#ifdef SVDQ_WITH_CUDA
+  if (fused_write_ && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 &&
+      k_pre.scalar_type() == at::kBFloat16) {
+    // One launch: values, per-token keys or the pre-RoPE key into the lane's tail.
+    at::Tensor kc = RowStride(k) ? k : k.contiguous(), vc = RowStride(v) ? v : v.contiguous();
+    at::Tensor pc = RowStride(k_pre) ? k_pre : k_pre.contiguous();
+    kernels::KvWriteParams p;
+    p.rows = static_cast<int>(v.size(0));
+    p.kv_heads = static_cast<int>(spec_.shape.kv_heads);
+    p.head_dim = static_cast<int>(spec_.shape.head_dim);
+    p.page_size = static_cast<int>(spec_.shape.block_size);
+    p.v = static_cast<const uint16_t*>(vc.data_ptr());
+    p.v_stride = RowStride(vc);
+    p.block = w.block.data_ptr<int64_t>();
+    p.offset = w.offset.data_ptr<int64_t>();
+    const TokenStore& vs = values_[layer];
+    p.value_format = FormatOf(vs.kind());
+    p.value_pages = vs.data().data_ptr();
+    p.value_scales = const_cast<uint16_t*>(ScalesOf(vs));
+    if (!coded) {
+      const TokenStore& ks = keys_[layer];
+      p.k = static_cast<const uint16_t*>(kc.data_ptr());
+      p.k_stride = RowStride(kc);
+      p.key_format = FormatOf(ks.kind());
+      p.key_pages = ks.data().data_ptr();
+      p.key_scales = const_cast<uint16_t*>(ScalesOf(ks));
+    } else {
+      p.k_pre = static_cast<const uint16_t*>(pc.data_ptr());
+      p.k_pre_stride = RowStride(pc);
+      p.lanes = w.lanes.data_ptr<int64_t>();
+      p.tail = static_cast<uint16_t*>(tail.data_ptr());
+    }
+    Check(kernels::KvWrite(p, at::cuda::getCurrentCUDAStream()), "KV write");
+    written = true;
+  }
+#endif
+  if (!written) {
     values_[layer].Write(w.block, w.offset, v);
     if (!coded) keys_[layer].Write(w.block, w.offset, k);
     else tail.index_put_({w.lanes, w.offset}, k_pre.to(tail.scalar_type()));
@@ -590,12 +582,11 @@ void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const
   fresh_k_ = k;
   fresh_v_ = v;
   auto [blk, off] = Where(pos0, to);
-  // Values and per-token keys: one launch on CUDA (the decode step's kernel, a row per token).
-  if (!st_->WriteRows(layer, blk, off, k, v, at::Tensor(), at::Tensor())) {
-    st_->values_[layer].Write(blk, off, v);
-    if (!sp.modes.page_coded_keys()) st_->keys_[layer].Write(blk, off, k);
+  st_->values_[layer].Write(blk, off, v);
+  if (!sp.modes.page_coded_keys()) {
+    st_->keys_[layer].Write(blk, off, k);
+    return;
   }
-  if (!sp.modes.page_coded_keys()) return;
   bool deferred = false;
   if (sp.modes.key == KeyMode::kSvdq && sp.modes.basis == BasisSource::kPrefill) {
     char& set = st_->lane_basis_set_[static_cast<size_t>(lane_) * sp.shape.layers + layer];

@@ -115,12 +115,6 @@ class PagedKvStorage {
   bool DecodeKernelsFit() const { return kernels_fit_; }
   bool StaticDecodeCapable() const { return kernels_fit_; }
   void WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v, const DecodeWrites& w);
-  // Stores rows of values (and per-token keys; with k_pre, page-coded keys' pre-RoPE rows into
-  // the lanes' tails) at (block, offset) in one kernel::KvWrite launch, int64 indices on the
-  // device: the decode step's write and a prompt chunk's alike. False (nothing written) where
-  // that kernel does not apply (CPU, not bf16, other head dims): the caller runs the ATen chain.
-  bool WriteRows(int layer, const at::Tensor& block, const at::Tensor& offset, const at::Tensor& k, const at::Tensor& v,
-                 const at::Tensor& k_pre, const at::Tensor& lanes);
   at::Tensor AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t);
   int BasisSlot(int lane) const;  // the basis row a lane's pages use (0 where the basis is shared)
 
