@@ -7,6 +7,8 @@ one), it prints sweeps, eigenvalue error, orthonormality and residual.
 
   .venv/bin/python tools/sym_eig_model.py
 """
+import numpy as np
+
 def jacobi(A, tol=1e-6, max_sweeps=20):
     N=A.shape[0]; H=N//2
     a=A.astype(np.float32).copy(); v=np.eye(N,dtype=np.float32)
