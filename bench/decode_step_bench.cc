@@ -26,7 +26,6 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -312,12 +311,6 @@ int main(int argc, char** argv) {
         kvs.push_back(views[b].get());
         done[b] += n;
         budget -= n;
-      }
-      if (std::getenv("SVDQ_BENCH_TRACE")) {
-        std::fprintf(stderr, "prefill step %d:", prefill_steps);
-        for (size_t i = 0; i < chunks.size(); ++i)
-          std::fprintf(stderr, " [at %lld, %zu tokens]", static_cast<long long>(kvs[i]->length()), chunks[i].size());
-        std::fprintf(stderr, "\n");
       }
       c10::cuda::device_synchronize();
       auto a = Clock::now();

@@ -461,7 +461,10 @@ bool PagedSeqView::BeginBasis(int layer, const at::Tensor& k_pre) {
   at::Tensor mu = kf.mean(1, /*keepdim=*/true);
   at::Tensor c = kf - mu;
   mean.copy_(mu.squeeze(1));
-  if (pending_gram_.empty()) pending_gram_.resize(sp.shape.layers);
+  if (pending_gram_.empty()) {
+    pending_gram_.resize(sp.shape.layers);
+    pending_keys_.resize(sp.shape.layers);
+  }
   pending_gram_[layer] = at::matmul(c.transpose(1, 2), c);
   return true;
 }
@@ -485,7 +488,7 @@ void PagedSeqView::FinishBasis() {
     pending_gram_[l] = at::Tensor();
   }
   for (int l : layers)
-    if (l < static_cast<int>(pending_keys_.size()) && pending_keys_[l].defined()) {
+    if (pending_keys_[l].defined()) {
       EncodePages(l, 0, pending_keys_[l]);
       pending_keys_[l] = at::Tensor();
     }
@@ -607,7 +610,6 @@ void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const
     at::Tensor keys = k_pre.narrow(0, 0, full_end - pos0);
     if (pos0 > start) keys = at::cat({tail.narrow(0, 0, pos0 - start), keys.to(tail.scalar_type())}, 0);
     if (deferred) {
-      if (pending_keys_.empty()) pending_keys_.resize(sp.shape.layers);
       pending_keys_[layer] = keys.clone(at::MemoryFormat::Contiguous);  // not a view of the step's q|k|v
     } else {
       EncodePages(layer, page0, keys);

@@ -280,21 +280,28 @@ void RunNonFiniteKeys(at::Device device, at::ScalarType dtype) {
 
 TEST(KvStorageCpu, NonFiniteKeysFlagTheirLane) { RunNonFiniteKeys(at::Device(at::kCPU), at::kFloat); }
 
+// A storage with SVDq keys on the prefill basis (bf16 values), 8 blocks, 2 lanes.
+StorageSpec SvdqPrefillSpec(const Tables& rope, at::Device device, const char* schedule) {
+  StorageSpec spec;
+  EXPECT_TRUE(ParseKeyMode("svdq", &spec.modes.key));
+  EXPECT_TRUE(ParseValueMode("bf16", &spec.modes.value));
+  EXPECT_TRUE(svdq::kernels::ParseSchedule(schedule, &spec.modes.schedule).ok());
+  spec.shape = {kLayers, kKv, kDim, kPage, 4};
+  spec.num_blocks = 8;
+  spec.lanes = 2;
+  spec.device = device;
+  spec.rope_cos = rope.cos;
+  spec.rope_sin = rope.sin;
+  spec.rope_inv_freq = rope.inv_freq;
+  return spec;
+}
+
 // A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
 // the lane cannot start past position 0 on them (before, the flag stayed set and such a
 // sequence would have been encoded with the previous one's basis, silently).
 TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
   const Tables rope = Rope(at::Device(at::kCPU));
-  StorageSpec spec;
-  ASSERT_TRUE(ParseKeyMode("svdq", &spec.modes.key));
-  ASSERT_TRUE(ParseValueMode("bf16", &spec.modes.value));
-  ASSERT_TRUE(svdq::kernels::ParseSchedule("8,4,2,1,1,0,0,0", &spec.modes.schedule).ok());
-  spec.shape = {kLayers, kKv, kDim, kPage, 4};
-  spec.num_blocks = 8;
-  spec.lanes = 2;
-  spec.rope_cos = rope.cos;
-  spec.rope_sin = rope.sin;
-  PagedKvStorage storage(spec);
+  PagedKvStorage storage(SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,4,2,1,1,0,0,0"));
   at::Tensor k_pre = Keys(3), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
   at::Tensor v = at::randn({kTotal, kKv, kDim});
   const std::vector<BlockId> blocks_a = {0, 1, 2}, blocks_b = {3, 4, 5};  // views keep a reference
@@ -318,18 +325,7 @@ TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
 // its basis and the waiting pages read back within the codec's error.
 void RunPrefillBasisBatch(at::Device device) {
   const Tables rope = Rope(device);
-  StorageSpec spec;
-  ASSERT_TRUE(ParseKeyMode("svdq", &spec.modes.key));
-  ASSERT_TRUE(ParseValueMode("bf16", &spec.modes.value));
-  ASSERT_TRUE(svdq::kernels::ParseSchedule("8,8,8,8,8,8,8,8", &spec.modes.schedule).ok());
-  spec.shape = {kLayers, kKv, kDim, kPage, 4};
-  spec.num_blocks = 8;
-  spec.lanes = 2;
-  spec.device = device;
-  spec.rope_cos = rope.cos;
-  spec.rope_sin = rope.sin;
-  spec.rope_inv_freq = rope.inv_freq;
-  PagedKvStorage storage(spec);
+  PagedKvStorage storage(SvdqPrefillSpec(rope, device, "8,8,8,8,8,8,8,8"));
   at::Tensor k_pre = Keys(5).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
   at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
   const std::vector<BlockId> blocks = {4, 1, 6};

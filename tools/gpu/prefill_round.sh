@@ -15,9 +15,4 @@ done
 env ${STEP_ENV:-} timeout 400 build-gpu/bench/decode_step_bench --json $OUT/decode_step_h200.json --prefill-json $OUT/prefill_h200.json \
   --date "$(date +%F)" ${STEP_ARGS:---modes bf16_bf16,svdq_bf16 --svdq-schedules "8,4,2,1,1,0,0,0;8,2,0,0,0,0,0,0"} \
   2>&1 | grep -v "Assertion" | head -150 | tee $OUT/decode_step_bench.txt
-if grep -q "terminate called\|what()" $OUT/decode_step_bench.txt; then
-  echo "== the benchmark failed: again with launch blocking and a trace of the prefill steps"
-  SVDQ_BENCH_TRACE=1 CUDA_LAUNCH_BLOCKING=1 timeout 200 build-gpu/bench/decode_step_bench --streams 1 --steps 2 \
-    --modes bf16_bf16 2>&1 | grep -v "Assertion" | tail -40 | tee $OUT/decode_step_bench_trace.txt
-fi
 echo "bench done at ${SECONDS}s"
