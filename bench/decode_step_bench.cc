@@ -16,7 +16,10 @@
 //
 // usage: decode_step_bench [--model synthetic:llama-3-8b] [--streams 1,16,64] [--context 1400]
 //        [--steps 32] [--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT]
-//        [--prefill-step 2048] [--prefill-json OUT] [--date YYYY-MM-DD]
+//        [--prefill-step 2048] [--prefill-json OUT] [--date YYYY-MM-DD] [--profile-prefill]
+// --profile-prefill: the PyTorch (Kineto) profiler over prefill steps 2-4 of each mode, then
+//   the GPU kernels by total time and the host-side ATen ops by total time (that profiled
+//   pass is timed apart, so the prefill figure above stays unprofiled).
 // --svdq-schedules: the schedules SVDq key modes run with (default 8,4,2,1,1,0,0,0).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -24,6 +27,7 @@
 #include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <chrono>
@@ -31,6 +35,8 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <set>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -155,6 +161,50 @@ double GemmFlops(int64_t n) {
   return 2.0 * n * 4096 * 14336 / Median(t);
 }
 
+
+// Kernel and host-op totals of whatever runs between Start and Report (the Kineto profiler
+// that torch.profiler drives; nsys is not on the GPU host).
+struct KernelProfile {
+  void Start() {
+    namespace prof = torch::autograd::profiler;
+    using torch::profiler::impl::ActivityType;
+    const torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::KINETO);
+    const std::set<ActivityType> acts{ActivityType::CPU, ActivityType::CUDA};
+    prof::prepareProfiler(cfg, acts);
+    prof::enableProfiler(cfg, acts);
+  }
+  void Report(const std::string& label, double wall_s, int top = 18) {
+    auto result = torch::autograd::profiler::disableProfiler();
+    std::map<std::string, std::pair<double, int>> gpu, cpu;
+    double gpu_total = 0;
+    for (const auto& e : result->events()) {
+      const double ms = e.durationNs() / 1e6;
+      std::string name = e.name().substr(0, 90);
+      if (e.deviceType() == c10::DeviceType::CUDA) {
+        auto& g = gpu[name];
+        g.first += ms;
+        g.second += 1;
+        gpu_total += ms;
+      } else if (name.rfind("aten::", 0) == 0) {
+        auto& c = cpu[name];
+        c.first += ms;
+        c.second += 1;
+      }
+    }
+    auto print = [&](const char* what, const std::map<std::string, std::pair<double, int>>& m) {
+      std::vector<std::pair<double, std::string>> v;
+      for (const auto& [n, t] : m) v.push_back({t.first, n + " (x" + std::to_string(t.second) + ")"});
+      std::sort(v.rbegin(), v.rend());
+      std::printf("  %s:\n", what);
+      for (int i = 0; i < top && i < static_cast<int>(v.size()); ++i)
+        std::printf("    %9.2f ms  %s\n", v[i].first, v[i].second.c_str());
+    };
+    std::printf("profile %s: %.1f ms wall, %.1f ms of GPU kernels and copies\n", label.c_str(), wall_s * 1e3, gpu_total);
+    print("GPU", gpu);
+    print("host ATen ops (inclusive, nested ops counted in each)", cpu);
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -162,6 +212,7 @@ int main(int argc, char** argv) {
   std::string json_out, date, schedules_arg = "8,4,2,1,1,0,0,0";
   int context = 1400, steps = 32, prefill_step = 2048;
   std::string prefill_json;
+  bool profile_prefill = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -176,12 +227,13 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::stoi(next());
     else if (a == "--prefill-step") prefill_step = std::stoi(next());
     else if (a == "--prefill-json") prefill_json = next();
+    else if (a == "--profile-prefill") profile_prefill = true;
     else if (a == "--json") json_out = next();
     else if (a == "--date") date = next();
     else {
       std::cerr << "usage: decode_step_bench [--model M] [--streams 1,16,64] [--context N] [--steps N] "
                    "[--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT] [--prefill-step N] "
-                   "[--prefill-json OUT] [--date D]\n";
+                   "[--prefill-json OUT] [--date D] [--profile-prefill]\n";
       return 2;
     }
   }
@@ -298,8 +350,10 @@ int main(int argc, char** argv) {
     for (int64_t b = 0; b < max_b; ++b)
       views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), blocks[b], 0, static_cast<int>(b)));
     std::vector<int64_t> done(max_b, 0);
-    double prefill_s = 0;
+    double prefill_s = 0, profiled_s = 0;
     int prefill_steps = 0;
+    std::vector<double> step_s;
+    KernelProfile profile;
     for (int64_t first = 0; first < max_b;) {
       std::vector<models::KvView*> kvs;
       std::vector<std::vector<int32_t>> chunks;
@@ -312,15 +366,30 @@ int main(int argc, char** argv) {
         done[b] += n;
         budget -= n;
       }
+      const bool profiled = profile_prefill && prefill_steps >= 1 && prefill_steps <= 3;
       c10::cuda::device_synchronize();
+      if (profiled && prefill_steps == 1) profile.Start();
       auto a = Clock::now();
       model->ForwardBatch(chunks, kvs);
       c10::cuda::device_synchronize();
-      prefill_s += std::chrono::duration<double>(Clock::now() - a).count();
+      const double s = std::chrono::duration<double>(Clock::now() - a).count();
+      if (profiled) {
+        profiled_s += s;
+        if (prefill_steps == 3) profile.Report(key_label + " " + parts[1] + " prefill steps 2-4", profiled_s);
+      } else {
+        prefill_s += s;
+        step_s.push_back(s);
+      }
       ++prefill_steps;
       while (first < max_b && done[first] == context) ++first;
     }
     views.clear();
+    // Profiled steps are left out of the time and replaced by the median step (every step but
+    // the last holds --prefill-step tokens).
+    const double median_step = Median(step_s);
+    if (profiled_s > 0) prefill_s += 3 * median_step;
+    std::printf("%-10s %-6s prefill steps: first %.1f ms, median %.1f ms, max %.1f ms\n", key_label.c_str(),
+                parts[1].c_str(), step_s.front() * 1e3, median_step * 1e3, *std::max_element(step_s.begin(), step_s.end()) * 1e3);
     const double prefill_tok_s = max_b * context / prefill_s;
     std::printf("%-10s %-6s prefill of %lld x %d tokens in %d steps: %.3f s, %.0f tok/s (%.0f%% of the peer's %.0f)\n",
                 key_label.c_str(), parts[1].c_str(), static_cast<long long>(max_b), context, prefill_steps, prefill_s,
