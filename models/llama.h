@@ -109,6 +109,7 @@ class LlamaModel {
   bool Fused(const at::Tensor& x) const;  // whether the fused kernels take x
   void FuseProjections();  // builds wqkv, bqkv, w_gate_up; the separate weights become views
   void InitRope();  // the tables from cfg_ (theta, llama3 scaling)
+  void PickAttentionBackends();  // which of ATen's fused attention kernels prompt chunks use
   // Fills every weight of cfg_'s shape from `get(name, shape)` (Hugging Face tensor names).
   // `fresh`: get returns tensors nothing else holds (no copy is needed on the device).
   using WeightGetter = std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>;
