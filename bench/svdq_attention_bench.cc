@@ -9,6 +9,8 @@
 // usage: svdq_attention_bench [--json OUT] [--iters N] [--batch B] [--pages 16,64]
 //                             [--schedules S1;S2] [--values bf16,fp8,int8,int4]
 //                             [--sweep-splits 1,2,4,...] [--shuffle 1] [--date YYYY-MM-DD]
+//                             [--shape HEADS,KV_HEADS,HEAD_DIM]
+// --shape: other attention shapes than Llama-3-8B's 32,8,128 (SmolLM2-135M: 9,3,64).
 // --sweep-splits also times the bf16 paged kernel at each of those split counts (the planner's
 // check); --shuffle 1 hands out pool pages in a random order (as a running server's allocator
 // does after churn) instead of sequence by sequence.
@@ -78,6 +80,7 @@ int main(int argc, char** argv) {
   std::string values_text = "bf16,fp8,int8,int4", sweep_text;
   bool shuffle = false;
   int iters = 20, only_batch = 0;
+  int H = 32, KV = 8, D = 128;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--json") json_path = argv[i + 1];
@@ -89,6 +92,14 @@ int main(int argc, char** argv) {
     else if (a == "--sweep-splits") sweep_text = argv[i + 1];
     else if (a == "--shuffle") shuffle = std::stoi(argv[i + 1]) != 0;
     else if (a == "--date") date = argv[i + 1];
+    else if (a == "--shape") {
+      const std::vector<std::string> f = Split(argv[i + 1], ',');
+      if (f.size() != 3) {
+        std::cerr << "svdq_attention_bench: --shape HEADS,KV_HEADS,HEAD_DIM\n";
+        return 2;
+      }
+      H = std::stoi(f[0]), KV = std::stoi(f[1]), D = std::stoi(f[2]);
+    }
   }
   const std::vector<std::string> value_modes = Split(values_text, ',');
   if (!at::hasCUDA()) {
@@ -100,7 +111,6 @@ int main(int argc, char** argv) {
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
-  const int H = 32, KV = 8, D = 128;
   const double theta = 500000.0;  // Llama 3
 
   // Ceiling: device-to-device copy of 2 GiB, bytes read + written.

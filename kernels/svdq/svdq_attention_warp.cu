@@ -1,4 +1,4 @@
-// SVDq decode attention with one independent stream per warp (head dim 128, bf16 values).
+// SVDq decode attention with one independent stream per warp (head dim 64 or 128, bf16 values).
 //
 // Why another kernel: the block kernel (svdq_attention_mma.cu) splits the head dimension
 // over its four warps, so every 64-token chunk needs the warps to meet four times (latents
@@ -13,8 +13,10 @@
 // tile's key codes, its page's scales and zeros, the RoPE row of its first position, and its
 // bf16 value rows). Per tile, tokens are the rows (M) of every product:
 //   1. latents Z [16 tok, r] straight into mma A fragments: lane q of a k-step takes the four
-//      consecutive codes 4q..4q+3 of a 16-channel group (one load; the k order inside the
-//      step is permuted, and V_r^T's rows with it, so that they are consecutive);
+//      consecutive codes 4q..4q+3 of the step's 16 channels (one load; the k order inside the
+//      step is permuted, and V_r^T's rows with it, so that they are consecutive). At head dim
+//      128 a step is one schedule group; at 64 (8-channel groups) it is two, each lane reading
+//      its own group's bits, and an odd count of retained groups pads the last step with zeros;
 //   2. keys K = mean + Z V_r^T on tensor cores (fp16 in, fp32 accumulation, the mean as the
 //      accumulator's start), two 8-column tiles at a time: columns i and i + 64, the RoPE
 //      pair, land in the same thread;
@@ -31,8 +33,9 @@
 // memory and meet the unrotated query. At the end the four warps' states are merged in shared
 // memory and written out, or to the split workspace for kernels/attention/split_merge.cu.
 //
-// V_r^T (r = 16 KS retained channels) is held in registers when KS <= 2 (1.25-bit schedules
-// keep 32 channels), otherwise in shared memory and read by ldmatrix per tile.
+// V_r^T (r <= 16 KS retained channels) is held in registers when KS D <= 256 (at head dim 128
+// the 1.25-bit schedules, 32 channels; at 64 every schedule), otherwise in shared memory and
+// read by ldmatrix per tile.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -47,20 +50,29 @@
 namespace svdq::kernels {
 namespace {
 
-constexpr int kD = 128;         // head dim
-constexpr int kHalf = kD / 2;   // RoPE pairs (i, i + 64)
-constexpr int kPairs = kD / 16; // 8-column tile pairs (a, a + 8), one score k-step each
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kStages = 3;      // tiles in flight per warp
 constexpr int kTok = 16;        // tokens per tile
-constexpr int kLdV = kD + 8;    // halves per staged value row (ldmatrix without bank conflicts)
-constexpr int kMaxPieces = 2 * 8 * kSvdqMaxBits + kD / 4;  // 16-byte pieces of a tile's key record
-constexpr int kRopeBytes = 2 * kHalf * 4;  // a staged RoPE row: cos, sin of the 64 frequencies (fp32)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 __host__ __device__ constexpr int Align16(int x) { return (x + 15) / 16 * 16; }
+
+// The geometry of head dim D (64 or 128).
+template <int D>
+struct Geo {
+  static constexpr int kHalf = D / 2;            // RoPE pairs (i, i + D / 2)
+  static constexpr int kPairs = D / 16;          // 8-column tile pairs (a, a + D / 16), one score k-step each
+  static constexpr int kGs = D / kSvdqGroups;    // channels per schedule group: 8 or 16
+  static constexpr int kSub = 16 / kGs;          // schedule groups per 16-channel k-step: 2 or 1
+  static constexpr int kLdV = D + 8;             // halves per staged value row (ldmatrix without bank conflicts)
+  static constexpr int kMaxPieces = kSvdqGroups * 2 * kGs * kSvdqMaxBits / 16 + D / 4;  // 16-byte pieces of a tile's key record
+  static constexpr int kRopeBytes = 2 * kHalf * 4;  // a staged RoPE row: cos, sin of the D / 2 frequencies (fp32)
+  static constexpr int kRopeLanes = kHalf / 4;   // lanes that stage each of cos and sin (16 bytes each)
+  static constexpr int kRowLanes = D / 8;        // lanes per staged value row (16 bytes each)
+  static constexpr int kRowsPerPass = 32 / kRowLanes;
+};
 
 // Byte offsets into dynamic shared memory.
 struct WarpSmem {
@@ -75,11 +87,14 @@ struct WarpSmem {
   int total;
 };
 
+template <int D>
 __host__ __device__ inline WarpSmem PlanWarpSmem(const SvdqLayout& l, bool vr_in_regs) {
+  using Gm = Geo<D>;
+  constexpr int kD = D, kPairs = Gm::kPairs, kLdV = Gm::kLdV, kMaxPieces = Gm::kMaxPieces, kRopeBytes = Gm::kRopeBytes;
   WarpSmem s{};
-  s.ks = l.retained / 16;
+  s.ks = (l.retained + 15) / 16;
   int code_bytes = 0;
-  for (int g = 0; g < kSvdqGroups; ++g) code_bytes += 32 * l.bits[g];  // 16 tokens x 16 codes x b bits
+  for (int g = 0; g < kSvdqGroups; ++g) code_bytes += 2 * Gm::kGs * l.bits[g];  // 16 tokens x kGs codes x b bits
   s.rec_bytes = Align16(code_bytes + 4 * l.retained);
   s.stage_bytes = s.rec_bytes + kRopeBytes + kTok * kLdV * 2;
   int o = 0;
@@ -90,7 +105,7 @@ __host__ __device__ inline WarpSmem PlanWarpSmem(const SvdqLayout& l, bool vr_in
   s.rd = o;    o += kPairs * 32 * 16;
   s.ptab = o;  o += kMaxPieces * 8;
   s.stages = o;
-  const int merge = kWarps * (kD * 8 + 16) * 4;  // per warp: O^T [128][8] fp32, m [8], l [8]
+  const int merge = kWarps * (kD * 8 + 16) * 4;  // per warp: O^T [D][8] fp32, m [8], l [8]
   o += std::max(kWarps * kStages * s.stage_bytes, merge);
   s.total = o;
   return s;
@@ -113,16 +128,20 @@ __device__ __forceinline__ float Exp2(float x) {
 // four consecutive codes 4q .. 4q + 3 of a token.
 __host__ __device__ constexpr int SlotChannel(int slot) { return 4 * ((slot & 7) >> 1) + 2 * (slot >> 3) + (slot & 1); }
 
-template <int KS>
-constexpr bool VrInRegs() { return KS <= 2; }
+// V_r^T's B fragments in registers: 2 KS (D / 8) x 2 words a thread.
+__host__ __device__ constexpr bool VrInRegs(int d, int ks) { return ks * d <= 256; }
 
-template <int KS>
+template <int D, int KS>
 __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttentionParams p) {
-  constexpr bool kVrRegs = VrInRegs<KS>();
+  using Gm = Geo<D>;
+  constexpr int kD = D, kHalf = Gm::kHalf, kPairs = Gm::kPairs, kLdV = Gm::kLdV, kGs = Gm::kGs, kSub = Gm::kSub;
+  constexpr int kRopeBytes = Gm::kRopeBytes, kRowLanes = Gm::kRowLanes, kRowsPerPass = Gm::kRowsPerPass;
+  constexpr int NR = KS * kSub;  // retained schedule groups, the last k-step's second one possibly padding
+  constexpr bool kVrRegs = VrInRegs(D, KS);
   extern __shared__ __align__(128) uint8_t smem[];
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, G = p.num_heads / p.kv_heads, KVH = p.kv_heads;
-  const WarpSmem s = PlanWarpSmem(l, kVrRegs);
+  const WarpSmem s = PlanWarpSmem<D>(l, kVrRegs);
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
 
@@ -136,22 +155,31 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
   const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * KVH + h;
   const float* basis = p.basis + brow * kD * kD;
 
-  // Retained groups in order: channel base and bits of each k-step, and its codes' offset in a
-  // tile's record (uniform across the block; small arrays the compiler keeps in registers).
-  int gch[KS], gbits[KS], goff[KS];
+  // Retained groups in order: channel base and bits of each, and its codes' offset in a tile's
+  // record (uniform across the block; small arrays the compiler keeps in registers). A k-step
+  // covers kSub of them; with 8-channel groups an odd count leaves the last k-step half
+  // padding: 0 bits, no codes, latents of zero.
+  int gch[NR], gbits[NR], goff[NR];
+  int code_bytes_all = 0;
   {
-    int ks = 0, off = 0;
+    int r = 0;
 #pragma unroll
     for (int g = 0; g < kSvdqGroups; ++g) {
-      if (l.bits[g] == 0 || ks >= KS) continue;
+      if (l.bits[g] == 0 || r >= NR) continue;
 #pragma unroll
-      for (int k = 0; k < KS; ++k)
-        if (k == ks) gch[k] = g * 16, gbits[k] = l.bits[g], goff[k] = off;
-      off += 32 * l.bits[g];
-      ++ks;
+      for (int k = 0; k < NR; ++k)
+        if (k == r) gch[k] = g * kGs, gbits[k] = l.bits[g], goff[k] = code_bytes_all;
+      code_bytes_all += 2 * kGs * l.bits[g];
+      ++r;
     }
+#pragma unroll
+    for (int k = 0; k < NR; ++k)
+      if (k >= r) gch[k] = 0, gbits[k] = 0, goff[k] = code_bytes_all;
   }
-  const int code_bytes_all = goff[KS - 1] + 32 * gbits[KS - 1];
+  // This lane's channels of a k-step: 4 q4 .. 4 q4 + 3, in retained group `sub` of the step,
+  // from its channel cl0.
+  const int sub = kSub == 1 ? 0 : (4 * q4) / kGs, cl0 = (4 * q4) % kGs;
+  auto mine = [&](const int (&a)[NR], int ks) { return kSub == 1 ? a[ks] : (sub ? a[kSub * ks + 1] : a[kSub * ks]); };
   const int scale_at = code_bytes_all, zero_at = code_bytes_all + 2 * l.retained;
   const int code_pieces = code_bytes_all / 16, npieces = code_pieces + l.retained / 4;
 
@@ -163,9 +191,9 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
     if (i < code_pieces) {
       int ch = gch[0], bits = gbits[0], off = goff[0];
 #pragma unroll
-      for (int k = 1; k < KS; ++k)
+      for (int k = 1; k < NR; ++k)
         if (16 * i >= goff[k]) ch = gch[k], bits = gbits[k], off = goff[k];
-      e = make_int2(l.group_offset[ch / 16] + 16 * i - off, 32 * bits);
+      e = make_int2(l.group_offset[ch / kGs] + 16 * i - off, 2 * kGs * bits);
     } else {
       e = make_int2(l.scale_offset + 16 * (i - code_pieces), 0);
     }
@@ -197,19 +225,19 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
     for (int n = 0; n < 2 * kPairs; ++n)
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
-        const float4 v = *reinterpret_cast<const float4*>(basis + (8 * n + g8) * kD + gch[ks] + 4 * q4);
+        const float4 v = *reinterpret_cast<const float4*>(basis + (8 * n + g8) * kD + mine(gch, ks) + cl0);
         bv[n][ks][0] = mma::PackHalf2(v.x, v.y);
         bv[n][ks][1] = mma::PackHalf2(v.z, v.w);
       }
   } else {
     __half* vr = reinterpret_cast<__half*>(smem + s.vr);
     for (int idx = tid; idx < kD * KS * 16; idx += kThreads) {
-      const int dim = idx / (KS * 16), k = idx % (KS * 16), ks = k / 16;
+      const int dim = idx / (KS * 16), k = idx % (KS * 16), c16 = SlotChannel(k % 16), r = kSub * (k / 16) + c16 / kGs;
       int ch = 0;
 #pragma unroll
-      for (int kk = 0; kk < KS; ++kk)
-        if (kk == ks) ch = gch[kk];
-      vr[dim * s.vr_ld + k] = __float2half(basis[dim * kD + ch + SlotChannel(k % 16)]);
+      for (int kk = 0; kk < NR; ++kk)
+        if (kk == r) ch = gch[kk];
+      vr[dim * s.vr_ld + k] = __float2half(basis[dim * kD + ch + c16 % kGs]);
     }
   }
   // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and 64 + 8a + 2q4 (+1),
@@ -242,8 +270,10 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
   const int tile_shift = __ffs(P / kTok) - 1, tile_mask = P / kTok - 1;
   auto page_of = [&](int j) { return j < paged_tiles ? p.page_table[table_row + first + (j >> tile_shift)] : 0; };
   // Each lane stages value rows lane / 16 + 2i, 16-byte piece lane % 16: fixed offsets.
-  const int v_src_lane = (lane / 16) * kD + (lane % 16) * 8, v_dst_lane = ((lane / 16) * kLdV + (lane % 16) * 8) * 2;
-  const float* rope_lane = (lane < 16 ? p.rope_cos : p.rope_sin) + 4 * (lane % 16);
+  const int v_src_lane = (lane / kRowLanes) * kD + (lane % kRowLanes) * 8;
+  const int v_dst_lane = ((lane / kRowLanes) * kLdV + (lane % kRowLanes) * 8) * 2;
+  constexpr int kRopeLanes = Gm::kRopeLanes;
+  const float* rope_lane = (lane < kRopeLanes ? p.rope_cos : p.rope_sin) + 4 * (lane % kRopeLanes);
   const uint8_t* key_head = p.key_pages + static_cast<int64_t>(h) * l.page_bytes;
   const uint16_t* value_head = vbase + static_cast<int64_t>(h) * P * kD;
   auto issue = [&](int j, int slot, int pid) {
@@ -257,18 +287,19 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
         mma::CpAsync16(st + 16 * i, rec + e.x + tin16 * e.y, 16);
       }
       const int t0 = (first << (tile_shift + 4)) + j * kTok;  // the tile's first position
-      mma::CpAsync16(st + s.rec_bytes + 16 * lane, rope_lane + static_cast<int64_t>(t0) * kD, 16);
+      if (lane < 2 * kRopeLanes) mma::CpAsync16(st + s.rec_bytes + 16 * lane, rope_lane + static_cast<int64_t>(t0) * kD, 16);
       const uint16_t* vsrc = value_head + (static_cast<int64_t>(pid) * KVH * P + tin16 * kTok) * kD + v_src_lane;
 #pragma unroll
-      for (int i = 0; i < kTok * kD / 8 / 32; ++i) mma::CpAsync16(vst + i * 2 * kLdV * 2, vsrc + i * 2 * kD, 16);
+      for (int i = 0; i < kTok * kD / 8 / 32; ++i)
+        mma::CpAsync16(vst + i * kRowsPerPass * kLdV * 2, vsrc + i * kRowsPerPass * kD, 16);
     } else {
       const int t0 = (j - paged_tiles) * kTok, valid = min(kTok, tail - t0);
       const uint16_t* vsrc = (p.tail_value_page ? vbase + ((p.tail_value_page[b] * KVH + h) * P + t0) * kD
                                                 : p.tail_values + (bh * P + t0) * kD) + v_src_lane;
 #pragma unroll
       for (int i = 0; i < kTok * kD / 8 / 32; ++i) {
-        const bool ok = lane / 16 + 2 * i < valid;
-        mma::CpAsync16(vst + i * 2 * kLdV * 2, ok ? vsrc + i * 2 * kD : vbase, ok ? 16 : 0);
+        const bool ok = lane / kRowLanes + kRowsPerPass * i < valid;
+        mma::CpAsync16(vst + i * kRowsPerPass * kLdV * 2, ok ? vsrc + i * kRowsPerPass * kD : vbase, ok ? 16 : 0);
       }
     }
   };
@@ -307,14 +338,14 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
       const __half2 k1024 = __float2half2_rn(1024.f);
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
-        const int bits = gbits[ks];
-        const uint32_t* words = reinterpret_cast<const uint32_t*>(st + goff[ks]);
+        const int bits = mine(gbits, ks);
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(st + mine(goff, ks));
         const uint32_t mask = (1u << bits) - 1u, mask_hi = mask << 16;
         const uint2 sc2 = *reinterpret_cast<const uint2*>(st + scale_at + 2 * (16 * ks + 4 * q4));
         const uint2 zr2 = *reinterpret_cast<const uint2*>(st + zero_at + 2 * (16 * ks + 4 * q4));
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-          const int bit = ((g8 + 8 * rr) * 16 + 4 * q4) * bits;
+          const int bit = ((g8 + 8 * rr) * kGs + cl0) * bits;
           const uint32_t* w = words + (bit >> 5);
           const int sh = bit & 31;
           const uint32_t v = (bits & (bits - 1)) == 0 ? w[0] >> sh : __funnelshift_r(w[0], w[1], sh);
@@ -325,6 +356,7 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
           zf[ks][rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pa), k1024), mma::AsHalf2(sc2.x), mma::AsHalf2(zr2.x)));
           zf[ks][2 + rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pb), k1024), mma::AsHalf2(sc2.y), mma::AsHalf2(zr2.y)));
         }
+        if (kSub > 1 && bits == 0) zf[ks][0] = zf[ks][1] = zf[ks][2] = zf[ks][3] = 0u;  // padding channels
       }
       // The query rotated back by the tile's first position: R_T0^T q, as B fragments.
       uint32_t qb[kPairs][2];
@@ -500,22 +532,27 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
 
 using KernelFn = void (*)(SvdqAttentionParams);
 
-template <int KS>
+template <int D, int KS>
 KernelFn PickKs(int ks) {
-  if constexpr (KS > kD / 16) {
+  if constexpr (KS > D / 16) {
     return nullptr;
   } else {
-    return ks == KS ? AttentionWarpKernel<KS> : PickKs<KS + 1>(ks);
+    return ks == KS ? AttentionWarpKernel<D, KS> : PickKs<D, KS + 1>(ks);
   }
 }
 
-bool VrInRegsFor(int ks) { return ks <= 2; }
+KernelFn Pick(int width, int ks) { return width == 64 ? PickKs<64, 1>(ks) : width == 128 ? PickKs<128, 1>(ks) : nullptr; }
+
+int SmemBytes(const SvdqLayout& l) {
+  const int ks = (l.retained + 15) / 16;
+  return l.width == 64 ? PlanWarpSmem<64>(l, VrInRegs(64, ks)).total : PlanWarpSmem<128>(l, VrInRegs(128, ks)).total;
+}
 
 }  // namespace
 
 bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
   const SvdqLayout& l = p.layout;
-  if (l.width != kD || l.group_size != 16 || l.retained <= 0 || l.retained % 16 != 0) return false;
+  if ((l.width != 64 && l.width != 128) || l.group_size * kSvdqGroups != l.width || l.retained <= 0) return false;
   const int tiles_per_page = l.page_size / kTok;
   if (l.page_size % kTok != 0 || tiles_per_page < 1 || (tiles_per_page & (tiles_per_page - 1)) != 0) return false;
   if (l.page_bytes % 16 != 0 || l.scale_offset % 16 != 0) return false;
@@ -523,14 +560,13 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
     if (l.bits[g] > 0 && l.group_offset[g] % 16 != 0) return false;
   if (l.zero_offset != l.scale_offset + 2 * l.retained) return false;
   if (p.value_format != KvFormat::kBf16 || p.num_heads / p.kv_heads > 8) return false;
-  const int ks = l.retained / 16;
-  return PickKs<1>(ks) && PlanWarpSmem(l, VrInRegsFor(ks)).total <= 227 * 1024;
+  return Pick(l.width, (l.retained + 15) / 16) && SmemBytes(l) <= 227 * 1024;
 }
 
 Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
-  const int ks = p.layout.retained / 16;
-  KernelFn kernel = PickKs<1>(ks);
-  const size_t smem = PlanWarpSmem(p.layout, VrInRegsFor(ks)).total;
+  KernelFn kernel = Pick(p.layout.width, (p.layout.retained + 15) / 16);
+  if (!kernel) return Status::Invalid("the warp-stream SVDq kernel does not take this layout");
+  const size_t smem = SmemBytes(p.layout);
   Status st = AllowSmem(reinterpret_cast<const void*>(kernel), smem);
   if (!st.ok()) return st;
   kernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);

@@ -407,14 +407,13 @@ TEST(SvdqKernels, AttentionMatchesReference) {
       for (const char* s : {"8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,3,3,0,0,0,0,0", "0,0,4,0,2,0,0,1"})
         for (int split : {0, 2, 4})
           for (Path path : {Path::kWarp, Path::kMma, Path::kWmma, Path::kCudaCores}) {
-            if (path == Path::kWarp && width != 128) continue;
             RunAttention({width, 16, 2, group, 3, s, {1, 9, 4}, {0, 1, 15}}, seed++, split, path);
           }
 }
 
-// The warp-stream kernel: pages of 16, 32 and 64 tokens, tails of 0, 1, 15 and P - 1 tokens
-// (several tiles of tail), GQA 1-8, schedules from 0.5 to 4 bits, splits whose ranges end
-// mid-sequence, a long context (positions past 38k), and in-place tail values.
+// The warp-stream kernel: head dims 128 and 64, pages of 16, 32 and 64 tokens, tails of 0, 1, 15
+// and P - 1 tokens (several tiles of tail), GQA 1-8, schedules from 0.5 to 8 bits, splits whose
+// ranges end mid-sequence, a long context (positions past 38k), and in-place tail values.
 TEST(SvdqKernels, AttentionWarpStreams) {
   SKIP_WITHOUT_GPU();
   uint32_t seed = 5000;
@@ -429,6 +428,17 @@ TEST(SvdqKernels, AttentionWarpStreams) {
   RunAttention({128, 64, 2, 4, 1, "8,2,0,0,0,0,0,0", {600}, {33}}, seed++, 37, Path::kWarp);
   RunAttention({128, 16, 2, 4, 3, "8,4,2,1,1,0,0,0", {5, 0, 9}, {3, 7, 0}}, seed++, 0, Path::kWarp, {true, KvFormat::kBf16});
   RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
+  // Head dim 64: two 8-channel schedule groups per k-step, each lane on its own group's bits; an
+  // odd count of retained groups (5, 3, 1) pads the last k-step.
+  for (int P : {16, 32, 64})
+    for (const char* s : {"4,2,2,1,1,0,0,0", "8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,0,5,0,0,0,0,0", "0,0,0,0,0,0,0,6",
+                          "8,8,8,8,8,8,8,8"})
+      for (int split : {0, 3}) {
+        RunAttention({64, P, 3, 3, 4, s, {1, 9, 4, 0}, {0, 1, 15, P - 1}}, seed++, split, Path::kWarp);
+        RunAttention({64, P, 1, 8, 2, s, {6, 2}, {P - 1, 3}}, seed++, split, Path::kWarp);
+      }
+  RunAttention({64, 64, 2, 4, 1, "4,2,2,1,1,0,0,0", {600}, {33}}, seed++, 37, Path::kWarp);
+  RunAttention({64, 16, 3, 3, 3, "4,2,2,1,1,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
 }
 
 TEST(SvdqKernels, AttentionAwkwardShapes) {
