@@ -8,10 +8,10 @@
 // whole 16-token tiles and carries a tile from codes to output alone, like the bf16 paged
 // kernel (kernels/attention/paged_decode.cu); the block meets once, at the end.
 //
-// One block of 4 warps per (sequence, KV head, split). Warp w takes the 16-token tiles
-// w, w + 4, w + 8, ... of the block's range; three tiles in flight per warp (cp.async of the
-// tile's key codes, its page's scales and zeros, the RoPE row of its first position, and its
-// bf16 value rows). Per tile, tokens are the rows (M) of every product:
+// One block of W warps per (sequence, KV head, split) (W = 4, or 8 in pair mode). Warp w takes
+// the 16-token tiles w, w + W, w + 2W, ... of the block's range; two tiles in flight per warp
+// beyond the one or two it works on (cp.async of the tile's key codes, its page's scales and
+// zeros, the RoPE row of its first position, and its bf16 value rows). Per tile, tokens are the rows (M) of every product:
 //   1. latents Z [16 tok, r] straight into mma A fragments: lane q of a k-step takes the four
 //      consecutive codes 4q..4q+3 of the step's 16 channels (one load; the k order inside the
 //      step is permuted, and V_r^T's rows with it, so that they are consecutive). At head dim
@@ -36,6 +36,8 @@
 // V_r^T (r <= 16 KS retained channels) is held in registers when KS D <= 256 (at head dim 128
 // the 1.25-bit schedules, 32 channels; at 64 every schedule), otherwise in shared memory and
 // read by ldmatrix per tile.
+// When read from shared memory, a warp scores two of its tiles per pass over V_r^T (pair mode,
+// 8 warps a block; see WarpsFor below): the fragments are read once for 32 tokens.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -50,14 +52,21 @@
 namespace svdq::kernels {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kStages = 3;      // tiles in flight per warp
 constexpr int kTok = 16;        // tokens per tile
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 __host__ __device__ constexpr int Align16(int x) { return (x + 15) / 16 * 16; }
+
+// V_r^T's B fragments in registers: 2 KS (D / 8) x 2 words a thread.
+__host__ __device__ constexpr bool VrInRegs(int d, int ks) { return ks * d <= 256; }
+// Pair mode, where V_r^T is read from shared memory (3 to 5 k-steps) and the stages fit: a warp
+// takes its tiles two at a time (one read of each fragment for both), with 8 warps in one block
+// per multiprocessor (one copy of V_r^T for the 8) and four stages a warp. Otherwise one tile
+// at a time, 4 warps, two blocks per multiprocessor, three stages.
+__host__ __device__ constexpr int WarpsFor(bool pair) { return pair ? 8 : 4; }
+__host__ __device__ constexpr int StagesFor(bool pair) { return pair ? 4 : 3; }
+constexpr int kMaxSmem = 227 * 1024;
 
 // The geometry of head dim D (64 or 128).
 template <int D>
@@ -83,16 +92,18 @@ struct WarpSmem {
   int ptab;         // int2 [kMaxPieces]: key record piece -> (byte offset in the page record, bytes per 16 tokens)
   int rec_bytes;    // one tile's key record: codes of each group (16 tokens), then scales and zeros of its page
   int stage_bytes;  // record | RoPE row | values [16][kLdV] bf16
-  int stages;       // kWarps x kStages stages; the merge reuses them
+  int stages;       // warps x stages tile stages; the merge reuses them
   int total;
 };
 
 template <int D>
-__host__ __device__ inline WarpSmem PlanWarpSmem(const SvdqLayout& l, bool vr_in_regs) {
+__host__ __device__ inline WarpSmem PlanWarpSmem(const SvdqLayout& l, bool pair) {
   using Gm = Geo<D>;
   constexpr int kD = D, kPairs = Gm::kPairs, kLdV = Gm::kLdV, kMaxPieces = Gm::kMaxPieces, kRopeBytes = Gm::kRopeBytes;
   WarpSmem s{};
   s.ks = (l.retained + 15) / 16;
+  const bool vr_in_regs = VrInRegs(D, s.ks);
+  const int warps = WarpsFor(pair), stages = StagesFor(pair);
   int code_bytes = 0;
   for (int g = 0; g < kSvdqGroups; ++g) code_bytes += 2 * Gm::kGs * l.bits[g];  // 16 tokens x kGs codes x b bits
   s.rec_bytes = Align16(code_bytes + 4 * l.retained);
@@ -105,8 +116,8 @@ __host__ __device__ inline WarpSmem PlanWarpSmem(const SvdqLayout& l, bool vr_in
   s.rd = o;    o += kPairs * 32 * 16;
   s.ptab = o;  o += kMaxPieces * 8;
   s.stages = o;
-  const int merge = kWarps * (kD * 8 + 16) * 4;  // per warp: O^T [D][8] fp32, m [8], l [8]
-  o += std::max(kWarps * kStages * s.stage_bytes, merge);
+  const int merge = warps * (kD * 8 + 16) * 4;  // per warp: O^T [D][8] fp32, m [8], l [8]
+  o += std::max(warps * stages * s.stage_bytes, merge);
   s.total = o;
   return s;
 }
@@ -128,20 +139,20 @@ __device__ __forceinline__ float Exp2(float x) {
 // four consecutive codes 4q .. 4q + 3 of a token.
 __host__ __device__ constexpr int SlotChannel(int slot) { return 4 * ((slot & 7) >> 1) + 2 * (slot >> 3) + (slot & 1); }
 
-// V_r^T's B fragments in registers: 2 KS (D / 8) x 2 words a thread.
-__host__ __device__ constexpr bool VrInRegs(int d, int ks) { return ks * d <= 256; }
 
-template <int D, int KS>
-__global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttentionParams p) {
+template <int D, int KS, bool kPair>
+__global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) AttentionWarpKernel(SvdqAttentionParams p) {
   using Gm = Geo<D>;
   constexpr int kD = D, kHalf = Gm::kHalf, kPairs = Gm::kPairs, kLdV = Gm::kLdV, kGs = Gm::kGs, kSub = Gm::kSub;
   constexpr int kRopeBytes = Gm::kRopeBytes, kRowLanes = Gm::kRowLanes, kRowsPerPass = Gm::kRowsPerPass;
   constexpr int NR = KS * kSub;  // retained schedule groups, the last k-step's second one possibly padding
   constexpr bool kVrRegs = VrInRegs(D, KS);
+  static_assert(!(kPair && kVrRegs), "pair mode is for V_r^T in shared memory");
+  constexpr int kWarpsT = WarpsFor(kPair), kThreadsT = 32 * kWarpsT, kStagesT = StagesFor(kPair);
   extern __shared__ __align__(128) uint8_t smem[];
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, G = p.num_heads / p.kv_heads, KVH = p.kv_heads;
-  const WarpSmem s = PlanWarpSmem<D>(l, kVrRegs);
+  const WarpSmem s = PlanWarpSmem<D>(l, kPair);
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
 
@@ -186,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
   // ---- Block setup: piece table, mean, R_d, V_r^T (shared memory or registers), queries.
   float4* mean_s = reinterpret_cast<float4*>(smem + s.mean);
   int2* ptab = reinterpret_cast<int2*>(smem + s.ptab);
-  for (int i = tid; i < npieces; i += kThreads) {
+  for (int i = tid; i < npieces; i += kThreadsT) {
     int2 e;
     if (i < code_pieces) {
       int ch = gch[0], bits = gbits[0], off = goff[0];
@@ -199,13 +210,13 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
     }
     ptab[i] = e;
   }
-  for (int i = tid; i < kHalf; i += kThreads) {
+  for (int i = tid; i < kHalf; i += kThreadsT) {
     const float2 m = *reinterpret_cast<const float2*>(p.mean + brow * kD + 2 * i);
     mean_s[i] = make_float4(m.x, m.y, m.x, m.y);
   }
   {
     uint4* rd = reinterpret_cast<uint4*>(smem + s.rd);
-    for (int idx = tid; idx < kPairs * 32; idx += kThreads) {
+    for (int idx = tid; idx < kPairs * 32; idx += kThreadsT) {
       const int a = idx / 32, ln = idx % 32, i = 8 * a + 2 * (ln % 4), d0 = ln / 4;
       uint32_t w[4];
 #pragma unroll
@@ -231,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
       }
   } else {
     __half* vr = reinterpret_cast<__half*>(smem + s.vr);
-    for (int idx = tid; idx < kD * KS * 16; idx += kThreads) {
+    for (int idx = tid; idx < kD * KS * 16; idx += kThreadsT) {
       const int dim = idx / (KS * 16), k = idx % (KS * 16), c16 = SlotChannel(k % 16), r = kSub * (k / 16) + c16 / kGs;
       int ch = 0;
 #pragma unroll
@@ -260,7 +271,7 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
   __syncthreads();
 
   // ---- The warp's stream.
-  uint8_t* wstages = smem + s.stages + warp * kStages * s.stage_bytes;
+  uint8_t* wstages = smem + s.stages + warp * kStagesT * s.stage_bytes;
   const int64_t table_row = static_cast<int64_t>(b) * p.max_pages;
   const auto* vbase = static_cast<const uint16_t*>(p.value_pages);
   // Stages tile j (block-relative) into stage `slot`: key record pieces, RoPE row, values.
@@ -308,133 +319,91 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
 #pragma unroll
   for (int mt = 0; mt < kPairs; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // heads 2 q4, 2 q4 + 1 (log2 units)
-
-  const int my_tiles = ntiles > warp ? (ntiles - warp + kWarps - 1) / kWarps : 0;
-#pragma unroll
-  for (int k = 0; k < kStages - 1; ++k) {
-    if (k < my_tiles) issue(warp + kWarps * k, k, page_of(warp + kWarps * k));
-    mma::CpAsyncCommit();
-  }
-  int pid_next = page_of(warp + kWarps * (kStages - 1));
+  const int my_tiles = ntiles > warp ? (ntiles - warp + kWarpsT - 1) / kWarpsT : 0;
   const uint4* rd = reinterpret_cast<const uint4*>(smem + s.rd);
-  for (int k = 0; k < my_tiles; ++k) {
-    if (k + kStages - 1 < my_tiles) issue(warp + kWarps * (k + kStages - 1), (k + kStages - 1) % kStages, pid_next);
-    mma::CpAsyncCommit();
-    pid_next = page_of(warp + kWarps * (k + kStages));
-    mma::CpAsyncWait<kStages - 1>();
-    __syncwarp();
-    const int j = warp + kWarps * k;
-    const uint8_t* st = wstages + (k % kStages) * s.stage_bytes;
-    const __nv_bfloat16* vst = reinterpret_cast<const __nv_bfloat16*>(st + s.rec_bytes + kRopeBytes);
-    const bool paged = j < paged_tiles;
-    const int valid = paged ? kTok : min(kTok, tail - (j - paged_tiles) * kTok);
+  const __half2 k1024 = __float2half2_rn(1024.f);
 
-    // S^T: tokens g8 (0, 1) and g8 + 8 (2, 3), heads 2 q4, 2 q4 + 1; two accumulators for the
-    // odd and even tile pairs halve the chain of dependent mma.
-    float sc[4] = {0.f, 0.f, 0.f, 0.f}, sc2[4] = {0.f, 0.f, 0.f, 0.f};
-    if (paged) {
-      // 1. Latents of tokens g8 and g8 + 8, channels 4 q4 .. 4 q4 + 3 of every group.
-      uint32_t zf[KS][4];
-      const __half2 k1024 = __float2half2_rn(1024.f);
+  // 1. Latents of the staged tile's tokens g8 and g8 + 8, channels 4 q4 .. 4 q4 + 3 of every k-step.
+  auto latents = [&](const uint8_t* st, uint32_t (&zf)[KS][4]) {
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        const int bits = mine(gbits, ks);
-        const uint32_t* words = reinterpret_cast<const uint32_t*>(st + mine(goff, ks));
-        const uint32_t mask = (1u << bits) - 1u, mask_hi = mask << 16;
-        const uint2 sc2 = *reinterpret_cast<const uint2*>(st + scale_at + 2 * (16 * ks + 4 * q4));
-        const uint2 zr2 = *reinterpret_cast<const uint2*>(st + zero_at + 2 * (16 * ks + 4 * q4));
+    for (int ks = 0; ks < KS; ++ks) {
+      const int bits = mine(gbits, ks);
+      const uint32_t* words = reinterpret_cast<const uint32_t*>(st + mine(goff, ks));
+      const uint32_t mask = (1u << bits) - 1u, mask_hi = mask << 16;
+      const uint2 sc2 = *reinterpret_cast<const uint2*>(st + scale_at + 2 * (16 * ks + 4 * q4));
+      const uint2 zr2 = *reinterpret_cast<const uint2*>(st + zero_at + 2 * (16 * ks + 4 * q4));
 #pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const int bit = ((g8 + 8 * rr) * kGs + cl0) * bits;
-          const uint32_t* w = words + (bit >> 5);
-          const int sh = bit & 31;
-          const uint32_t v = (bits & (bits - 1)) == 0 ? w[0] >> sh : __funnelshift_r(w[0], w[1], sh);
-          const uint32_t v2 = v >> (2 * bits);
-          // 1024 + code as fp16 pairs: codes 0, 1 and codes 2, 3.
-          const uint32_t pa = (v & mask) | ((v << (16 - bits)) & mask_hi) | 0x64006400u;
-          const uint32_t pb = (v2 & mask) | ((v2 << (16 - bits)) & mask_hi) | 0x64006400u;
-          zf[ks][rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pa), k1024), mma::AsHalf2(sc2.x), mma::AsHalf2(zr2.x)));
-          zf[ks][2 + rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pb), k1024), mma::AsHalf2(sc2.y), mma::AsHalf2(zr2.y)));
-        }
-        if (kSub > 1 && bits == 0) zf[ks][0] = zf[ks][1] = zf[ks][2] = zf[ks][3] = 0u;  // padding channels
+      for (int rr = 0; rr < 2; ++rr) {
+        const int bit = ((g8 + 8 * rr) * kGs + cl0) * bits;
+        const uint32_t* w = words + (bit >> 5);
+        const int sh = bit & 31;
+        const uint32_t v = (bits & (bits - 1)) == 0 ? w[0] >> sh : __funnelshift_r(w[0], w[1], sh);
+        const uint32_t v2 = v >> (2 * bits);
+        // 1024 + code as fp16 pairs: codes 0, 1 and codes 2, 3.
+        const uint32_t pa = (v & mask) | ((v << (16 - bits)) & mask_hi) | 0x64006400u;
+        const uint32_t pb = (v2 & mask) | ((v2 << (16 - bits)) & mask_hi) | 0x64006400u;
+        zf[ks][rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pa), k1024), mma::AsHalf2(sc2.x), mma::AsHalf2(zr2.x)));
+        zf[ks][2 + rr] = mma::AsU32(__hfma2(__hsub2(mma::AsHalf2(pb), k1024), mma::AsHalf2(sc2.y), mma::AsHalf2(zr2.y)));
       }
-      // The query rotated back by the tile's first position: R_T0^T q, as B fragments.
-      uint32_t qb[kPairs][2];
-      {
-        const float* rc = reinterpret_cast<const float*>(st + s.rec_bytes);
-        const float* rsn = rc + kHalf;
-#pragma unroll
-        for (int a = 0; a < kPairs; ++a) {
-          const float2 c = *reinterpret_cast<const float2*>(rc + 8 * a + 2 * q4);
-          const float2 sn = *reinterpret_cast<const float2*>(rsn + 8 * a + 2 * q4);
-          const __half2 ch = __floats2half2_rn(c.x, c.y), sh = __floats2half2_rn(sn.x, sn.y);
-          qb[a][0] = mma::AsU32(__hfma2(qlo[a], ch, __hmul2(qhi[a], sh)));
-          qb[a][1] = mma::AsU32(__hfma2(qhi[a], ch, __hneg2(__hmul2(qlo[a], sh))));
-        }
-      }
-      // 2-4. Keys of tile pair (a, a + 8), rotated by R_d, scored.
-#pragma unroll
-      for (int a = 0; a < kPairs; ++a) {
-        uint32_t blo[KS][2], bhi[KS][2];
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-          if constexpr (kVrRegs) {
-            blo[ks][0] = bv[a][ks][0], blo[ks][1] = bv[a][ks][1];
-            bhi[ks][0] = bv[a + kPairs][ks][0], bhi[ks][1] = bv[a + kPairs][ks][1];
-          } else {
-            // Matrices: (tile a, slots 0-7), (tile a, 8-15), (tile a + 8, 0-7), (tile a + 8, 8-15).
-            const int mi = lane / 8, tile = a + kPairs * (mi >> 1);
-            const __half* vr = reinterpret_cast<const __half*>(smem + s.vr);
-            uint32_t r4[4];
-            mma::LdMatrixX4(r4, vr + (tile * 8 + lane % 8) * s.vr_ld + ks * 16 + 8 * (mi & 1));
-            blo[ks][0] = r4[0], blo[ks][1] = r4[1], bhi[ks][0] = r4[2], bhi[ks][1] = r4[3];
-          }
-        }
-        const float4 mlo = mean_s[4 * a + q4], mhi = mean_s[kHalf / 2 + 4 * a + q4];
-        float x[4] = {mlo.x, mlo.y, mlo.z, mlo.w}, y[4] = {mhi.x, mhi.y, mhi.z, mhi.w};
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-          mma::MmaF16(x, zf[ks], blo[ks][0], blo[ks][1]);
-          mma::MmaF16(y, zf[ks], bhi[ks][0], bhi[ks][1]);
-        }
-        const uint4 r = rd[a * 32 + lane];  // cos, sin at row g8; cos, sin at row g8 + 8
-        uint32_t ka[4];
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const __half2 xh = __floats2half2_rn(x[2 * rr], x[2 * rr + 1]);
-          const __half2 yh = __floats2half2_rn(y[2 * rr], y[2 * rr + 1]);
-          const __half2 c = mma::AsHalf2(rr == 0 ? r.x : r.z), sn = mma::AsHalf2(rr == 0 ? r.y : r.w);
-          ka[rr] = mma::AsU32(__hfma2(xh, c, __hneg2(__hmul2(yh, sn))));  // x cos - y sin
-          ka[2 + rr] = mma::AsU32(__hfma2(yh, c, __hmul2(xh, sn)));       // y cos + x sin
-        }
-        mma::MmaF16(a % 2 ? sc2 : sc, ka, qb[a][0], qb[a][1]);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[e] += sc2[e];
-    } else {
-      // Tail tokens: keys rotated already, in bf16 rows; the query as it is.
-      const auto* tk = reinterpret_cast<const __nv_bfloat162*>(p.tail_keys) + (bh * P + (j - paged_tiles) * kTok) * (kD / 2);
-#pragma unroll
-      for (int a = 0; a < kPairs; ++a) {
-        uint32_t ka[4];
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const int t = g8 + 8 * rr;
-          float2 lo = make_float2(0.f, 0.f), hi = lo;
-          if (t < valid) {
-            lo = __bfloat1622float2(tk[(t * kD + 8 * a + 2 * q4) / 2]);
-            hi = __bfloat1622float2(tk[(t * kD + kHalf + 8 * a + 2 * q4) / 2]);
-          }
-          ka[rr] = mma::PackHalf2(lo.x, lo.y);
-          ka[2 + rr] = mma::PackHalf2(hi.x, hi.y);
-        }
-        mma::MmaF16(sc, ka, mma::AsU32(qlo[a]), mma::AsU32(qhi[a]));
-      }
-      if (g8 >= valid) sc[0] = sc[1] = -INFINITY;
-      if (g8 + 8 >= valid) sc[2] = sc[3] = -INFINITY;
+      if (kSub > 1 && bits == 0) zf[ks][0] = zf[ks][1] = zf[ks][2] = zf[ks][3] = 0u;  // padding channels
     }
-
-    // 5. Online softmax, heads 2 q4 and 2 q4 + 1 (max and sums over the 8 lanes of a column).
+  };
+  // The query rotated back by the staged tile's first position: R_T0^T q, as B fragments.
+  auto rotated_query = [&](const uint8_t* st, uint32_t (&qb)[kPairs][2]) {
+    const float* rc = reinterpret_cast<const float*>(st + s.rec_bytes);
+    const float* rsn = rc + kHalf;
+#pragma unroll
+    for (int a = 0; a < kPairs; ++a) {
+      const float2 c = *reinterpret_cast<const float2*>(rc + 8 * a + 2 * q4);
+      const float2 sn = *reinterpret_cast<const float2*>(rsn + 8 * a + 2 * q4);
+      const __half2 ch = __floats2half2_rn(c.x, c.y), sh = __floats2half2_rn(sn.x, sn.y);
+      qb[a][0] = mma::AsU32(__hfma2(qlo[a], ch, __hmul2(qhi[a], sh)));
+      qb[a][1] = mma::AsU32(__hfma2(qhi[a], ch, __hneg2(__hmul2(qlo[a], sh))));
+    }
+  };
+  // V_r^T's B fragments of 8-column tiles a and a + kPairs.
+  auto basis_frags = [&](int a, uint32_t (&blo)[KS][2], uint32_t (&bhi)[KS][2]) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      if constexpr (kVrRegs) {
+        blo[ks][0] = bv[a][ks][0], blo[ks][1] = bv[a][ks][1];
+        bhi[ks][0] = bv[a + kPairs][ks][0], bhi[ks][1] = bv[a + kPairs][ks][1];
+      } else {
+        // Matrices: (tile a, slots 0-7), (tile a, 8-15), (tile a + 8, 0-7), (tile a + 8, 8-15).
+        const int mi = lane / 8, tile = a + kPairs * (mi >> 1);
+        const __half* vr = reinterpret_cast<const __half*>(smem + s.vr);
+        uint32_t r4[4];
+        mma::LdMatrixX4(r4, vr + (tile * 8 + lane % 8) * s.vr_ld + ks * 16 + 8 * (mi & 1));
+        blo[ks][0] = r4[0], blo[ks][1] = r4[1], bhi[ks][0] = r4[2], bhi[ks][1] = r4[3];
+      }
+    }
+  };
+  // 2-4. Keys of 8-column tiles (a, a + kPairs) = mean + Z V_r^T, rotated by R_d, scored into sc.
+  auto score_pair = [&](int a, const uint32_t (&zf)[KS][4], const uint32_t (&qb)[kPairs][2], const uint32_t (&blo)[KS][2],
+                        const uint32_t (&bhi)[KS][2], float (&sc)[4]) {
+    const float4 mlo = mean_s[4 * a + q4], mhi = mean_s[kHalf / 2 + 4 * a + q4];
+    float x[4] = {mlo.x, mlo.y, mlo.z, mlo.w}, y[4] = {mhi.x, mhi.y, mhi.z, mhi.w};
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      mma::MmaF16(x, zf[ks], blo[ks][0], blo[ks][1]);
+      mma::MmaF16(y, zf[ks], bhi[ks][0], bhi[ks][1]);
+    }
+    const uint4 r = rd[a * 32 + lane];  // cos, sin at row g8; cos, sin at row g8 + 8
+    uint32_t ka[4];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const __half2 xh = __floats2half2_rn(x[2 * rr], x[2 * rr + 1]);
+      const __half2 yh = __floats2half2_rn(y[2 * rr], y[2 * rr + 1]);
+      const __half2 c = mma::AsHalf2(rr == 0 ? r.x : r.z), sn = mma::AsHalf2(rr == 0 ? r.y : r.w);
+      ka[rr] = mma::AsU32(__hfma2(xh, c, __hneg2(__hmul2(yh, sn))));  // x cos - y sin
+      ka[2 + rr] = mma::AsU32(__hfma2(yh, c, __hmul2(xh, sn)));       // y cos + x sin
+    }
+    mma::MmaF16(sc, ka, qb[a][0], qb[a][1]);
+  };
+  // 5-6. Online softmax of one tile's scores S^T (tokens g8 (0, 1) and g8 + 8 (2, 3), heads 2 q4,
+  // 2 q4 + 1), then O^T += V^T P^T with the staged values.
+  auto accumulate = [&](const float (&sc)[4], const __nv_bfloat16* vst) {
+    // Max and sums over the 8 lanes of a column.
     float mx[2] = {fmaxf(sc[0], sc[2]), fmaxf(sc[1], sc[3])};
 #pragma unroll
     for (int off = 4; off < 32; off <<= 1) {
@@ -468,19 +437,108 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
         o[mt][3] *= corr[1];
       }
     }
-    // 6. O^T += V^T P^T. P^T as B fragments: the [token, head] accumulators transposed.
+    // P^T as B fragments: the [token, head] accumulators transposed.
     const uint32_t pb0 = Transpose8x8(*reinterpret_cast<const uint32_t*>(&p01));
     const uint32_t pb1 = Transpose8x8(*reinterpret_cast<const uint32_t*>(&p23));
-    {
-      const int mi = lane / 8, tok = lane % 8 + 8 * (mi >> 1), col = 8 * (mi & 1);
+    const int mi = lane / 8, tok = lane % 8 + 8 * (mi >> 1), col = 8 * (mi & 1);
 #pragma unroll
-      for (int mt = 0; mt < kPairs; ++mt) {
-        uint32_t va[4];
-        mma::LdMatrixX4Trans(va, vst + tok * kLdV + 16 * mt + col);
-        mma::MmaBf16(o[mt], va, pb0, pb1);
+    for (int mt = 0; mt < kPairs; ++mt) {
+      uint32_t va[4];
+      mma::LdMatrixX4Trans(va, vst + tok * kLdV + 16 * mt + col);
+      mma::MmaBf16(o[mt], va, pb0, pb1);
+    }
+  };
+
+  // The pipeline: kLead tiles are in flight while a step works on one tile, or on two paged
+  // tiles at once in the pair mode (V_r^T's fragments, read from shared memory, serve both).
+  // One cp.async group per tile; tile t in stage t % kStagesT. Page ids are read two tiles
+  // before their staging.
+  constexpr int kLead = 2;
+  auto tile_of = [&](int k) { return warp + kWarpsT * k; };
+  auto stage_of = [&](int k) { return wstages + (k % kStagesT) * s.stage_bytes; };
+#pragma unroll
+  for (int k = 0; k < kLead; ++k) {
+    if (k < my_tiles) issue(tile_of(k), k % kStagesT, page_of(tile_of(k)));
+    mma::CpAsyncCommit();
+  }
+  int pid_a = page_of(tile_of(kLead)), pid_b = page_of(tile_of(kLead + 1));
+  for (int k = 0; k < my_tiles;) {
+    const int j = tile_of(k);
+    const bool pair = kPair && k + 1 < my_tiles && tile_of(k + 1) < paged_tiles;
+    const int n = pair ? 2 : 1;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (i < n) {
+        const int kk = k + kLead + i;
+        if (kk < my_tiles) issue(tile_of(kk), kk % kStagesT, pid_a);
+        mma::CpAsyncCommit();
+        pid_a = pid_b;
+        pid_b = page_of(tile_of(kk + 2));
       }
     }
+    mma::CpAsyncWait<kLead>();
     __syncwarp();
+    const uint8_t* st = stage_of(k);
+    const __nv_bfloat16* vst = reinterpret_cast<const __nv_bfloat16*>(st + s.rec_bytes + kRopeBytes);
+    if (pair) {
+      const uint8_t* st2 = stage_of(k + 1);
+      uint32_t zf[KS][4], zf2[KS][4], qb[kPairs][2], qb2[kPairs][2];
+      latents(st, zf);
+      latents(st2, zf2);
+      rotated_query(st, qb);
+      rotated_query(st2, qb2);
+      float sc[4] = {0.f, 0.f, 0.f, 0.f}, sc2[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int a = 0; a < kPairs; ++a) {
+        uint32_t blo[KS][2], bhi[KS][2];
+        basis_frags(a, blo, bhi);
+        score_pair(a, zf, qb, blo, bhi, sc);
+        score_pair(a, zf2, qb2, blo, bhi, sc2);
+      }
+      accumulate(sc, vst);
+      accumulate(sc2, reinterpret_cast<const __nv_bfloat16*>(st2 + s.rec_bytes + kRopeBytes));
+    } else if (j < paged_tiles) {
+      uint32_t zf[KS][4], qb[kPairs][2];
+      latents(st, zf);
+      rotated_query(st, qb);
+      // Two accumulators for the odd and even tile pairs halve the chain of dependent mma.
+      float sc[4] = {0.f, 0.f, 0.f, 0.f}, sc2[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int a = 0; a < kPairs; ++a) {
+        uint32_t blo[KS][2], bhi[KS][2];
+        basis_frags(a, blo, bhi);
+        score_pair(a, zf, qb, blo, bhi, a % 2 ? sc2 : sc);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[e] += sc2[e];
+      accumulate(sc, vst);
+    } else {
+      // Tail tokens: keys rotated already, in bf16 rows; the query as it is.
+      const int valid = min(kTok, tail - (j - paged_tiles) * kTok);
+      const auto* tk = reinterpret_cast<const __nv_bfloat162*>(p.tail_keys) + (bh * P + (j - paged_tiles) * kTok) * (kD / 2);
+      float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int a = 0; a < kPairs; ++a) {
+        uint32_t ka[4];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int t = g8 + 8 * rr;
+          float2 lo = make_float2(0.f, 0.f), hi = lo;
+          if (t < valid) {
+            lo = __bfloat1622float2(tk[(t * kD + 8 * a + 2 * q4) / 2]);
+            hi = __bfloat1622float2(tk[(t * kD + kHalf + 8 * a + 2 * q4) / 2]);
+          }
+          ka[rr] = mma::PackHalf2(lo.x, lo.y);
+          ka[2 + rr] = mma::PackHalf2(hi.x, hi.y);
+        }
+        mma::MmaF16(sc, ka, mma::AsU32(qlo[a]), mma::AsU32(qhi[a]));
+      }
+      if (g8 >= valid) sc[0] = sc[1] = -INFINITY;
+      if (g8 + 8 >= valid) sc[2] = sc[3] = -INFINITY;
+      accumulate(sc, vst);
+    }
+    __syncwarp();
+    k += n;
   }
   mma::CpAsyncWait<0>();
   __syncthreads();
@@ -501,15 +559,15 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
   __syncthreads();
   const float* m0 = reinterpret_cast<const float*>(smem + s.stages);
   const int splits = gridDim.z;
-  for (int idx = tid; idx < G * kD; idx += kThreads) {
+  for (int idx = tid; idx < G * kD; idx += kThreadsT) {
     const int hd = idx / kD, dim = idx % kD;
     float M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, m0[w * (kD * 8 + 16) + kD * 8 + hd]);
+    for (int w = 0; w < kWarpsT; ++w) M = fmaxf(M, m0[w * (kD * 8 + 16) + kD * 8 + hd]);
     float acc = 0.f, L = 0.f;
     if (M != -INFINITY) {
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
+      for (int w = 0; w < kWarpsT; ++w) {
         const float* mw = m0 + w * (kD * 8 + 16);
         const float f = Exp2(mw[kD * 8 + hd] - M);
         acc += f * mw[dim * 8 + hd];
@@ -532,20 +590,30 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionWarpKernel(SvdqAttention
 
 using KernelFn = void (*)(SvdqAttentionParams);
 
+// The kernel for a layout: its (D, KS) instance, in pair mode where that fits.
+struct Choice {
+  KernelFn fn = nullptr;
+  bool pair = false;
+  int smem = 0;
+};
+
 template <int D, int KS>
-KernelFn PickKs(int ks) {
+Choice ChooseKs(const SvdqLayout& l, int ks) {
   if constexpr (KS > D / 16) {
-    return nullptr;
+    return {};
   } else {
-    return ks == KS ? AttentionWarpKernel<D, KS> : PickKs<D, KS + 1>(ks);
+    if (ks != KS) return ChooseKs<D, KS + 1>(l, ks);
+    if constexpr (!VrInRegs(D, KS) && KS <= 5) {  // past 5 k-steps the pair's registers spill
+      const int smem = PlanWarpSmem<D>(l, true).total;
+      if (smem <= kMaxSmem) return {AttentionWarpKernel<D, KS, true>, true, smem};
+    }
+    return {AttentionWarpKernel<D, KS, false>, false, PlanWarpSmem<D>(l, false).total};
   }
 }
 
-KernelFn Pick(int width, int ks) { return width == 64 ? PickKs<64, 1>(ks) : width == 128 ? PickKs<128, 1>(ks) : nullptr; }
-
-int SmemBytes(const SvdqLayout& l) {
+Choice Choose(const SvdqLayout& l) {
   const int ks = (l.retained + 15) / 16;
-  return l.width == 64 ? PlanWarpSmem<64>(l, VrInRegs(64, ks)).total : PlanWarpSmem<128>(l, VrInRegs(128, ks)).total;
+  return l.width == 64 ? ChooseKs<64, 1>(l, ks) : l.width == 128 ? ChooseKs<128, 1>(l, ks) : Choice{};
 }
 
 }  // namespace
@@ -560,16 +628,16 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
     if (l.bits[g] > 0 && l.group_offset[g] % 16 != 0) return false;
   if (l.zero_offset != l.scale_offset + 2 * l.retained) return false;
   if (p.value_format != KvFormat::kBf16 || p.num_heads / p.kv_heads > 8) return false;
-  return Pick(l.width, (l.retained + 15) / 16) && SmemBytes(l) <= 227 * 1024;
+  const Choice c = Choose(l);
+  return c.fn && c.smem <= kMaxSmem;
 }
 
 Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
-  KernelFn kernel = Pick(p.layout.width, (p.layout.retained + 15) / 16);
-  if (!kernel) return Status::Invalid("the warp-stream SVDq kernel does not take this layout");
-  const size_t smem = SmemBytes(p.layout);
-  Status st = AllowSmem(reinterpret_cast<const void*>(kernel), smem);
+  const Choice c = Choose(p.layout);
+  if (!c.fn) return Status::Invalid("the warp-stream SVDq kernel does not take this layout");
+  Status st = AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem);
   if (!st.ok()) return st;
-  kernel<<<dim3(p.batch, p.kv_heads, splits), kThreads, smem, stream>>>(p);
+  c.fn<<<dim3(p.batch, p.kv_heads, splits), 32 * WarpsFor(c.pair), c.smem, stream>>>(p);
   return LaunchStatus("SvdqAttention (warp streams)");
 }
 
