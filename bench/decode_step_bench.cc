@@ -20,6 +20,8 @@
 // --profile-prefill: the PyTorch (Kineto) profiler over prefill steps 2-4 of each mode, then
 //   the GPU kernels by total time and the host-side ATen ops by total time (that profiled
 //   pass is timed apart, so the prefill figure above stays unprofiled).
+// --profile-decode: the same profiler over 4 replayed decode steps and one eager step at each
+//   stream count, after the timed steps: GPU kernels and copies per step, host time per step.
 // --svdq-schedules: the schedules SVDq key modes run with (default 8,4,2,1,1,0,0,0).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -173,10 +175,12 @@ struct KernelProfile {
     prof::prepareProfiler(cfg, acts);
     prof::enableProfiler(cfg, acts);
   }
-  void Report(const std::string& label, double wall_s, int top = 18) {
+  // Prints the totals; `steps` > 0 adds the per-step GPU operations and host time.
+  void Report(const std::string& label, double wall_s, int top = 18, int steps = 0) {
     auto result = torch::autograd::profiler::disableProfiler();
     std::map<std::string, std::pair<double, int>> gpu, cpu;
     double gpu_total = 0;
+    int64_t gpu_ops = 0;
     for (const auto& e : result->events()) {
       const double ms = e.durationNs() / 1e6;
       std::string name = e.name().substr(0, 90);
@@ -185,6 +189,7 @@ struct KernelProfile {
         g.first += ms;
         g.second += 1;
         gpu_total += ms;
+        ++gpu_ops;
       } else if (name.rfind("aten::", 0) == 0) {
         auto& c = cpu[name];
         c.first += ms;
@@ -200,6 +205,9 @@ struct KernelProfile {
         std::printf("    %9.2f ms  %s\n", v[i].first, v[i].second.c_str());
     };
     std::printf("profile %s: %.1f ms wall, %.1f ms of GPU kernels and copies\n", label.c_str(), wall_s * 1e3, gpu_total);
+    if (steps > 0)
+      std::printf("  per step: %.1f GPU kernels and copies, %.3f ms of them, %.3f ms wall\n",
+                  static_cast<double>(gpu_ops) / steps, gpu_total / steps, wall_s * 1e3 / steps);
     print("GPU", gpu);
     print("host ATen ops (inclusive, nested ops counted in each)", cpu);
   }
@@ -212,7 +220,7 @@ int main(int argc, char** argv) {
   std::string json_out, date, schedules_arg = "8,4,2,1,1,0,0,0";
   int context = 1400, steps = 32, prefill_step = 2048;
   std::string prefill_json;
-  bool profile_prefill = false;
+  bool profile_prefill = false, profile_decode = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -228,12 +236,13 @@ int main(int argc, char** argv) {
     else if (a == "--prefill-step") prefill_step = std::stoi(next());
     else if (a == "--prefill-json") prefill_json = next();
     else if (a == "--profile-prefill") profile_prefill = true;
+    else if (a == "--profile-decode") profile_decode = true;
     else if (a == "--json") json_out = next();
     else if (a == "--date") date = next();
     else {
       std::cerr << "usage: decode_step_bench [--model M] [--streams 1,16,64] [--context N] [--steps N] "
                    "[--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT] [--prefill-step N] "
-                   "[--prefill-json OUT] [--date D] [--profile-prefill]\n";
+                   "[--prefill-json OUT] [--date D] [--profile-prefill] [--profile-decode]\n";
       return 2;
     }
   }
@@ -251,7 +260,7 @@ int main(int argc, char** argv) {
   const int64_t max_b = *std::max_element(streams.begin(), streams.end());
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const double bw = CopyBandwidth();
-  const int64_t P = 16, span = context + steps + 2, pages = (span + P - 1) / P;
+  const int64_t P = 16, span = context + steps + 8, pages = (span + P - 1) / P;
   const int64_t embed = static_cast<int64_t>(c.vocab_size) * c.hidden * 2;
   const int64_t weights = model->weight_bytes() - (c.tied_embeddings ? 0 : embed);
   const double kv_token = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * 2;  // bf16 keys + values
@@ -422,6 +431,24 @@ int main(int argc, char** argv) {
       std::vector<engine::DecodeRow> last;
       for (int64_t b = 0; b < B; ++b) last.push_back({next[b], context + steps + 1, &blocks[b], static_cast<int>(b)});
       const engine::DecodeGraphs::StepProfile prof = graphs->Profile(last);
+      if (profile_decode) {
+        const std::string label = key_label + " " + parts[1] + " " + std::to_string(B) + " streams";
+        KernelProfile kp;
+        c10::cuda::device_synchronize();
+        kp.Start();
+        auto a = Clock::now();
+        for (int s = 0; s < 4; ++s) {
+          std::vector<engine::DecodeRow> rows;
+          for (int64_t b = 0; b < B; ++b) rows.push_back({next[b], context + steps + 2 + s, &blocks[b], static_cast<int>(b)});
+          at::Tensor ids = graphs->Run(rows).argmax(-1).to(at::kCPU);
+        }
+        kp.Report(label + ", 4 graph replays", std::chrono::duration<double>(Clock::now() - a).count(), 6, 4);
+        kp.Start();
+        a = Clock::now();
+        graphs->Profile(last);
+        c10::cuda::device_synchronize();
+        kp.Report(label + ", 1 eager step", std::chrono::duration<double>(Clock::now() - a).count(), 12, 1);
+      }
       const double step_s = Median(t), tok_s = B / step_s;
       const double ceiling = B / ((weights + B * context * kv_token) / bw);
       std::printf("%-10s %-6s %7lld %12.3f %12.1f %12.1f %8.0f %7.0f%%   eager %.2f ms: kv write %.2f, attention %.2f\n",
