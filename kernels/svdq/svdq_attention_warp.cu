@@ -18,7 +18,7 @@
 //      128 a step is one schedule group; at 64 (8-channel groups) it is two, each lane reading
 //      its own group's bits, and an odd count of retained groups pads the last step with zeros;
 //   2. keys K = mean + Z V_r^T on tensor cores (fp16 in, fp32 accumulation, the mean as the
-//      accumulator's start), two 8-column tiles at a time: columns i and i + 64, the RoPE
+//      accumulator's start), two 8-column tiles at a time: columns i and i + D/2, the RoPE
 //      pair, land in the same thread;
 //   3. RoPE split as q . R_t k = (R_T0^T q) . (R_d k) with T0 the tile's first position and
 //      d = t - T0 < 16: R_d for the thread's two rows is a table built once per block in
@@ -27,10 +27,10 @@
 //      rebuild's accumulators are the score product's A fragments) and the group's queries
 //      as the B operand (n = 8: GQA groups up to 8);
 //   5. online softmax per head in registers (exp2, scale and log2 e folded into q);
-//   6. O^T [128, 8 heads] += V^T P^T: V^T by ldmatrix.trans from the staged rows, P^T from S's
+//   6. O^T [D, 8 heads] += V^T P^T: V^T by ldmatrix.trans from the staged rows, P^T from S's
 //      accumulators transposed in registers (movmatrix).
 // The bf16 tail (fewer than P tokens, already rotated) is a tile or more whose keys come from
-// memory and meet the unrotated query. At the end the four warps' states are merged in shared
+// memory and meet the unrotated query. At the end the warps' states are merged in shared
 // memory and written out, or to the split workspace for kernels/attention/split_merge.cu.
 //
 // V_r^T (r <= 16 KS retained channels) is held in registers when KS D <= 256 (at head dim 128
@@ -66,7 +66,6 @@ __host__ __device__ constexpr bool VrInRegs(int d, int ks) { return ks * d <= 25
 // at a time, 4 warps, two blocks per multiprocessor, three stages.
 __host__ __device__ constexpr int WarpsFor(bool pair) { return pair ? 8 : 4; }
 __host__ __device__ constexpr int StagesFor(bool pair) { return pair ? 4 : 3; }
-constexpr int kMaxSmem = 227 * 1024;
 
 // The geometry of head dim D (64 or 128).
 template <int D>
@@ -86,8 +85,8 @@ struct Geo {
 // Byte offsets into dynamic shared memory.
 struct WarpSmem {
   int ks;           // k-steps (retained 16-channel groups)
-  int vr, vr_ld;    // V_r^T [128 dims][ks*16 + 8] fp16, in the permuted k order (0 bytes when in registers)
-  int mean;         // fp32 quads [64]: (mean[2i], mean[2i + 1]) twice, a rebuild accumulator's start
+  int vr, vr_ld;    // V_r^T [D dims][ks*16 + 8] fp16, in the permuted k order (0 bytes when in registers)
+  int mean;         // fp32 quads [D / 2]: (mean[2i], mean[2i + 1]) twice, a rebuild accumulator's start
   int rd;           // R_d: [pair][lane] x {cos, sin} at rows g and g + 8, half2 over the pair's two columns
   int ptab;         // int2 [kMaxPieces]: key record piece -> (byte offset in the page record, bytes per 16 tokens)
   int rec_bytes;    // one tile's key record: codes of each group (16 tokens), then scales and zeros of its page
@@ -190,7 +189,10 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   // This lane's channels of a k-step: 4 q4 .. 4 q4 + 3, in retained group `sub` of the step,
   // from its channel cl0.
   const int sub = kSub == 1 ? 0 : (4 * q4) / kGs, cl0 = (4 * q4) % kGs;
-  auto mine = [&](const int (&a)[NR], int ks) { return kSub == 1 ? a[ks] : (sub ? a[kSub * ks + 1] : a[kSub * ks]); };
+  auto mine = [&](const int (&a)[NR], int ks) {
+    if constexpr (kSub == 1) return a[ks];
+    else return sub ? a[kSub * ks + 1] : a[kSub * ks];
+  };
   const int scale_at = code_bytes_all, zero_at = code_bytes_all + 2 * l.retained;
   const int code_pieces = code_bytes_all / 16, npieces = code_pieces + l.retained / 4;
 
@@ -251,7 +253,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
       vr[dim * s.vr_ld + k] = __float2half(basis[dim * kD + ch + c16 % kGs]);
     }
   }
-  // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and 64 + 8a + 2q4 (+1),
+  // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and D/2 + 8a + 2q4 (+1),
   // scaled by sm_scale * log2(e).
   __half2 qlo[kPairs], qhi[kPairs];
   {
@@ -275,12 +277,13 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   const int64_t table_row = static_cast<int64_t>(b) * p.max_pages;
   const auto* vbase = static_cast<const uint16_t*>(p.value_pages);
   // Stages tile j (block-relative) into stage `slot`: key record pieces, RoPE row, values.
-  // The pool page of tile j (0 past the paged tiles), loaded one tile ahead of its staging so
+  // The pool page of tile j (0 past the paged tiles), loaded two tiles ahead of its staging so
   // that the load's latency overlaps a tile's work.
   // Tiles per page is a power of two (pages of 16 x 2^n tokens): shifts, no divisions.
   const int tile_shift = __ffs(P / kTok) - 1, tile_mask = P / kTok - 1;
   auto page_of = [&](int j) { return j < paged_tiles ? p.page_table[table_row + first + (j >> tile_shift)] : 0; };
-  // Each lane stages value rows lane / 16 + 2i, 16-byte piece lane % 16: fixed offsets.
+  // Each lane stages value rows lane / kRowLanes + kRowsPerPass i, 16-byte piece lane % kRowLanes:
+  // fixed offsets.
   const int v_src_lane = (lane / kRowLanes) * kD + (lane % kRowLanes) * 8;
   const int v_dst_lane = ((lane / kRowLanes) * kLdV + (lane % kRowLanes) * 8) * 2;
   constexpr int kRopeLanes = Gm::kRopeLanes;
@@ -315,7 +318,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
     }
   };
 
-  float o[kPairs][4];  // O^T [128 dims, 8 heads]: tile mt holds dims 16 mt + g8 (+8), heads 2 q4 (+1)
+  float o[kPairs][4];  // O^T [D dims, 8 heads]: tile mt holds dims 16 mt + g8 (+8), heads 2 q4 (+1)
 #pragma unroll
   for (int mt = 0; mt < kPairs; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // heads 2 q4, 2 q4 + 1 (log2 units)
@@ -369,7 +372,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
         blo[ks][0] = bv[a][ks][0], blo[ks][1] = bv[a][ks][1];
         bhi[ks][0] = bv[a + kPairs][ks][0], bhi[ks][1] = bv[a + kPairs][ks][1];
       } else {
-        // Matrices: (tile a, slots 0-7), (tile a, 8-15), (tile a + 8, 0-7), (tile a + 8, 8-15).
+        // Matrices: (tile a, slots 0-7), (tile a, 8-15), (tile a + kPairs, 0-7), (tile a + kPairs, 8-15).
         const int mi = lane / 8, tile = a + kPairs * (mi >> 1);
         const __half* vr = reinterpret_cast<const __half*>(smem + s.vr);
         uint32_t r4[4];
@@ -590,6 +593,17 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
 
 using KernelFn = void (*)(SvdqAttentionParams);
 
+// The device's opt-in shared memory per block (227 KB on Hopper; less elsewhere).
+int MaxSmem() {
+  static const int bytes = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+      return 0;
+    return v;
+  }();
+  return bytes;
+}
+
 // The kernel for a layout: its (D, KS) instance, in pair mode where that fits.
 struct Choice {
   KernelFn fn = nullptr;
@@ -605,7 +619,7 @@ Choice ChooseKs(const SvdqLayout& l, int ks) {
     if (ks != KS) return ChooseKs<D, KS + 1>(l, ks);
     if constexpr (!VrInRegs(D, KS) && KS <= 5) {  // past 5 k-steps the pair's registers spill
       const int smem = PlanWarpSmem<D>(l, true).total;
-      if (smem <= kMaxSmem) return {AttentionWarpKernel<D, KS, true>, true, smem};
+      if (smem <= MaxSmem()) return {AttentionWarpKernel<D, KS, true>, true, smem};
     }
     return {AttentionWarpKernel<D, KS, false>, false, PlanWarpSmem<D>(l, false).total};
   }
@@ -629,7 +643,7 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
   if (l.zero_offset != l.scale_offset + 2 * l.retained) return false;
   if (p.value_format != KvFormat::kBf16 || p.num_heads / p.kv_heads > 8) return false;
   const Choice c = Choose(l);
-  return c.fn && c.smem <= kMaxSmem;
+  return c.fn && c.smem <= MaxSmem();
 }
 
 Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {

@@ -429,15 +429,17 @@ TEST(SvdqKernels, AttentionWarpStreams) {
   RunAttention({128, 16, 2, 4, 3, "8,4,2,1,1,0,0,0", {5, 0, 9}, {3, 7, 0}}, seed++, 0, Path::kWarp, {true, KvFormat::kBf16});
   RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
   // Head dim 64: two 8-channel schedule groups per k-step, each lane on its own group's bits; an
-  // odd count of retained groups (5, 3, 1) pads the last k-step.
+  // odd count of retained groups (5, 1) pads the last k-step.
   for (int P : {16, 32, 64})
-    for (const char* s : {"4,2,2,1,1,0,0,0", "8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,0,5,0,0,0,0,0", "0,0,0,0,0,0,0,6",
+    for (const char* s : {"4,2,2,1,1,0,0,0", "8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0", "3,0,4,0,0,0,0,0", "0,0,0,0,0,0,0,8",
                           "8,8,8,8,8,8,8,8"})
       for (int split : {0, 3}) {
         RunAttention({64, P, 3, 3, 4, s, {1, 9, 4, 0}, {0, 1, 15, P - 1}}, seed++, split, Path::kWarp);
         RunAttention({64, P, 1, 8, 2, s, {6, 2}, {P - 1, 3}}, seed++, split, Path::kWarp);
       }
   RunAttention({64, 64, 2, 4, 1, "4,2,2,1,1,0,0,0", {600}, {33}}, seed++, 37, Path::kWarp);
+  // Head dim 128, 5 k-steps whose pair-mode stages do not fit (8 bits each): the 4-warp instance.
+  RunAttention({128, 16, 2, 4, 3, "8,8,8,8,8,0,0,0", {9, 1, 4}, {0, 15, 3}}, seed++, 3, Path::kWarp);
   RunAttention({64, 16, 3, 3, 3, "4,2,2,1,1,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
 }
 
