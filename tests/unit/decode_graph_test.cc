@@ -108,6 +108,12 @@ TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardSvdqKeys) {
   RunModes("svdq");
 }
 
+TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardSvdqKeysHeadDim64) {
+  // SmolLM2's shape: SVDq keys with bf16 values go to the warp-stream kernel at head dim 64.
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  RunModes("svdq", "bf16", "synthetic:smollm2-135m");
+}
+
 TEST(DecodeGraphs, ReplayEqualsEagerStepAndForwardQuantizedModes) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   // Quantized pages need head dim 64 or 128: SmolLM2-135M's shape (64), random weights.
