@@ -593,7 +593,11 @@ void Engine::Impl::RunBatch() {
       at::Tensor sub;
       std::vector<int32_t> toks;
       try {
-        sub = logits.index_select(0, models::IndexToDevice(picked, logits.device()));
+        // Every row samples in a decode step: then they are the first rows, in order (a view).
+        bool prefix = true;
+        for (size_t j = 0; j < picked.size(); ++j) prefix = prefix && picked[j] == static_cast<int64_t>(j);
+        sub = prefix ? logits.narrow(0, 0, static_cast<int64_t>(picked.size()))
+                     : logits.index_select(0, models::IndexToDevice(picked, logits.device()));
         toks = SampleBatch(sub, rows, penalties.get());
       } catch (const std::exception& e) {
         error = e.what();

@@ -135,10 +135,17 @@ std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<Sam
   const int64_t B = static_cast<int64_t>(rows.size());
   if (logits.dim() != 2 || logits.size(0) != B) throw std::invalid_argument("SampleBatch: one logits row per entry");
   const at::Device d = logits.device();
-  at::Tensor x = logits.to(at::kFloat).contiguous().clone();
-  const at::Tensor finite = at::isfinite(x).all(-1);  // before bans put -inf in
-  for (const SampleRow& r : rows)
+  // Penalties and bans write into x; without them the logits are read as they are (no copy).
+  bool writes = false;
+  for (const SampleRow& r : rows) {
     if (r.penalty_lane >= 0 && !state) throw std::invalid_argument("SampleBatch: a penalty_lane needs the state");
+    const SamplingParams& p = *r.params;
+    writes = writes || r.penalty_lane >= 0 || !r.banned.empty() || p.repetition_penalty != 1.f ||
+             p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
+  }
+  at::Tensor x = logits.to(at::kFloat).contiguous();
+  if (writes) x = x.clone();
+  const at::Tensor finite = at::isfinite(x).all(-1);  // before bans put -inf in
   if (state) ApplyStatePenalties(x, rows, *state);
   ApplyPenalties(x, rows);
   at::Tensor chosen = x.argmax(-1);  // greedy rows keep this
