@@ -11,7 +11,8 @@
 // One block of W warps per (sequence, KV head, split) (W = 4, or 8 in pair mode). Warp w takes
 // the 16-token tiles w, w + W, w + 2W, ... of the block's range; two tiles in flight per warp
 // beyond the one or two it works on (cp.async of the tile's key codes, its page's scales and
-// zeros, the RoPE row of its first position, and its bf16 value rows). Per tile, tokens are the rows (M) of every product:
+// zeros, the RoPE row of its first position, and its bf16 value rows). Per tile, tokens are
+// the rows (M) of every product:
 //   1. latents Z [16 tok, r] straight into mma A fragments: lane q of a k-step takes the four
 //      consecutive codes 4q..4q+3 of the step's 16 channels (one load; the k order inside the
 //      step is permuted, and V_r^T's rows with it, so that they are consecutive). At head dim
