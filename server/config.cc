@@ -119,6 +119,13 @@ std::vector<Flag> Flags(ServerConfig* c) {
          c->cuda_graphs = v == "true";
          return true;
        }},
+      {"overlap-steps", "true | false: launch each decode step before the host reads the step before's tokens, "
+                        "and emit them while the GPU runs (CUDA graph steps and the CPU) (default true)",
+       [c](const std::string& v) {
+         if (v != "true" && v != "false") return false;
+         c->overlap_steps = v == "true";
+         return true;
+       }},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {
          if (v != "true" && v != "false") return false;

@@ -27,6 +27,7 @@ struct ServerConfig {
   std::string svdq_scope = "head";
   int svdq_basis_tokens = 256;
   bool cuda_graphs = true;
+  bool overlap_steps = true;  // launch a decode step before reading the one before's tokens
   std::string svdq_basis_file;
   int shutdown_grace_seconds = 30;
   int64_t max_message_bytes = 4 << 20;

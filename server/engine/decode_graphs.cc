@@ -23,6 +23,19 @@ namespace {
 // vocabularies, and such steps are bandwidth-bound anyway.
 constexpr int64_t kMaxGraphBatch = 128;
 
+// The ids the step reads, overwritten on the device after Fill's copies (same stream).
+void SetDeviceIds(const at::Tensor& dst, const at::Tensor& ids, const std::vector<int64_t>& from) {
+  const int64_t n = dst.size(0);
+  at::Tensor src;
+  if (from.empty()) {
+    src = ids.narrow(0, 0, n);
+  } else {
+    at::Tensor idx = at::tensor(from, at::kLong);
+    src = ids.index_select(0, ids.is_cuda() ? idx.pin_memory().to(ids.device(), /*non_blocking=*/true) : idx);
+  }
+  dst.copy_(src.clamp_min(0));
+}
+
 }  // namespace
 
 struct DecodeGraphs::Graph {
@@ -260,12 +273,21 @@ DecodeGraphs::StepProfile DecodeGraphs::Profile(const std::vector<DecodeRow>& ro
   return p;
 }
 
-at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) {
+at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) { return Run(rows, at::Tensor(), {}); }
+
+at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows, const at::Tensor& ids,
+                             const std::vector<int64_t>& from) {
   Graph& g = Pick(rows.size());
   Fill(g, rows);
+  const int64_t n = static_cast<int64_t>(rows.size());
+  if (ids.defined()) SetDeviceIds(g.ids.narrow(0, 0, n), ids, from);
   g.graph->replay();
-  return g.logits.narrow(0, 0, static_cast<int64_t>(rows.size()));
+  return g.logits.narrow(0, 0, n);
 }
+
+struct StepReadback::Events {
+  at::cuda::CUDAEvent done[2];
+};
 
 #else
 
@@ -277,10 +299,53 @@ std::unique_ptr<DecodeGraphs> DecodeGraphs::Create(models::LlamaModel*, kv::Page
 
 at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) { return RunEager(rows); }
 
+at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows, const at::Tensor& ids,
+                             const std::vector<int64_t>& from) {
+  Graph& g = Pick(rows.size());
+  Fill(g, rows);
+  const int64_t n = static_cast<int64_t>(rows.size());
+  if (ids.defined()) SetDeviceIds(g.ids.narrow(0, 0, n), ids, from);
+  return Forward(g).narrow(0, 0, n);
+}
+
+struct StepReadback::Events {};
+
 DecodeGraphs::StepProfile DecodeGraphs::Profile(const std::vector<DecodeRow>&) {
   throw std::logic_error("decode step profiles need CUDA");
 }
 
 #endif
+
+StepReadback::StepReadback(at::Device device, int64_t max_rows, int64_t lanes) : events_(std::make_unique<Events>()) {
+  const bool cuda = device.is_cuda();
+  for (int i = 0; i < 2; ++i) {
+    ids_[i] = at::zeros({std::max<int64_t>(max_rows, 1)}, at::TensorOptions().dtype(at::kLong).pinned_memory(cuda));
+    flags_[i] = at::zeros({std::max<int64_t>(lanes, 1)}, at::TensorOptions().dtype(at::kInt).pinned_memory(cuda));
+  }
+}
+
+StepReadback::~StepReadback() = default;
+
+int StepReadback::Start(const at::Tensor& ids, const at::Tensor& flags) {
+  const int slot = next_;
+  next_ ^= 1;
+  const int64_t n = ids.size(0);
+  if (n > ids_[slot].size(0)) throw std::logic_error("StepReadback: more rows than it was made for");
+  // Non-blocking into pinned memory: queued behind the step; the host goes on at once.
+  ids_[slot].narrow(0, 0, n).copy_(ids, /*non_blocking=*/true);
+  if (flags.defined()) flags_[slot].narrow(0, 0, flags.size(0)).copy_(flags, /*non_blocking=*/true);
+#ifdef SVDQ_WITH_CUDA
+  if (ids.is_cuda()) events_->done[slot].record(at::cuda::getCurrentCUDAStream());
+#endif
+  return slot;
+}
+
+void StepReadback::Wait(int slot) {
+#ifdef SVDQ_WITH_CUDA
+  events_->done[slot].synchronize();
+#else
+  (void)slot;
+#endif
+}
 
 }  // namespace svdq::engine

@@ -33,6 +33,28 @@ struct DecodeRow {
   int lane = 0;          // the sequence's lane (tail page and basis of page-coded keys)
 };
 
+// A step's sampled ids and the storage's non-finite-key flags, copied to pinned host memory
+// without waiting, so that the host can launch the next step before it reads them. Two slots:
+// a copy goes to the slot the step before last used, which has been read by then.
+class StepReadback {
+ public:
+  StepReadback(at::Device device, int64_t max_rows, int64_t lanes);
+  ~StepReadback();
+  // Queues the copies of ids (int64 [n], n <= max_rows) and flags (int32 [lanes]; undefined:
+  // none) on the current stream; returns the slot.
+  int Start(const at::Tensor& ids, const at::Tensor& flags);
+  // Blocks until the slot's copies are done; then ids(slot) and flags(slot) hold them.
+  void Wait(int slot);
+  const int64_t* ids(int slot) const { return ids_[slot].data_ptr<int64_t>(); }
+  const int32_t* flags(int slot) const { return flags_[slot].data_ptr<int32_t>(); }  // [lanes], zeros if none
+
+ private:
+  struct Events;
+  at::Tensor ids_[2], flags_[2];
+  std::unique_ptr<Events> events_;
+  int next_ = 0;
+};
+
 class DecodeGraphs {
  public:
   // Captures the graphs, or returns null and says why in *why where they do not apply. Throws
@@ -49,6 +71,10 @@ class DecodeGraphs {
   // One decode step for `rows` (at most max_batch()): logits [rows, vocab] fp32, valid until
   // the next call.
   at::Tensor Run(const std::vector<DecodeRow>& rows);
+  // The same, with the token ids taken on the device from `ids` (int64, the step before's
+  // SampleIds): row b reads ids[from[b]] (from empty: ids[b]); negative ids (rows that could not
+  // sample, whose step is discarded) read as 0. rows[b].token is ignored.
+  at::Tensor Run(const std::vector<DecodeRow>& rows, const at::Tensor& ids, const std::vector<int64_t>& from);
   // The same step without the graph (for tests): identical inputs, eager kernels.
   at::Tensor RunEager(const std::vector<DecodeRow>& rows);
   // The eager step with CUDA events around every layer's KV write and attention: where the

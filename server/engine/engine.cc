@@ -2,6 +2,11 @@
 // waiting sequences, makes room for every decode and plans the step; then one forward (a CUDA
 // graph replay for a step of decodes only, decode_graphs.h), one batched sampler call, and
 // emission of text, stop checks and final events.
+// Overlap: a step of decodes only leaves its sampled ids on the device (pending). While nothing
+// else needs the host's decision (no admission, cancellation, logprobs or penalties), the next
+// step is launched from those ids first, and the pending step's text, stop checks and events are
+// done while the GPU runs it. A sequence that ended with the pending token has its row in the
+// launched step discarded.
 #include "server/engine/engine.h"
 
 #include <ATen/ATen.h>
@@ -129,6 +134,14 @@ struct Engine::Impl {
   metrics::Metrics* metrics;
   std::string source;  // "gguf", "huggingface" or "synthetic"
   std::unique_ptr<DecodeGraphs> graphs;  // null where decode steps are not captured
+  // A step of decodes only whose ids are not read yet (overlap; see the file comment).
+  struct Pending {
+    std::vector<Sequence*> seqs;  // its rows; null: the sequence ended before (the row is discarded)
+    at::Tensor ids;               // SampleIds, on the device
+    int slot = -1;                // in `readback`
+  };
+  std::unique_ptr<Pending> pending;
+  std::unique_ptr<StepReadback> readback;  // null: steps are not overlapped
   std::unique_ptr<PenaltyState> penalties;  // made for the first request with a penalty
   std::unique_ptr<models::Tokenizer> tokenizer;
   std::unique_ptr<models::LlamaModel> model;
@@ -158,8 +171,24 @@ struct Engine::Impl {
   void RunBatch();
   // A sequence that asked for prompt logprobs is prefilled alone, in one piece. True if it finished.
   bool PrefillWithPromptLogprobs(Sequence* s);
-  // The sampler's row for `s`: its settings, history, banned ids and next draw.
-  SampleRow RowFor(Sequence* s);
+  // The sampler's row for `s`: its settings, history, banned ids and next draw; `ahead` tokens
+  // not yet read count as output (for the step launched before they are).
+  SampleRow RowFor(Sequence* s, int ahead = 0);
+  // Whether s's steps may run ahead of the host reading its tokens: no token logprobs and no
+  // penalties (both need the host's view of every token before the next step).
+  static bool Overlappable(const Sequence* s);
+  // Launches the decode step after the pending one, from its ids on the device, then emits the
+  // pending step's tokens. False (nothing done) where the host must decide first.
+  bool LaunchAhead();
+  // Reads the pending step's ids and emits them (the sequences that end are appended to
+  // *finished). `ahead`: the sequences in the step launched after it, whose last KV token
+  // is set to the token read.
+  void DrainPending(std::vector<Sequence*>* finished, const std::vector<Sequence*>& ahead);
+  // A decode step over `seqs` at their next positions, the ids read on the device from `ids`
+  // (rows `from`; empty: 0 .. n-1). Logits [n, vocab].
+  at::Tensor ForwardFromIds(const std::vector<Sequence*>& seqs, const at::Tensor& ids, const std::vector<int64_t>& from);
+  // Emits a sampled token, or ends s with the error that prevents it. True if s finished.
+  bool EmitSampled(Sequence* s, const TokenLogprob* logprob, int32_t tok, bool nonfinite_key);
   // Emits `tok` (sampled from `logits`, kept for logprobs) and checks the stop conditions. True if
   // the sequence finished.
   bool Emit(Sequence* s, const TokenLogprob* logprob, int32_t tok);
@@ -167,6 +196,8 @@ struct Engine::Impl {
   void Finish(Sequence* s, FinishReason reason, const std::string& error);
   // Lanes whose page-coded keys met a NaN or infinity (empty for other modes).
   std::vector<int> NonFiniteKeyLanes() const;
+  // The storage's per-lane non-finite-key flags on the device (undefined for other modes).
+  at::Tensor KeyFlags() const;
   void ReportKv() {
     if (!metrics) return;
     const int32_t used = kv->num_blocks() - kv->num_free_blocks();
@@ -351,6 +382,10 @@ void Engine::Load() {
   } else if (m.opts.cuda_graphs && device.is_cuda()) {
     std::cout << "svdq-server: no CUDA graphs: layer-scope SVDq keys and non-bf16 models run eagerly" << std::endl;
   }
+  // Overlapped decode steps need the ids to stay on the device: graph steps (an eager step on
+  // CUDA reads them anyway), or the CPU, where overlap changes nothing but runs the same path.
+  if (m.opts.overlap_steps && (m.graphs || !device.is_cuda()))
+    m.readback = std::make_unique<StepReadback>(device, static_cast<int64_t>(lanes), m.storage->spec().lanes);
   if (m.metrics) {
     const std::string full = dtype == at::kFloat ? "fp32" : dtype == at::kHalf ? "fp16" : "bf16";
     const bool svdq = modes.key == kv::KeyMode::kSvdq;
@@ -457,6 +492,10 @@ void Engine::Impl::Loop() {
     if (stopping) break;
     Step();
   }
+  if (pending) {
+    readback->Wait(pending->slot);  // its tokens are not sent: every sequence is cancelled below
+    pending.reset();
+  }
   for (auto& s : sched->running()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
   for (auto& s : sched->waiting()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
   std::lock_guard<std::mutex> lock(mu);
@@ -476,6 +515,22 @@ void Engine::Impl::Step() {
       ++it;
     }
   }
+  c10::InferenceMode no_grad;
+  if (pending) {
+    const auto t0 = Clock::now();
+    const int batch = static_cast<int>(running.size());
+    if (LaunchAhead()) {
+      if (metrics) {
+        metrics->SetRunning(static_cast<double>(running.size()));
+        metrics->ObserveStep("decode", batch, Seconds(t0, Clock::now()));
+      }
+      ReportKv();
+      return;
+    }
+    std::vector<Sequence*> finished;
+    DrainPending(&finished, {});
+    for (Sequence* s : finished) sched->TakeRunning(s);
+  }
   const int64_t q0 = kv->prefix_query_tokens(), h0 = kv->prefix_hit_tokens();
   for (SchedSeq* a : sched->Admit()) {
     Sequence* s = Seq(a);
@@ -488,7 +543,6 @@ void Engine::Impl::Step() {
     metrics->SetRunning(static_cast<double>(running.size()));
     metrics->SetWaiting(static_cast<double>(waiting.size()));
   }
-  c10::InferenceMode no_grad;
   // Step time by phase: a step that prefills any sequence counts as "prefill".
   const auto step_start = Clock::now();
   bool any_prefill = false;
@@ -545,6 +599,10 @@ void Engine::Impl::RunBatch() {
     // A step of decodes only, that a captured graph holds, replays it.
     bool decodes_only = graphs && static_cast<int>(work.size()) <= graphs->max_batch();
     for (const StepPlan::Item& w : work) decodes_only = decodes_only && w.seq->prefilled && w.tokens.size() == 1;
+    // A step of decodes only may leave its ids on the device: it becomes the pending step.
+    bool overlap = readback && (decodes_only || !graphs);
+    for (const StepPlan::Item& w : work)
+      overlap = overlap && w.seq->prefilled && w.tokens.size() == 1 && Overlappable(Seq(w.seq));
     try {
       if (decodes_only) {
         std::vector<DecodeRow> rows;
@@ -598,9 +656,21 @@ void Engine::Impl::RunBatch() {
         for (size_t j = 0; j < picked.size(); ++j) prefix = prefix && picked[j] == static_cast<int64_t>(j);
         sub = prefix ? logits.narrow(0, 0, static_cast<int64_t>(picked.size()))
                      : logits.index_select(0, models::IndexToDevice(picked, logits.device()));
-        toks = SampleBatch(sub, rows, penalties.get());
+        if (overlap && sampling.size() == work.size()) {
+          auto p = std::make_unique<Pending>();
+          for (size_t i : sampling) p->seqs.push_back(Seq(work[i].seq));
+          p->ids = SampleIds(sub, rows, penalties.get());
+          p->slot = readback->Start(p->ids, KeyFlags());
+          pending = std::move(p);
+        } else {
+          toks = SampleBatch(sub, rows, penalties.get());
+        }
       } catch (const std::exception& e) {
         error = e.what();
+      }
+      if (pending) {  // read and emitted by a later step
+        for (Sequence* s : finished) sched->TakeRunning(s);
+        return;
       }
       std::vector<int> want;  // logprobs asked per sampled row (-1: none, or nothing was sampled)
       for (size_t j = 0; j < sampling.size(); ++j)
@@ -618,17 +688,16 @@ void Engine::Impl::RunBatch() {
       const std::vector<int> bad = error.empty() ? NonFiniteKeyLanes() : std::vector<int>();
       for (size_t j = 0; j < sampling.size(); ++j) {
         Sequence* s = Seq(work[sampling[j]].seq);
-        bool done = true;
-        try {
-          if (!error.empty()) throw std::runtime_error(error);
-          if (toks[j] == kNonFiniteLogits) throw std::runtime_error(kNonFiniteMessage);
-          if (std::find(bad.begin(), bad.end(), s->lane) != bad.end()) throw std::runtime_error(kNonFiniteKeyMessage);
-          done = Emit(s, want[j] >= 0 ? &lps[j] : nullptr, toks[j]);
-          if (rows[j].penalty_lane >= 0) penalty_lanes.push_back(rows[j].penalty_lane), penalty_toks.push_back(toks[j]);
-        } catch (const std::exception& e) {
-          Finish(s, FinishReason::kError, e.what());
+        if (!error.empty()) {
+          Finish(s, FinishReason::kError, error);
+          finished.push_back(s);
+          continue;
         }
-        if (done) finished.push_back(s);
+        const bool bad_key = std::find(bad.begin(), bad.end(), s->lane) != bad.end();
+        if (EmitSampled(s, want[j] >= 0 ? &lps[j] : nullptr, toks[j], bad_key))
+          finished.push_back(s);
+        else if (rows[j].penalty_lane >= 0)
+          penalty_lanes.push_back(rows[j].penalty_lane), penalty_toks.push_back(toks[j]);
       }
       if (!penalty_lanes.empty()) penalties->Add(penalty_lanes, penalty_toks);  // one launch for the step
     }
@@ -644,6 +713,127 @@ void Engine::Impl::RunBatch() {
     }
   }
   for (Sequence* s : finished) sched->TakeRunning(s);
+}
+
+bool Engine::Impl::Overlappable(const Sequence* s) {
+  const SamplingParams& p = s->req.sampling;
+  return s->req.logprobs < 0 && p.repetition_penalty == 1.f && p.presence_penalty == 0.f && p.frequency_penalty == 0.f;
+}
+
+bool Engine::Impl::EmitSampled(Sequence* s, const TokenLogprob* logprob, int32_t tok, bool nonfinite_key) {
+  try {
+    if (tok == kNonFiniteLogits) throw std::runtime_error(kNonFiniteMessage);
+    if (nonfinite_key) throw std::runtime_error(kNonFiniteKeyMessage);
+    return Emit(s, logprob, tok);
+  } catch (const std::exception& e) {
+    Finish(s, FinishReason::kError, e.what());
+    return true;
+  }
+}
+
+at::Tensor Engine::Impl::ForwardFromIds(const std::vector<Sequence*>& seqs, const at::Tensor& ids,
+                                        const std::vector<int64_t>& from) {
+  if (graphs) {
+    std::vector<DecodeRow> rows;
+    for (Sequence* s : seqs) rows.push_back({0, s->computed, &kv->Blocks(s->id), s->lane});
+    return graphs->Run(rows, ids, from);
+  }
+  // On the CPU (the only other place steps overlap) the ids are host memory already.
+  const at::Tensor host = ids.to(at::kCPU).contiguous();
+  std::vector<std::unique_ptr<kv::PagedSeqView>> views;
+  std::vector<models::KvView*> kvs;
+  std::vector<std::vector<int32_t>> tokens;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    Sequence* s = seqs[b];
+    const int64_t id = host.data_ptr<int64_t>()[from.empty() ? static_cast<int64_t>(b) : from[b]];
+    views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(s->id), s->computed, s->lane));
+    kvs.push_back(views.back().get());
+    tokens.push_back({static_cast<int32_t>(std::max<int64_t>(id, 0))});
+  }
+  return model->ForwardBatch(tokens, kvs);
+}
+
+bool Engine::Impl::LaunchAhead() {
+  Pending& p = *pending;
+  if (sched->WouldAdmit()) return false;
+  size_t alive = 0;
+  for (Sequence* s : p.seqs) {
+    if (!s) continue;
+    if (s->stream->cancelled() || !Overlappable(s)) return false;
+    ++alive;
+  }
+  if (alive != sched->running().size()) return false;  // a sequence outside the pending step (prefilling)
+  // The sequences that go on, unless the pending token ends them: those that surely end with it
+  // (length) are left out.
+  const int64_t max_context = model->config().max_context;
+  std::vector<Sequence*> next;
+  std::vector<int64_t> from;
+  bool identity = true;
+  for (size_t j = 0; j < p.seqs.size(); ++j) {
+    Sequence* s = p.seqs[j];
+    if (!s) continue;
+    const bool ends = (s->req.max_tokens > 0 && static_cast<int32_t>(s->output.size()) + 1 >= s->req.max_tokens) ||
+                      s->computed + 1 >= max_context;
+    if (ends) continue;
+    identity = identity && from.size() == j;
+    next.push_back(s);
+    from.push_back(static_cast<int64_t>(j));
+  }
+  if (next.empty() || (graphs && static_cast<int>(next.size()) > graphs->max_batch())) return false;
+  if (!sched->ReserveAhead(std::vector<SchedSeq*>(next.begin(), next.end()))) return false;
+  auto n = std::make_unique<Pending>();
+  n->seqs = next;
+  std::string error;
+  try {
+    std::vector<SampleRow> rows;
+    for (Sequence* s : next) rows.push_back(RowFor(s, /*ahead=*/1));
+    at::Tensor logits = ForwardFromIds(next, p.ids, identity ? std::vector<int64_t>() : from);
+    n->ids = SampleIds(logits, rows);
+    n->slot = readback->Start(n->ids, KeyFlags());
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  // While the GPU runs it: the pending step's tokens.
+  std::vector<Sequence*> finished;
+  DrainPending(&finished, next);
+  int discarded = 0;
+  for (Sequence*& s : n->seqs)
+    if (std::find(finished.begin(), finished.end(), s) != finished.end()) s = nullptr, ++discarded;
+  if (metrics) metrics->AddStepAhead(discarded);
+  for (Sequence* s : n->seqs) {
+    if (!s) continue;
+    if (!error.empty()) {
+      Finish(s, FinishReason::kError, error);
+      finished.push_back(s);
+    } else {
+      sched->Advance(s, 1);
+    }
+  }
+  if (error.empty()) pending = std::move(n);
+  for (Sequence* s : finished) sched->TakeRunning(s);
+  return true;
+}
+
+void Engine::Impl::DrainPending(std::vector<Sequence*>* finished, const std::vector<Sequence*>& ahead) {
+  std::unique_ptr<Pending> p = std::move(pending);
+  readback->Wait(p->slot);
+  const int64_t* ids = readback->ids(p->slot);
+  const int32_t* flags = readback->flags(p->slot);
+  const bool coded = storage->spec().modes.page_coded_keys();
+  for (size_t j = 0; j < p->seqs.size(); ++j) {
+    Sequence* s = p->seqs[j];
+    if (!s) continue;
+    const int32_t tok = static_cast<int32_t>(ids[j]);
+    if (EmitSampled(s, nullptr, tok, coded && flags[s->lane] != 0)) {
+      finished->push_back(s);
+    } else if (std::find(ahead.begin(), ahead.end(), s) != ahead.end()) {
+      kv->SetLastToken(s->id, tok);
+    }
+  }
+}
+
+at::Tensor Engine::Impl::KeyFlags() const {
+  return storage->spec().modes.page_coded_keys() ? storage->nonfinite_flags() : at::Tensor();
 }
 
 std::vector<int> Engine::Impl::NonFiniteKeyLanes() const {
@@ -717,13 +907,13 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
   return Emit(s, s->req.logprobs >= 0 ? &lp[0] : nullptr, tok);
 }
 
-SampleRow Engine::Impl::RowFor(Sequence* s) {
+SampleRow Engine::Impl::RowFor(Sequence* s, int ahead) {
   // Until min_tokens, the end of sequence and the stop token ids cannot be sampled.
   const Request& rq = s->req;
   SampleRow row;
   row.params = &rq.sampling;
   row.history = TokenHistory{&rq.prompt, &s->output};
-  if (static_cast<int32_t>(s->output.size()) < rq.min_tokens) {
+  if (static_cast<int32_t>(s->output.size()) + ahead < rq.min_tokens) {
     if (!rq.ignore_eos) row.banned = tokenizer->eos_ids();
     row.banned.insert(row.banned.end(), rq.stop_token_ids.begin(), rq.stop_token_ids.end());
   }

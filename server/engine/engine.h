@@ -36,6 +36,8 @@ struct EngineOptions {
   // tokens, which its first forward always covers, however the step budget is shared.
   int64_t svdq_basis_tokens = 256;
   bool cuda_graphs = true;                        // decode steps replayed from CUDA graphs where possible
+  // A decode step is launched before the host reads the step before's tokens (engine.cc).
+  bool overlap_steps = true;
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
 

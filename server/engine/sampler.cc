@@ -130,8 +130,7 @@ void PenaltyState::Add(const std::vector<int>& lanes, const std::vector<int32_t>
   count_.view({-1}).index_put_({idx}, at::ones({static_cast<int64_t>(flat.size())}, count_.options()), true);
 }
 
-std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<SampleRow>& rows,
-                                 const PenaltyState* state) {
+at::Tensor SampleIds(const at::Tensor& logits, const std::vector<SampleRow>& rows, const PenaltyState* state) {
   const int64_t B = static_cast<int64_t>(rows.size());
   if (logits.dim() != 2 || logits.size(0) != B) throw std::invalid_argument("SampleBatch: one logits row per entry");
   const at::Device d = logits.device();
@@ -184,8 +183,13 @@ std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<Sam
     chosen.index_copy_(0, rows_t, order.gather(1, pos).squeeze(1));
   }
   chosen.masked_fill_(finite.logical_not(), kNonFiniteLogits);  // read back with the ids: no extra sync
-  at::Tensor host = chosen.to(at::kCPU, at::kLong).contiguous();
-  return std::vector<int32_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + B);
+  return chosen.to(at::kLong);
+}
+
+std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<SampleRow>& rows,
+                                 const PenaltyState* state) {
+  at::Tensor host = SampleIds(logits, rows, state).to(at::kCPU).contiguous();
+  return std::vector<int32_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
 }
 
 }  // namespace svdq::engine

@@ -62,5 +62,9 @@ constexpr int32_t kNonFiniteLogits = -1;
 // `state` is needed where a row has a penalty_lane.
 std::vector<int32_t> SampleBatch(const at::Tensor& logits, const std::vector<SampleRow>& rows,
                                  const PenaltyState* state = nullptr);
+// The same choice left on the logits' device (int64 [B], kNonFiniteLogits where SampleBatch
+// says so), read by nobody yet: a decode step's ids feed the next step without a sync.
+at::Tensor SampleIds(const at::Tensor& logits, const std::vector<SampleRow>& rows,
+                     const PenaltyState* state = nullptr);
 
 }  // namespace svdq::engine

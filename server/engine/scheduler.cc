@@ -101,6 +101,23 @@ StepPlan Scheduler::Plan() const {
   return plan;
 }
 
+bool Scheduler::WouldAdmit() const {
+  if (static_cast<int>(running_.size()) >= max_running_ || waiting_.empty() || free_lanes_.empty()) return false;
+  const SchedSeq* s = waiting_.front().get();
+  return kv_->CanAllocate(s->AllTokens(), !s->no_prefix_cache);
+}
+
+bool Scheduler::ReserveAhead(const std::vector<SchedSeq*>& seqs) {
+  int32_t blocks = 0;
+  for (const SchedSeq* s : seqs) {
+    if (s->lane < 0 || !s->prefilled) throw std::logic_error("ReserveAhead: a sequence that is not decoding");
+    blocks += kv_->AppendTakesBlock(s->id) ? 1 : 0;
+  }
+  if (blocks > kv_->num_free_blocks()) return false;
+  for (const SchedSeq* s : seqs) kv_->Append(s->id, kUnknownToken);
+  return true;
+}
+
 void Scheduler::Advance(SchedSeq* s, int64_t tokens) {
   s->computed += tokens;
   kv_->Commit(s->id, static_cast<int32_t>(s->computed));

@@ -77,6 +77,14 @@ class Scheduler {
   // caller ends them; they are still running).
   std::vector<SchedSeq*> ReserveDecodes(std::vector<SchedSeq*>* preempted);
   StepPlan Plan() const;
+  // Whether Admit would admit anyone now (changes nothing).
+  bool WouldAdmit() const;
+  // Room for one more token for each of `seqs` (running and prefilled) whose next token is not
+  // known yet (the step that chooses it is still on the GPU): all of them or none, and nobody
+  // is preempted. Appends kUnknownToken for each; the engine sets it (KvCacheManager::
+  // SetLastToken) once read, before the step after commits it.
+  bool ReserveAhead(const std::vector<SchedSeq*>& seqs);
+  static constexpr int32_t kUnknownToken = -1;
   // `tokens` more of s's tokens are in the cache.
   void Advance(SchedSeq* s, int64_t tokens);
   // Gives back s's blocks and lane (s stays where it is in the lists). Idempotent.

@@ -1,6 +1,7 @@
 #include "server/kv/kv_cache_manager.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 namespace svdq::kv {
 
@@ -54,15 +55,21 @@ int32_t KvCacheManager::Allocate(SeqId id, const std::vector<int32_t>& prompt, b
 }
 
 bool KvCacheManager::CanAppend(SeqId id) const {
-  const Seq& s = seqs_.at(id);
-  bool needs_block = s.tokens.size() % cfg_.block_size == 0;
-  return !needs_block || pool_.num_free() > 0;
+  return !AppendTakesBlock(id) || pool_.num_free() > 0;
 }
 
 void KvCacheManager::Append(SeqId id, int32_t token) {
   Seq& s = seqs_.at(id);
   if (s.tokens.size() % cfg_.block_size == 0) s.blocks.push_back(pool_.Take());
   s.tokens.push_back(token);
+}
+
+void KvCacheManager::SetLastToken(SeqId id, int32_t token) {
+  Seq& s = seqs_.at(id);
+  if (s.tokens.empty()) throw std::logic_error("SetLastToken: the sequence has no token");
+  if (static_cast<size_t>(s.hashes.size()) * cfg_.block_size >= s.tokens.size())
+    throw std::logic_error("SetLastToken: the last token is already committed");
+  s.tokens.back() = token;
 }
 
 void KvCacheManager::Commit(SeqId id, int32_t computed) {

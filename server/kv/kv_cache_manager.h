@@ -39,6 +39,11 @@ class KvCacheManager {
   bool CanAppend(SeqId id) const;
   // Adds one token to the sequence. Call only if CanAppend(id).
   void Append(SeqId id, int32_t token);
+  // Whether the next Append takes a new block.
+  bool AppendTakesBlock(SeqId id) const { return seqs_.at(id).tokens.size() % cfg_.block_size == 0; }
+  // Sets the last token's id: one appended before it was known (the engine launches a decode
+  // step before reading the token the step before chose). Call before Commit covers it.
+  void SetLastToken(SeqId id, int32_t token);
   // Declares the first `computed` tokens' KV written, so that full blocks among them can
   // be found by later identical prefixes.
   void Commit(SeqId id, int32_t computed);

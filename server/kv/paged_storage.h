@@ -89,6 +89,9 @@ class PagedKvStorage {
   // keys: such a page cannot be encoded and is stored as zeros, so the sequence must end with
   // an error). One small device-to-host read; empty for other modes.
   std::vector<int> NonFiniteLanes() const;
+  // The flags themselves (int32 [lanes] on the device, non-zero: non-finite; undefined for
+  // other modes), for a copy that does not wait.
+  const at::Tensor& nonfinite_flags() const { return nonfinite_; }
   // Whether `lane` holds a prefill basis for `layer` (for tests).
   bool LaneHasBasis(int lane, int layer) const {
     return lane_basis_set_[static_cast<size_t>(lane) * spec_.shape.layers + layer] != 0;

@@ -38,6 +38,8 @@ struct Metrics::Impl {
   prometheus::Gauge* kv_blocks_used;
   prometheus::Gauge* kv_blocks_total;
   prometheus::Counter* preemptions;
+  prometheus::Counter* steps_ahead;
+  prometheus::Counter* rows_discarded;
   prometheus::Counter* prefix_queries;
   prometheus::Counter* prefix_hits;
   prometheus::Family<prometheus::Gauge>* kv_bytes;
@@ -80,6 +82,12 @@ struct Metrics::Impl {
     preemptions = &prometheus::BuildCounter().Name("svdq_num_preemptions_total")
                        .Help("Sequences preempted (cache freed, recomputed later) for lack of KV blocks")
                        .Register(r).Add({});
+    steps_ahead = &prometheus::BuildCounter().Name("svdq_decode_steps_ahead_total")
+                       .Help("Decode steps launched before the host read the step before's tokens (overlap)")
+                       .Register(r).Add({});
+    rows_discarded = &prometheus::BuildCounter().Name("svdq_decode_rows_discarded_total")
+                          .Help("Rows of steps launched ahead whose sequence ended with the token before (computed, unused)")
+                          .Register(r).Add({});
     prefix_queries = &prometheus::BuildCounter().Name("svdq_prefix_cache_queries_total")
                           .Help("Prompt tokens looked up in the prefix cache").Register(r).Add({});
     prefix_hits = &prometheus::BuildCounter().Name("svdq_prefix_cache_hits_total")
@@ -130,6 +138,10 @@ void Metrics::SetKvBlocks(double used, double total) {
   impl_->kv_usage->Set(total > 0 ? used / total : 0.0);
 }
 void Metrics::AddPreemption() { impl_->preemptions->Increment(); }
+void Metrics::AddStepAhead(double discarded) {
+  impl_->steps_ahead->Increment();
+  impl_->rows_discarded->Increment(discarded);
+}
 void Metrics::AddPrefixCache(double query_tokens, double hit_tokens) {
   impl_->prefix_queries->Increment(query_tokens);
   impl_->prefix_hits->Increment(hit_tokens);

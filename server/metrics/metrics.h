@@ -25,6 +25,9 @@ class Metrics {
   void ObserveQueueTime(double s);
   void SetKvBlocks(double used, double total);
   void AddPreemption();
+  // A decode step launched before the host read the step before's tokens; `discarded`: its rows
+  // of sequences that ended with those tokens (computed, never used).
+  void AddStepAhead(double discarded);
   void AddPrefixCache(double query_tokens, double hit_tokens);
   // KV bytes held now and what the same tokens take at full precision (bf16), by tensor.
   void SetKvBytes(double key_stored, double key_full, double value_stored, double value_full);

@@ -6,7 +6,8 @@
 // of the same fixed-shape step run eagerly (same kernels, same inputs), and matches the
 // engine's eager batched forward within bf16 tolerance (relative L2 <= 2e-2: its GEMMs see 3
 // rows, the graph's 4), step after step, with a padding row writing only to the scratch block
-// and lane. Label gpu: skipped without CUDA.
+// and lane; a step whose ids are read on the device (overlapped steps) gives the same logits.
+// Label gpu: skipped without CUDA.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -88,6 +89,17 @@ void RunModes(const char* key_mode, const char* value_mode = "bf16", const char*
     at::Tensor replay = graphs->Run(rows).to(at::kCPU);
     EXPECT_TRUE(at::equal(eager, replay)) << key_mode << " step " << step << ": max diff " << (eager - replay).abs().max().item<float>();
     EXPECT_LT(RelErr(replay, forward), 2e-2) << key_mode << " step " << step;
+    // The ids read on the device instead (an overlapped step launched from the step before's
+    // sampled ids, rows picked by `from`): the same logits exactly.
+    std::vector<engine::DecodeRow> blind = rows;
+    for (auto& r : blind) r.token = 0;
+    at::Tensor ids = at::tensor(std::vector<int64_t>{-1, next[2], next[1], next[0]}, at::kLong).to(dev);
+    at::Tensor from_ids = graphs->Run(blind, ids, {3, 2, 1}).to(at::kCPU);
+    EXPECT_TRUE(at::equal(from_ids, replay)) << key_mode << " step " << step;
+    // A negative id (a row that could not sample; its step is discarded) reads as token 0.
+    at::Tensor negative = graphs->Run({blind[1]}, ids, {0}).to(at::kCPU);
+    at::Tensor zero = graphs->Run({blind[1]}).to(at::kCPU);
+    EXPECT_TRUE(at::equal(negative, zero)) << key_mode << " step " << step;
     // One row alone (the batch-1 graph) agrees with its row in the batch of three.
     at::Tensor single = graphs->Run({rows[1]}).to(at::kCPU);
     EXPECT_LT(RelErr(single[0], replay[1]), 2e-2) << key_mode << " step " << step;

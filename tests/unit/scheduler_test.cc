@@ -3,13 +3,15 @@
 // then prompt chunks in arrival order under the token budget; a chunk that ends its prompt
 // samples), preemption of the newest sequence when a decode needs a block, a sequence that
 // holds the whole cache reported stuck, prompt-logprob sequences prefilled alone without
-// prefix-cache hits, and blocks and lanes given back on release. Cache invariants after
-// every operation.
+// prefix-cache hits, blocks and lanes given back on release, and room reserved ahead of an
+// unread token (overlapped steps: all or none, no preemption; the token set before it is
+// committed). Cache invariants after every operation.
 #include "server/engine/scheduler.h"
 
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 using namespace svdq;
@@ -238,6 +240,68 @@ TEST_F(SchedulerTest, PromptLogprobSequencesArePrefilledAloneWithoutPrefixHits) 
   ASSERT_EQ(sched_->Admit().size(), 1u);
   EXPECT_EQ(c->computed, 8);  // two whole blocks of a's prompt
   EXPECT_EQ(c->cached_tokens, 8);
+}
+
+TEST_F(SchedulerTest, ReserveAheadTakesRoomForAllOrNoneAndNeverPreempts) {
+  Make(/*blocks=*/3, /*max_running=*/2, /*budget=*/16);
+  TestSeq* a = Add(1, 4);  // block 0, full
+  TestSeq* b = Add(2, 3);  // block 1, one slot left
+  ASSERT_EQ(sched_->Admit().size(), 2u);
+  RunPlan(sched_->Plan());
+  std::vector<SchedSeq*> preempted;
+  ASSERT_TRUE(sched_->ReserveDecodes(&preempted).empty());  // a takes block 2, b its last slot
+  ASSERT_TRUE(preempted.empty());
+  sched_->Advance(a, 1);
+  sched_->Advance(b, 1);
+  ASSERT_EQ(kv_->num_free_blocks(), 0);
+  // b's next token needs a block and none is free: nobody gets room, nobody is preempted.
+  EXPECT_FALSE(sched_->ReserveAhead({a, b}));
+  EXPECT_EQ(kv_->NumTokens(a->id), 5);
+  EXPECT_EQ(kv_->NumTokens(b->id), 4);
+  EXPECT_EQ(sched_->running().size(), 2u);
+  // a alone fits in its block 2: room taken, its token unknown until set.
+  EXPECT_TRUE(sched_->ReserveAhead({a}));
+  EXPECT_EQ(kv_->NumTokens(a->id), 6);
+  kv_->SetLastToken(a->id, 11);
+  EXPECT_EQ(kv_->CheckInvariants(), "");
+  // A queued request that cannot be admitted (no lane) is not admitted by WouldAdmit's word.
+  Add(3, 2);
+  EXPECT_FALSE(sched_->WouldAdmit());
+  sched_->Release(b);
+  sched_->TakeRunning(b);
+  EXPECT_TRUE(sched_->WouldAdmit());
+  EXPECT_EQ(sched_->Admit().size(), 1u);
+  EXPECT_FALSE(sched_->WouldAdmit());  // the queue is empty
+}
+
+TEST_F(SchedulerTest, ATokenSetAheadIsWhatThePrefixCacheHashes) {
+  Make(/*blocks=*/8, /*max_running=*/2, /*budget=*/16, /*prefix_caching=*/true);
+  TestSeq* a = Add(1, 3, /*first=*/1);  // tokens 1 2 3
+  ASSERT_EQ(sched_->Admit().size(), 1u);
+  RunPlan(sched_->Plan());  // a's output: 7
+  std::vector<SchedSeq*> preempted;
+  sched_->ReserveDecodes(&preempted);  // token 7 at position 3
+  sched_->Advance(a, 1);               // block 0 = 1 2 3 7, committed
+  EXPECT_THROW(kv_->SetLastToken(a->id, 5), std::logic_error);  // committed: cannot change
+  ASSERT_TRUE(sched_->ReserveAhead({a}));  // position 4, token unknown
+  kv_->SetLastToken(a->id, 9);
+  for (int i = 0; i < 3; ++i) {  // positions 5-7, then block 1 = 9 x x x is committed
+    sched_->Advance(a, 1);
+    ASSERT_TRUE(sched_->ReserveAhead({a}));
+    kv_->SetLastToken(a->id, 20 + i);
+  }
+  sched_->Advance(a, 1);
+  EXPECT_EQ(a->computed, 8);
+  EXPECT_EQ(kv_->CheckInvariants(), "");
+  // A prompt of exactly those tokens finds both blocks (one token is always computed).
+  auto c = std::make_unique<TestSeq>();
+  c->id = 3;
+  c->prompt_tokens = {1, 2, 3, 7, 9, 20, 21, 22, 5};
+  c->prompt = &c->prompt_tokens;
+  TestSeq* craw = c.get();
+  sched_->Enqueue(std::move(c));
+  ASSERT_EQ(sched_->Admit().size(), 1u);
+  EXPECT_EQ(craw->computed, 8);
 }
 
 TEST_F(SchedulerTest, RejectsImpossibleLimits) {
