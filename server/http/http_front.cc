@@ -362,6 +362,10 @@ int HttpFront::Start() {
   else if (!m.server->bind_to_port(m.opt.host, port)) port = -1;
   if (port <= 0) throw std::runtime_error("cannot listen for HTTP on " + m.opt.host + ":" + std::to_string(m.opt.port));
   m.thread = std::thread([&m] { m.server->listen_after_bind(); });
+  // httplib's stop() does nothing before the listening loop has started, and the loop would then
+  // run forever: a Stop() right after Start() (the model failed to load) hung the process when
+  // the thread started late. Return once the loop runs (it starts at once unless it failed).
+  for (int i = 0; i < 5000 && !m.server->is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   return port;
 }
 
