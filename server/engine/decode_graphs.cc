@@ -157,10 +157,16 @@ void DecodeGraphs::Fill(Graph& g, const std::vector<DecodeRow>& rows) {
 #endif
 }
 
-at::Tensor DecodeGraphs::RunEager(const std::vector<DecodeRow>& rows) {
+DecodeGraphs::Graph& DecodeGraphs::Load(const std::vector<DecodeRow>& rows, const at::Tensor& ids,
+                                        const std::vector<int64_t>& from) {
   Graph& g = Pick(rows.size());
   Fill(g, rows);
-  return Forward(g).narrow(0, 0, static_cast<int64_t>(rows.size()));
+  if (ids.defined()) SetDeviceIds(g.ids.narrow(0, 0, static_cast<int64_t>(rows.size())), ids, from);
+  return g;
+}
+
+at::Tensor DecodeGraphs::RunEager(const std::vector<DecodeRow>& rows) {
+  return Forward(Load(rows, at::Tensor(), {})).narrow(0, 0, static_cast<int64_t>(rows.size()));
 }
 
 #ifdef SVDQ_WITH_CUDA
@@ -277,12 +283,9 @@ at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) { return Run(ro
 
 at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows, const at::Tensor& ids,
                              const std::vector<int64_t>& from) {
-  Graph& g = Pick(rows.size());
-  Fill(g, rows);
-  const int64_t n = static_cast<int64_t>(rows.size());
-  if (ids.defined()) SetDeviceIds(g.ids.narrow(0, 0, n), ids, from);
+  Graph& g = Load(rows, ids, from);
   g.graph->replay();
-  return g.logits.narrow(0, 0, n);
+  return g.logits.narrow(0, 0, static_cast<int64_t>(rows.size()));
 }
 
 struct StepReadback::Events {
@@ -301,11 +304,7 @@ at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows) { return RunEag
 
 at::Tensor DecodeGraphs::Run(const std::vector<DecodeRow>& rows, const at::Tensor& ids,
                              const std::vector<int64_t>& from) {
-  Graph& g = Pick(rows.size());
-  Fill(g, rows);
-  const int64_t n = static_cast<int64_t>(rows.size());
-  if (ids.defined()) SetDeviceIds(g.ids.narrow(0, 0, n), ids, from);
-  return Forward(g).narrow(0, 0, n);
+  return Forward(Load(rows, ids, from)).narrow(0, 0, static_cast<int64_t>(rows.size()));
 }
 
 struct StepReadback::Events {};

@@ -90,6 +90,8 @@ class DecodeGraphs {
   Graph& Pick(size_t rows);  // the smallest graph that holds `rows`
   std::unique_ptr<Graph> NewGraph(int64_t batch) const;  // its buffers, not yet captured
   void Fill(Graph& g, const std::vector<DecodeRow>& rows);
+  // Pick + Fill, then the ids from the device where `ids` is defined (Run's second form).
+  Graph& Load(const std::vector<DecodeRow>& rows, const at::Tensor& ids, const std::vector<int64_t>& from);
   at::Tensor Forward(Graph& g);
 
   models::LlamaModel* model_ = nullptr;
