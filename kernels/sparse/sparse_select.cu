@@ -1,0 +1,135 @@
+// Chunk selection on the device: one block per (sequence, KV head). The queries are projected on
+// the KV head's basis, every chunk is scored into shared memory, the keep-th largest score is
+// found by a bitwise search over its orderable key (32 block-wide counts), and the chosen
+// chunks (all above it, then the lowest-indexed ties) are written in ascending order through a
+// block prefix sum over contiguous slices of chunks. Scores use the reference's fp32 operations in
+// its order (__fmul_rn / __fadd_rn: no fused multiply-add), so both choose the same chunks.
+#include "kernels/sparse/sparse_select.h"
+
+#include "kernels/common/cuda_launch.h"
+
+namespace svdq::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ uint32_t OrderKeyDev(float s) {
+  if (s != s) return 0;
+  const uint32_t b = __float_as_uint(s);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Block-wide sum of one int per thread; every thread gets the total.
+__device__ int BlockSum(int v, int* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  int t = 0;
+  for (int w = 0; w < kThreads / 32; ++w) t += red[w];
+  return t;
+}
+
+// Exclusive prefix of one int per thread, in thread order.
+__device__ int BlockExclusive(int v, int* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int inc = v;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int x = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += x;
+  }
+  __syncthreads();
+  if (lane == 31) red[warp] = inc;
+  __syncthreads();
+  int before = 0;
+  for (int w = 0; w < warp; ++w) before += red[w];
+  return before + inc - v;
+}
+
+__global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParams p) {
+  extern __shared__ uint32_t keys[];  // [max_chunks] orderable keys of the scores
+  __shared__ float qr[16 * 64];       // [G, R]
+  __shared__ int red[kThreads / 32];
+  const int unit = blockIdx.x, b = unit / p.KV, g = unit % p.KV, G = p.H / p.KV;
+  const int n = p.chunks[b];
+  int32_t* out = p.selected + static_cast<size_t>(unit) * (p.keep + 1);
+  if (n <= 0) {
+    for (int i = threadIdx.x; i < p.keep + 1; i += kThreads) out[i] = -1;
+    if (threadIdx.x == 0) p.count[unit] = 0;
+    return;
+  }
+  const float* basis = p.basis + static_cast<size_t>(g) * p.D * p.R;
+  for (int i = threadIdx.x; i < G * p.R; i += kThreads) {
+    const int h = i / p.R, r = i % p.R;
+    const float* q = p.q + (static_cast<size_t>(b) * p.H + g * G + h) * p.D;
+    float s = 0;
+    for (int d = 0; d < p.D; ++d) s = __fadd_rn(s, __fmul_rn(basis[static_cast<size_t>(d) * p.R + r], q[d]));
+    qr[i] = s;
+  }
+  __syncthreads();
+  const size_t base = static_cast<size_t>(unit) * p.max_chunks;
+  for (int c = threadIdx.x; c < n; c += kThreads) {
+    const int8_t* co = p.coords + (base + c) * p.R;
+    const float scale = p.scales[base + c];
+    uint32_t best = 0;
+    for (int h = 0; h < G; ++h) {
+      float s = 0;
+      for (int r = 0; r < p.R; ++r) s = __fadd_rn(s, __fmul_rn(qr[h * p.R + r], static_cast<float>(co[r])));
+      const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
+      if (h == 0 || k > best) best = k;
+    }
+    keys[c] = best;
+  }
+  __syncthreads();
+  // Chunks 1 .. n-1 compete for `want` places; chunk 0 is always kept.
+  const int want = min(p.keep, n - 1);
+  // Each thread owns a contiguous slice, so thread order is chunk order for the prefix sums.
+  const int per = (n - 1 + kThreads - 1) / kThreads;
+  const int lo = 1 + threadIdx.x * per, hi = min(n, lo + per);
+  uint32_t thr = 0;  // the want-th largest key (0 when nothing is wanted: every key passes)
+  if (want > 0) {
+    for (int bit = 31; bit >= 0; --bit) {
+      const uint32_t cand = thr | (1u << bit);
+      int c = 0;
+      for (int i = lo; i < hi; ++i) c += keys[i] >= cand;
+      if (BlockSum(c, red) >= want) thr = cand;
+    }
+  }
+  int above = 0, ties = 0;
+  for (int i = lo; i < hi; ++i) {
+    above += keys[i] > thr;
+    ties += keys[i] == thr;
+  }
+  const int total_above = want > 0 ? BlockSum(above, red) : 0;
+  const int tie_room = want - total_above;  // ties to take, lowest indices first
+  const int ties_before = BlockExclusive(ties, red);
+  int mine = 0;
+  if (want > 0) {
+    int t = ties_before;
+    for (int i = lo; i < hi; ++i) mine += keys[i] > thr || (keys[i] == thr && t++ < tie_room);
+  }
+  const int at = 1 + BlockExclusive(mine, red);  // slot 0 holds chunk 0
+  if (want > 0) {
+    int t = ties_before, o = at;
+    for (int i = lo; i < hi; ++i)
+      if (keys[i] > thr || (keys[i] == thr && t++ < tie_room)) out[o++] = i;
+  }
+  if (threadIdx.x == 0) {
+    out[0] = 0;
+    p.count[unit] = 1 + want;
+  }
+  for (int i = 1 + want + threadIdx.x; i < p.keep + 1; i += kThreads) out[i] = -1;
+}
+
+}  // namespace
+
+Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream) {
+  if (Status st = CheckSparseSelect(p); !st.ok()) return st;
+  if (p.B == 0) return Status::Ok();
+  const size_t smem = static_cast<size_t>(p.max_chunks > 0 ? p.max_chunks : 1) * sizeof(uint32_t);
+  if (Status st = AllowSmem(reinterpret_cast<const void*>(SparseSelectKernel), smem); !st.ok()) return st;
+  SparseSelectKernel<<<p.B * p.KV, kThreads, smem, stream>>>(p);
+  return LaunchStatus("SparseSelectKernel");
+}
+
+}  // namespace svdq::kernels

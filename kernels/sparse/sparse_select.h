@@ -1,0 +1,56 @@
+// Chunk selection for sparse decode attention (issue 17). Per sequence and KV head, the context
+// before the recent window is cut into chunks (a few pages each); each chunk has a landmark, the
+// mean of its post-RoPE keys, stored compactly as R int8 coordinates times a per-chunk scale in a
+// per-KV-head basis (bench/sparse_selection_study.py: at 64-token chunks the landmark keeps as
+// much attention mass as the true per-chunk mass ranks, and Quest's min/max bound less, at a
+// fraction of the bytes). A decode step scores every chunk by the largest q_h . landmark over the
+// KV head's query heads, keeps chunk 0 (the attention sink) and the `keep` best of the others, and
+// writes their indices in ascending order for the attention kernel to read.
+//
+// Exactness: the reference and the kernel compute every score with the same fp32 operations in
+// the same order (no fused multiply-add), so they choose the same chunks bit for bit. Ranking is
+// by score (as an orderable 32-bit key: -0 below +0, NaN lowest), ties to the lower chunk index.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common/status.h"
+
+#if __has_include(<cuda_runtime_api.h>)
+#include <cuda_runtime_api.h>
+#define SVDQ_SPARSE_HAVE_CUDA 1
+#endif
+
+namespace svdq::kernels {
+
+// The largest chunk count per sequence the kernel takes (scores live in shared memory).
+constexpr int kSparseMaxChunks = 8192;
+
+struct SparseSelectParams {
+  const float* q = nullptr;        // [B, H, D] the step's queries, post-RoPE
+  const float* basis = nullptr;    // [KV, D, R] landmark = scale * basis @ coords
+  const int8_t* coords = nullptr;  // [B, KV, max_chunks, R]
+  const float* scales = nullptr;   // [B, KV, max_chunks]
+  const int32_t* chunks = nullptr; // [B] chunks to choose from (those before the recent window)
+  int32_t* selected = nullptr;     // [B, KV, keep + 1] out: chunk ids ascending, then -1
+  int32_t* count = nullptr;        // [B, KV] out: ids written (min(chunks, keep + 1))
+  int B = 0, H = 0, KV = 0, D = 0, R = 0, max_chunks = 0, keep = 0;
+};
+
+// Checks shapes and limits (H a multiple of KV, R <= 64, H / KV <= 16, D <= 256, chunks <= max_chunks
+// <= kSparseMaxChunks is checked per sequence by the reference only).
+Status CheckSparseSelect(const SparseSelectParams& p);
+
+// CPU reference (host pointers).
+Status SparseSelectRef(const SparseSelectParams& p);
+
+// One chunk's score for query rows qr [G, R] (q projected on the basis): max over rows of
+// (sum_r qr[r] * coords[r]) * scale, in the order the kernel uses.
+float SparseChunkScore(const float* qr, int G, int R, const int8_t* coords, float scale);
+
+#ifdef SVDQ_SPARSE_HAVE_CUDA
+// The same on the device (device pointers): one block per sequence and KV head.
+Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream);
+#endif
+
+}  // namespace svdq::kernels

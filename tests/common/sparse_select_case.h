@@ -1,0 +1,65 @@
+// Random inputs for the chunk selection op (kernels/sparse/sparse_select.h), shared by its CPU
+// and GPU tests. `tie_levels` > 0 draws coordinates from that many constant rows, so that many
+// chunks score exactly alike (ties must go to the lower chunk index).
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kernels/sparse/sparse_select.h"
+
+namespace svdq::testing {
+
+struct SparseCase {
+  int B, H, KV, D, R, max_chunks, keep;
+  std::vector<float> q, basis, scales;
+  std::vector<int8_t> coords;
+  std::vector<int32_t> chunks, selected, count;
+  kernels::SparseSelectParams Params() {
+    kernels::SparseSelectParams p;
+    p.q = q.data();
+    p.basis = basis.data();
+    p.coords = coords.data();
+    p.scales = scales.data();
+    p.chunks = chunks.data();
+    p.selected = selected.data();
+    p.count = count.data();
+    p.B = B, p.H = H, p.KV = KV, p.D = D, p.R = R, p.max_chunks = max_chunks, p.keep = keep;
+    return p;
+  }
+};
+
+inline SparseCase MakeSparseCase(int B, int H, int KV, int D, int R, int max_chunks, int keep,
+                                 const std::vector<int32_t>& chunks, int tie_levels, uint32_t seed) {
+  SparseCase c{B, H, KV, D, R, max_chunks, keep};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  std::uniform_int_distribution<int> i8(-127, 127), level(0, tie_levels > 0 ? tie_levels - 1 : 0);
+  c.q.resize(static_cast<size_t>(B) * H * D);
+  for (float& x : c.q) x = n01(rng);
+  c.basis.resize(static_cast<size_t>(KV) * D * R);
+  for (float& x : c.basis) x = n01(rng) * 0.1f;
+  const size_t units = static_cast<size_t>(B) * KV * max_chunks;
+  c.coords.resize(units * R);
+  c.scales.resize(units);
+  std::vector<std::vector<int8_t>> rows(static_cast<size_t>(tie_levels > 0 ? tie_levels : 0), std::vector<int8_t>(R));
+  for (auto& row : rows)
+    for (auto& x : row) x = static_cast<int8_t>(i8(rng));
+  for (size_t u = 0; u < units; ++u) {
+    if (tie_levels > 0) {
+      const auto& row = rows[static_cast<size_t>(level(rng))];
+      for (int r = 0; r < R; ++r) c.coords[u * R + r] = row[r];
+      c.scales[u] = 0.01f;
+    } else {
+      for (int r = 0; r < R; ++r) c.coords[u * R + r] = static_cast<int8_t>(i8(rng));
+      c.scales[u] = 0.001f + 0.02f * std::abs(n01(rng));
+    }
+  }
+  c.chunks = chunks;
+  c.selected.assign(static_cast<size_t>(B) * KV * (keep + 1), -7);
+  c.count.assign(static_cast<size_t>(B) * KV, -7);
+  return c;
+}
+
+}  // namespace svdq::testing
