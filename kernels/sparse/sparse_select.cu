@@ -1,6 +1,6 @@
 // Chunk selection on the device: one block per (sequence, KV head). The queries are projected on
 // the KV head's basis, every chunk is scored into shared memory, the keep-th largest score is
-// found by a bitwise search over its orderable key (32 block-wide counts), and the chosen
+// found a byte at a time over its orderable key (4 passes of a 256-bin histogram), and the chosen
 // chunks (all above it, then the lowest-indexed ties) are written in ascending order through a
 // block prefix sum over contiguous slices of chunks. Scores use the reference's fp32 operations in
 // its order (__fmul_rn / __fadd_rn: no fused multiply-add), so both choose the same chunks.
@@ -17,17 +17,6 @@ __device__ __forceinline__ uint32_t OrderKeyDev(float s) {
   if (s != s) return 0;
   const uint32_t b = __float_as_uint(s);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-// Block-wide sum of one int per thread; every thread gets the total.
-__device__ int BlockSum(int v, int* red) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  int t = 0;
-  for (int w = 0; w < kThreads / 32; ++w) t += red[w];
-  return t;
 }
 
 // Exclusive prefix of one int per thread, in thread order.
@@ -86,22 +75,56 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
   // Each thread owns a contiguous slice, so thread order is chunk order for the prefix sums.
   const int per = (n - 1 + kThreads - 1) / kThreads;
   const int lo = 1 + threadIdx.x * per, hi = min(n, lo + per);
-  uint32_t thr = 0;  // the want-th largest key (0 when nothing is wanted: every key passes)
+  // The want-th largest key, a byte at a time from the top (4 passes): each pass counts the keys
+  // that match the bytes found so far by their next byte, and walks the 256 counts down from
+  // the largest until `remaining` keys are covered.
+  __shared__ int hist[256];
+  __shared__ int pick[2];  // the byte found, the keys in larger bytes
+  uint32_t thr = 0, mask = 0;
+  int remaining = want;  // keys still to cover at the end: the ties at thr to take
   if (want > 0) {
-    for (int bit = 31; bit >= 0; --bit) {
-      const uint32_t cand = thr | (1u << bit);
-      int c = 0;
-      for (int i = lo; i < hi; ++i) c += keys[i] >= cand;
-      if (BlockSum(c, red) >= want) thr = cand;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
+      __syncthreads();
+      for (int c = 1 + threadIdx.x; c < n; c += kThreads) {
+        const uint32_t k = keys[c];
+        if ((k & mask) == thr) atomicAdd(&hist[(k >> shift) & 255u], 1);
+      }
+      __syncthreads();
+      if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        int local = 0;  // this lane's 8 bins, from bin 255 - 8 lane down
+        for (int j = 0; j < 8; ++j) local += hist[255 - 8 * lane - j];
+        int inc = local;
+        for (int o = 1; o < 32; o <<= 1) {
+          const int x = __shfl_up_sync(0xffffffffu, inc, o);
+          if (lane >= o) inc += x;
+        }
+        const unsigned ballot = __ballot_sync(0xffffffffu, inc >= remaining);
+        const int first = __ffs(ballot) - 1;  // the lane whose bins reach `remaining`
+        if (lane == first) {
+          int above = inc - local;
+          for (int j = 0; j < 8; ++j) {
+            const int bin = 255 - 8 * lane - j;
+            if (above + hist[bin] >= remaining) {
+              pick[0] = bin;
+              pick[1] = above;
+              break;
+            }
+            above += hist[bin];
+          }
+        }
+      }
+      __syncthreads();
+      thr |= static_cast<uint32_t>(pick[0]) << shift;
+      mask |= 255u << shift;
+      remaining -= pick[1];
+      __syncthreads();  // pick and hist are rewritten by the next pass
     }
   }
-  int above = 0, ties = 0;
-  for (int i = lo; i < hi; ++i) {
-    above += keys[i] > thr;
-    ties += keys[i] == thr;
-  }
-  const int total_above = want > 0 ? BlockSum(above, red) : 0;
-  const int tie_room = want - total_above;  // ties to take, lowest indices first
+  int ties = 0;
+  for (int i = lo; i < hi; ++i) ties += keys[i] == thr;
+  const int tie_room = remaining;  // ties to take, lowest indices first
   const int ties_before = BlockExclusive(ties, red);
   int mine = 0;
   if (want > 0) {
