@@ -36,8 +36,10 @@ __device__ int BlockExclusive(int v, int* red) {
 }
 
 __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParams p) {
-  extern __shared__ uint32_t keys[];  // [max_chunks] orderable keys of the scores
-  __shared__ float qr[16 * 64];       // [G, R]
+  // Dynamic: keys [max_chunks] (orderable keys of the scores), then this KV head's basis [D, R]
+  // and its query rows [G, D], staged so that the sequential dot products read shared memory.
+  extern __shared__ uint32_t keys[];
+  __shared__ float qr[16 * 64];  // [G, R]
   __shared__ int red[kThreads / 32];
   const int unit = blockIdx.x, b = unit / p.KV, g = unit % p.KV, G = p.H / p.KV;
   const int n = p.chunks[b];
@@ -47,12 +49,18 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
     if (threadIdx.x == 0) p.count[unit] = 0;
     return;
   }
-  const float* basis = p.basis + static_cast<size_t>(g) * p.D * p.R;
+  float* basis = reinterpret_cast<float*>(keys + p.max_chunks);  // [D, R]
+  float* qs = basis + p.D * p.R;                                  // [G, D]
+  const float* gb = p.basis + static_cast<size_t>(g) * p.D * p.R;
+  for (int i = threadIdx.x; i < p.D * p.R; i += kThreads) basis[i] = gb[i];
+  const float* gq = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // the KV head's G rows, contiguous
+  for (int i = threadIdx.x; i < G * p.D; i += kThreads) qs[i] = gq[i];
+  __syncthreads();
   for (int i = threadIdx.x; i < G * p.R; i += kThreads) {
     const int h = i / p.R, r = i % p.R;
-    const float* q = p.q + (static_cast<size_t>(b) * p.H + g * G + h) * p.D;
+    const float* q = qs + h * p.D;
     float s = 0;
-    for (int d = 0; d < p.D; ++d) s = __fadd_rn(s, __fmul_rn(basis[static_cast<size_t>(d) * p.R + r], q[d]));
+    for (int d = 0; d < p.D; ++d) s = __fadd_rn(s, __fmul_rn(basis[d * p.R + r], q[d]));
     qr[i] = s;
   }
   __syncthreads();
@@ -149,7 +157,8 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
 Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream) {
   if (Status st = CheckSparseSelect(p); !st.ok()) return st;
   if (p.B == 0) return Status::Ok();
-  const size_t smem = static_cast<size_t>(p.max_chunks > 0 ? p.max_chunks : 1) * sizeof(uint32_t);
+  const size_t smem = static_cast<size_t>(p.max_chunks) * sizeof(uint32_t) +
+                      static_cast<size_t>(p.D) * (p.R + p.H / p.KV) * sizeof(float);
   if (Status st = AllowSmem(reinterpret_cast<const void*>(SparseSelectKernel), smem); !st.ok()) return st;
   SparseSelectKernel<<<p.B * p.KV, kThreads, smem, stream>>>(p);
   return LaunchStatus("SparseSelectKernel");
