@@ -35,6 +35,44 @@ __device__ int BlockExclusive(int v, int* red) {
   return before + inc - v;
 }
 
+// Every chunk's key (the reference's SparseChunkScore, operation for operation). kR > 0: R is
+// kR, and a chunk's coordinates come in 16-byte loads into registers; 0: any R, byte loads.
+template <int kR>
+__device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, size_t base, int n, uint32_t* keys) {
+  const int G = p.H / p.KV, R = kR > 0 ? kR : p.R;
+  for (int c = threadIdx.x; c < n; c += kThreads) {
+    const int8_t* co = p.coords + (base + c) * R;
+    const float scale = p.scales[base + c];
+    uint32_t best = 0;
+    if constexpr (kR > 0) {
+      int4 raw[(kR + 15) / 16];
+      if constexpr (kR % 16 == 0) {
+#pragma unroll
+        for (int i = 0; i < kR / 16; ++i) raw[i] = reinterpret_cast<const int4*>(co)[i];
+      } else {
+#pragma unroll
+        for (int r = 0; r < kR; ++r) reinterpret_cast<int8_t*>(raw)[r] = co[r];
+      }
+      const int8_t* v = reinterpret_cast<const int8_t*>(raw);
+      for (int h = 0; h < G; ++h) {
+        float s = 0;
+#pragma unroll
+        for (int r = 0; r < kR; ++r) s = __fadd_rn(s, __fmul_rn(qr[h * kR + r], static_cast<float>(v[r])));
+        const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
+        if (h == 0 || k > best) best = k;
+      }
+    } else {
+      for (int h = 0; h < G; ++h) {
+        float s = 0;
+        for (int r = 0; r < R; ++r) s = __fadd_rn(s, __fmul_rn(qr[h * R + r], static_cast<float>(co[r])));
+        const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
+        if (h == 0 || k > best) best = k;
+      }
+    }
+    keys[c] = best;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParams p) {
   // Dynamic: keys [max_chunks] (orderable keys of the scores), then this KV head's basis [D, R]
   // and its query rows [G, D], staged so that the sequential dot products read shared memory.
@@ -65,17 +103,12 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
   }
   __syncthreads();
   const size_t base = static_cast<size_t>(unit) * p.max_chunks;
-  for (int c = threadIdx.x; c < n; c += kThreads) {
-    const int8_t* co = p.coords + (base + c) * p.R;
-    const float scale = p.scales[base + c];
-    uint32_t best = 0;
-    for (int h = 0; h < G; ++h) {
-      float s = 0;
-      for (int r = 0; r < p.R; ++r) s = __fadd_rn(s, __fmul_rn(qr[h * p.R + r], static_cast<float>(co[r])));
-      const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
-      if (h == 0 || k > best) best = k;
-    }
-    keys[c] = best;
+  switch (p.R) {  // the common widths with the chunk's coordinates in registers
+    case 8: ScoreChunks<8>(p, qr, base, n, keys); break;
+    case 16: ScoreChunks<16>(p, qr, base, n, keys); break;
+    case 32: ScoreChunks<32>(p, qr, base, n, keys); break;
+    case 64: ScoreChunks<64>(p, qr, base, n, keys); break;
+    default: ScoreChunks<0>(p, qr, base, n, keys); break;
   }
   __syncthreads();
   // Chunks 1 .. n-1 compete for `want` places; chunk 0 is always kept.
