@@ -3,7 +3,8 @@
 // token budget (the sink, 29 chunks, the recent window), R = 16 landmark coordinates. Prints the
 // time per call (CUDA events over many calls) beside the time its bytes take at the copy
 // bandwidth measured in the same run, and writes JSON.
-//   sparse_select_bench [--batch 8] [--chunks 2048] [--keep 29] [--rank 16] [--json FILE] [--date D]
+//   sparse_select_bench [--batch 8] [--chunks 2048] [--keep 29] [--rank 16] [--score landmark|bound]
+//                       [--json FILE] [--date D]
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
@@ -37,6 +38,7 @@ float TimeMs(cudaEvent_t a, cudaEvent_t b) {
 
 int main(int argc, char** argv) {
   int batch = 8, chunks = 2048, keep = 29, rank = 16, iters = 200;
+  bool bound = false;
   std::string json, date = "unknown";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
@@ -45,11 +47,13 @@ int main(int argc, char** argv) {
     else if (a == "--keep") keep = std::stoi(v);
     else if (a == "--rank") rank = std::stoi(v);
     else if (a == "--json") json = v;
+    else if (a == "--score") bound = v == "bound";
     else if (a == "--date") date = v;
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
   const int H = 32, KV = 8, D = 128;
-  auto c = svdq::testing::MakeSparseCase(batch, H, KV, D, rank, chunks, keep, std::vector<int32_t>(batch, chunks), 0, 1u);
+  auto c = svdq::testing::MakeSparseCase(batch, H, KV, D, bound ? 0 : rank, chunks, keep,
+                                         std::vector<int32_t>(batch, chunks), 0, 1u, bound);
   svdq::kernels::SparseSelectParams p = c.Params();
   p.q = Upload(c.q), p.basis = Upload(c.basis), p.coords = Upload(c.coords), p.scales = Upload(c.scales);
   p.chunks = Upload(c.chunks);
@@ -76,17 +80,18 @@ int main(int argc, char** argv) {
   cudaEventSynchronize(e1);
   if (cudaGetLastError() != cudaSuccess) { std::fprintf(stderr, "launch failed\n"); return 1; }
   const double us = TimeMs(e0, e1) * 1e3 / iters;
-  const double bytes = double(batch) * KV * chunks * (rank + 4) + double(batch) * H * D * 4 + double(KV) * D * rank * 4;
+  const int width = bound ? 2 * D : rank;
+  const double bytes = double(batch) * KV * chunks * (width + 4) + double(batch) * H * D * 4 + (bound ? 0.0 : double(KV) * D * rank * 4);
   const double floor_us = bytes / (copy_tbps * 1e12) * 1e6;
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   std::printf("%s, copy %.2f TB/s\n", prop.name, copy_tbps);
-  std::printf("sparse select: batch %d, %d KV heads, %d chunks, keep %d + sink, R %d: %.1f us a call; "
+  std::printf("sparse select (%s): batch %d, %d KV heads, %d chunks, keep %d + sink, %d bytes a chunk: %.1f us a call; "
               "metadata %.2f MB, %.2f us at the copy bandwidth (%.0f%% of it)\n",
-              batch, KV, chunks, keep, rank, us, bytes / 1e6, floor_us, 100.0 * floor_us / us);
+              bound ? "bound" : "landmark", batch, KV, chunks, keep, width + 4, us, bytes / 1e6, floor_us, 100.0 * floor_us / us);
   if (!json.empty()) {
     nlohmann::json j = {{"device", prop.name}, {"date", date}, {"batch", batch}, {"kv_heads", KV}, {"chunks", chunks},
-                        {"keep", keep}, {"rank", rank}, {"us", us}, {"bytes", bytes}, {"copy_tbps", copy_tbps},
+                        {"keep", keep}, {"rank", rank}, {"score", bound ? "bound" : "landmark"}, {"us", us}, {"bytes", bytes}, {"copy_tbps", copy_tbps},
                         {"floor_us", floor_us}};
     std::ofstream(json) << j.dump(1) << "\n";
   }

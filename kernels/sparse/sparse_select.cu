@@ -1,5 +1,5 @@
-// Chunk selection on the device: one block per (sequence, KV head). The queries are projected on
-// the KV head's basis, every chunk is scored into shared memory, the keep-th largest score is
+// Chunk selection on the device: one block per (sequence, KV head). The queries are staged (and,
+// for landmarks, projected on the KV head's basis), every chunk is scored into shared memory, the keep-th largest score is
 // found a byte at a time over its orderable key (4 passes of a 256-bin histogram), and the chosen
 // chunks (all above it, then the lowest-indexed ties) are written in ascending order through a
 // block prefix sum over contiguous slices of chunks. Scores use the reference's fp32 operations in
@@ -73,6 +73,43 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, size_t
   }
 }
 
+// The bound's keys (the reference's SparseBoundScore, operation for operation): q rows qs [G, D]
+// against a chunk's lo [D] and hi [D], 16 channels per load where D allows.
+__device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, size_t base, int n, uint32_t* keys) {
+  const int G = p.H / p.KV, D = p.D;
+  for (int c = threadIdx.x; c < n; c += kThreads) {
+    const int8_t* lo = p.coords + (base + c) * 2 * D;
+    const int8_t* hi = lo + D;
+    const float scale = p.scales[base + c];
+    uint32_t best = 0;
+    for (int h = 0; h < G; ++h) {
+      const float* q = qs + h * D;
+      float s = 0;
+      if (D % 16 == 0) {
+        for (int d0 = 0; d0 < D; d0 += 16) {
+          int4 l4 = *reinterpret_cast<const int4*>(lo + d0), h4 = *reinterpret_cast<const int4*>(hi + d0);
+          const int8_t* l = reinterpret_cast<const int8_t*>(&l4);
+          const int8_t* u = reinterpret_cast<const int8_t*>(&h4);
+#pragma unroll
+          for (int j = 0; j < 16; ++j) {
+            const float a = __fmul_rn(q[d0 + j], static_cast<float>(l[j]));
+            const float b = __fmul_rn(q[d0 + j], static_cast<float>(u[j]));
+            s = __fadd_rn(s, a > b ? a : b);
+          }
+        }
+      } else {
+        for (int d = 0; d < D; ++d) {
+          const float a = __fmul_rn(q[d], static_cast<float>(lo[d])), b = __fmul_rn(q[d], static_cast<float>(hi[d]));
+          s = __fadd_rn(s, a > b ? a : b);
+        }
+      }
+      const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
+      if (h == 0 || k > best) best = k;
+    }
+    keys[c] = best;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParams p) {
   // Dynamic: keys [max_chunks] (orderable keys of the scores), then this KV head's basis [D, R]
   // and its query rows [G, D], staged so that the sequential dot products read shared memory.
@@ -87,14 +124,16 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
     if (threadIdx.x == 0) p.count[unit] = 0;
     return;
   }
-  float* basis = reinterpret_cast<float*>(keys + p.max_chunks);  // [D, R]
-  float* qs = basis + p.D * p.R;                                  // [G, D]
-  const float* gb = p.basis + static_cast<size_t>(g) * p.D * p.R;
-  for (int i = threadIdx.x; i < p.D * p.R; i += kThreads) basis[i] = gb[i];
+  const bool bound = p.score == SparseScore::kBound;
+  const int Rs = bound ? 0 : p.R;  // the basis is staged for landmarks only
+  float* basis = reinterpret_cast<float*>(keys + p.max_chunks);  // [D, Rs]
+  float* qs = basis + p.D * Rs;                                   // [G, D]
+  const float* gb = bound ? nullptr : p.basis + static_cast<size_t>(g) * p.D * p.R;
+  for (int i = threadIdx.x; i < p.D * Rs; i += kThreads) basis[i] = gb[i];
   const float* gq = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // the KV head's G rows, contiguous
   for (int i = threadIdx.x; i < G * p.D; i += kThreads) qs[i] = gq[i];
   __syncthreads();
-  for (int i = threadIdx.x; i < G * p.R; i += kThreads) {
+  for (int i = threadIdx.x; i < G * Rs; i += kThreads) {
     const int h = i / p.R, r = i % p.R;
     const float* q = qs + h * p.D;
     float s = 0;
@@ -103,12 +142,16 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
   }
   __syncthreads();
   const size_t base = static_cast<size_t>(unit) * p.max_chunks;
-  switch (p.R) {  // the common widths with the chunk's coordinates in registers
+  if (bound) {
+    ScoreBounds(p, qs, base, n, keys);
+  } else {
+    switch (p.R) {  // the common widths with the chunk's coordinates in registers
     case 8: ScoreChunks<8>(p, qr, base, n, keys); break;
     case 16: ScoreChunks<16>(p, qr, base, n, keys); break;
     case 32: ScoreChunks<32>(p, qr, base, n, keys); break;
     case 64: ScoreChunks<64>(p, qr, base, n, keys); break;
     default: ScoreChunks<0>(p, qr, base, n, keys); break;
+    }
   }
   __syncthreads();
   // Chunks 1 .. n-1 compete for `want` places; chunk 0 is always kept.
@@ -190,8 +233,9 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
 Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream) {
   if (Status st = CheckSparseSelect(p); !st.ok()) return st;
   if (p.B == 0) return Status::Ok();
+  const int Rs = p.score == SparseScore::kBound ? 0 : p.R;
   const size_t smem = static_cast<size_t>(p.max_chunks) * sizeof(uint32_t) +
-                      static_cast<size_t>(p.D) * (p.R + p.H / p.KV) * sizeof(float);
+                      static_cast<size_t>(p.D) * (Rs + p.H / p.KV) * sizeof(float);
   if (Status st = AllowSmem(reinterpret_cast<const void*>(SparseSelectKernel), smem); !st.ok()) return st;
   SparseSelectKernel<<<p.B * p.KV, kThreads, smem, stream>>>(p);
   return LaunchStatus("SparseSelectKernel");

@@ -1,11 +1,16 @@
 // Chunk selection for sparse decode attention (issue 17). Per sequence and KV head, the context
-// before the recent window is cut into chunks (a few pages each); each chunk has a landmark, the
-// mean of its post-RoPE keys, stored compactly as R int8 coordinates times a per-chunk scale in a
-// per-KV-head basis (bench/sparse_selection_study.py: at 64-token chunks the landmark keeps as
-// much attention mass as the true per-chunk mass ranks, and Quest's min/max bound less, at a
-// fraction of the bytes). A decode step scores every chunk by the largest q_h . landmark over the
-// KV head's query heads, keeps chunk 0 (the attention sink) and the `keep` best of the others, and
-// writes their indices in ascending order for the attention kernel to read.
+// before the recent window is cut into chunks (a few pages each), each with compact metadata; a
+// decode step scores every chunk by the largest score over the KV head's query heads, keeps
+// chunk 0 (the attention sink) and the `keep` best of the others, and writes their indices in
+// ascending order for the attention kernel to read. Two scores:
+//   kLandmark  the chunk's mean post-RoPE key as R int8 coordinates times a per-chunk scale in a
+//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (R + 4) per chunk.
+//   kBound     Quest's bound: per-channel min and max of the chunk's post-RoPE keys in int8 (rounded
+//              outward) times a per-chunk scale: scale * sum_d max(q_d lo_d, q_d hi_d) >= q . k for
+//              every key of the chunk. Bytes: (2 D + 4) per chunk.
+// bench/sparse_selection_study.py (Qwen2.5-Coder-0.5B, 4k tokens): landmarks keep as much attention
+// mass on prose as the bound at a quarter of the bytes, but lose passkeys that the bound finds (a
+// few needle tokens vanish in a chunk's mean): the bound is the one that retrieves.
 //
 // Exactness: the reference and the kernel compute every score with the same fp32 operations in
 // the same order (no fused multiply-add), so they choose the same chunks bit for bit. Ranking is
@@ -26,10 +31,13 @@ namespace svdq::kernels {
 // The largest chunk count per sequence the kernel takes (scores live in shared memory).
 constexpr int kSparseMaxChunks = 8192;
 
+enum class SparseScore { kLandmark, kBound };
+
 struct SparseSelectParams {
+  SparseScore score = SparseScore::kLandmark;
   const float* q = nullptr;        // [B, H, D] the step's queries, post-RoPE
-  const float* basis = nullptr;    // [KV, D, R] landmark = scale * basis @ coords
-  const int8_t* coords = nullptr;  // [B, KV, max_chunks, R]
+  const float* basis = nullptr;    // kLandmark: [KV, D, R] landmark = scale * basis @ coords (kBound: unused)
+  const int8_t* coords = nullptr;  // [B, KV, max_chunks, W]: W = R (kLandmark) or 2 D (lo then hi, kBound)
   const float* scales = nullptr;   // [B, KV, max_chunks]
   const int32_t* chunks = nullptr; // [B] chunks to choose from (those before the recent window)
   int32_t* selected = nullptr;     // [B, KV, keep + 1] out: chunk ids ascending, then -1
@@ -47,6 +55,10 @@ Status SparseSelectRef(const SparseSelectParams& p);
 // One chunk's score for query rows qr [G, R] (q projected on the basis): max over rows of
 // (sum_r qr[r] * coords[r]) * scale, in the order the kernel uses.
 float SparseChunkScore(const float* qr, int G, int R, const int8_t* coords, float scale);
+// The bound's: q [G, D], coords [2, D]: max over rows of (sum_d max(q_d lo_d, q_d hi_d)) * scale.
+float SparseBoundScore(const float* q, int G, int D, const int8_t* coords, float scale);
+// Coordinates per chunk: R or 2 D.
+inline int SparseChunkWidth(const SparseSelectParams& p) { return p.score == SparseScore::kBound ? 2 * p.D : p.R; }
 
 #ifdef SVDQ_SPARSE_HAVE_CUDA
 // The same on the device (device pointers): one block per sequence and KV head.

@@ -19,12 +19,13 @@ uint32_t OrderKey(float s) {
 }  // namespace
 
 Status CheckSparseSelect(const SparseSelectParams& p) {
-  if (!p.q || !p.basis || !p.coords || !p.scales || !p.chunks || !p.selected || !p.count)
+  if (!p.q || (p.score == SparseScore::kLandmark && !p.basis) || !p.coords || !p.scales || !p.chunks || !p.selected || !p.count)
     return Status::Invalid("sparse select: a pointer is null");
   if (p.B < 0 || p.KV < 1 || p.H < p.KV || p.H % p.KV != 0 || p.H / p.KV > 16)
     return Status::Invalid("sparse select: needs H a multiple of KV, at most 16 query heads per KV head");
-  if (p.D < 1 || p.D > 256 || p.R < 1 || p.R > 64 || p.R > p.D)
-    return Status::Invalid("sparse select: needs 1 <= R <= min(D, 64) and D <= 256");
+  if (p.D < 1 || p.D > 256) return Status::Invalid("sparse select: needs 1 <= D <= 256");
+  if (p.score == SparseScore::kLandmark && (p.R < 1 || p.R > 64 || p.R > p.D))
+    return Status::Invalid("sparse select: needs 1 <= R <= min(D, 64)");
   if (p.max_chunks < 0 || p.max_chunks > kSparseMaxChunks || p.keep < 0)
     return Status::Invalid("sparse select: max_chunks must be in [0, " + std::to_string(kSparseMaxChunks) +
                            "] and keep >= 0");
@@ -42,28 +43,48 @@ float SparseChunkScore(const float* qr, int G, int R, const int8_t* coords, floa
   return best;
 }
 
+float SparseBoundScore(const float* q, int G, int D, const int8_t* coords, float scale) {
+  float best = 0;
+  for (int h = 0; h < G; ++h) {
+    float s = 0;
+    for (int d = 0; d < D; ++d) {
+      const float a = q[h * D + d] * static_cast<float>(coords[d]), b = q[h * D + d] * static_cast<float>(coords[D + d]);
+      s = s + (a > b ? a : b);
+    }
+    s = s * scale;
+    if (h == 0 || OrderKey(s) > OrderKey(best)) best = s;
+  }
+  return best;
+}
+
 Status SparseSelectRef(const SparseSelectParams& p) {
   if (Status st = CheckSparseSelect(p); !st.ok()) return st;
   const int G = p.H / p.KV;
-  std::vector<float> qr(static_cast<size_t>(G) * p.R);
+  std::vector<float> qr(static_cast<size_t>(G) * std::max(p.R, 1));
   for (int b = 0; b < p.B; ++b) {
     const int n = p.chunks[b];
     if (n < 0 || n > p.max_chunks) return Status::Invalid("sparse select: a sequence's chunk count is outside [0, max_chunks]");
     for (int g = 0; g < p.KV; ++g) {
-      const float* basis = p.basis + static_cast<size_t>(g) * p.D * p.R;
-      for (int h = 0; h < G; ++h) {
-        const float* q = p.q + (static_cast<size_t>(b) * p.H + g * G + h) * p.D;
-        for (int r = 0; r < p.R; ++r) {
-          float s = 0;
-          for (int d = 0; d < p.D; ++d) s = s + basis[static_cast<size_t>(d) * p.R + r] * q[d];
-          qr[static_cast<size_t>(h) * p.R + r] = s;
-        }
+      const bool bound = p.score == SparseScore::kBound;
+      const float* qg = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // [G, D]
+      if (!bound) {
+        const float* basis = p.basis + static_cast<size_t>(g) * p.D * p.R;
+        for (int h = 0; h < G; ++h)
+          for (int r = 0; r < p.R; ++r) {
+            float s = 0;
+            for (int d = 0; d < p.D; ++d) s = s + basis[static_cast<size_t>(d) * p.R + r] * qg[h * p.D + d];
+            qr[static_cast<size_t>(h) * p.R + r] = s;
+          }
       }
       const size_t unit = static_cast<size_t>(b) * p.KV + g;
+      const int W = SparseChunkWidth(p);
       std::vector<std::pair<uint32_t, int>> ranked;  // (key, chunk) of chunks 1 .. n-1
       for (int c = 1; c < n; ++c) {
         const size_t at = unit * p.max_chunks + c;
-        ranked.emplace_back(OrderKey(SparseChunkScore(qr.data(), G, p.R, p.coords + at * p.R, p.scales[at])), c);
+        const int8_t* co = p.coords + at * W;
+        const float score = bound ? SparseBoundScore(qg, G, p.D, co, p.scales[at])
+                                  : SparseChunkScore(qr.data(), G, p.R, co, p.scales[at]);
+        ranked.emplace_back(OrderKey(score), c);
       }
       const size_t take = std::min(ranked.size(), static_cast<size_t>(p.keep));
       std::partial_sort(ranked.begin(), ranked.begin() + static_cast<std::ptrdiff_t>(take), ranked.end(),

@@ -1,10 +1,12 @@
 // Random inputs for the chunk selection op (kernels/sparse/sparse_select.h), shared by its CPU
 // and GPU tests. `tie_levels` > 0 draws coordinates from that many constant rows, so that many
-// chunks score exactly alike (ties must go to the lower chunk index).
+// chunks score exactly alike (ties must go to the lower chunk index). `bound`: Quest-style
+// metadata (per-channel lo <= hi, 2 D bytes a chunk) instead of landmark coordinates.
 #pragma once
 
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/sparse/sparse_select.h"
@@ -13,6 +15,7 @@ namespace svdq::testing {
 
 struct SparseCase {
   int B, H, KV, D, R, max_chunks, keep;
+  bool bound = false;
   std::vector<float> q, basis, scales;
   std::vector<int8_t> coords;
   std::vector<int32_t> chunks, selected, count;
@@ -26,13 +29,17 @@ struct SparseCase {
     p.selected = selected.data();
     p.count = count.data();
     p.B = B, p.H = H, p.KV = KV, p.D = D, p.R = R, p.max_chunks = max_chunks, p.keep = keep;
+    p.score = bound ? kernels::SparseScore::kBound : kernels::SparseScore::kLandmark;
     return p;
   }
 };
 
 inline SparseCase MakeSparseCase(int B, int H, int KV, int D, int R, int max_chunks, int keep,
-                                 const std::vector<int32_t>& chunks, int tie_levels, uint32_t seed) {
+                                 const std::vector<int32_t>& chunks, int tie_levels, uint32_t seed,
+                                 bool bound = false) {
   SparseCase c{B, H, KV, D, R, max_chunks, keep};
+  c.bound = bound;
+  const int W = bound ? 2 * D : R;
   std::mt19937 rng(seed);
   std::normal_distribution<float> n01(0.f, 1.f);
   std::uniform_int_distribution<int> i8(-127, 127), level(0, tie_levels > 0 ? tie_levels - 1 : 0);
@@ -41,20 +48,26 @@ inline SparseCase MakeSparseCase(int B, int H, int KV, int D, int R, int max_chu
   c.basis.resize(static_cast<size_t>(KV) * D * R);
   for (float& x : c.basis) x = n01(rng) * 0.1f;
   const size_t units = static_cast<size_t>(B) * KV * max_chunks;
-  c.coords.resize(units * R);
+  c.coords.resize(units * W);
   c.scales.resize(units);
-  std::vector<std::vector<int8_t>> rows(static_cast<size_t>(tie_levels > 0 ? tie_levels : 0), std::vector<int8_t>(R));
+  std::vector<std::vector<int8_t>> rows(static_cast<size_t>(tie_levels > 0 ? tie_levels : 0), std::vector<int8_t>(W));
   for (auto& row : rows)
     for (auto& x : row) x = static_cast<int8_t>(i8(rng));
   for (size_t u = 0; u < units; ++u) {
     if (tie_levels > 0) {
       const auto& row = rows[static_cast<size_t>(level(rng))];
-      for (int r = 0; r < R; ++r) c.coords[u * R + r] = row[r];
+      for (int r = 0; r < W; ++r) c.coords[u * W + r] = row[r];
       c.scales[u] = 0.01f;
     } else {
-      for (int r = 0; r < R; ++r) c.coords[u * R + r] = static_cast<int8_t>(i8(rng));
+      for (int r = 0; r < W; ++r) c.coords[u * W + r] = static_cast<int8_t>(i8(rng));
       c.scales[u] = 0.001f + 0.02f * std::abs(n01(rng));
     }
+    if (bound)  // lo <= hi per channel
+      for (int d = 0; d < D; ++d) {
+        int8_t& lo = c.coords[u * W + d];
+        int8_t& hi = c.coords[u * W + D + d];
+        if (lo > hi) std::swap(lo, hi);
+      }
   }
   c.chunks = chunks;
   c.selected.assign(static_cast<size_t>(B) * KV * (keep + 1), -7);

@@ -2,7 +2,7 @@
 // chunk ids and counts exactly (both score without fused multiply-add), outputs inside their
 // bounds (guard bytes), on random and tie-heavy inputs, counts 0 / 1 / keep / keep + 1 / 2,047 /
 // 8,192 (the limit), more chunks than the block has threads, GQA 1 / 4 / 8 / 16, widths 64 and 128,
-// and keep 0 (the sink alone). Label gpu: skipped without CUDA.
+// and keep 0 (the sink alone); landmark and bound (Quest) scores. Label gpu: skipped without CUDA.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -45,6 +45,14 @@ TEST(SparseSelectGpu, MatchesTheReference) {
   // The limit, and keep 0.
   Compare(svdq::testing::MakeSparseCase(1, 8, 1, 128, 8, 8192, 100, {8192}, 0, 4u));
   Compare(svdq::testing::MakeSparseCase(2, 8, 2, 64, 8, 64, 0, {64, 1}, 0, 5u));
+}
+
+TEST(SparseSelectGpu, TheBoundMatchesTheReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (int gqa : {1, 4, 8})
+    for (int D : {64, 128, 72})  // 72: the byte-load path
+      Compare(svdq::testing::MakeSparseCase(4, 2 * gqa, 2, D, 0, 1100, 17, {0, 1, 18, 1100}, 0, 9u * gqa + D, true));
+  Compare(svdq::testing::MakeSparseCase(2, 8, 2, 128, 0, 900, 30, {900, 300}, /*tie_levels=*/2, 10u, true));
 }
 
 TEST(SparseSelectGpu, TiesGoToTheLowerChunkAsInTheReference) {

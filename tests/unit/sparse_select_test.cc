@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <random>
+#include <cmath>
 #include <vector>
 
 #include "kernels/sparse/sparse_select.h"
@@ -41,9 +43,11 @@ void CheckCase(svdq::testing::SparseCase& c) {
           qr[static_cast<size_t>(h) * c.R + r] = s;
         }
       std::vector<float> score(static_cast<size_t>(n));
+      const float* qg = c.q.data() + (static_cast<size_t>(b) * c.H + g * G) * c.D;
       for (int k = 0; k < n; ++k) {
         const size_t at = unit * c.max_chunks + k;
-        score[k] = kernels::SparseChunkScore(qr.data(), G, c.R, c.coords.data() + at * c.R, c.scales[at]);
+        score[k] = c.bound ? kernels::SparseBoundScore(qg, G, c.D, c.coords.data() + at * 2 * c.D, c.scales[at])
+                           : kernels::SparseChunkScore(qr.data(), G, c.R, c.coords.data() + at * c.R, c.scales[at]);
       }
       std::vector<int> order(static_cast<size_t>(std::max(0, n - 1)));
       std::iota(order.begin(), order.end(), 1);
@@ -69,6 +73,44 @@ TEST(SparseSelectRef, ChoosesTheBestChunksWithTheSinkAscending) {
                                        /*tie_levels=*/0, 1234u + gqa * 7 + D);
       CheckCase(c);
     }
+}
+
+TEST(SparseSelectRef, TheBoundChoosesTheBestChunks) {
+  for (int gqa : {1, 4, 8})
+    for (int D : {64, 128}) {
+      auto c = svdq::testing::MakeSparseCase(5, 2 * gqa, 2, D, 0, 40, 5, {0, 1, 6, 7, 40}, 0, 77u + gqa + D, /*bound=*/true);
+      CheckCase(c);
+    }
+  auto t = svdq::testing::MakeSparseCase(2, 8, 2, 64, 0, 50, 7, {50, 20}, /*tie_levels=*/2, 78u, /*bound=*/true);
+  CheckCase(t);
+}
+
+TEST(SparseSelectRef, TheBoundIsAnUpperBoundOfEveryKeysScore) {
+  // lo / hi from a chunk's keys, rounded outward: q . k <= the bound for every key of the chunk.
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  const int D = 64, T = 16;
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<float> k(T * D), q(D);
+    for (float& x : k) x = 3.f * n01(rng);
+    for (float& x : q) x = n01(rng);
+    float amax = 0;
+    for (float x : k) amax = std::max(amax, std::abs(x));
+    const float scale = amax / 127.f;
+    std::vector<int8_t> co(2 * D);
+    for (int d = 0; d < D; ++d) {
+      float lo = k[d], hi = k[d];
+      for (int t = 1; t < T; ++t) lo = std::min(lo, k[t * D + d]), hi = std::max(hi, k[t * D + d]);
+      co[d] = static_cast<int8_t>(std::max(-127.f, std::floor(lo / scale)));
+      co[D + d] = static_cast<int8_t>(std::min(127.f, std::ceil(hi / scale)));
+    }
+    const float bound = kernels::SparseBoundScore(q.data(), 1, D, co.data(), scale);
+    for (int t = 0; t < T; ++t) {
+      float dot = 0;
+      for (int d = 0; d < D; ++d) dot += q[d] * k[t * D + d];
+      EXPECT_LE(dot, bound * (1 + 1e-5f) + 1e-5f) << "trial " << trial << " key " << t;
+    }
+  }
 }
 
 TEST(SparseSelectRef, TiesGoToTheLowerChunk) {
