@@ -62,6 +62,9 @@ struct Sequence : SchedSeq {
   size_t emitted = 0;      // bytes of `text` sent; the rest may still turn out to be a stop string
   size_t max_stop = 0;     // longest stop string
   std::string stop_reason;
+  // The KV cache holds a placeholder for a token a step launched ahead has not read yet
+  // (Scheduler::ReserveAhead); its block, if it took one, is not this sequence's to report.
+  bool unread_token = false;
 };
 
 Sequence* Seq(SchedSeq* s) { return static_cast<Sequence*>(s); }
@@ -183,7 +186,8 @@ struct Engine::Impl {
   // Reads the pending step's ids and emits them (the sequences that end are appended to
   // *finished). `ahead`: the sequences in the step launched after it, whose last KV token
   // is set to the token read.
-  void DrainPending(std::vector<Sequence*>* finished, const std::vector<Sequence*>& ahead);
+  // Empty, or the device error that ended every sequence of the step.
+  std::string DrainPending(std::vector<Sequence*>* finished, const std::vector<Sequence*>& ahead);
   // A decode step over `seqs` at their next positions, the ids read on the device from `ids`
   // (rows `from`; empty: 0 .. n-1). Logits [n, vocab].
   at::Tensor ForwardFromIds(const std::vector<Sequence*>& seqs, const at::Tensor& ids, const std::vector<int64_t>& from);
@@ -492,9 +496,10 @@ void Engine::Impl::Loop() {
     if (stopping) break;
     Step();
   }
-  if (pending) {
-    readback->Wait(pending->slot);  // its tokens are not sent: every sequence is cancelled below
-    pending.reset();
+  if (pending) {  // its tokens are sent (as without overlap), then every sequence left is cancelled
+    std::vector<Sequence*> finished;
+    DrainPending(&finished, {});
+    for (Sequence* s : finished) sched->TakeRunning(s);
   }
   for (auto& s : sched->running()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
   for (auto& s : sched->waiting()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
@@ -522,6 +527,7 @@ void Engine::Impl::Step() {
     if (LaunchAhead()) {
       if (metrics) {
         metrics->SetRunning(static_cast<double>(running.size()));
+        metrics->SetWaiting(static_cast<double>(waiting.size()));
         metrics->ObserveStep("decode", batch, Seconds(t0, Clock::now()));
       }
       ReportKv();
@@ -754,7 +760,7 @@ at::Tensor Engine::Impl::ForwardFromIds(const std::vector<Sequence*>& seqs, cons
 }
 
 bool Engine::Impl::LaunchAhead() {
-  Pending& p = *pending;
+  const Pending& p = *pending;  // moved out by DrainPending below: read before it
   if (sched->WouldAdmit()) return false;
   size_t alive = 0;
   for (Sequence* s : p.seqs) {
@@ -781,13 +787,15 @@ bool Engine::Impl::LaunchAhead() {
   }
   if (next.empty() || (graphs && static_cast<int>(next.size()) > graphs->max_batch())) return false;
   if (!sched->ReserveAhead(std::vector<SchedSeq*>(next.begin(), next.end()))) return false;
+  for (Sequence* s : next) s->unread_token = true;
+  const at::Tensor ids = p.ids;
   auto n = std::make_unique<Pending>();
   n->seqs = next;
   std::string error;
   try {
     std::vector<SampleRow> rows;
     for (Sequence* s : next) rows.push_back(RowFor(s, /*ahead=*/1));
-    at::Tensor logits = ForwardFromIds(next, p.ids, identity ? std::vector<int64_t>() : from);
+    at::Tensor logits = ForwardFromIds(next, ids, identity ? std::vector<int64_t>() : from);
     n->ids = SampleIds(logits, rows);
     n->slot = readback->Start(n->ids, KeyFlags());
   } catch (const std::exception& e) {
@@ -795,11 +803,11 @@ bool Engine::Impl::LaunchAhead() {
   }
   // While the GPU runs it: the pending step's tokens.
   std::vector<Sequence*> finished;
-  DrainPending(&finished, next);
+  if (std::string e = DrainPending(&finished, next); !e.empty() && error.empty()) error = e;
   int discarded = 0;
   for (Sequence*& s : n->seqs)
     if (std::find(finished.begin(), finished.end(), s) != finished.end()) s = nullptr, ++discarded;
-  if (metrics) metrics->AddStepAhead(discarded);
+  if (metrics && error.empty()) metrics->AddStepAhead(discarded);
   for (Sequence* s : n->seqs) {
     if (!s) continue;
     if (!error.empty()) {
@@ -814,9 +822,18 @@ bool Engine::Impl::LaunchAhead() {
   return true;
 }
 
-void Engine::Impl::DrainPending(std::vector<Sequence*>* finished, const std::vector<Sequence*>& ahead) {
+std::string Engine::Impl::DrainPending(std::vector<Sequence*>* finished, const std::vector<Sequence*>& ahead) {
   std::unique_ptr<Pending> p = std::move(pending);
-  readback->Wait(p->slot);
+  try {
+    readback->Wait(p->slot);  // throws on a device error raised by the step
+  } catch (const std::exception& e) {
+    for (Sequence* s : p->seqs)
+      if (s) {
+        Finish(s, FinishReason::kError, e.what());
+        finished->push_back(s);
+      }
+    return e.what();
+  }
   const int64_t* ids = readback->ids(p->slot);
   const int32_t* flags = readback->flags(p->slot);
   const bool coded = storage->spec().modes.page_coded_keys();
@@ -828,8 +845,10 @@ void Engine::Impl::DrainPending(std::vector<Sequence*>* finished, const std::vec
       finished->push_back(s);
     } else if (std::find(ahead.begin(), ahead.end(), s) != ahead.end()) {
       kv->SetLastToken(s->id, tok);
+      s->unread_token = false;
     }
   }
+  return "";
 }
 
 at::Tensor Engine::Impl::KeyFlags() const {
@@ -1008,7 +1027,8 @@ void Engine::Impl::Finish(Sequence* s, FinishReason reason, const std::string& e
   fin.completion_tokens = static_cast<int32_t>(s->output.size());
   fin.cached_tokens = s->cached_tokens;
   if (kv->Has(s->id)) {
-    const int64_t blocks = static_cast<int64_t>(kv->Blocks(s->id).size());
+    const int64_t bs = kv->block_size(), tokens = kv->NumTokens(s->id) - (s->unread_token ? 1 : 0);
+    const int64_t blocks = std::min<int64_t>(static_cast<int64_t>(kv->Blocks(s->id).size()), (tokens + bs - 1) / bs);
     fin.kv_bytes_stored = blocks * (kv_bytes.key_per_block + kv_bytes.value_per_block);
     fin.kv_bytes_full = 2 * blocks * kv->block_size() * bf16_bytes_per_token;
   }

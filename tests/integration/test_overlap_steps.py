@@ -3,8 +3,8 @@ of the step before, and that step's text, stop checks and events are done while 
 sequence that ends with the token read late has its row in the launched step discarded. On the
 CPU the same path runs (that is what CI covers); it must not change any output: the requests below
 (greedy, seeded sampling, a stop string that ends one sequence while others go on, min_tokens,
-and the rows that cannot run ahead, logprobs and penalties) give the same tokens, text and finish
-as one at a time without overlap."""
+and the rows that cannot run ahead, logprobs and penalties) give the same tokens, text, finish and
+reported KV bytes as one at a time without overlap."""
 import threading
 
 import pytest
@@ -14,6 +14,8 @@ from test_engine_scheduling import scrape, wait_blocks_free
 from test_server_e2e import generate
 
 PROMPT = "Once upon a time, in a small village by the sea,"
+# Every token takes a block: a row launched ahead and then discarded always took a fresh one.
+ONE_TOKEN_BLOCKS = ["--block-size", "1"]
 
 
 def requests(stop_text):
@@ -32,7 +34,9 @@ def requests(stop_text):
 
 def outcome(result):
     ids, text, final = result
-    return ids, text, final.finish_reason, final.stop_reason, final.usage.completion_tokens
+    # The KV bytes a sequence held: a row launched ahead and discarded must not count its block.
+    return (ids, text, final.finish_reason, final.stop_reason, final.usage.completion_tokens,
+            final.usage.kv_bytes_stored)
 
 
 def run_all(stubs, addr, reqs, concurrent):
@@ -54,7 +58,7 @@ def run_all(stubs, addr, reqs, concurrent):
 
 @pytest.fixture(scope="module")
 def baseline(model_path, stubs):
-    s = Server(model_path, "cpu", extra=["--overlap-steps", "false"])
+    s = Server(model_path, "cpu", extra=["--overlap-steps", "false"] + ONE_TOKEN_BLOCKS)
     try:
         s.wait_ready()
         # A stop string from the middle of the long greedy output, found nowhere before it: the
@@ -71,7 +75,16 @@ def baseline(model_path, stubs):
         s.stop()
 
 
-def test_overlapped_steps_keep_every_output(cpu_server, stubs, baseline):
+@pytest.fixture(scope="module")
+def overlapped(model_path):
+    s = Server(model_path, "cpu", extra=ONE_TOKEN_BLOCKS)
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+def test_overlapped_steps_keep_every_output(overlapped, stubs, baseline):
+    cpu_server = overlapped
     reqs, want = baseline
     stopped = want[3]
     assert stopped[3] and stopped[4] < 30, "the stop string should end the fourth request early"
