@@ -191,6 +191,10 @@ struct Engine::Impl {
   // A decode step over `seqs` at their next positions, the ids read on the device from `ids`
   // (rows `from`; empty: 0 .. n-1). Logits [n, vocab].
   at::Tensor ForwardFromIds(const std::vector<Sequence*>& seqs, const at::Tensor& ids, const std::vector<int64_t>& from);
+  // The batched eager forward: tokens[i] for seqs[i] at its next positions, over its paged view.
+  at::Tensor ForwardEager(const std::vector<SchedSeq*>& seqs, const std::vector<std::vector<int32_t>>& tokens);
+  // DrainPending, then the sequences that ended leave the running list.
+  void DrainAndRetire();
   // Emits a sampled token, or ends s with the error that prevents it. True if s finished.
   bool EmitSampled(Sequence* s, const TokenLogprob* logprob, int32_t tok, bool nonfinite_key);
   // Emits `tok` (sampled from `logits`, kept for logprobs) and checks the stop conditions. True if
@@ -496,11 +500,7 @@ void Engine::Impl::Loop() {
     if (stopping) break;
     Step();
   }
-  if (pending) {  // its tokens are sent (as without overlap), then every sequence left is cancelled
-    std::vector<Sequence*> finished;
-    DrainPending(&finished, {});
-    for (Sequence* s : finished) sched->TakeRunning(s);
-  }
+  if (pending) DrainAndRetire();  // its tokens are sent (as without overlap), then every sequence left is cancelled
   for (auto& s : sched->running()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
   for (auto& s : sched->waiting()) Finish(Seq(s.get()), FinishReason::kCancelled, "server shutting down");
   std::lock_guard<std::mutex> lock(mu);
@@ -533,9 +533,7 @@ void Engine::Impl::Step() {
       ReportKv();
       return;
     }
-    std::vector<Sequence*> finished;
-    DrainPending(&finished, {});
-    for (Sequence* s : finished) sched->TakeRunning(s);
+    DrainAndRetire();
   }
   const int64_t q0 = kv->prefix_query_tokens(), h0 = kv->prefix_hit_tokens();
   for (SchedSeq* a : sched->Admit()) {
@@ -616,16 +614,13 @@ void Engine::Impl::RunBatch() {
           rows.push_back({w.tokens[0], w.seq->computed, &kv->Blocks(w.seq->id), w.seq->lane});
         logits = graphs->Run(rows);
       } else {
-        std::vector<std::unique_ptr<kv::PagedSeqView>> views;
-        std::vector<models::KvView*> kvs;
+        std::vector<SchedSeq*> seqs;
         std::vector<std::vector<int32_t>> tokens;
         for (const StepPlan::Item& w : work) {
-          views.push_back(
-              std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(w.seq->id), w.seq->computed, w.seq->lane));
-          kvs.push_back(views.back().get());
+          seqs.push_back(w.seq);
           tokens.push_back(w.tokens);
         }
-        logits = model->ForwardBatch(tokens, kvs);
+        logits = ForwardEager(seqs, tokens);
       }
     } catch (const std::exception& e) {
       error = e.what();
@@ -746,17 +741,28 @@ at::Tensor Engine::Impl::ForwardFromIds(const std::vector<Sequence*>& seqs, cons
   }
   // On the CPU (the only other place steps overlap) the ids are host memory already.
   const at::Tensor host = ids.to(at::kCPU).contiguous();
-  std::vector<std::unique_ptr<kv::PagedSeqView>> views;
-  std::vector<models::KvView*> kvs;
   std::vector<std::vector<int32_t>> tokens;
   for (size_t b = 0; b < seqs.size(); ++b) {
-    Sequence* s = seqs[b];
     const int64_t id = host.data_ptr<int64_t>()[from.empty() ? static_cast<int64_t>(b) : from[b]];
-    views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(s->id), s->computed, s->lane));
-    kvs.push_back(views.back().get());
     tokens.push_back({static_cast<int32_t>(std::max<int64_t>(id, 0))});
   }
+  return ForwardEager(std::vector<SchedSeq*>(seqs.begin(), seqs.end()), tokens);
+}
+
+at::Tensor Engine::Impl::ForwardEager(const std::vector<SchedSeq*>& seqs, const std::vector<std::vector<int32_t>>& tokens) {
+  std::vector<std::unique_ptr<kv::PagedSeqView>> views;
+  std::vector<models::KvView*> kvs;
+  for (SchedSeq* s : seqs) {
+    views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(s->id), s->computed, s->lane));
+    kvs.push_back(views.back().get());
+  }
   return model->ForwardBatch(tokens, kvs);
+}
+
+void Engine::Impl::DrainAndRetire() {
+  std::vector<Sequence*> finished;
+  DrainPending(&finished, {});
+  for (Sequence* s : finished) sched->TakeRunning(s);
 }
 
 bool Engine::Impl::LaunchAhead() {

@@ -22,17 +22,27 @@ def scrape(server):
                 if l and not l.startswith("#")}
 
 
-def run_concurrently(stubs, addr):
-    results = [None] * len(PROMPTS)
+def run_all(stubs, addr, reqs, concurrent=True):
+    """generate() for each request, on a thread each (concurrent) or one after another."""
+    out = [None] * len(reqs)
 
     def work(i):
-        results[i] = generate(stubs, addr, text=PROMPTS[i], max_tokens=N, ignore_eos=True)[0]
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(PROMPTS))]
+        out[i] = generate(stubs, addr, **reqs[i])
+    if not concurrent:
+        for i in range(len(reqs)):
+            work(i)
+        return out
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(reqs))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
-    return results
+    return out
+
+
+def run_concurrently(stubs, addr):
+    reqs = [dict(text=p, max_tokens=N, ignore_eos=True) for p in PROMPTS]
+    return [r[0] for r in run_all(stubs, addr, reqs)]
 
 
 @pytest.fixture(scope="module")

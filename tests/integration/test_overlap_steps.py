@@ -5,12 +5,10 @@ CPU the same path runs (that is what CI covers); it must not change any output: 
 (greedy, seeded sampling, a stop string that ends one sequence while others go on, min_tokens,
 and the rows that cannot run ahead, logprobs and penalties) give the same tokens, text, finish and
 reported KV bytes as one at a time without overlap."""
-import threading
-
 import pytest
 
 from conftest import Server
-from test_engine_scheduling import scrape, wait_blocks_free
+from test_engine_scheduling import run_all as run_requests, scrape, wait_blocks_free
 from test_server_e2e import generate
 
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -40,20 +38,7 @@ def outcome(result):
 
 
 def run_all(stubs, addr, reqs, concurrent):
-    out = [None] * len(reqs)
-
-    def work(i):
-        out[i] = outcome(generate(stubs, addr, **reqs[i]))
-    if not concurrent:
-        for i in range(len(reqs)):
-            work(i)
-        return out
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(reqs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    return out
+    return [outcome(r) for r in run_requests(stubs, addr, reqs, concurrent)]
 
 
 @pytest.fixture(scope="module")
