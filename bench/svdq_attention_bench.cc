@@ -28,52 +28,16 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "bench/bench_util.h"
 #include "kernels/attention/paged_decode.h"
 #include "kernels/svdq/schedule.h"
 #include "kernels/svdq/svdq_cuda.h"
 
 using namespace svdq::kernels;
 
-namespace {
-
-// Median over 5 runs of the mean time of fn over `iters` calls (after 3 warm-ups), by CUDA
-// events, in microseconds.
-double TimeUs(const std::function<void()>& fn, int iters) {
-  for (int i = 0; i < 3; ++i) fn();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<double> runs;
-  for (int rep = 0; rep < 5; ++rep) {
-    cudaEventRecord(a, at::cuda::getCurrentCUDAStream());
-    for (int i = 0; i < iters; ++i) fn();
-    cudaEventRecord(b, at::cuda::getCurrentCUDAStream());
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    runs.push_back(1000.0 * ms / iters);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(runs.begin(), runs.end());
-  return runs[runs.size() / 2];
-}
-
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, sep);)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-void Die(const Status& st) {
-  if (st.ok()) return;
-  std::cerr << st.message() << "\n";
-  std::exit(1);
-}
-
-}  // namespace
+using svdq::bench::Die;
+using svdq::bench::Split;
+using svdq::bench::TimeUs;
 
 int main(int argc, char** argv) {
   std::string json_path, date = "unknown", pages_text = "16,64", scheds_text = "8,4,2,1,1,0,0,0;8,2,0,0,0,0,0,0";

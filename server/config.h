@@ -28,6 +28,7 @@ struct ServerConfig {
   int svdq_basis_tokens = 256;
   bool cuda_graphs = true;
   bool overlap_steps = true;  // launch a decode step before reading the one before's tokens
+  int sparse_budget = 0;  // tokens a decode step attends to per sequence and KV head; 0: dense
   std::string svdq_basis_file;
   int shutdown_grace_seconds = 30;
   int64_t max_message_bytes = 4 << 20;

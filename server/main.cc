@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
   eo.svdq_basis_tokens = cfg.svdq_basis_tokens;
   eo.cuda_graphs = cfg.cuda_graphs;
   eo.overlap_steps = cfg.overlap_steps;
+  eo.sparse_budget = cfg.sparse_budget;
   eo.svdq_basis_file = cfg.svdq_basis_file;
   svdq::engine::Engine engine(eo, &metrics);
   svdq::api::Admission admission(&engine, &metrics);

@@ -38,11 +38,12 @@ __device__ int BlockExclusive(int v, int* red) {
 // Every chunk's key (the reference's SparseChunkScore, operation for operation). kR > 0: R is
 // kR, and a chunk's coordinates come in 16-byte loads into registers; 0: any R, byte loads.
 template <int kR>
-__device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, size_t base, int n, uint32_t* keys) {
+__device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, int b, int g, int n, uint32_t* keys) {
   const int G = p.H / p.KV, R = kR > 0 ? kR : p.R;
   for (int c = threadIdx.x; c < n; c += kThreads) {
-    const int8_t* co = p.coords + (base + c) * R;
-    const float scale = p.scales[base + c];
+    const int64_t row = SparseChunkRow(p, b, g, c);
+    const int8_t* co = p.coords + row * R;
+    const float scale = p.scales[row];
     uint32_t best = 0;
     if constexpr (kR > 0) {
       int4 raw[(kR + 15) / 16];
@@ -75,12 +76,13 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, size_t
 
 // The bound's keys (the reference's SparseBoundScore, operation for operation): q rows qs [G, D]
 // against a chunk's lo [D] and hi [D], 16 channels per load where D allows.
-__device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, size_t base, int n, uint32_t* keys) {
+__device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, int b, int g, int n, uint32_t* keys) {
   const int G = p.H / p.KV, D = p.D;
   for (int c = threadIdx.x; c < n; c += kThreads) {
-    const int8_t* lo = p.coords + (base + c) * 2 * D;
+    const int64_t row = SparseChunkRow(p, b, g, c);
+    const int8_t* lo = p.coords + row * 2 * D;
     const int8_t* hi = lo + D;
-    const float scale = p.scales[base + c];
+    const float scale = p.scales[row];
     uint32_t best = 0;
     for (int h = 0; h < G; ++h) {
       const float* q = qs + h * D;
@@ -111,10 +113,10 @@ __device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, size_t
 }
 
 __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParams p) {
-  // Dynamic: keys [max_chunks] (orderable keys of the scores), then this KV head's basis [D, R]
-  // and its query rows [G, D], staged so that the sequential dot products read shared memory.
+  // Dynamic: keys [max_chunks] (orderable keys of the scores), then this KV head's basis [D, R],
+  // its query rows [G, D] and their projections [G, R], staged so that the sequential dot
+  // products read shared memory.
   extern __shared__ uint32_t keys[];
-  __shared__ float qr[16 * 64];  // [G, R]
   __shared__ int red[kThreads / 32];
   const int unit = blockIdx.x, b = unit / p.KV, g = unit % p.KV, G = p.H / p.KV;
   const int n = p.chunks[b];
@@ -125,10 +127,11 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
     return;
   }
   const bool bound = p.score == SparseScore::kBound;
-  const int Rs = bound ? 0 : p.R;  // the basis is staged for landmarks only
+  const int Rs = bound || !p.basis ? 0 : p.R;  // the basis is staged for landmarks with one only
   float* basis = reinterpret_cast<float*>(keys + p.max_chunks);  // [D, Rs]
   float* qs = basis + p.D * Rs;                                   // [G, D]
-  const float* gb = bound ? nullptr : p.basis + static_cast<size_t>(g) * p.D * p.R;
+  float* qr = qs + G * p.D;                                       // [G, R]
+  const float* gb = Rs == 0 ? nullptr : p.basis + static_cast<size_t>(g) * p.D * p.R;
   for (int i = threadIdx.x; i < p.D * Rs; i += kThreads) basis[i] = gb[i];
   const float* gq = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // the KV head's G rows, contiguous
   for (int i = threadIdx.x; i < G * p.D; i += kThreads) qs[i] = gq[i];
@@ -140,17 +143,19 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
     for (int d = 0; d < p.D; ++d) s = __fadd_rn(s, __fmul_rn(basis[d * p.R + r], q[d]));
     qr[i] = s;
   }
+  if (!bound && !p.basis)  // the identity: the query itself (R = D)
+    for (int i = threadIdx.x; i < G * p.D; i += kThreads) qr[i] = qs[i];
   __syncthreads();
-  const size_t base = static_cast<size_t>(unit) * p.max_chunks;
   if (bound) {
-    ScoreBounds(p, qs, base, n, keys);
+    ScoreBounds(p, qs, b, g, n, keys);
   } else {
     switch (p.R) {  // the common widths with the chunk's coordinates in registers
-    case 8: ScoreChunks<8>(p, qr, base, n, keys); break;
-    case 16: ScoreChunks<16>(p, qr, base, n, keys); break;
-    case 32: ScoreChunks<32>(p, qr, base, n, keys); break;
-    case 64: ScoreChunks<64>(p, qr, base, n, keys); break;
-    default: ScoreChunks<0>(p, qr, base, n, keys); break;
+    case 8: ScoreChunks<8>(p, qr, b, g, n, keys); break;
+    case 16: ScoreChunks<16>(p, qr, b, g, n, keys); break;
+    case 32: ScoreChunks<32>(p, qr, b, g, n, keys); break;
+    case 64: ScoreChunks<64>(p, qr, b, g, n, keys); break;
+    case 128: ScoreChunks<128>(p, qr, b, g, n, keys); break;
+    default: ScoreChunks<0>(p, qr, b, g, n, keys); break;
     }
   }
   __syncthreads();
@@ -235,10 +240,54 @@ Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream) {
   if (p.B == 0) return Status::Ok();
   const int Rs = p.score == SparseScore::kBound ? 0 : p.R;
   const size_t smem = static_cast<size_t>(p.max_chunks) * sizeof(uint32_t) +
-                      static_cast<size_t>(p.D) * (Rs + p.H / p.KV) * sizeof(float);
+                      (static_cast<size_t>(p.D) * (Rs + p.H / p.KV) + static_cast<size_t>(p.H / p.KV) * p.R) * sizeof(float);
   if (Status st = AllowSmem(reinterpret_cast<const void*>(SparseSelectKernel), smem); !st.ok()) return st;
   SparseSelectKernel<<<p.B * p.KV, kThreads, smem, stream>>>(p);
   return LaunchStatus("SparseSelectKernel");
+}
+
+}  // namespace svdq::kernels
+
+// ---- Page landmarks: one block of D threads per (row, KV head), a thread per channel.
+namespace svdq::kernels {
+namespace {
+
+__global__ void SparseLandmarkKernel(SparseLandmarkParams p) {
+  const int r = blockIdx.x, g = blockIdx.y, d = threadIdx.x;
+  __shared__ float red[8];
+  const int64_t off = p.offset[r];
+  float* acc = p.acc + (p.lanes[r] * p.KV + g) * p.D;
+  const uint16_t bits = p.k[r * p.k_stride + static_cast<int64_t>(g) * p.D + d];
+  const float x = __uint_as_float(static_cast<uint32_t>(bits) << 16);
+  const float sum = __fadd_rn(off == 0 ? 0.0f : acc[d], x);
+  acc[d] = sum;
+  if (off != p.P - 1) return;  // the whole block takes the same branch (one row)
+  // The reference's QuantizeLandmark: mean = sum * (1 / P), scale = max |mean| / 127.
+  const float inv = __fdiv_rn(1.0f, static_cast<float>(p.P));
+  const float mean = __fmul_rn(sum, inv);
+  float mx = fabsf(mean);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if ((d & 31) == 0) red[d >> 5] = mx;
+  __syncthreads();
+  mx = 0;
+  for (int w = 0; w < (p.D + 31) / 32; ++w) mx = fmaxf(mx, red[w]);
+  const float s = __fdiv_rn(mx, 127.0f);
+  const int64_t row = p.block[r] * p.KV + g;
+  p.coords[row * p.D + d] = s > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(mean, s)), -127.0f), 127.0f)) : 0;
+  if (d == 0) p.scales[row] = s;
+}
+
+}  // namespace
+
+Status SparseLandmarkAppend(const SparseLandmarkParams& p, cudaStream_t stream) {
+  if (p.rows < 0 || p.KV < 1 || p.D < 32 || p.D > 256 || p.D % 32 != 0 || p.P < 1 ||
+      p.k_stride < static_cast<int64_t>(p.KV) * p.D)
+    return Status::Invalid("sparse landmarks: bad shape (D a multiple of 32, at most 256)");
+  if (p.rows == 0) return Status::Ok();
+  if (!p.k || !p.block || !p.offset || !p.lanes || !p.acc || !p.coords || !p.scales)
+    return Status::Invalid("sparse landmarks: a pointer is null");
+  SparseLandmarkKernel<<<dim3(p.rows, p.KV), p.D, 0, stream>>>(p);
+  return LaunchStatus("SparseLandmarkKernel");
 }
 
 }  // namespace svdq::kernels

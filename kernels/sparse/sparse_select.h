@@ -36,16 +36,22 @@ enum class SparseScore { kLandmark, kBound };
 struct SparseSelectParams {
   SparseScore score = SparseScore::kLandmark;
   const float* q = nullptr;        // [B, H, D] the step's queries, post-RoPE
-  const float* basis = nullptr;    // kLandmark: [KV, D, R] landmark = scale * basis @ coords (kBound: unused)
+  // kLandmark: [KV, D, R], landmark = scale * basis @ coords; null: the identity (R = D, the
+  // coordinates are the landmark itself). kBound: unused.
+  const float* basis = nullptr;
   const int8_t* coords = nullptr;  // [B, KV, max_chunks, W]: W = R (kLandmark) or 2 D (lo then hi, kBound)
   const float* scales = nullptr;   // [B, KV, max_chunks]
+  // Optional, the serving layout: chunk c of sequence b is row table[b * max_chunks + c] of
+  // coords [rows, KV, W] and scales [rows, KV] (rows: the KV pool's pages, whose metadata is
+  // written with the page). Null: the dense layout above.
+  const int32_t* table = nullptr;  // [B, max_chunks]
   const int32_t* chunks = nullptr; // [B] chunks to choose from (those before the recent window)
   int32_t* selected = nullptr;     // [B, KV, keep + 1] out: chunk ids ascending, then -1
   int32_t* count = nullptr;        // [B, KV] out: ids written (min(chunks, keep + 1))
   int B = 0, H = 0, KV = 0, D = 0, R = 0, max_chunks = 0, keep = 0;
 };
 
-// Checks shapes and limits (H a multiple of KV, R <= 64, H / KV <= 16, D <= 256, chunks <= max_chunks
+// Checks shapes and limits (H a multiple of KV, R <= 128, H / KV <= 16, D <= 256, chunks <= max_chunks
 // <= kSparseMaxChunks is checked per sequence by the reference only).
 Status CheckSparseSelect(const SparseSelectParams& p);
 
@@ -59,10 +65,40 @@ float SparseChunkScore(const float* qr, int G, int R, const int8_t* coords, floa
 float SparseBoundScore(const float* q, int G, int D, const int8_t* coords, float scale);
 // Coordinates per chunk: R or 2 D.
 inline int SparseChunkWidth(const SparseSelectParams& p) { return p.score == SparseScore::kBound ? 2 * p.D : p.R; }
+// Row of chunk c (sequence b, KV head g) in coords (times the width) and scales.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline int64_t SparseChunkRow(const SparseSelectParams& p, int b, int g, int c) {
+  if (p.table) return static_cast<int64_t>(p.table[static_cast<int64_t>(b) * p.max_chunks + c]) * p.KV + g;
+  return (static_cast<int64_t>(b) * p.KV + g) * p.max_chunks + c;
+}
+
+// Page landmarks, the kLandmark metadata of the serving path (a chunk is a page; R = D with an
+// identity basis): each decode row appends one post-RoPE key at `offset` of the page in
+// `block`; the page's running sum is kept in its lane's accumulator, and the key that completes
+// the page (offset == P - 1) writes the page's landmark: coords = rint(mean / scale) with
+// scale = max |mean| / 127 (all zero for a zero mean). The accumulator restarts at offset 0.
+struct SparseLandmarkParams {
+  int rows = 0, KV = 0, D = 0, P = 0;
+  const uint16_t* k = nullptr;      // bf16 [rows, k_stride]: KV x D post-RoPE keys
+  int64_t k_stride = 0;
+  const int64_t* block = nullptr;   // [rows]
+  const int64_t* offset = nullptr;  // [rows]
+  const int64_t* lanes = nullptr;   // [rows]
+  float* acc = nullptr;             // [lanes, KV, D]
+  int8_t* coords = nullptr;         // [blocks, KV, D]
+  float* scales = nullptr;          // [blocks, KV]
+};
+Status SparseLandmarkAppendRef(const SparseLandmarkParams& p);
+// One landmark from a sum of `count` keys, the operations the kernel uses.
+void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale);
 
 #ifdef SVDQ_SPARSE_HAVE_CUDA
 // The same on the device (device pointers): one block per sequence and KV head.
 Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream);
+// One block per (row, KV head).
+Status SparseLandmarkAppend(const SparseLandmarkParams& p, cudaStream_t stream);
 #endif
 
 }  // namespace svdq::kernels

@@ -1,6 +1,7 @@
 #include "kernels/sparse/sparse_select.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -19,13 +20,15 @@ uint32_t OrderKey(float s) {
 }  // namespace
 
 Status CheckSparseSelect(const SparseSelectParams& p) {
-  if (!p.q || (p.score == SparseScore::kLandmark && !p.basis) || !p.coords || !p.scales || !p.chunks || !p.selected || !p.count)
+  if (p.score == SparseScore::kLandmark && !p.basis && p.R != p.D)
+    return Status::Invalid("sparse select: landmarks without a basis need R = D");
+  if (!p.q || !p.coords || !p.scales || !p.chunks || !p.selected || !p.count)
     return Status::Invalid("sparse select: a pointer is null");
   if (p.B < 0 || p.KV < 1 || p.H < p.KV || p.H % p.KV != 0 || p.H / p.KV > 16)
     return Status::Invalid("sparse select: needs H a multiple of KV, at most 16 query heads per KV head");
   if (p.D < 1 || p.D > 256) return Status::Invalid("sparse select: needs 1 <= D <= 256");
-  if (p.score == SparseScore::kLandmark && (p.R < 1 || p.R > 64 || p.R > p.D))
-    return Status::Invalid("sparse select: needs 1 <= R <= min(D, 64)");
+  if (p.score == SparseScore::kLandmark && (p.R < 1 || p.R > 128 || p.R > p.D))
+    return Status::Invalid("sparse select: needs 1 <= R <= min(D, 128)");
   if (p.max_chunks < 0 || p.max_chunks > kSparseMaxChunks || p.keep < 0)
     return Status::Invalid("sparse select: max_chunks must be in [0, " + std::to_string(kSparseMaxChunks) +
                            "] and keep >= 0");
@@ -68,11 +71,15 @@ Status SparseSelectRef(const SparseSelectParams& p) {
       const bool bound = p.score == SparseScore::kBound;
       const float* qg = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // [G, D]
       if (!bound) {
-        const float* basis = p.basis + static_cast<size_t>(g) * p.D * p.R;
+        const float* basis = p.basis ? p.basis + static_cast<size_t>(g) * p.D * p.R : nullptr;
         for (int h = 0; h < G; ++h)
           for (int r = 0; r < p.R; ++r) {
             float s = 0;
-            for (int d = 0; d < p.D; ++d) s = s + basis[static_cast<size_t>(d) * p.R + r] * qg[h * p.D + d];
+            if (p.basis) {
+              for (int d = 0; d < p.D; ++d) s = s + basis[static_cast<size_t>(d) * p.R + r] * qg[h * p.D + d];
+            } else {
+              s = qg[h * p.D + r];
+            }
             qr[static_cast<size_t>(h) * p.R + r] = s;
           }
       }
@@ -80,7 +87,7 @@ Status SparseSelectRef(const SparseSelectParams& p) {
       const int W = SparseChunkWidth(p);
       std::vector<std::pair<uint32_t, int>> ranked;  // (key, chunk) of chunks 1 .. n-1
       for (int c = 1; c < n; ++c) {
-        const size_t at = unit * p.max_chunks + c;
+        const int64_t at = SparseChunkRow(p, b, g, c);
         const int8_t* co = p.coords + at * W;
         const float score = bound ? SparseBoundScore(qg, G, p.D, co, p.scales[at])
                                   : SparseChunkScore(qr.data(), G, p.R, co, p.scales[at]);
@@ -96,6 +103,42 @@ Status SparseSelectRef(const SparseSelectParams& p) {
       int32_t* out = p.selected + unit * (p.keep + 1);
       for (int i = 0; i < p.keep + 1; ++i) out[i] = i < static_cast<int>(ids.size()) ? ids[i] : -1;
       p.count[unit] = static_cast<int32_t>(ids.size());
+    }
+  }
+  return Status::Ok();
+}
+
+void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale) {
+  const float inv = 1.0f / static_cast<float>(count);
+  float mx = 0;
+  for (int d = 0; d < D; ++d) mx = std::max(mx, std::fabs(sum[d] * inv));
+  const float s = mx / 127.0f;
+  for (int d = 0; d < D; ++d)
+    coords[d] = s > 0 ? static_cast<int8_t>(std::clamp(std::nearbyint(sum[d] * inv / s), -127.0f, 127.0f)) : 0;
+  *scale = s;
+}
+
+Status SparseLandmarkAppendRef(const SparseLandmarkParams& p) {
+  if (p.rows < 0 || p.KV < 1 || p.D < 1 || p.D > 256 || p.P < 1 || p.k_stride < static_cast<int64_t>(p.KV) * p.D)
+    return Status::Invalid("sparse landmarks: bad shape");
+  if (p.rows > 0 && (!p.k || !p.block || !p.offset || !p.lanes || !p.acc || !p.coords || !p.scales))
+    return Status::Invalid("sparse landmarks: a pointer is null");
+  for (int r = 0; r < p.rows; ++r) {
+    const int64_t off = p.offset[r];
+    if (off < 0 || off >= p.P) return Status::Invalid("sparse landmarks: an offset is outside the page");
+    for (int g = 0; g < p.KV; ++g) {
+      float* acc = p.acc + (p.lanes[r] * p.KV + g) * p.D;
+      const uint16_t* k = p.k + r * p.k_stride + static_cast<int64_t>(g) * p.D;
+      for (int d = 0; d < p.D; ++d) {
+        uint32_t bits = static_cast<uint32_t>(k[d]) << 16;
+        float x;
+        std::memcpy(&x, &bits, sizeof x);
+        acc[d] = (off == 0 ? 0.0f : acc[d]) + x;
+      }
+      if (off == p.P - 1) {
+        const int64_t row = p.block[r] * p.KV + g;
+        QuantizeLandmark(acc, p.D, p.P, p.coords + row * p.D, p.scales + row);
+      }
     }
   }
   return Status::Ok();

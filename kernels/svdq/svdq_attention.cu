@@ -68,7 +68,8 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
 }
 
 int Splits(const SvdqAttentionParams& p) {
-  return p.pages_per_split > 0 ? p.max_pages / p.pages_per_split + 1 : 1;
+  const int pages = p.sparse_pages && p.sparse_max_pages > 0 ? p.sparse_max_pages : p.max_pages;
+  return p.pages_per_split > 0 ? pages / p.pages_per_split + 1 : 1;
 }
 
 }  // namespace
@@ -96,6 +97,8 @@ Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
   const bool mma = !warp && p.use_tensor_cores && p.kernel != K::kWarpStreams && SvdqAttentionMmaSupported(p);
   if (p.use_tensor_cores && p.kernel == K::kWarpStreams && !warp)
     return Status::Invalid("the warp-stream SVDq kernel does not take this shape");
+  if (p.sparse_pages && !warp)
+    return Status::Invalid("sparse SVDq attention needs the warp-stream kernel (head dim 64 or 128, bf16 values)");
   if (!warp && !mma && (p.value_format != KvFormat::kBf16 || p.tail_value_page))
     return Status::Invalid("quantized values and in-place tail values need the mma kernel (rope_inv_freq, width 64 or 128)");
   if (warp) {

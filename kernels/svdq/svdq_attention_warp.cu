@@ -156,7 +156,9 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
 
-  const int np = p.num_pages[b];
+  // np: the pages attended, as a list (all of the sequence's, or the sparse selection); the
+  // block takes entries [first, last) of it.
+  const int np = AttendedPages(p, b, h);
   const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
   const int first = split * pps, last = min(np, first + pps);
   const int tail = (np / pps == split) ? p.tail_len[b] : 0;
@@ -282,7 +284,8 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   // that the load's latency overlaps a tile's work.
   // Tiles per page is a power of two (pages of 16 x 2^n tokens): shifts, no divisions.
   const int tile_shift = __ffs(P / kTok) - 1, tile_mask = P / kTok - 1;
-  auto page_of = [&](int j) { return j < paged_tiles ? p.page_table[table_row + first + (j >> tile_shift)] : 0; };
+  auto logical_of = [&](int j) { return AttendedPage(p, b, h, first + (j >> tile_shift)); };
+  auto page_of = [&](int j) { return j < paged_tiles ? p.page_table[table_row + logical_of(j)] : 0; };
   // Each lane stages value rows lane / kRowLanes + kRowsPerPass i, 16-byte piece lane % kRowLanes:
   // fixed offsets.
   const int v_src_lane = (lane / kRowLanes) * kD + (lane % kRowLanes) * 8;
@@ -301,7 +304,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
         const int2 e = ptab[i];
         mma::CpAsync16(st + 16 * i, rec + e.x + tin16 * e.y, 16);
       }
-      const int t0 = (first << (tile_shift + 4)) + j * kTok;  // the tile's first position
+      const int t0 = (logical_of(j) << (tile_shift + 4)) + tin16 * kTok;  // the tile's first position
       if (lane < 2 * kRopeLanes) mma::CpAsync16(st + s.rec_bytes + 16 * lane, rope_lane + static_cast<int64_t>(t0) * kD, 16);
       const uint16_t* vsrc = value_head + (static_cast<int64_t>(pid) * KVH * P + tin16 * kTok) * kD + v_src_lane;
 #pragma unroll

@@ -15,6 +15,12 @@
 
 #include "kernels/attention/kv_format.h"
 
+#ifdef __CUDACC__
+#define SVDQ_HOST_DEVICE __host__ __device__
+#else
+#define SVDQ_HOST_DEVICE
+#endif
+
 namespace svdq::kernels {
 
 constexpr int kSvdqGroups = 8;
@@ -147,6 +153,27 @@ struct SvdqAttentionParams {
   // the block mma kernel), or one of them forced (tests and the benchmark compare them).
   enum class Kernel { kAuto, kBlockMma, kWarpStreams };
   Kernel kernel = Kernel::kAuto;
+  // Sparse attention (issue 17), optional (the warp-stream kernel and the reference): sequence
+  // b and KV head h attend to the pages listed in sparse_pages[(b * kv_heads + h) * sparse_stride
+  // + i] for i < sparse_count[b * kv_heads + h] (logical page indices, ascending, each below
+  // sparse_recent[b]: kernels/sparse/sparse_select.h writes them), then to every page from
+  // sparse_recent[b] to num_pages[b] - 1, then to the tail. Keys keep their own positions.
+  const int32_t* sparse_pages = nullptr;
+  const int32_t* sparse_count = nullptr;
+  const int32_t* sparse_recent = nullptr;
+  int sparse_stride = 0;
+  int sparse_max_pages = 0;  // a bound on every AttendedPages (plans the split; 0: max_pages)
 };
+
+// The pages a (sequence, KV head) attends to, as a list: its length, and entry e's logical page.
+SVDQ_HOST_DEVICE inline int AttendedPages(const SvdqAttentionParams& p, int b, int h) {
+  if (!p.sparse_pages) return p.num_pages[b];
+  return p.sparse_count[b * p.kv_heads + h] + p.num_pages[b] - p.sparse_recent[b];
+}
+SVDQ_HOST_DEVICE inline int AttendedPage(const SvdqAttentionParams& p, int b, int h, int e) {
+  if (!p.sparse_pages) return e;
+  const int bh = b * p.kv_heads + h, n = p.sparse_count[bh];
+  return e < n ? p.sparse_pages[static_cast<int64_t>(bh) * p.sparse_stride + e] : p.sparse_recent[b] + (e - n);
+}
 
 }  // namespace svdq::kernels

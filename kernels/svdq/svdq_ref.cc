@@ -302,6 +302,8 @@ Status ValidateAttention(const SvdqAttentionParams& p) {
   if (p.value_format != KvFormat::kBf16 && (!p.value_scales || l.width % kKvScaleGroup != 0))
     return Status::Invalid("quantized values need value_scales and a width that is a multiple of 32");
   if (p.tail_value_page && !p.value_pages) return Status::Invalid("tail_value_page needs value_pages");
+  if (p.sparse_pages && (!p.sparse_count || !p.sparse_recent || p.sparse_stride <= 0))
+    return Status::Invalid("sparse attention needs sparse_count, sparse_recent and a positive sparse_stride");
   return Status::Ok();
 }
 
@@ -340,32 +342,48 @@ Status SvdqAttentionRef(const SvdqAttentionParams& p) {
     if (np < 0 || np > p.max_pages || tail < 0 || tail >= P)
       return Status::Invalid("sequence " + std::to_string(b) + " has an invalid page count or tail length");
     if (np == 0 && tail == 0) return Status::Invalid("sequence " + std::to_string(b) + " has no tokens");
+    if (p.sparse_pages && (p.sparse_recent[b] < 0 || p.sparse_recent[b] > np))
+      return Status::Invalid("sequence " + std::to_string(b) + " has an invalid sparse_recent");
     for (int h = 0; h < p.kv_heads; ++h) {
-      const int64_t n = static_cast<int64_t>(np) * P + tail;
+      // Attended pages in order (all of them, or the sparse list), then the tail; rows are
+      // compacted, positions are the pages' own.
+      const int pages = AttendedPages(p, b, h);
+      if (p.sparse_pages) {
+        const int count = p.sparse_count[b * p.kv_heads + h];
+        if (count < 0 || count > p.sparse_stride)
+          return Status::Invalid("sequence " + std::to_string(b) + " has an invalid sparse_count");
+        for (int e = 0; e < count; ++e) {
+          const int pg = AttendedPage(p, b, h, e);
+          if (pg < 0 || pg >= p.sparse_recent[b] || (e > 0 && pg <= AttendedPage(p, b, h, e - 1)))
+            return Status::Invalid("sequence " + std::to_string(b) + ": sparse pages must ascend below sparse_recent");
+        }
+      }
+      const int64_t n = static_cast<int64_t>(pages) * P + tail;
       keys.assign(n * W, 0.f);
       vals.assign(n * W, 0.f);
       const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * p.kv_heads + h;
       const float* mean = p.mean + brow * W;
       const float* basis = p.basis + brow * W * W;
-      for (int pg = 0; pg < np; ++pg) {
+      for (int e = 0; e < pages; ++e) {
+        const int pg = AttendedPage(p, b, h, e);
         int64_t pool = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg];
         DequantLatent(l, PageRecord(p.key_pages, l, pool, p.kv_heads, h), &z);
         for (int t = 0; t < P; ++t) {
-          int64_t pos = static_cast<int64_t>(pg) * P + t;
-          float* key = &keys[pos * W];
+          const int64_t pos = static_cast<int64_t>(pg) * P + t, row = static_cast<int64_t>(e) * P + t;
+          float* key = &keys[row * W];
           Rebuild(l, mean, basis, &z[static_cast<size_t>(t) * W], key);
           ApplyRopeRef(key, W, p.rope_cos + pos * W, p.rope_sin + pos * W);
-          ValueRow(p, pool, h, t, &vals[pos * W]);
+          ValueRow(p, pool, h, t, &vals[row * W]);
         }
       }
       for (int t = 0; t < tail; ++t) {
-        int64_t pos = static_cast<int64_t>(np) * P + t;
+        const int64_t row = static_cast<int64_t>(pages) * P + t;
         const int64_t src = ((static_cast<int64_t>(b) * p.kv_heads + h) * P + t) * W;
-        for (int i = 0; i < W; ++i) keys[pos * W + i] = Bf16BitsToFloat(p.tail_keys[src + i]);
+        for (int i = 0; i < W; ++i) keys[row * W + i] = Bf16BitsToFloat(p.tail_keys[src + i]);
         if (p.tail_value_page) {
-          ValueRow(p, p.tail_value_page[b], h, t, &vals[pos * W]);
+          ValueRow(p, p.tail_value_page[b], h, t, &vals[row * W]);
         } else {
-          for (int i = 0; i < W; ++i) vals[pos * W + i] = Bf16BitsToFloat(p.tail_values[src + i]);
+          for (int i = 0; i < W; ++i) vals[row * W + i] = Bf16BitsToFloat(p.tail_values[src + i]);
         }
       }
       for (int g = 0; g < G; ++g) {

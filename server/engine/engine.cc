@@ -153,6 +153,7 @@ struct Engine::Impl {
   std::unique_ptr<kv::PagedKvStorage> storage;
   kv::KvModes modes;
   kv::KvBytes kv_bytes;
+  kv::KvShape kv_shape;
   int64_t bf16_bytes_per_token = 0;  // keys or values, all layers
   bool prefix_caching = false;       // in effect
   kv::SeqId next_id = 1;
@@ -206,6 +207,17 @@ struct Engine::Impl {
   std::vector<int> NonFiniteKeyLanes() const;
   // The storage's per-lane non-finite-key flags on the device (undefined for other modes).
   at::Tensor KeyFlags() const;
+  // A decode step's attention key bytes (svdq_attention_key_bytes_*), from the rows' lengths after
+  // their new token: what the kernels read is fixed by the lengths (kv_modes.h DecodeKeyBytesRead).
+  void CountKeyBytes(const std::vector<int64_t>& lengths) {
+    if (!metrics || lengths.empty()) return;
+    double read = 0, bf16 = 0;
+    for (int64_t n : lengths) {
+      read += static_cast<double>(kv::DecodeKeyBytesRead(modes, kv_shape, n));
+      bf16 += static_cast<double>(kv::Bf16KeyBytes(kv_shape, n));
+    }
+    metrics->AddAttentionKeyBytes(read, bf16);
+  }
   void ReportKv() {
     if (!metrics) return;
     const int32_t used = kv->num_blocks() - kv->num_free_blocks();
@@ -274,8 +286,21 @@ void Engine::Load() {
   shape.head_dim = c.head_dim;
   shape.block_size = m.opts.block_size;
   shape.dtype_bytes = static_cast<int>(c10::elementSize(dtype));
+  if (m.opts.sparse_budget > 0) {
+    // Sparse attention runs in the CUDA decode kernels: the page selection and the warp-stream
+    // SVDq kernel (bf16 values, head dim 64 or 128, at most 8 query heads per KV head).
+    const std::string why = !device.is_cuda() || dtype != at::kBFloat16 ? "a bf16 model on a CUDA device"
+                            : modes.value != kv::ValueMode::kFull  ? "bf16 values (--value-mode bf16)"
+                            : c.head_dim != 64 && c.head_dim != 128 ? "head dim 64 or 128 (the model's is " +
+                                                                          std::to_string(c.head_dim) + ")"
+                            : c.n_heads / c.n_kv_heads > 8          ? "at most 8 query heads per KV head"
+                                                                    : "";
+    if (!why.empty()) throw std::runtime_error("--sparse-budget needs " + why + "; start with --sparse-budget 0");
+    modes.sparse_budget = static_cast<int>(std::min<int64_t>(m.opts.sparse_budget, 1 << 24));
+  }
   if (std::string e = kv::ComputeKvBytes(modes, shape, &m.kv_bytes); !e.empty())
     throw std::runtime_error("KV cache mode: " + e);
+  m.kv_shape = shape;
   m.bf16_bytes_per_token = kv::Bf16BytesPerToken(shape);
 
   kv::StorageSpec spec;
@@ -446,6 +471,10 @@ KvConfigInfo Engine::kv_config() const {
   k.key_compression_ratio = static_cast<double>(m.bf16_bytes_per_token) / k.key_bytes_per_token;
   k.bytes_per_running_sequence = m.kv_bytes.per_lane;
   k.prefix_caching = m.prefix_caching;
+  k.sparse_budget = m.modes.sparse_budget;
+  const int64_t context = m.model->config().max_context;
+  if (const int64_t read = kv::DecodeKeyBytesRead(m.modes, m.kv_shape, context); read > 0)
+    k.attention_key_compression = static_cast<double>(kv::Bf16KeyBytes(m.kv_shape, context)) / read;
   return k;
 }
 
@@ -610,9 +639,13 @@ void Engine::Impl::RunBatch() {
     try {
       if (decodes_only) {
         std::vector<DecodeRow> rows;
-        for (const StepPlan::Item& w : work)
+        std::vector<int64_t> lengths;
+        for (const StepPlan::Item& w : work) {
           rows.push_back({w.tokens[0], w.seq->computed, &kv->Blocks(w.seq->id), w.seq->lane});
+          lengths.push_back(w.seq->computed + 1);
+        }
         logits = graphs->Run(rows);
+        CountKeyBytes(lengths);
       } else {
         std::vector<SchedSeq*> seqs;
         std::vector<std::vector<int32_t>> tokens;
@@ -736,8 +769,14 @@ at::Tensor Engine::Impl::ForwardFromIds(const std::vector<Sequence*>& seqs, cons
                                         const std::vector<int64_t>& from) {
   if (graphs) {
     std::vector<DecodeRow> rows;
-    for (Sequence* s : seqs) rows.push_back({0, s->computed, &kv->Blocks(s->id), s->lane});
-    return graphs->Run(rows, ids, from);
+    std::vector<int64_t> lengths;
+    for (Sequence* s : seqs) {
+      rows.push_back({0, s->computed, &kv->Blocks(s->id), s->lane});
+      lengths.push_back(s->computed + 1);
+    }
+    at::Tensor logits = graphs->Run(rows, ids, from);
+    CountKeyBytes(lengths);
+    return logits;
   }
   // On the CPU (the only other place steps overlap) the ids are host memory already.
   const at::Tensor host = ids.to(at::kCPU).contiguous();
@@ -752,11 +791,16 @@ at::Tensor Engine::Impl::ForwardFromIds(const std::vector<Sequence*>& seqs, cons
 at::Tensor Engine::Impl::ForwardEager(const std::vector<SchedSeq*>& seqs, const std::vector<std::vector<int32_t>>& tokens) {
   std::vector<std::unique_ptr<kv::PagedSeqView>> views;
   std::vector<models::KvView*> kvs;
-  for (SchedSeq* s : seqs) {
+  std::vector<int64_t> decode_lengths;  // rows of one token after their prompt: decode attention
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    SchedSeq* s = seqs[i];
     views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(s->id), s->computed, s->lane));
     kvs.push_back(views.back().get());
+    if (s->prefilled && tokens[i].size() == 1) decode_lengths.push_back(s->computed + 1);
   }
-  return model->ForwardBatch(tokens, kvs);
+  at::Tensor logits = model->ForwardBatch(tokens, kvs);
+  CountKeyBytes(decode_lengths);
+  return logits;
 }
 
 void Engine::Impl::DrainAndRetire() {

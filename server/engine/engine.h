@@ -38,6 +38,8 @@ struct EngineOptions {
   bool cuda_graphs = true;                        // decode steps replayed from CUDA graphs where possible
   // A decode step is launched before the host reads the step before's tokens (engine.cc).
   bool overlap_steps = true;
+  // Sparse decode attention: tokens attended per sequence and KV head (kv_modes.h); 0: dense.
+  int64_t sparse_budget = 0;
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
 
@@ -51,6 +53,8 @@ struct KvConfigInfo {
   double key_compression_ratio = 0;  // bf16 key bytes / stored key bytes
   int64_t bytes_per_running_sequence = 0;
   bool prefix_caching = false;  // in effect (off where pages cannot be shared)
+  int64_t sparse_budget = 0;    // tokens a decode step attends to per sequence and KV head; 0: dense
+  double attention_key_compression = 0;  // at the model's full context (kv_modes.h DecodeKeyBytesRead)
 };
 
 enum class SubmitResult { kOk, kQueueFull, kNotReady, kShuttingDown };

@@ -1,5 +1,7 @@
 #include "server/kv/kv_modes.h"
 
+#include <algorithm>
+
 namespace svdq::kv {
 
 kernels::Schedule KvModes::CodecSchedule() const {
@@ -103,6 +105,12 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
       b.shared = basis;  // the calibrated basis, or the identity of the direct codecs
     }
   }
+  if (m.sparse_budget > 0) {
+    SparsePlan plan;
+    if (std::string e = PlanSparse(m, s, &plan); !e.empty()) return e;
+    b.key_per_block += heads_layers * (D + 4);  // each page's landmark: int8 [D] + fp32 scale
+    b.per_lane += heads_layers * D * 4;         // the tail page's running sum (fp32)
+  }
   switch (m.value) {
     case ValueMode::kFull: b.value_per_block = heads_layers * P * full_token; break;
     case ValueMode::kFp8:
@@ -111,6 +119,46 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
   }
   *out = b;
   return "";
+}
+
+std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out) {
+  const int P = s.block_size;
+  if (!m.page_coded_keys() || m.layer_scope())
+    return "sparse attention needs page-coded keys in head scope (--kv-key-mode svdq, int4 or int2; --svdq-scope head)";
+  SparsePlan p;
+  p.recent_pages = (128 + P - 1) / P;
+  p.keep = m.sparse_budget / P - 1 - p.recent_pages;
+  if (p.keep < 1)
+    return "a sparse budget of " + std::to_string(m.sparse_budget) + " tokens leaves no page to choose: with " +
+           std::to_string(P) + "-token pages it must be at least " + std::to_string((p.recent_pages + 2) * P) +
+           " (the sink page, one chosen page and " + std::to_string(p.recent_pages) + " recent pages)";
+  *out = p;
+  return "";
+}
+
+int64_t DecodeKeyBytesRead(const KvModes& m, const KvShape& s, int64_t len) {
+  const int64_t heads_layers = static_cast<int64_t>(s.layers) * s.kv_heads, D = s.head_dim, P = s.block_size;
+  if (m.key == KeyMode::kFull) return heads_layers * len * D * s.dtype_bytes;
+  if (m.key == KeyMode::kFp8) return heads_layers * len * (D + 2 * (D / kTokenGroup));
+  const CodecShape c = CodecShapeOf(m, s);
+  kernels::SvdqLayout l;
+  if (!kernels::MakeLayout(c.width, s.block_size, m.CodecSchedule(), &l).ok()) return 0;
+  const int64_t pages = len / P, tail = len % P;
+  int64_t read = pages, landmarks = 0;
+  SparsePlan plan;
+  if (m.sparse_budget > 0 && PlanSparse(m, s, &plan).empty()) {
+    const int64_t recent = std::min<int64_t>(pages, plan.recent_pages), scored = pages - recent;
+    read = std::min<int64_t>(scored, plan.keep + 1) + recent;
+    landmarks = scored * (D + 4);
+  }
+  const int64_t units_layers = static_cast<int64_t>(s.layers) * c.units;
+  // Per unit: the pages' records and the mean and retained basis columns (fp32).
+  return units_layers * (read * l.page_bytes + 4 * static_cast<int64_t>(c.width) * (l.retained + 1)) +
+         heads_layers * (tail * D * 2 + landmarks);
+}
+
+int64_t Bf16KeyBytes(const KvShape& s, int64_t len) {
+  return static_cast<int64_t>(s.layers) * s.kv_heads * len * s.head_dim * 2;
 }
 
 }  // namespace svdq::kv

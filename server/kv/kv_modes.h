@@ -33,6 +33,10 @@ struct KvModes {
   kernels::Schedule schedule;  // svdq only
   BasisSource basis = BasisSource::kPrefill;
   BasisScope scope = BasisScope::kHead;
+  // Sparse decode attention (issue 17): > 0, the tokens a decode step attends to per sequence
+  // and KV head (the sink page, the best-scored pages, the recent pages and the tail); every
+  // page then also stores a landmark (its mean post-RoPE key, int8 + an fp32 scale). 0: dense.
+  int sparse_budget = 0;
 
   bool page_coded_keys() const { return key == KeyMode::kInt4 || key == KeyMode::kInt2 || key == KeyMode::kSvdq; }
   // The schedule the page codec runs: the SVDq schedule, or uniform bits for int4/int2.
@@ -87,5 +91,22 @@ struct KvBytes {
 std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out);
 // Bytes per token of keys (or values) at full precision (bf16), all layers and heads.
 int64_t Bf16BytesPerToken(const KvShape& s);
+
+// Sparse attention's page counts: the recent window is the last ceil(128 / P) full pages (what
+// the selection does not score), and `keep` pages besides the sink are chosen, so that sink,
+// kept and recent pages hold the budget. Fails (returns a message) where the budget cannot hold
+// the sink, one chosen page and the recent window, or the mode has no sparse kernel (page-coded
+// keys in head scope only).
+struct SparsePlan {
+  int recent_pages = 0, keep = 0;
+};
+std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out);
+
+// Key bytes one decode step reads for a sequence of `len` tokens, every layer and KV head:
+// stored keys (pages, scales, the bf16 tail), the basis columns attention uses, and, with
+// sparse attention, the scored pages' landmarks (pages left out are not read). And the bf16
+// bytes of the same keys (the attention key compression is their ratio).
+int64_t DecodeKeyBytesRead(const KvModes& m, const KvShape& s, int64_t len);
+int64_t Bf16KeyBytes(const KvShape& s, int64_t len);
 
 }  // namespace svdq::kv

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/sparse/sparse_select.h"
 #include "kernels/svdq/schedule.h"
 #include "kernels/svdq/svdq_ref.h"
 #ifdef SVDQ_WITH_CUDA
@@ -47,6 +48,17 @@ kernels::KvFormat FormatOf(TokenStore::Kind k) {
 
 const uint16_t* ScalesOf(const TokenStore& s) {
   return s.scale().defined() ? static_cast<const uint16_t*>(s.scale().data_ptr()) : nullptr;
+}
+
+// Page landmarks from sums of `count` post-RoPE keys [n, kv, D] (fp32): int8 [n, kv, D] and fp32
+// scales [n, kv], the operations of kernels::QuantizeLandmark (mean = sum * (1 / count), scale =
+// max |mean| / 127, codes rounded half to even; a zero mean gives scale 0 and zero codes).
+std::pair<at::Tensor, at::Tensor> QuantizeLandmarks(const at::Tensor& sums, int64_t count) {
+  at::Tensor mean = sums * (1.0f / static_cast<float>(count));
+  at::Tensor scale = mean.abs().amax(-1) / 127.0f;
+  at::Tensor codes = (mean / scale.clamp_min(1e-38f).unsqueeze(-1)).round().clamp(-127, 127);
+  codes = at::where(scale.unsqueeze(-1) > 0, codes, at::zeros_like(codes)).to(at::kChar);
+  return {codes, scale};
 }
 
 #ifdef SVDQ_WITH_CUDA
@@ -159,6 +171,19 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
   }
   lane_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
   nonfinite_ = at::zeros({spec_.lanes}, o.dtype(at::kInt));
+  if (m.sparse_budget > 0) {
+    if (std::string e = PlanSparse(m, s, &sparse_); !e.empty()) throw std::invalid_argument(e);
+    const int64_t max_pages = spec_.rope_cos.defined() ? (spec_.rope_cos.size(0) + P - 1) / P : 0;
+    if (max_pages > kernels::kSparseMaxChunks)
+      throw std::invalid_argument("sparse attention scores at most " + std::to_string(kernels::kSparseMaxChunks) +
+                                  " pages a sequence, and the model's context is " + std::to_string(max_pages) +
+                                  " pages of " + std::to_string(P) + " tokens: raise --block-size");
+    for (int l = 0; l < s.layers; ++l) {
+      landmarks_.push_back(at::zeros({spec_.num_blocks, KV, D}, o.dtype(at::kChar)));
+      landmark_scales_.push_back(at::zeros({spec_.num_blocks, KV}, o.dtype(at::kFloat)));
+      landmark_sums_.push_back(at::zeros({spec_.lanes, KV, D}, o.dtype(at::kFloat)));
+    }
+  }
   PlanKernels();
 }
 
@@ -182,7 +207,7 @@ int64_t PagedKvStorage::bytes() const {
   int64_t b = 0;
   for (const auto& t : keys_) b += t.bytes();
   for (const auto& t : values_) b += t.bytes();
-  for (const auto* v : {&codes_, &tail_, &mean_, &vectors_})
+  for (const auto* v : {&codes_, &tail_, &mean_, &vectors_, &landmarks_, &landmark_scales_, &landmark_sums_})
     for (const auto& t : *v) b += t.numel() * static_cast<int64_t>(t.element_size());
   return b;
 }
@@ -261,6 +286,7 @@ void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::T
     if (!coded) keys_[layer].Write(w.block, w.offset, k);
     else tail.index_put_({w.lanes, w.offset}, k_pre.to(tail.scalar_type()));
   }
+  if (sparse()) AppendLandmarks(layer, k, w);
   if (!coded) return;
   // A row whose token completes its page has that page encoded into its block: decided on the
   // device (encode_if_last), read straight from the lane's tail, written straight to the codes.
@@ -285,6 +311,76 @@ void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::T
   else
 #endif
     Check(kernels::SvdqEncodeRef(p), "SVDq encode");
+}
+
+void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const DecodeWrites& w) {
+  const int64_t B = k.size(0), KV = spec_.shape.kv_heads, D = spec_.shape.head_dim, P = spec_.shape.block_size;
+#ifdef SVDQ_WITH_CUDA
+  if (k.is_cuda() && k.scalar_type() == at::kBFloat16) {
+    // One launch: each row's key into its lane's sum; a row that fills its page writes the landmark.
+    at::Tensor kc = RowStride(k) ? k : k.contiguous();
+    kernels::SparseLandmarkParams p;
+    p.rows = static_cast<int>(B);
+    p.KV = static_cast<int>(KV);
+    p.D = static_cast<int>(D);
+    p.P = static_cast<int>(P);
+    p.k = static_cast<const uint16_t*>(kc.data_ptr());
+    p.k_stride = RowStride(kc);
+    p.block = w.block.data_ptr<int64_t>();
+    p.offset = w.offset.data_ptr<int64_t>();
+    p.lanes = w.lanes.data_ptr<int64_t>();
+    p.acc = landmark_sums_[layer].data_ptr<float>();
+    p.coords = landmarks_[layer].data_ptr<int8_t>();
+    p.scales = landmark_scales_[layer].data_ptr<float>();
+    Check(kernels::SparseLandmarkAppend(p, at::cuda::getCurrentCUDAStream()), "page landmarks");
+    return;
+  }
+#endif
+  // The same in ATen ops, with no host decision: every row's landmark is computed, and written
+  // over the stored one only where the row fills its page.
+  at::Tensor& sums = landmark_sums_[layer];
+  at::Tensor kf = k.to(at::kFloat).reshape({B, KV, D});
+  at::Tensor restart = (w.offset == 0).view({B, 1, 1});
+  at::Tensor sum = at::where(restart, at::zeros_like(kf), sums.index_select(0, w.lanes)) + kf;
+  sums.index_copy_(0, w.lanes, sum);
+  auto [codes, scale] = QuantizeLandmarks(sum, P);
+  at::Tensor full = (w.offset == P - 1);
+  landmarks_[layer].index_copy_(
+      0, w.block, at::where(full.view({B, 1, 1}), codes, landmarks_[layer].index_select(0, w.block)));
+  landmark_scales_[layer].index_copy_(
+      0, w.block, at::where(full.view({B, 1}), scale, landmark_scales_[layer].index_select(0, w.block)));
+}
+
+void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages,
+                                 at::Tensor* count, at::Tensor* chunks) {
+#ifdef SVDQ_WITH_CUDA
+  const int64_t B = q.size(0), NH = q.size(1), KV = spec_.shape.kv_heads, D = spec_.shape.head_dim;
+  // Pages before the recent window compete (t.len: each sequence's full pages); all on the device.
+  *chunks = (t.len - sparse_.recent_pages).clamp_min(0).to(at::kInt);
+  *pages = at::empty({B, KV, sparse_.keep + 1}, t.len.options());
+  *count = at::empty({B, KV}, t.len.options());
+  at::Tensor qf = q.to(at::kFloat).contiguous();
+  kernels::SparseSelectParams p;
+  p.score = kernels::SparseScore::kLandmark;
+  p.q = qf.data_ptr<float>();
+  p.basis = nullptr;  // landmarks are the mean keys themselves
+  p.coords = landmarks_[layer].data_ptr<int8_t>();
+  p.scales = landmark_scales_[layer].data_ptr<float>();
+  p.table = t.table.data_ptr<int32_t>();
+  p.chunks = chunks->data_ptr<int32_t>();
+  p.selected = pages->data_ptr<int32_t>();
+  p.count = count->data_ptr<int32_t>();
+  p.B = static_cast<int>(B);
+  p.H = static_cast<int>(NH);
+  p.KV = static_cast<int>(KV);
+  p.D = p.R = static_cast<int>(D);
+  p.max_chunks = static_cast<int>(t.max_pages);
+  p.keep = sparse_.keep;
+  Check(kernels::SparseSelect(p, at::cuda::getCurrentCUDAStream()), "sparse page selection");
+#else
+  (void)layer, (void)q, (void)t, (void)pages, (void)count, (void)chunks;
+  throw std::logic_error("sparse page selection needs CUDA");
+#endif
 }
 
 at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t) {
@@ -371,7 +467,18 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
     p.tail_values = static_cast<const uint16_t*>(tail_v.data_ptr());
   }
   p.out = out.data_ptr<float>();
-  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, p.max_pages, static_cast<int>(P), num_sms);
+  int plan_pages = p.max_pages;
+  at::Tensor sparse_pages, sparse_count, sparse_recent;
+  if (sparse()) {
+    // Sparse attention: the chosen pages, the recent ones and the tail (kernels/sparse).
+    SelectPages(layer, q, t, &sparse_pages, &sparse_count, &sparse_recent);
+    p.sparse_pages = sparse_pages.data_ptr<int32_t>();
+    p.sparse_count = sparse_count.data_ptr<int32_t>();
+    p.sparse_recent = sparse_recent.data_ptr<int32_t>();
+    p.sparse_stride = sparse_.keep + 1;
+    p.sparse_max_pages = plan_pages = std::min(p.max_pages, sparse_.keep + 1 + sparse_.recent_pages);
+  }
+  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, plan_pages, static_cast<int>(P), num_sms);
   if (p.pages_per_split > 0) p.workspace = workspace(kernels::SvdqAttentionWorkspaceFloats(p));
   Check(kernels::SvdqAttention(p, stream), "SVDq attention");
   return out;
@@ -617,7 +724,35 @@ void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const
   }
   const int64_t rest = std::max(pos0, full_end);
   if (to > rest) tail.narrow(0, rest % P, to - rest).copy_(k_pre.narrow(0, rest - pos0, to - rest));
+  if (st_->sparse()) WriteLandmarks(layer, pos0, k);
   if (layer == sp.shape.layers - 1) FinishBasis();
+}
+
+void PagedSeqView::WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k) {
+  const int64_t P = st_->block_size(), T = k.size(0), to = pos0 + T, KV = k.size(1), D = k.size(2);
+  at::Tensor kf = k.to(at::kFloat);
+  at::Tensor sums = st_->landmark_sums_[layer][lane_];  // [KV, D]: the unfilled page's keys so far
+  auto store = [&](int64_t first_page, const at::Tensor& page_sums) {
+    auto [codes, scale] = QuantizeLandmarks(page_sums, P);
+    at::Tensor ids = BlockIds(first_page, page_sums.size(0));
+    st_->landmarks_[layer].index_copy_(0, ids, codes);
+    st_->landmark_scales_[layer].index_copy_(0, ids, scale);
+  };
+  int64_t p = pos0;
+  if (pos0 % P != 0) {  // the page this lane had started
+    const int64_t end = std::min(to, (pos0 / P + 1) * P);
+    at::Tensor sum = sums + kf.narrow(0, 0, end - pos0).sum(0);
+    if (end % P == 0) store(pos0 / P, sum.unsqueeze(0));
+    else sums.copy_(sum);
+    p = end;
+  }
+  const int64_t full_end = to / P * P;
+  if (full_end > p) {
+    const int64_t n = (full_end - p) / P;
+    store(p / P, kf.narrow(0, p - pos0, full_end - p).reshape({n, P, KV, D}).sum(1));
+    p = full_end;
+  }
+  if (to > p) sums.copy_(kf.narrow(0, p - pos0, to - p).sum(0));
 }
 
 at::Tensor PagedSeqView::StoredKeys(int layer, int64_t n) {

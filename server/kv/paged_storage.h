@@ -11,6 +11,7 @@
 //     vectors [.., U, W, W] fp32, one per lane (prefill basis) or one shared. U x W is
 //     kv x D (head scope, direct codecs) or 1 x kv*D (SVDq layer scope: RoPE is applied per
 //     head after decoding, and attention reads decoded keys).
+// Sparse attention (modes.sparse_budget > 0) adds each page's landmark (kernels/sparse).
 // Used by the engine thread only.
 #pragma once
 
@@ -120,6 +121,10 @@ class PagedKvStorage {
   void WriteDecode(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v, const DecodeWrites& w);
   at::Tensor AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t);
   int BasisSlot(int lane) const;  // the basis row a lane's pages use (0 where the basis is shared)
+  bool sparse() const { return spec_.modes.sparse_budget > 0; }
+  // Page landmarks (sparse attention), for tests: int8 [blocks, kv, D] and fp32 [blocks, kv].
+  const at::Tensor& landmarks(int layer) const { return landmarks_[layer]; }
+  const at::Tensor& landmark_scales(int layer) const { return landmark_scales_[layer]; }
 
  private:
   friend class PagedSeqView;
@@ -131,6 +136,14 @@ class PagedKvStorage {
   std::vector<at::Tensor> codes_, tail_, mean_, vectors_;
   std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed
   at::Tensor nonfinite_;              // int32 [lanes] on the device: the codec's non-finite key flags
+  // Sparse attention (spec.modes.sparse_budget > 0), per layer: each page's landmark, int8
+  // [blocks, kv, D] and fp32 scales [blocks, kv], written when the page fills; the lanes' running
+  // sums of their tail page's post-RoPE keys, fp32 [lanes, kv, D].
+  SparsePlan sparse_;
+  std::vector<at::Tensor> landmarks_, landmark_scales_, landmark_sums_;
+  void AppendLandmarks(int layer, const at::Tensor& k, const DecodeWrites& w);  // WriteDecode's rows
+  void SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages, at::Tensor* count,
+                   at::Tensor* chunks);
   bool kernels_fit_ = false;
   bool fused_write_ = false;  // WriteDecode runs kernels::KvWrite
 };
@@ -169,6 +182,9 @@ class PagedSeqView : public models::KvView {
   void FinishBasis();
   void EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre);  // [pages * P, kv, D]
   void EncodeChunk(int layer, int64_t first_page, const at::Tensor& keys_pre);
+  // Sparse attention: the landmarks of the pages that keys k [T, kv, D] (post-RoPE, positions
+  // pos0 ..) complete, and the lane's running sum of its unfilled page.
+  void WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k);
   int64_t BasisChunkPages() const;  // pages per codec call, bounding the per-page basis copies
   at::Tensor DecodePages(int layer, int64_t pages);  // post-RoPE [pages * P, kv, D] fp32
   at::Tensor StoredKeys(int layer, int64_t n);       // post-RoPE keys of positions [0, n), dtype

@@ -40,6 +40,8 @@ struct Metrics::Impl {
   prometheus::Counter* preemptions;
   prometheus::Counter* steps_ahead;
   prometheus::Counter* rows_discarded;
+  prometheus::Counter *attn_key_read, *attn_key_bf16;
+  prometheus::Gauge* attn_key_ratio;
   prometheus::Counter* prefix_queries;
   prometheus::Counter* prefix_hits;
   prometheus::Family<prometheus::Gauge>* kv_bytes;
@@ -87,6 +89,16 @@ struct Metrics::Impl {
                        .Register(r).Add({});
     rows_discarded = &prometheus::BuildCounter().Name("svdq_decode_rows_discarded_total")
                           .Help("Rows of steps launched ahead whose sequence ended with the token before (computed, unused)")
+                          .Register(r).Add({});
+    attn_key_read = &prometheus::BuildCounter().Name("svdq_attention_key_bytes_read_total")
+                         .Help("Key bytes decode attention read (pages, scales, tails, basis columns, sparse "
+                               "attention's page landmarks), every layer and KV head")
+                         .Register(r).Add({});
+    attn_key_bf16 = &prometheus::BuildCounter().Name("svdq_attention_key_bytes_bf16_total")
+                         .Help("bf16 bytes of every key of the same decode steps' contexts (dense bf16 attention's reads)")
+                         .Register(r).Add({});
+    attn_key_ratio = &prometheus::BuildGauge().Name("svdq_attention_key_compression")
+                          .Help("Last decode step: bf16 key bytes of the contexts / key bytes attention read")
                           .Register(r).Add({});
     prefix_queries = &prometheus::BuildCounter().Name("svdq_prefix_cache_queries_total")
                           .Help("Prompt tokens looked up in the prefix cache").Register(r).Add({});
@@ -141,6 +153,11 @@ void Metrics::AddPreemption() { impl_->preemptions->Increment(); }
 void Metrics::AddStepAhead(double discarded) {
   impl_->steps_ahead->Increment();
   impl_->rows_discarded->Increment(discarded);
+}
+void Metrics::AddAttentionKeyBytes(double read, double bf16) {
+  impl_->attn_key_read->Increment(read);
+  impl_->attn_key_bf16->Increment(bf16);
+  if (read > 0) impl_->attn_key_ratio->Set(bf16 / read);
 }
 void Metrics::AddPrefixCache(double query_tokens, double hit_tokens) {
   impl_->prefix_queries->Increment(query_tokens);

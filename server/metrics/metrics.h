@@ -28,6 +28,8 @@ class Metrics {
   // A decode step launched before the host read the step before's tokens; `discarded`: its rows
   // of sequences that ended with those tokens (computed, never used).
   void AddStepAhead(double discarded);
+  // One decode step's attention key bytes: read, and bf16 bytes of the same keys (kv_modes.h).
+  void AddAttentionKeyBytes(double read, double bf16);
   void AddPrefixCache(double query_tokens, double hit_tokens);
   // KV bytes held now and what the same tokens take at full precision (bf16), by tensor.
   void SetKvBytes(double key_stored, double key_full, double value_stored, double value_full);

@@ -4,6 +4,7 @@
 // metadata (per-channel lo <= hi, 2 D bytes a chunk) instead of landmark coordinates.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <utility>
@@ -22,7 +23,7 @@ struct SparseCase {
   kernels::SparseSelectParams Params() {
     kernels::SparseSelectParams p;
     p.q = q.data();
-    p.basis = basis.data();
+    p.basis = basis.empty() ? nullptr : basis.data();  // empty: the identity (R = D)
     p.coords = coords.data();
     p.scales = scales.data();
     p.chunks = chunks.data();
@@ -73,6 +74,38 @@ inline SparseCase MakeSparseCase(int B, int H, int KV, int D, int R, int max_chu
   c.selected.assign(static_cast<size_t>(B) * KV * (keep + 1), -7);
   c.count.assign(static_cast<size_t>(B) * KV, -7);
   return c;
+}
+
+// The serving layout of a case (SparseSelectParams::table): chunk c of sequence b is row
+// table[b * max_chunks + c] of a pool [rows, KV, W] whose rows are shuffled.
+struct PooledCase {
+  std::vector<int32_t> table;
+  std::vector<int8_t> coords;
+  std::vector<float> scales;
+  void Apply(kernels::SparseSelectParams* p) {
+    p->table = table.data();
+    p->coords = coords.data();
+    p->scales = scales.data();
+  }
+};
+
+inline PooledCase Pool(const SparseCase& c, uint32_t seed) {
+  const int W = c.bound ? 2 * c.D : c.R, rows = c.B * c.max_chunks;
+  std::vector<int32_t> perm(static_cast<size_t>(rows));
+  for (int i = 0; i < rows; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(seed));
+  PooledCase out{perm, std::vector<int8_t>(static_cast<size_t>(rows) * c.KV * W),
+                 std::vector<float>(static_cast<size_t>(rows) * c.KV)};
+  for (int b = 0; b < c.B; ++b)
+    for (int k = 0; k < c.max_chunks; ++k) {
+      const int64_t row = perm[static_cast<size_t>(b) * c.max_chunks + k];
+      for (int g = 0; g < c.KV; ++g) {
+        const int64_t from = (static_cast<int64_t>(b) * c.KV + g) * c.max_chunks + k, to = row * c.KV + g;
+        std::copy_n(c.coords.begin() + from * W, W, out.coords.begin() + to * W);
+        out.scales[to] = c.scales[from];
+      }
+    }
+  return out;
 }
 
 }  // namespace svdq::testing

@@ -5,11 +5,13 @@
 // and keep 0 (the sink alone); landmark and bound (Quest) scores. Label gpu: skipped without CUDA.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/sparse/sparse_select.h"
 #include "tests/common/device_buffer.h"
 #include "tests/common/sparse_select_case.h"
+#include "tests/common/svdq_data.h"
 
 using namespace svdq;
 using svdq::testing::DeviceBuffer;
@@ -22,7 +24,7 @@ void Compare(svdq::testing::SparseCase c) {
   DeviceBuffer<int8_t> coords(c.coords);
   DeviceBuffer<int32_t> chunks(c.chunks), selected(c.selected), count(c.count);
   kernels::SparseSelectParams p = c.Params();
-  p.q = q.ptr(), p.basis = basis.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr();
+  p.q = q.ptr(), p.basis = c.basis.empty() ? nullptr : basis.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr();
   p.chunks = chunks.ptr(), p.selected = selected.ptr(), p.count = count.ptr();
   kernels::Status st = kernels::SparseSelect(p, nullptr);
   ASSERT_TRUE(st.ok()) << st.message();
@@ -47,6 +49,16 @@ TEST(SparseSelectGpu, MatchesTheReference) {
   Compare(svdq::testing::MakeSparseCase(2, 8, 2, 64, 8, 64, 0, {64, 1}, 0, 5u));
 }
 
+// Page landmarks without a basis (R = D).
+TEST(SparseSelectGpu, IdentityLandmarksMatchTheReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (int D : {64, 128}) {
+    auto c = svdq::testing::MakeSparseCase(4, 32, 8, D, D, 2048, 29, {2048, 2, 1000, 30}, 0, 70u + D);
+    c.basis.clear();
+    Compare(c);
+  }
+}
+
 TEST(SparseSelectGpu, TheBoundMatchesTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   for (int gqa : {1, 4, 8})
@@ -59,4 +71,71 @@ TEST(SparseSelectGpu, TiesGoToTheLowerChunkAsInTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   Compare(svdq::testing::MakeSparseCase(3, 8, 2, 128, 8, 3000, 40, {3000, 777, 41}, /*tie_levels=*/3, 6u));
   Compare(svdq::testing::MakeSparseCase(1, 4, 1, 64, 4, 600, 300, {600}, /*tie_levels=*/1, 7u));
+}
+
+// The serving layout (metadata rows through a page table), at R = 16 and at R = D = 128 (page
+// landmarks with an identity basis), and the bound: the same ids as the reference.
+TEST(SparseSelectGpu, ThePageTableLayoutMatchesTheReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (int R : {16, 128})
+    for (bool bound : {false, true}) {
+      auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, bound ? 0 : R, 2048, 29, {2048, 5, 1000, 0}, 0, 50u + R, bound);
+      auto pooled = svdq::testing::Pool(c, 51u);
+      kernels::SparseSelectParams ref = c.Params();
+      pooled.Apply(&ref);
+      ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
+      DeviceBuffer<float> q(c.q), basis(c.basis), scales(pooled.scales);
+      DeviceBuffer<int8_t> coords(pooled.coords);
+      DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
+          count(std::vector<int32_t>(c.count.size(), -7));
+      kernels::SparseSelectParams p = ref;
+      p.q = q.ptr(), p.basis = basis.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr(), p.table = table.ptr();
+      p.chunks = chunks.ptr(), p.selected = selected.ptr(), p.count = count.ptr();
+      kernels::Status st = kernels::SparseSelect(p, nullptr);
+      ASSERT_TRUE(st.ok()) << st.message();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_EQ(selected.Download(), c.selected) << "R " << R << " bound " << bound;
+      EXPECT_EQ(count.Download(), c.count);
+    }
+}
+
+// Page landmarks on the device: the same accumulators, coordinates and scales as the reference,
+// bit for bit, over a page's worth of steps with rows that complete pages at different steps.
+TEST(SparseLandmarksGpu, MatchTheReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (int D : {64, 128}) {
+    const int KV = 8, P = 16, lanes = 5, blocks = 12, rows = 4;
+    std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 0.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+    std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * D, 7);
+    DeviceBuffer<float> dacc(acc), dscales(scales);
+    DeviceBuffer<int8_t> dcoords(coords);
+    const int64_t stride = static_cast<int64_t>(KV) * D + 64;  // rows with padding, as q|k|v slices are
+    for (int t = 0; t < 2 * P; ++t) {
+      auto k = svdq::testing::RandomBf16(static_cast<size_t>(rows) * stride, 100u + t + D, 2.f);
+      // Row r starts its page at step 3 r (lanes 4, 1, 2, 0), so pages complete at different steps.
+      std::vector<int64_t> block(rows), offset(rows), lane = {4, 1, 2, 0};
+      for (int r = 0; r < rows; ++r) {
+        const int pos = std::max(0, t - 3 * r);
+        offset[r] = pos % P;
+        block[r] = 3 * r + pos / P;
+      }
+      kernels::SparseLandmarkParams p;
+      p.rows = rows, p.KV = KV, p.D = D, p.P = P, p.k_stride = stride;
+      p.k = k.data(), p.block = block.data(), p.offset = offset.data(), p.lanes = lane.data();
+      p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
+      ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
+      DeviceBuffer<uint16_t> dk(k);
+      DeviceBuffer<int64_t> db(block), doff(offset), dl(lane);
+      kernels::SparseLandmarkParams g = p;
+      g.k = dk.ptr(), g.block = db.ptr(), g.offset = doff.ptr(), g.lanes = dl.ptr();
+      g.acc = dacc.ptr(), g.coords = dcoords.ptr(), g.scales = dscales.ptr();
+      kernels::Status st = kernels::SparseLandmarkAppend(g, nullptr);
+      ASSERT_TRUE(st.ok()) << st.message();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    EXPECT_EQ(dacc.Download(), acc);
+    EXPECT_EQ(dcoords.Download(), coords);
+    EXPECT_EQ(dscales.Download(), scales);
+    EXPECT_TRUE(dcoords.GuardsIntact() && dscales.GuardsIntact());
+  }
 }

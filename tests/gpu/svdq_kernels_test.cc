@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -249,8 +250,15 @@ struct InPlaceValues {
   KvFormat format = KvFormat::kBf16;
 };
 
+// Sparse attention (issue 17): each (sequence, KV head) attends to `keep` random pages below
+// its last `recent` pages (ascending), then the recent ones and the tail.
+struct SparsePages {
+  bool on = false;
+  int keep = 0, recent = 0;
+};
+
 void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Path path = Path::kMma,
-                  InPlaceValues in_place = {}) {
+                  InPlaceValues in_place = {}, SparsePages sparse = {}) {
   const bool tensor_cores = path != Path::kCudaCores;
   const SvdqLayout l = Layout(ac.width, ac.P, ac.sched);
   const int W = ac.width, P = ac.P, kv = ac.kv, heads = kv * ac.group, B = ac.batch;
@@ -339,6 +347,28 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
     a.value_scales = value_scales.data();
     a.tail_value_page = tail_page.data();
   }
+  std::vector<int32_t> sp_pages(static_cast<size_t>(B) * kv * std::max(sparse.keep, 1), -1),
+      sp_count(static_cast<size_t>(B) * kv, 0), sp_recent(B, 0);
+  if (sparse.on) {
+    std::mt19937 rng(seed + 9);
+    for (int b = 0; b < B; ++b) {
+      sp_recent[b] = std::max(0, ac.pages[b] - sparse.recent);
+      for (int h = 0; h < kv; ++h) {
+        std::vector<int32_t> all(sp_recent[b]);
+        for (int i = 0; i < sp_recent[b]; ++i) all[i] = i;
+        std::shuffle(all.begin(), all.end(), rng);
+        const int n = std::min(sparse.keep, sp_recent[b]);
+        std::sort(all.begin(), all.begin() + n);
+        sp_count[b * kv + h] = n;
+        std::copy(all.begin(), all.begin() + n, sp_pages.begin() + (static_cast<size_t>(b) * kv + h) * sparse.keep);
+      }
+    }
+    a.sparse_pages = sp_pages.data();
+    a.sparse_count = sp_count.data();
+    a.sparse_recent = sp_recent.data();
+    a.sparse_stride = std::max(sparse.keep, 1);
+    a.sparse_max_pages = sparse.keep + sparse.recent;
+  }
   Status st = SvdqAttentionRef(a);
   ASSERT_TRUE(st.ok()) << st.message();
 
@@ -349,7 +379,13 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
   DeviceBuffer<int32_t> dtable(table), dnp(np), dtl(tl);
   DeviceBuffer<float> dm(means), db(bases), dc(cos_t), ds(sin_t), dinv(inv_freq);
   DeviceBuffer<float> dout(std::vector<float>(ref.size(), 0.f));
+  DeviceBuffer<int32_t> dsp(sp_pages), dsc(sp_count), dsr(sp_recent);
   SvdqAttentionParams g = a;
+  if (sparse.on) {
+    g.sparse_pages = dsp.ptr();
+    g.sparse_count = dsc.ptr();
+    g.sparse_recent = dsr.ptr();
+  }
   if (path == Path::kMma) {
     g.rope_inv_freq = dinv.ptr();
     g.kernel = SvdqAttentionParams::Kernel::kBlockMma;
@@ -441,6 +477,25 @@ TEST(SvdqKernels, AttentionWarpStreams) {
   // Head dim 128, 5 k-steps whose pair-mode stages do not fit (8 bits each): the 4-warp instance.
   RunAttention({128, 16, 2, 4, 3, "8,8,8,8,8,0,0,0", {9, 1, 4}, {0, 15, 3}}, seed++, 3, Path::kWarp);
   RunAttention({64, 16, 3, 3, 3, "4,2,2,1,1,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
+}
+
+// Sparse attention: the warp-stream kernel attends to listed pages (positions their own) and
+// the recent ones, as the reference does; with splits, pages of 16 and 64, GQA 4 and 8, lists
+// shorter than the context, empty lists, and a sequence with no pages.
+TEST(SvdqKernels, AttentionSparsePages) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 7000;
+  for (int P : {16, 64})
+    for (int split : {0, 2, 5}) {
+      RunAttention({128, P, 2, 4, 4, "4,2,2,1,1,0,0,0", {40, 3, 9, 0}, {0, 5, P - 1, 7}}, seed++, split, Path::kWarp, {},
+                   {true, 6, 2});
+      RunAttention({128, P, 1, 8, 2, "8,4,2,1,1,0,0,0", {700, 12}, {P - 2, 0}}, seed++, split, Path::kWarp, {},
+                   {true, 20, 3});
+      RunAttention({64, P, 3, 3, 2, "4,2,2,1,1,0,0,0", {30, 2}, {1, 3}}, seed++, split, Path::kWarp, {}, {true, 5, 1});
+    }
+  // In-place tail values and no recent pages at all (recent 0).
+  RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp,
+               {true, KvFormat::kBf16}, {true, 7, 0});
 }
 
 TEST(SvdqKernels, AttentionAwkwardShapes) {

@@ -57,6 +57,14 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
   EXPECT_FALSE(Parse({"--max-running", "64", "--max-batch-tokens", "32"}, &c, &err));
   EXPECT_NE(err.find("--max-running"), std::string::npos);
   EXPECT_TRUE(Parse({"--max-running", "32", "--max-batch-tokens", "32"}, &c, &err)) << err;
+  // Sparse attention's budget: tokens, 0 (dense) by default; no negative or non-numeric budget.
+  EXPECT_EQ(c.sparse_budget, 0);
+  EXPECT_TRUE(Parse({"--sparse-budget", "2048"}, &c, &err)) << err;
+  EXPECT_EQ(c.sparse_budget, 2048);
+  for (const char* bad : {"-1", "2k", ""}) {
+    EXPECT_FALSE(Parse({"--sparse-budget", bad}, &c, &err)) << bad;
+    EXPECT_NE(err.find("--sparse-budget"), std::string::npos) << bad;
+  }
 }
 
 }  // namespace

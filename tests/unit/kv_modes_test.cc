@@ -76,6 +76,49 @@ TEST(KvModes, PageCodedKeysCountPagesTailsAndBases) {
   EXPECT_TRUE(Modes("int2", "bf16").pages_shareable());
 }
 
+// Sparse attention: the plan (recent window of 128 tokens, the rest of the budget chosen besides
+// the sink), the landmark bytes per page and per lane, and the key bytes a decode step reads,
+// dense and sparse, against sums written out by hand; bad budgets and modes are refused.
+TEST(KvModes, SparseAttentionPlansReadsAndStoresLandmarks) {
+  KvShape s = SmolLm2();
+  s.block_size = 64;
+  KvModes m = Modes("svdq", "bf16");
+  ASSERT_TRUE(svdq::kernels::ParseSchedule("4,2,2,1,1,0,0,0", &m.schedule).ok());
+  KvBytes dense, sparse;
+  ASSERT_EQ(ComputeKvBytes(m, s, &dense), "");
+  m.sparse_budget = 2048;
+  SparsePlan plan;
+  ASSERT_EQ(PlanSparse(m, s, &plan), "");
+  EXPECT_EQ(plan.recent_pages, 2);
+  EXPECT_EQ(plan.keep, 2048 / 64 - 1 - 2);
+  ASSERT_EQ(ComputeKvBytes(m, s, &sparse), "");
+  EXPECT_EQ(sparse.key_per_block - dense.key_per_block, 30LL * 3 * (64 + 4));  // int8 mean + fp32 scale
+  EXPECT_EQ(sparse.per_lane - dense.per_lane, 30LL * 3 * 64 * 4);              // the running sum
+  // A page of 64 tokens at 4,2,2,1,1 bits on groups of 8: 64 x 8 x 10 bits = 640 B of codes,
+  // 40 retained channels x 4 B = 160 B: 800 B. Read per unit: its pages, mean + 40 basis columns.
+  const int64_t page = 800, basis = 4 * 64 * 41, units = 30 * 3;
+  const int64_t len = 100 * 64 + 5;  // 100 full pages and a 5-token tail
+  KvModes d = m;
+  d.sparse_budget = 0;
+  EXPECT_EQ(DecodeKeyBytesRead(d, s, len), units * (100 * page + basis + 5 * 64 * 2));
+  // Sparse: 98 pages scored (all but the 2 recent), 29 + 1 chosen, 2 recent.
+  EXPECT_EQ(DecodeKeyBytesRead(m, s, len), units * ((30 + 2) * page + basis + 5 * 64 * 2 + 98 * (64 + 4)));
+  EXPECT_EQ(Bf16KeyBytes(s, len), units * len * 64 * 2);
+  // Short contexts: nothing to choose from, everything is read.
+  EXPECT_EQ(DecodeKeyBytesRead(m, s, 2 * 64 + 3), DecodeKeyBytesRead(d, s, 2 * 64 + 3));
+  EXPECT_EQ(DecodeKeyBytesRead(Modes("bf16", "bf16"), s, 10), units * 10 * 64 * 4);  // the fp32 model's keys
+  // Refused: a budget without room for one chosen page, layer scope, unpaged keys.
+  m.sparse_budget = 3 * 64;
+  EXPECT_NE(PlanSparse(m, s, &plan).find("at least 256"), std::string::npos);
+  EXPECT_NE(ComputeKvBytes(m, s, &sparse), "");
+  m.sparse_budget = 2048;
+  m.scope = BasisScope::kLayer;
+  EXPECT_NE(PlanSparse(m, s, &plan), "");
+  KvModes bf = Modes("bf16", "bf16");
+  bf.sparse_budget = 2048;
+  EXPECT_NE(ComputeKvBytes(bf, s, &sparse), "");
+}
+
 TEST(KvModes, LayerScopeCodesOneLatentPerLayer) {
   KvModes m = Modes("svdq", "bf16");
   ASSERT_TRUE(ParseBasisScope("layer", &m.scope));

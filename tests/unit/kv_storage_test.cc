@@ -299,6 +299,62 @@ StorageSpec SvdqPrefillSpec(const Tables& rope, at::Device device, const char* s
 // A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
 // the lane cannot start past position 0 on them (before, the flag stayed set and such a
 // sequence would have been encoded with the previous one's basis, silently).
+// Sparse attention's page landmarks (kv_modes.h sparse_budget): every page that fills holds the
+// int8 mean of its post-RoPE keys (within a step of kernels::QuantizeLandmark of the exact sum,
+// which is summed in another order) and its scale, whether the page filled in a prompt written
+// in chunks that end mid-page (PagedSeqView::Write) or in decode steps (WriteMany: the CUDA
+// kernel on the GPU, ATen ops on the CPU); pages that did not fill keep what they held. Budgets
+// too small for a chosen page and layer scope are refused.
+void RunLandmarks(at::Device device, at::ScalarType dtype) {
+  const Tables rope = Rope(device);
+  StorageSpec spec = SvdqPrefillSpec(rope, device, "4,2,2,1,1,0,0,0");
+  spec.dtype = dtype;
+  spec.shape.dtype_bytes = static_cast<int>(c10::elementSize(dtype));
+  spec.modes.sparse_budget = 100;  // pages of 16: the sink, 8 recent pages and one chosen need 160
+  EXPECT_THROW(PagedKvStorage bad(spec), std::invalid_argument);
+  spec.modes.sparse_budget = 256;
+  spec.modes.scope = BasisScope::kLayer;
+  EXPECT_THROW(PagedKvStorage bad(spec), std::invalid_argument);
+  spec.modes.scope = BasisScope::kHead;
+  PagedKvStorage storage(spec);
+  ASSERT_TRUE(storage.sparse());
+  for (int l = 0; l < kLayers; ++l) storage.landmarks(l).fill_(77);  // unfilled pages keep this
+  at::Tensor k_pre = Keys(9).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
+  at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
+  const std::vector<BlockId> blocks = {6, 2, 7, 0, 4};
+  auto forward = [&](int64_t pos0, int64_t T) {
+    PagedSeqView view(&storage, blocks, pos0, /*lane=*/1);
+    view.Reserve(pos0 + T);
+    for (int l = 0; l < kLayers; ++l) {
+      const double f = 1.0 + l;
+      auto part = [&](const at::Tensor& x) { return (x.narrow(0, pos0, T) * f).to(dtype); };
+      if (T == 1 && pos0 > 0) ASSERT_TRUE(view.WriteMany(l, part(k_pre), part(k), part(v), {&view}));
+      else view.Write(l, pos0, part(k_pre), part(k), part(v));
+    }
+  };
+  forward(0, 21);   // ends mid-page 1
+  forward(21, 16);  // fills page 1, ends mid-page 2
+  for (int64_t t = 37; t < kTotal; ++t) forward(t, 1);  // fills pages 2 and 3 by decode steps
+  for (int l = 0; l < kLayers; ++l) {
+    at::Tensor codes = storage.landmarks(l).to(at::kCPU), scales = storage.landmark_scales(l).to(at::kCPU);
+    for (int pg = 0; pg < 4; ++pg) {
+      // The keys as stored in the model's dtype, summed in fp64.
+      at::Tensor keys = (k.narrow(0, pg * kPage, kPage) * (1.0 + l)).to(dtype).to(at::kCPU, at::kDouble);
+      at::Tensor mean = keys.mean(0);  // [kKv, kDim]
+      for (int h = 0; h < kKv; ++h) {
+        const double want_scale = mean[h].abs().max().item<double>() / 127;
+        const double scale = scales[blocks[pg]][h].item<double>();
+        EXPECT_NEAR(scale, want_scale, 1e-5 * want_scale) << "page " << pg << " layer " << l;
+        at::Tensor got = codes[blocks[pg]][h].to(at::kDouble) * scale;
+        EXPECT_LT((got - mean[h]).abs().max().item<double>(), 0.51 * want_scale + 1e-6) << "page " << pg << " layer " << l;
+      }
+    }
+    EXPECT_EQ(codes[blocks[4]].eq(77).all().item<bool>(), true) << "page 4 has not filled";
+  }
+}
+
+TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::Device(at::kCPU), at::kFloat); }
+
 TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
   const Tables rope = Rope(at::Device(at::kCPU));
   PagedKvStorage storage(SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,4,2,1,1,0,0,0"));
@@ -440,6 +496,11 @@ TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
 TEST(KvStorageCuda, PrefillBasisIsSolvedOnceEveryLayerIsWritten) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   RunPrefillBasisBatch(at::Device(at::kCUDA, 0));
+}
+
+TEST(KvStorageCuda, PageLandmarksHoldEachFilledPagesMeanKey) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16);
 }
 
 TEST(KvStorageCuda, NonFiniteKeysFlagTheirLane) {

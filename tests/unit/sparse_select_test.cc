@@ -14,7 +14,11 @@
 #include <vector>
 
 #include "kernels/sparse/sparse_select.h"
+#include "kernels/common/half.h"
+#include "kernels/svdq/schedule.h"
+#include "kernels/svdq/svdq_ref.h"
 #include "tests/common/sparse_select_case.h"
+#include "tests/common/svdq_data.h"
 
 using namespace svdq;
 
@@ -38,7 +42,8 @@ void CheckCase(svdq::testing::SparseCase& c) {
       for (int h = 0; h < G; ++h)
         for (int r = 0; r < c.R; ++r) {
           float s = 0;
-          for (int d = 0; d < c.D; ++d)
+          if (c.basis.empty()) s = c.q[(static_cast<size_t>(b) * c.H + g * G + h) * c.D + r];
+          for (int d = 0; d < c.D && !c.basis.empty(); ++d)
             s = s + c.basis[(static_cast<size_t>(g) * c.D + d) * c.R + r] * c.q[(static_cast<size_t>(b) * c.H + g * G + h) * c.D + d];
           qr[static_cast<size_t>(h) * c.R + r] = s;
         }
@@ -130,4 +135,194 @@ TEST(SparseSelectRef, RefusesBadShapes) {
   EXPECT_FALSE(kernels::SparseSelectRef(d.Params()).ok());  // more chunks than max_chunks
   auto e = svdq::testing::MakeSparseCase(1, 4, 1, 64, 65, 8, 2, {8}, 0, 1u);
   EXPECT_FALSE(kernels::SparseSelectRef(e.Params()).ok());  // R > 64
+}
+
+// The serving layout (metadata rows through a page table) chooses exactly what the dense layout
+// chooses, for landmarks at R = 16 and R = D = 128 (the identity basis of page landmarks) and for
+// the bound.
+TEST(SparseSelectRef, ThePageTableLayoutChoosesTheSame) {
+  for (int R : {16, 128})
+    for (bool bound : {false, true}) {
+      auto c = svdq::testing::MakeSparseCase(3, 8, 2, 128, bound ? 0 : R, 300, 9, {300, 2, 150}, 0, 40u + R, bound);
+      ASSERT_TRUE(kernels::SparseSelectRef(c.Params()).ok());
+      auto pooled = svdq::testing::Pool(c, 41u);
+      std::vector<int32_t> selected(c.selected.size(), -7), count(c.count.size(), -7);
+      kernels::SparseSelectParams p = c.Params();
+      pooled.Apply(&p);
+      p.selected = selected.data();
+      p.count = count.data();
+      ASSERT_TRUE(kernels::SparseSelectRef(p).ok());
+      EXPECT_EQ(selected, c.selected) << "R " << R << " bound " << bound;
+      EXPECT_EQ(count, c.count);
+    }
+}
+
+// Page landmarks appended a token at a time: the page that completes holds the int8 mean of its
+// keys (QuantizeLandmark of their sum), within half a step of the exact mean; pages that do not
+// complete write nothing; lanes keep separate sums, and offset 0 restarts a lane.
+TEST(SparseLandmarks, AppendedKeysGiveThePageMean) {
+  const int KV = 2, D = 64, P = 4, lanes = 2, blocks = 3;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 99.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+  std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * D, 55);
+  std::vector<double> exact(static_cast<size_t>(KV) * D, 0.0);  // lane 0's page, block 2
+  for (int t = 0; t < P; ++t) {
+    // Row 0: lane 0 fills block 2; row 1: lane 1 writes offset t of block 0, never completing
+    // it (it stops at offset 2).
+    std::vector<uint16_t> k(static_cast<size_t>(2) * KV * D);
+    for (size_t i = 0; i < k.size(); ++i) {
+      float x = 3.f * n01(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &x, sizeof bits);
+      k[i] = static_cast<uint16_t>(bits >> 16);  // truncated to bf16
+      uint32_t back = static_cast<uint32_t>(k[i]) << 16;
+      std::memcpy(&x, &back, sizeof x);
+      if (i < static_cast<size_t>(KV) * D) exact[i] += x / P;
+    }
+    const int rows = t < 3 ? 2 : 1;
+    std::vector<int64_t> block = {2, 0}, offset = {t, t}, lane = {0, 1};
+    kernels::SparseLandmarkParams p;
+    p.rows = rows, p.KV = KV, p.D = D, p.P = P;
+    p.k = k.data(), p.k_stride = KV * D, p.block = block.data(), p.offset = offset.data(), p.lanes = lane.data();
+    p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
+    ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
+  }
+  for (int g = 0; g < KV; ++g) {
+    const float s = scales[2 * KV + g];
+    ASSERT_GT(s, 0.f);
+    double mx = 0;
+    for (int d = 0; d < D; ++d) mx = std::max(mx, std::abs(exact[g * D + d]));
+    EXPECT_NEAR(s, mx / 127, 1e-5 * mx);
+    for (int d = 0; d < D; ++d)
+      EXPECT_NEAR(coords[(2 * KV + g) * D + d] * s, exact[g * D + d], 0.5 * s + 1e-5 * mx) << g << " " << d;
+  }
+  for (int i = 0; i < KV * D; ++i) EXPECT_EQ(coords[i], 55) << "block 0 never completed";
+  EXPECT_EQ(scales[0], -1.f);
+  // A zero page: scale 0, coordinates 0.
+  std::vector<uint16_t> zero(static_cast<size_t>(KV) * D, 0);
+  for (int t = 0; t < P; ++t) {
+    std::vector<int64_t> block = {1}, offset = {t}, lane = {1};
+    kernels::SparseLandmarkParams p;
+    p.rows = 1, p.KV = KV, p.D = D, p.P = P;
+    p.k = zero.data(), p.k_stride = KV * D, p.block = block.data(), p.offset = offset.data(), p.lanes = lane.data();
+    p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
+    ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
+  }
+  EXPECT_EQ(scales[KV], 0.f);
+  for (int d = 0; d < D; ++d) EXPECT_EQ(coords[KV * D + d], 0);
+}
+
+// Sparse SVDq attention in the reference (kernels/svdq/svdq_ref.cc): a KV head attends to its
+// listed pages at their own positions, the recent pages and the tail, and to nothing else,
+// checked against attention computed apart from it (pages decoded with SvdqDecodeRef, a plain
+// softmax); listing every page before the recent ones gives the dense result bit for bit; an
+// unsorted list or one reaching into the recent pages is refused.
+TEST(SparseAttentionRef, AttendsToTheListedPagesAtTheirPositions) {
+  using namespace svdq::kernels;
+  const int W = 64, P = 16, KV = 2, G = 2, H = KV * G, pages = 10, tail = 5, recent = 8;
+  Schedule sched;
+  ASSERT_TRUE(ParseSchedule("8,4,2,1,1,0,0,0", &sched).ok());
+  SvdqLayout l;
+  ASSERT_TRUE(MakeLayout(W, P, sched, &l).ok());
+  std::vector<float> means, bases;
+  std::vector<uint8_t> pool(static_cast<size_t>(pages) * KV * l.page_bytes);
+  for (int h = 0; h < KV; ++h) {
+    auto keys = svdq::testing::MakeKeys(pages * P, W, 11 + h);
+    SvdqBasis basis;
+    ASSERT_TRUE(ComputeBasisRef(keys.data(), pages * P, W, true, &basis).ok());
+    means.insert(means.end(), basis.mean.begin(), basis.mean.end());
+    bases.insert(bases.end(), basis.vectors.begin(), basis.vectors.end());
+    for (int pg = 0; pg < pages; ++pg) {
+      SvdqEncodeParams e{l, 1, 1, &keys[static_cast<size_t>(pg) * P * W], &means[static_cast<size_t>(h) * W],
+                         &bases[static_cast<size_t>(h) * W * W], &pool[(static_cast<size_t>(pg) * KV + h) * l.page_bytes], nullptr};
+      ASSERT_TRUE(SvdqEncodeRef(e).ok());
+    }
+  }
+  std::vector<float> cos_t, sin_t;
+  svdq::testing::MakeRope(pages * P + P, W, 10000.0, &cos_t, &sin_t);
+  auto values = svdq::testing::RandomBf16(static_cast<size_t>(pages) * KV * P * W, 2);
+  auto tail_k = svdq::testing::RandomBf16(static_cast<size_t>(KV) * P * W, 3);
+  auto tail_v = svdq::testing::RandomBf16(static_cast<size_t>(KV) * P * W, 4);
+  auto q = svdq::testing::RandomBf16(static_cast<size_t>(H) * W, 5, 0.3f);
+  std::vector<int32_t> table(pages), np = {pages}, tl = {tail};
+  for (int i = 0; i < pages; ++i) table[i] = i;
+  SvdqAttentionParams a;
+  a.layout = l, a.batch = 1, a.num_heads = H, a.kv_heads = KV, a.max_pages = pages;
+  a.sm_scale = 1.f / std::sqrt(float(W));
+  a.q = q.data(), a.key_pages = pool.data(), a.value_pages = values.data(), a.page_table = table.data();
+  a.num_pages = np.data(), a.mean = means.data(), a.basis = bases.data(), a.tail_keys = tail_k.data();
+  a.tail_values = tail_v.data(), a.tail_len = tl.data(), a.rope_cos = cos_t.data(), a.rope_sin = sin_t.data();
+  // Head 0 lists pages 0, 3 and 7; head 1 none (only its recent pages and tail).
+  const int stride = 4;
+  std::vector<int32_t> list = {0, 3, 7, -1, -1, -1, -1, -1}, count = {3, 0}, from = {recent};
+  std::vector<float> sparse(static_cast<size_t>(H) * W);
+  SvdqAttentionParams s = a;
+  s.sparse_pages = list.data(), s.sparse_count = count.data(), s.sparse_recent = from.data(), s.sparse_stride = stride;
+  s.out = sparse.data();
+  ASSERT_TRUE(SvdqAttentionRef(s).ok());
+  const std::vector<std::vector<int>> attended = {{0, 3, 7, 8, 9}, {8, 9}};
+  for (int h = 0; h < KV; ++h) {
+    std::vector<float> keys, vals;  // rows of the attended tokens
+    for (int pg : attended[h]) {
+      std::vector<float> dec(static_cast<size_t>(P) * W);
+      const int32_t first_pos = pg * P;
+      SvdqDecodeParams d{l, 1, 1, &pool[(static_cast<size_t>(pg) * KV + h) * l.page_bytes], &means[static_cast<size_t>(h) * W],
+                         &bases[static_cast<size_t>(h) * W * W], &first_pos, cos_t.data(), sin_t.data(), dec.data()};
+      ASSERT_TRUE(SvdqDecodeRef(d).ok());
+      keys.insert(keys.end(), dec.begin(), dec.end());
+      for (int t = 0; t < P * W; ++t) vals.push_back(Bf16BitsToFloat(values[((static_cast<size_t>(pg) * KV + h) * P) * W + t]));
+    }
+    for (int t = 0; t < tail * W; ++t) {
+      keys.push_back(Bf16BitsToFloat(tail_k[static_cast<size_t>(h) * P * W + t]));
+      vals.push_back(Bf16BitsToFloat(tail_v[static_cast<size_t>(h) * P * W + t]));
+    }
+    const size_t n = keys.size() / W;
+    for (int g = 0; g < G; ++g) {
+      const int head = h * G + g;
+      std::vector<double> w(n);
+      double mx = -1e300, sum = 0;
+      for (size_t t = 0; t < n; ++t) {
+        double dot = 0;
+        for (int i = 0; i < W; ++i) dot += Bf16BitsToFloat(q[static_cast<size_t>(head) * W + i]) * double(keys[t * W + i]);
+        w[t] = dot * a.sm_scale;
+        mx = std::max(mx, w[t]);
+      }
+      for (auto& x : w) sum += (x = std::exp(x - mx));
+      for (int i = 0; i < W; ++i) {
+        double o = 0;
+        for (size_t t = 0; t < n; ++t) o += w[t] * vals[t * W + i];
+        EXPECT_NEAR(sparse[static_cast<size_t>(head) * W + i], o / sum, 1e-4 + 1e-4 * std::abs(o / sum)) << head << " " << i;
+      }
+    }
+  }
+  // Every page before the recent ones listed: the dense result exactly.
+  std::vector<int32_t> all(static_cast<size_t>(KV) * recent), all_count = {recent, recent};
+  for (int h = 0; h < KV; ++h)
+    for (int i = 0; i < recent; ++i) all[static_cast<size_t>(h) * recent + i] = i;
+  std::vector<float> dense(sparse.size()), full(sparse.size());
+  a.out = dense.data();
+  ASSERT_TRUE(SvdqAttentionRef(a).ok());
+  SvdqAttentionParams f = s;
+  f.sparse_pages = all.data(), f.sparse_count = all_count.data(), f.sparse_stride = recent, f.out = full.data();
+  ASSERT_TRUE(SvdqAttentionRef(f).ok());
+  EXPECT_EQ(full, dense);
+  // Bad lists are refused.
+  std::vector<int32_t> unsorted = {3, 0, 7, -1, -1, -1, -1, -1}, late = {0, 3, 8, -1, -1, -1, -1, -1};
+  s.sparse_pages = unsorted.data();
+  EXPECT_FALSE(SvdqAttentionRef(s).ok());
+  s.sparse_pages = late.data();
+  EXPECT_FALSE(SvdqAttentionRef(s).ok());
+}
+
+// Landmarks without a basis (page landmarks: R = D, the coordinates are the mean key itself).
+TEST(SparseSelectRef, IdentityLandmarksScoreTheQueryItself) {
+  for (int D : {64, 128}) {
+    auto c = svdq::testing::MakeSparseCase(3, 8, 2, D, D, 200, 7, {200, 8, 1}, 0, 60u + D);
+    c.basis.clear();
+    CheckCase(c);
+  }
+  auto bad = svdq::testing::MakeSparseCase(1, 8, 2, 128, 16, 10, 3, {10}, 0, 61u);
+  bad.basis.clear();
+  EXPECT_FALSE(kernels::SparseSelectRef(bad.Params()).ok()) << "R < D needs a basis";
 }

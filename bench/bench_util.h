@@ -1,0 +1,56 @@
+// Helpers shared by the CUDA benchmarks: timing by CUDA events, flag lists, fatal errors.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/common/status.h"
+
+namespace svdq::bench {
+
+// Median over 5 runs of the mean time of fn over `iters` calls (after 3 warm-ups), by CUDA
+// events on the current stream, in microseconds.
+inline double TimeUs(const std::function<void()>& fn, int iters) {
+  for (int i = 0; i < 3; ++i) fn();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<double> runs;
+  for (int rep = 0; rep < 5; ++rep) {
+    cudaEventRecord(a, at::cuda::getCurrentCUDAStream());
+    for (int i = 0; i < iters; ++i) fn();
+    cudaEventRecord(b, at::cuda::getCurrentCUDAStream());
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    runs.push_back(1000.0 * ms / iters);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(runs.begin(), runs.end());
+  return runs[runs.size() / 2];
+}
+
+inline std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, sep);)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+inline void Die(const kernels::Status& st) {
+  if (st.ok()) return;
+  std::cerr << st.message() << "\n";
+  std::exit(1);
+}
+
+}  // namespace svdq::bench
