@@ -20,9 +20,12 @@ struct Shape {
   bool tied, qkv_bias;
 };
 
-// Shapes of the published configs (config.json of each model), context capped at 8192.
+// Shapes of the published configs (config.json of each model), context capped at 8192, but for
+// llama-3.1-8b: Llama-3-8B's shape at Llama 3.1's 128k context (its RoPE scaling is not applied:
+// the weights are random anyway), for long-context serving benchmarks.
 const Shape kShapes[] = {
     {"llama-3-8b", "llama", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0, false, false},
+    {"llama-3.1-8b", "llama", 32, 4096, 32, 8, 14336, 128256, 131072, 500000.0, false, false},
     {"llama-3.2-1b", "llama", 16, 2048, 32, 8, 8192, 128256, 8192, 500000.0, true, false},
     {"mistral-7b", "mistral", 32, 4096, 32, 8, 14336, 32768, 8192, 1000000.0, false, false},
     {"qwen2.5-7b", "qwen2", 28, 3584, 28, 4, 18944, 152064, 8192, 1000000.0, false, true},

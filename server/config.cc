@@ -61,7 +61,7 @@ std::vector<Flag> Flags(ServerConfig* c) {
   auto num = [](int* dst, int lo, int hi) { return [=](const std::string& v) { return ParseInt(v, lo, hi, dst); }; };
   return {
       {"model", "a GGUF file, a Hugging Face directory (config.json, *.safetensors, tokenizer.json) or "
-                "synthetic:NAME (random weights: llama-3-8b, llama-3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m, tiny) "
+                "synthetic:NAME (random weights: llama-3-8b, llama-3.1-8b (128k context), llama-3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m, tiny) "
                 "(default: the bundled SmolLM2-135M-Instruct)", str(&c->model)},
       {"host", "gRPC listen address (default 127.0.0.1)", str(&c->host)},
       {"port", "gRPC port (default 50051)", num(&c->port, 0, 65535)},
