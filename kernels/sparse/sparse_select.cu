@@ -11,7 +11,7 @@
 namespace svdq::kernels {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 1024;  // a (sequence, KV head) per block: its chunks spread over many threads
 
 __device__ __forceinline__ uint32_t OrderKeyDev(float s) {
   if (s != s) return 0;
@@ -56,16 +56,18 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, int b,
       }
       const int8_t* v = reinterpret_cast<const int8_t*>(raw);
       for (int h = 0; h < G; ++h) {
-        float s = 0;
+        float part[4] = {0.f, 0.f, 0.f, 0.f};  // four independent chains (the reference's order)
 #pragma unroll
-        for (int r = 0; r < kR; ++r) s = __fadd_rn(s, __fmul_rn(qr[h * kR + r], static_cast<float>(v[r])));
+        for (int r = 0; r < kR; ++r) part[r & 3] = __fadd_rn(part[r & 3], __fmul_rn(qr[h * kR + r], static_cast<float>(v[r])));
+        const float s = __fadd_rn(__fadd_rn(part[0], part[1]), __fadd_rn(part[2], part[3]));
         const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
         if (h == 0 || k > best) best = k;
       }
     } else {
       for (int h = 0; h < G; ++h) {
-        float s = 0;
-        for (int r = 0; r < R; ++r) s = __fadd_rn(s, __fmul_rn(qr[h * R + r], static_cast<float>(co[r])));
+        float part[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int r = 0; r < R; ++r) part[r & 3] = __fadd_rn(part[r & 3], __fmul_rn(qr[h * R + r], static_cast<float>(co[r])));
+        const float s = __fadd_rn(__fadd_rn(part[0], part[1]), __fadd_rn(part[2], part[3]));
         const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
         if (h == 0 || k > best) best = k;
       }
