@@ -294,7 +294,9 @@ void Engine::Load() {
                             : c.head_dim != 64 && c.head_dim != 128 ? "head dim 64 or 128 (the model's is " +
                                                                           std::to_string(c.head_dim) + ")"
                             : c.n_heads / c.n_kv_heads > 8          ? "at most 8 query heads per KV head"
-                                                                    : "";
+                            : m.opts.block_size % 16 != 0 || ((m.opts.block_size / 16) & (m.opts.block_size / 16 - 1)) != 0
+                                ? "a block size of 16 tokens times a power of two (16, 32, 64, ...)"
+                                : "";
     if (!why.empty()) throw std::runtime_error("--sparse-budget needs " + why + "; start with --sparse-budget 0");
     modes.sparse_budget = static_cast<int>(std::min<int64_t>(m.opts.sparse_budget, 1 << 24));
   }

@@ -94,3 +94,5 @@ def test_bad_sparse_budgets_and_modes_are_refused_gpu():
     assert "sparse attention needs page-coded keys" in out
     out = refused(MODEL, "cuda", SVDQ + ["--value-mode", "int4", "--sparse-budget", "2048"])
     assert "--sparse-budget needs bf16 values" in out
+    out = refused(MODEL, "cuda", SVDQ + ["--block-size", "48", "--sparse-budget", "2048"])
+    assert "--sparse-budget needs a block size of 16 tokens times a power of two" in out
