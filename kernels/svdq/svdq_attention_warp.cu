@@ -246,14 +246,30 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
         bv[n][ks][1] = mma::PackHalf2(v.z, v.w);
       }
   } else {
+    // All of a thread's loads first, then the stores: the loads are in flight together (a block
+    // with few tiles, as in sparse attention, spent most of its time here one load at a time).
     __half* vr = reinterpret_cast<__half*>(smem + s.vr);
-    for (int idx = tid; idx < kD * KS * 16; idx += kThreadsT) {
-      const int dim = idx / (KS * 16), k = idx % (KS * 16), c16 = SlotChannel(k % 16), r = kSub * (k / 16) + c16 / kGs;
-      int ch = 0;
+    constexpr int kElems = kD * KS * 16, kPer = (kElems + kThreadsT - 1) / kThreadsT, kBatch = 16;
+    for (int i0 = 0; i0 < kPer; i0 += kBatch) {  // batches of 16 loads in flight (registers)
+      float staged[kBatch];
 #pragma unroll
-      for (int kk = 0; kk < NR; ++kk)
-        if (kk == r) ch = gch[kk];
-      vr[dim * s.vr_ld + k] = __float2half(basis[dim * kD + ch + c16 % kGs]);
+      for (int i = 0; i < kBatch; ++i) {
+        const int idx = tid + (i0 + i) * kThreadsT;
+        staged[i] = 0.f;
+        if (idx < kElems) {
+          const int dim = idx / (KS * 16), k = idx % (KS * 16), c16 = SlotChannel(k % 16), r = kSub * (k / 16) + c16 / kGs;
+          int ch = 0;
+#pragma unroll
+          for (int kk = 0; kk < NR; ++kk)
+            if (kk == r) ch = gch[kk];
+          staged[i] = basis[dim * kD + ch + c16 % kGs];
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int idx = tid + (i0 + i) * kThreadsT;
+        if (idx < kElems) vr[(idx / (KS * 16)) * s.vr_ld + idx % (KS * 16)] = __float2half(staged[i]);
+      }
     }
   }
   // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and D/2 + 8a + 2q4 (+1),
