@@ -2,6 +2,8 @@
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -75,6 +77,22 @@ inline double GraphUs(const std::function<void(cudaStream_t)>& fn, int reps = 20
   cudaStreamDestroy(s);
   std::sort(runs.begin(), runs.end());
   return runs[runs.size() / 2];
+}
+
+// The same for ATen ops (they allocate: at::cuda::CUDAGraph gives the capture a private pool),
+// on a side stream made current for the capture.
+inline double AtenGraphUs(const std::function<void()>& fn, int reps = 5) {
+  at::cuda::CUDAGraph graph;
+  at::cuda::CUDAStream side = at::cuda::getStreamFromPool();
+  {
+    at::cuda::CUDAStreamGuard guard(side);
+    fn();  // warm-up outside the capture
+    side.synchronize();
+    graph.capture_begin();
+    for (int i = 0; i < reps; ++i) fn();
+    graph.capture_end();
+  }
+  return TimeUs([&] { graph.replay(); }, 10) / reps;
 }
 
 inline std::vector<std::string> Split(const std::string& s, char sep) {

@@ -4,7 +4,8 @@
 // token budget, and the warp-stream SVDq kernel attends to those, the recent pages and the tail.
 // Times the step (selection + attention) in a CUDA graph, as the server's decode step runs it (and
 // eagerly, launch gaps included), each part, dense SVDq attention and bf16 SDPA over the whole
-// context in the same run (CUDA events), and counts the key bytes each step reads:
+// context in the same run (CUDA events; SDPA in a CUDA graph too), and counts the key bytes each
+// step reads:
 //   codes      the attended pages' key records (codes, scales, zeros) and the bf16 tail keys;
 //   basis      the sequence's SVDq mean and the r basis columns the kernel reads (fp32);
 //   metadata   every scored page's landmark (R int8 + an fp32 scale) and the landmark basis.
@@ -30,6 +31,7 @@
 #include "kernels/svdq/svdq_cuda.h"
 
 using namespace svdq::kernels;
+using svdq::bench::AtenGraphUs;
 using svdq::bench::Die;
 using svdq::bench::GraphUs;
 using svdq::bench::Split;
@@ -87,7 +89,8 @@ int main(int argc, char** argv) {
     double sdpa_us;
     {
       at::Tensor k = at::randn({B, KV, T, D}, dev.dtype(at::kBFloat16)), v = at::randn_like(k);
-      sdpa_us = TimeUs([&] { at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, {}, /*enable_gqa=*/true); }, iters);
+      // In a CUDA graph, as the sparse step is timed (the same ops as eagerly: launch gaps aside).
+      sdpa_us = AtenGraphUs([&] { at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, {}, /*enable_gqa=*/true); });
     }
     at::Tensor inv = at::pow(theta, -at::arange(0, D, 2, dev.dtype(at::kDouble)) / D).to(at::kFloat);
     at::Tensor pos = at::arange(T + 64, dev.dtype(at::kFloat)).unsqueeze(1), ang = at::cat({pos * inv, pos * inv}, 1);

@@ -126,9 +126,9 @@ std::vector<Flag> Flags(ServerConfig* c) {
          c->overlap_steps = v == "true";
          return true;
        }},
-      {"sparse-budget", "tokens each decode step attends to per sequence and KV head: the sink page, the pages whose "
-                        "landmarks score best, the recent pages and the tail (SVDq/int4/int2 keys in head scope, "
-                        "CUDA); prefill stays dense; 0: dense attention (default 0)",
+      {"sparse-budget", "tokens of whole pages each decode step attends to per sequence and KV head: the sink page, "
+                        "the pages whose landmarks score best and the recent pages, plus the unfilled tail page "
+                        "(SVDq/int4/int2 keys in head scope, CUDA); prefill stays dense; 0: dense attention (default 0)",
        num(&c->sparse_budget, 0, 1 << 24)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {

@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
 Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream) {
   if (Status st = CheckSparseSelect(p); !st.ok()) return st;
   if (p.B == 0) return Status::Ok();
-  const int Rs = p.score == SparseScore::kBound ? 0 : p.R;
+  const int Rs = p.score == SparseScore::kBound || !p.basis ? 0 : p.R;  // as the kernel stages it
   const size_t smem = static_cast<size_t>(p.max_chunks) * sizeof(uint32_t) +
                       (static_cast<size_t>(p.D) * (Rs + p.H / p.KV) + static_cast<size_t>(p.H / p.KV) * p.R) * sizeof(float);
   if (Status st = AllowSmem(reinterpret_cast<const void*>(SparseSelectKernel), smem); !st.ok()) return st;

@@ -124,7 +124,7 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
 std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out) {
   const int P = s.block_size;
   if (!m.page_coded_keys() || m.layer_scope())
-    return "sparse attention needs page-coded keys in head scope (--kv-key-mode svdq, int4 or int2; --svdq-scope head)";
+    return "sparse attention needs page-coded keys in head scope (--key-mode svdq, int4 or int2; --svdq-scope head)";
   SparsePlan p;
   p.recent_pages = (128 + P - 1) / P;
   p.keep = m.sparse_budget / P - 1 - p.recent_pages;

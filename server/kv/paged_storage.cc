@@ -51,8 +51,10 @@ const uint16_t* ScalesOf(const TokenStore& s) {
 }
 
 // Page landmarks from sums of `count` post-RoPE keys [n, kv, D] (fp32): int8 [n, kv, D] and fp32
-// scales [n, kv], the operations of kernels::QuantizeLandmark (mean = sum * (1 / count), scale =
-// max |mean| / 127, codes rounded half to even; a zero mean gives scale 0 and zero codes).
+// scales [n, kv], as kernels::QuantizeLandmark makes them (mean = sum / count, scale = max |mean| /
+// 127, codes rounded half to even; a zero mean gives scale 0 and zero codes), not bit for bit
+// (the sums add in another order, and ATen may divide by multiplying): selection reads the stored
+// landmarks, whichever path wrote them.
 std::pair<at::Tensor, at::Tensor> QuantizeLandmarks(const at::Tensor& sums, int64_t count) {
   at::Tensor mean = sums * (1.0f / static_cast<float>(count));
   at::Tensor scale = mean.abs().amax(-1) / 127.0f;

@@ -296,9 +296,6 @@ StorageSpec SvdqPrefillSpec(const Tables& rope, at::Device device, const char* s
   return spec;
 }
 
-// A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
-// the lane cannot start past position 0 on them (before, the flag stayed set and such a
-// sequence would have been encoded with the previous one's basis, silently).
 // Sparse attention's page landmarks (kv_modes.h sparse_budget): every page that fills holds the
 // int8 mean of its post-RoPE keys (within a step of kernels::QuantizeLandmark of the exact sum,
 // which is summed in another order) and its scale, whether the page filled in a prompt written
@@ -355,6 +352,9 @@ void RunLandmarks(at::Device device, at::ScalarType dtype) {
 
 TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::Device(at::kCPU), at::kFloat); }
 
+// A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
+// the lane cannot start past position 0 on them (before, the flag stayed set and such a
+// sequence would have been encoded with the previous one's basis, silently).
 TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
   const Tables rope = Rope(at::Device(at::kCPU));
   PagedKvStorage storage(SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,4,2,1,1,0,0,0"));

@@ -325,4 +325,8 @@ TEST(SparseSelectRef, IdentityLandmarksScoreTheQueryItself) {
   auto bad = svdq::testing::MakeSparseCase(1, 8, 2, 128, 16, 10, 3, {10}, 0, 61u);
   bad.basis.clear();
   EXPECT_FALSE(kernels::SparseSelectRef(bad.Params()).ok()) << "R < D needs a basis";
+  auto wide = svdq::testing::MakeSparseCase(1, 8, 2, 256, 128, 10, 3, {10}, 0, 62u);
+  EXPECT_TRUE(kernels::SparseSelectRef(wide.Params()).ok()) << "R = 128 is the largest width";
+  auto wider = svdq::testing::MakeSparseCase(1, 8, 2, 256, 129, 10, 3, {10}, 0, 63u);
+  EXPECT_FALSE(kernels::SparseSelectRef(wider.Params()).ok()) << "R = 129 is over the limit";
 }
