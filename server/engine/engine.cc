@@ -797,6 +797,7 @@ at::Tensor Engine::Impl::ForwardEager(const std::vector<SchedSeq*>& seqs, const 
   for (size_t i = 0; i < seqs.size(); ++i) {
     SchedSeq* s = seqs[i];
     views.push_back(std::make_unique<kv::PagedSeqView>(storage.get(), kv->Blocks(s->id), s->computed, s->lane));
+    views.back()->set_prompt(!s->prefilled);
     kvs.push_back(views.back().get());
     if (s->prefilled && tokens[i].size() == 1) decode_lengths.push_back(s->computed + 1);
   }

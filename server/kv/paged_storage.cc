@@ -187,6 +187,18 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
     }
   }
   PlanKernels();
+#ifdef SVDQ_WITH_CUDA
+  if (sparse() && spec_.device.is_cuda()) {
+    // Sparse attention is the warp-stream SVDq kernel's: it must take this layout (schedule, page).
+    kernels::SvdqAttentionParams p;
+    p.layout = layout_;
+    p.num_heads = p.kv_heads = static_cast<int>(KV);
+    p.value_format = FormatOf(values_[0].kind());
+    if (!kernels::SvdqAttentionWarpSupported(p))
+      throw std::invalid_argument("sparse attention: the warp-stream SVDq kernel does not take this key schedule, "
+                                  "block size and value mode (bf16 values, head dim 64 or 128, blocks of 16 x 2^n)");
+  }
+#endif
 }
 
 void PagedKvStorage::ReleaseLane(int lane) {
@@ -359,6 +371,8 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
   const int64_t B = q.size(0), NH = q.size(1), KV = spec_.shape.kv_heads, D = spec_.shape.head_dim;
   // Pages before the recent window compete (t.len: each sequence's full pages); all on the device.
   *chunks = (t.len - sparse_.recent_pages).clamp_min(0).to(at::kInt);
+  // A row with no page to choose from attends to every page (its "recent" window is all of them).
+  if (t.dense_rows.defined()) *chunks = chunks->masked_fill(t.dense_rows != 0, 0);
   *pages = at::empty({B, KV, sparse_.keep + 1}, t.len.options());
   *count = at::empty({B, KV}, t.len.options());
   at::Tensor qf = q.to(at::kFloat).contiguous();
@@ -894,6 +908,10 @@ const PagedSeqView::BatchTables& PagedSeqView::Tables(const std::vector<models::
     t->lanes = ToDevice(lanes, d);
     t->tail_block = ToDevice(tail_block, d);
     t->tail_pos = ToDevice(tail_pos, d);
+    // Prompt rows (a last prompt chunk of one token) attend densely under sparse attention.
+    std::vector<int64_t> dense;
+    for (models::KvView* kv : views) dense.push_back(static_cast<const PagedSeqView*>(kv)->prompt_ ? 1 : 0);
+    if (st_->sparse() && std::find(dense.begin(), dense.end(), 1) != dense.end()) t->dense_rows = int32(dense);
   }
   batch_ = std::move(t);
   return *batch_;

@@ -69,6 +69,7 @@ struct DecodeTables {
   at::Tensor table, len;               // int32 [B, max_pages] block ids; [B] tokens (bf16 keys) or full pages
   at::Tensor tail_len, basis_index;    // int32 [B]: tokens in the tail page, basis row (page-coded keys)
   at::Tensor lanes, tail_block, tail_pos;  // int64 [B], [B] (the tail's value block), [B * P] (its positions)
+  at::Tensor dense_rows;  // int32 [B], optional (sparse attention): 1 where a row attends to every page
 };
 
 // Where one decode step's new keys and values go, on the device.
@@ -162,6 +163,9 @@ class PagedSeqView : public models::KvView {
   at::Tensor AttendMany(int layer, const at::Tensor& q, const std::vector<models::KvView*>& views) override;
   bool WriteMany(int layer, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v,
                  const std::vector<models::KvView*>& views) override;
+  // Sparse attention: this view's rows are prompt tokens (the last chunk of a prompt, of one
+  // token, reaches decode attention), which attend to every page: prefill stays dense.
+  void set_prompt(bool prompt) { prompt_ = prompt; }
   void SetLength(int64_t n) override {
     length_ = n;
     batch_.reset();  // the batched tables hold positions: a next forward builds its own
@@ -193,6 +197,7 @@ class PagedSeqView : public models::KvView {
   const std::vector<BlockId>& blocks_;
   int64_t length_;
   int lane_;
+  bool prompt_ = false;
   // The current forward's tokens, as written (attention sees them unquantized).
   int64_t fresh_pos0_ = -1;
   at::Tensor fresh_k_, fresh_v_;
