@@ -67,7 +67,10 @@ std::pair<at::Tensor, at::Tensor> QuantizeLandmarks(const at::Tensor& sums, int6
 // Rows [B, kv, D] with unit stride inside a row: their row stride, or 0 where they must be
 // copied first.
 int64_t RowStride(const at::Tensor& x) {
-  return x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2) ? x.stride(0) : 0;
+  if (x.dim() != 3 || x.stride(2) != 1 || x.stride(1) != x.size(2)) return 0;
+  // One row: any stride reads it, and ATen leaves a size-1 dimension's stride arbitrary (it was
+  // under a row's length here, and the landmark kernel refused it as a bad shape).
+  return x.size(0) == 1 ? x.size(1) * x.size(2) : x.stride(0);
 }
 #endif
 
