@@ -180,7 +180,8 @@ int main(int argc, char** argv) {
             s.sparse_recent = chunks.data_ptr<int32_t>();
             s.sparse_stride = keep + 1;
             s.sparse_max_pages = keep + 1 + recent;
-            s.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, s.sparse_max_pages, P, prop.multiProcessorCount);
+            // The server's choice: no split for sparse lists (the sweep below is why).
+            s.pages_per_split = 0;
             at::Tensor ws = at::empty({static_cast<int64_t>(SvdqAttentionWorkspaceFloats(s)) + 1}, dev.dtype(at::kFloat));
             s.workspace = ws.data_ptr<float>();
             Die(SparseSelect(sp, stream));
