@@ -180,11 +180,8 @@ int main(int argc, char** argv) {
             s.sparse_recent = chunks.data_ptr<int32_t>();
             s.sparse_stride = keep + 1;
             s.sparse_max_pages = keep + 1 + recent;
-            // The server's choice (paged_storage.cc AttendDecode): no split for lists of at most
-            // 2,048 tokens, the planner's split for longer ones (the sweep below is why).
-            s.pages_per_split = s.sparse_max_pages * P <= 2048
-                                    ? 0
-                                    : SvdqAttentionPagesPerSplit(B, KV, s.sparse_max_pages, P, prop.multiProcessorCount);
+            // The server's plan (paged_storage.cc AttendDecode); the sweep below checks it.
+            s.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, s.sparse_max_pages, P, prop.multiProcessorCount);
             at::Tensor ws = at::empty({static_cast<int64_t>(SvdqAttentionWorkspaceFloats(s)) + 1}, dev.dtype(at::kFloat));
             s.workspace = ws.data_ptr<float>();
             Die(SparseSelect(sp, stream));

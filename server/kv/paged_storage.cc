@@ -497,14 +497,12 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
     p.sparse_stride = sparse_.keep + 1;
     p.sparse_max_pages = plan_pages = std::min(p.max_pages, sparse_.keep + 1 + sparse_.recent_pages);
   }
-  // Sparse lists of at most 2,048 tokens: one block per sequence and KV head was as fast as or
-  // faster than every split measured, with no merge (bench/results/sparse_h200.json,
-  // attention_us_by_pages_per_split at 8 x 128k: 16.3 against the planner's 24.0 us with a
-  // 256-token budget, 49.2 against 50.1 at 2,048); longer lists were faster split (71.3 against
-  // 88.1 at 4,096). A budget that covers the table plans as dense does.
-  p.pages_per_split = sparse() && plan_pages < p.max_pages && plan_pages * P <= 2048
-                          ? 0
-                          : kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, plan_pages, static_cast<int>(P), num_sms);
+  // The split is planned for the longest list. (At 8 sequences, one block per sequence and KV
+  // head was faster for lists of up to 2,048 tokens: bench/results/sparse_h200.json,
+  // attention_us_by_pages_per_split, 16.3 against the planner's 24.0 us at a 256-token budget;
+  // slower at 4,096, 88.1 against 71.3. Smaller batches were not measured, where fewer blocks
+  // leave more SMs idle: the planner is kept until a batch-aware plan is measured.)
+  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, plan_pages, static_cast<int>(P), num_sms);
   if (p.pages_per_split > 0) p.workspace = workspace(kernels::SvdqAttentionWorkspaceFloats(p));
   Check(kernels::SvdqAttention(p, stream), "SVDq attention");
   return out;
