@@ -43,7 +43,7 @@ struct DecodeGraphs::Graph {
   // Every per-step input lives in two device buffers (int64, int32), filled from two pinned
   // host blocks of the same layout by one copy each; the tensors below are views of them.
   //   int64: ids [B] | positions [B] | block [B] | offset [B] | lane [B] | tail block [B] | tail positions [B * P]
-  //   int32: lengths [B] | tail lengths [B] | basis rows [B] | page table [B, max_pages]
+  //   int32: lengths [B] | tail lengths [B] | basis rows [B] | page table [B, max_pages] | sparse from [B]
   at::Tensor host64, host32, dev64, dev32;
   at::Tensor ids, pos;
   kv::DecodeWrites writes;
@@ -82,7 +82,7 @@ DecodeGraphs::Graph& DecodeGraphs::Pick(size_t rows) {
 
 std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::NewGraph(int64_t B) const {
   const auto& sp = storage_->spec();
-  const int64_t P = sp.shape.block_size, n64 = 6 * B + B * P, n32 = 3 * B + B * max_pages_;
+  const int64_t P = sp.shape.block_size, n64 = 6 * B + B * P, n32 = 4 * B + B * max_pages_;
   auto g = std::make_unique<Graph>();
   g->batch = B;
   const bool cuda = sp.device.is_cuda();
@@ -103,6 +103,7 @@ std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::NewGraph(int64_t B) const {
   g->tables.tail_len = v32(1, B);
   g->writes.basis_index = g->tables.basis_index = v32(2, B);
   g->tables.table = v32(3, B * max_pages_).view({B, max_pages_});
+  if (storage_->sparse()) g->tables.sparse_from = g->dev32.narrow(0, 3 * B + B * max_pages_, B);
   g->tables.max_pages = max_pages_;
   g->tables.max_len = max_len_;
   return g;
@@ -147,6 +148,7 @@ void DecodeGraphs::Fill(Graph& g, const std::vector<DecodeRow>& rows) {
     h32[B + b] = static_cast<int32_t>(len - full * P);
     h32[2 * B + b] = storage_->BasisSlot(lane);
     h[5 * B + b] = len > full * P ? block_at(full) : block_at(0);
+    h32[3 * B + B * max_pages_ + b] = storage_->sparse() ? storage_->SparseFrom(full, /*prompt=*/false) : 0;
     for (int64_t i = 0; i < P; ++i) h[6 * B + b * P + i] = std::min(full * P + i, max_pos);
   }
   // Pinned, so that the copies queue behind the previous step instead of waiting for it.

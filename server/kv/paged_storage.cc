@@ -369,13 +369,10 @@ void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const Decod
 }
 
 void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages,
-                                 at::Tensor* count, at::Tensor* chunks) {
+                                 at::Tensor* count) {
 #ifdef SVDQ_WITH_CUDA
   const int64_t B = q.size(0), NH = q.size(1), KV = spec_.shape.kv_heads, D = spec_.shape.head_dim;
-  // Pages before the recent window compete (t.len: each sequence's full pages); all on the device.
-  *chunks = (t.len - sparse_.recent_pages).clamp_min(0).to(at::kInt);
-  // A row with no page to choose from attends to every page (its "recent" window is all of them).
-  if (t.dense_rows.defined()) *chunks = chunks->masked_fill(t.dense_rows != 0, 0);
+  if (!t.sparse_from.defined()) throw std::logic_error("sparse attention: the step's tables have no sparse_from");
   *pages = at::empty({B, KV, sparse_.keep + 1}, t.len.options());
   *count = at::empty({B, KV}, t.len.options());
   at::Tensor qf = q.to(at::kFloat).contiguous();
@@ -386,7 +383,7 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
   p.coords = landmarks_[layer].data_ptr<int8_t>();
   p.scales = landmark_scales_[layer].data_ptr<float>();
   p.table = t.table.data_ptr<int32_t>();
-  p.chunks = chunks->data_ptr<int32_t>();
+  p.chunks = t.sparse_from.data_ptr<int32_t>();  // the pages before each row's recent window
   p.selected = pages->data_ptr<int32_t>();
   p.count = count->data_ptr<int32_t>();
   p.B = static_cast<int>(B);
@@ -397,7 +394,7 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
   p.keep = sparse_.keep;
   Check(kernels::SparseSelect(p, at::cuda::getCurrentCUDAStream()), "sparse page selection");
 #else
-  (void)layer, (void)q, (void)t, (void)pages, (void)count, (void)chunks;
+  (void)layer, (void)q, (void)t, (void)pages, (void)count;
   throw std::logic_error("sparse page selection needs CUDA");
 #endif
 }
@@ -487,13 +484,13 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   }
   p.out = out.data_ptr<float>();
   int plan_pages = p.max_pages;
-  at::Tensor sparse_pages, sparse_count, sparse_recent;
+  at::Tensor sparse_pages, sparse_count;
   if (sparse()) {
     // Sparse attention: the chosen pages, the recent ones and the tail (kernels/sparse).
-    SelectPages(layer, q, t, &sparse_pages, &sparse_count, &sparse_recent);
+    SelectPages(layer, q, t, &sparse_pages, &sparse_count);
     p.sparse_pages = sparse_pages.data_ptr<int32_t>();
     p.sparse_count = sparse_count.data_ptr<int32_t>();
-    p.sparse_recent = sparse_recent.data_ptr<int32_t>();
+    p.sparse_recent = t.sparse_from.data_ptr<int32_t>();
     p.sparse_stride = sparse_.keep + 1;
     p.sparse_max_pages = plan_pages = std::min(p.max_pages, sparse_.keep + 1 + sparse_.recent_pages);
   }
@@ -916,10 +913,12 @@ const PagedSeqView::BatchTables& PagedSeqView::Tables(const std::vector<models::
     t->lanes = ToDevice(lanes, d);
     t->tail_block = ToDevice(tail_block, d);
     t->tail_pos = ToDevice(tail_pos, d);
-    // Prompt rows (a last prompt chunk of one token) attend densely under sparse attention.
-    std::vector<int64_t> dense;
-    for (models::KvView* kv : views) dense.push_back(static_cast<const PagedSeqView*>(kv)->prompt_ ? 1 : 0);
-    if (st_->sparse() && std::find(dense.begin(), dense.end(), 1) != dense.end()) t->dense_rows = int32(dense);
+    if (st_->sparse()) {
+      // Prompt rows (a last prompt chunk of one token) attend densely.
+      std::vector<int64_t> from;
+      for (int64_t b = 0; b < B; ++b) from.push_back(st_->SparseFrom(pages[b], static_cast<const PagedSeqView*>(views[b])->prompt_));
+      t->sparse_from = int32(from);
+    }
   }
   batch_ = std::move(t);
   return *batch_;

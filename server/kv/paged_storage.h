@@ -17,6 +17,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <vector>
@@ -69,7 +70,9 @@ struct DecodeTables {
   at::Tensor table, len;               // int32 [B, max_pages] block ids; [B] tokens (bf16 keys) or full pages
   at::Tensor tail_len, basis_index;    // int32 [B]: tokens in the tail page, basis row (page-coded keys)
   at::Tensor lanes, tail_block, tail_pos;  // int64 [B], [B] (the tail's value block), [B * P] (its positions)
-  at::Tensor dense_rows;  // int32 [B], optional (sparse attention): 1 where a row attends to every page
+  // Sparse attention: int32 [B], each row's pages before its recent window (what selection
+  // chooses from); 0 where a row attends to every page (a prompt row). PagedKvStorage::SparseFrom.
+  at::Tensor sparse_from;
 };
 
 // Where one decode step's new keys and values go, on the device.
@@ -123,6 +126,11 @@ class PagedKvStorage {
   at::Tensor AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t);
   int BasisSlot(int lane) const;  // the basis row a lane's pages use (0 where the basis is shared)
   bool sparse() const { return spec_.modes.sparse_budget > 0; }
+  // A decode row's DecodeTables::sparse_from entry: its full pages before the recent window, or 0
+  // for a prompt row (dense). Filled on the host with the rest of a step's tables.
+  int32_t SparseFrom(int64_t full_pages, bool prompt) const {
+    return prompt ? 0 : static_cast<int32_t>(std::max<int64_t>(0, full_pages - sparse_.recent_pages));
+  }
   // Page landmarks (sparse attention), for tests: int8 [blocks, kv, D] and fp32 [blocks, kv].
   const at::Tensor& landmarks(int layer) const { return landmarks_[layer]; }
   const at::Tensor& landmark_scales(int layer) const { return landmark_scales_[layer]; }
@@ -143,8 +151,7 @@ class PagedKvStorage {
   SparsePlan sparse_;
   std::vector<at::Tensor> landmarks_, landmark_scales_, landmark_sums_;
   void AppendLandmarks(int layer, const at::Tensor& k, const DecodeWrites& w);  // WriteDecode's rows
-  void SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages, at::Tensor* count,
-                   at::Tensor* chunks);
+  void SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages, at::Tensor* count);
   bool kernels_fit_ = false;
   bool fused_write_ = false;  // WriteDecode runs kernels::KvWrite
 };
