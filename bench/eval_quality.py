@@ -20,8 +20,10 @@ strings found in the answer (all of them for multivalue and vartrack); accuracy 
         [--modes "bf16_bf16;svdq_bf16@8,4,2,1,1,0,0,0"] [--kv-cache-bytes 1G] [--concurrency 4]
         [--json bench/results/eval_quality_cpu.json]
 
-A mode is keys_values, with @schedule for SVDq keys. One server per mode; the same cases for
-every mode. The model's context bounds the lengths (Qwen2.5-Coder: 32k)."""
+A mode is keys_values, with @schedule for SVDq keys, then optionally | and more server flags for
+that mode alone, e.g. "svdq_bf16@4,2,2,1,1,0,0,0|--sparse-budget 2048". One server per mode; the
+same cases for every mode. The model's context bounds the lengths (Qwen2.5-Coder: 32k). The JSON
+is rewritten after each mode, so a run cut short keeps the modes it finished."""
 import argparse
 from concurrent.futures import ThreadPoolExecutor
 import datetime
@@ -30,6 +32,7 @@ import platform
 import random
 import re
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,14 +143,23 @@ def build_prompt(tokenize, case, sentences, target_tokens):
 
 
 def parse_mode(mode):
+    """Server flags of a mode: keys_values[@schedule][|more flags]."""
+    mode, _, more = mode.partition("|")
     keys_values, _, schedule = mode.partition("@")
     key, _, value = keys_values.partition("_")
     if not key or not value:
-        raise SystemExit(f"bad mode {mode!r}: keys_values[@schedule]")
+        raise SystemExit(f"bad mode {mode!r}: keys_values[@schedule][|flags]")
     flags = ["--key-mode", key, "--value-mode", value]
     if schedule:
         flags += ["--svdq-schedule", schedule]
-    return flags
+    return flags + more.split()
+
+
+def server_flags(mode, a):
+    """Every flag of one mode's server: the shared ones first, the mode's own last, so that a
+    mode's flag wins where both set it (the server takes a repeated flag's last value)."""
+    return ["--kv-cache-bytes", a.kv_cache_bytes, "--max-running", str(a.concurrency), *a.server_flags.split(),
+            *parse_mode(mode)]
 
 
 def main():
@@ -181,10 +193,12 @@ def main():
     def chat(msg):
         return pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=msg)])
 
+    meta = dict(date=datetime.date.today().isoformat(), host=platform.node(), device=a.device, model=Path(a.model).name,
+                lengths=lengths, cases_per_task_and_length=a.cases, tasks=tasks, max_tokens=a.max_tokens,
+                command=" ".join(sys.argv))
     rows, prompts = [], None
     for mode in a.modes.split(";"):
-        s = Server(Path(a.model), a.device, extra=[*parse_mode(mode), "--kv-cache-bytes", a.kv_cache_bytes,
-                                                   "--max-running", str(a.concurrency), *a.server_flags.split()])
+        s = Server(Path(a.model), a.device, extra=server_flags(mode, a))
         try:
             s.wait_ready(timeout=900)
             with grpc.insecure_channel(s.addr, options=[("grpc.max_receive_message_length", 64 << 20),
@@ -201,8 +215,10 @@ def main():
                         if r.HasField("chunk"):
                             text += r.chunk.text
                     return text
+                started = time.time()
                 with ThreadPoolExecutor(max_workers=a.concurrency) as pool:
                     answers = list(pool.map(answer, [msg for msg, _ in prompts]))
+                seconds = time.time() - started
                 results = {}
                 for (task, L, case), (msg, ntok), text in zip(cases, prompts, answers):
                     results.setdefault((task, L), []).append((score(case, text), ntok, text))
@@ -210,27 +226,46 @@ def main():
             s.stop()
         for (task, L), res in sorted(results.items()):
             row = dict(mode=mode, key_mode=info.key_mode, value_mode=info.value_mode,
-                       key_compression=info.key_compression_ratio, task=task, length=L, cases=len(res),
+                       key_compression=info.key_compression_ratio, sparse_budget=info.sparse_budget,
+                       attention_key_compression=info.attention_key_compression, mode_seconds=round(seconds, 1),
+                       task=task, length=L, cases=len(res),
                        accuracy=sum(r[0] for r in res) / len(res), mean_prompt_tokens=sum(r[1] for r in res) / len(res),
+                       scores=[r[0] for r in res],  # per case, in case order: paired comparisons across modes
                        answers=[r[2] for r in res[:3]])
             rows.append(row)
             print({k: v for k, v in row.items() if k != "answers"}, file=sys.stderr, flush=True)
-    meta = dict(date=datetime.date.today().isoformat(), host=platform.node(), device=a.device, model=Path(a.model).name,
-                lengths=lengths, cases_per_task_and_length=a.cases, tasks=tasks, max_tokens=a.max_tokens,
-                command=" ".join(sys.argv))
-    Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(f"{Path(a.model).name}, {a.cases} cases per task and length, device {a.device}\n")
-    print("| mode | key compression | task | " + " | ".join(f"{L} tokens" for L in lengths) + " |")
-    print("|---|---:|---|" + "---:|" * len(lengths))
+    print("| mode | key compression | attention key compression | task | " + " | ".join(f"{L} tokens" for L in lengths) + " |")
+    print("|---|---:|---:|---|" + "---:|" * len(lengths))
     for mode in a.modes.split(";"):
+        mine = [r for r in rows if r["mode"] == mode]
+        if not mine:
+            continue
+        head = f"| {mode} | {mine[0]['key_compression']:.2f}x | {mine[0]['attention_key_compression']:.1f}x"
         for task in tasks:
-            rs = {r["length"]: r for r in rows if r["mode"] == mode and r["task"] == task}
-            if not rs:
-                continue
-            first = next(iter(rs.values()))
+            rs = {r["length"]: r for r in mine if r["task"] == task}
             cells = " | ".join(f"{100 * rs[L]['accuracy']:.0f}%" if L in rs else "-" for L in lengths)
-            print(f"| {mode} | {first['key_compression']:.2f}x | {task} | {cells} |")
+            print(f"{head} | {task} | {cells} |")
+        cells = []
+        for L in lengths:  # every task's cases at L: mean and the 95% interval of the case count
+            rs = [r for r in mine if r["length"] == L]
+            n = sum(r["cases"] for r in rs)
+            acc = sum(r["accuracy"] * r["cases"] for r in rs) / n if n else float("nan")
+            lo, hi = wilson(acc, n)
+            cells.append(f"{100 * acc:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}]" if n else "-")
+        print(f"{head} | all (95% interval) | {' | '.join(cells)} |")
 
+
+def wilson(p, n, z=1.96):
+    """The 95% Wilson score interval of a proportion p over n cases (partial scores count as
+    fractions of a case)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return max(0.0, c - h), min(1.0, c + h)
 
 if __name__ == "__main__":
     main()

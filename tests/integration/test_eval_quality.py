@@ -67,3 +67,30 @@ def test_modes_parse_to_server_flags():
                                                          "--svdq-schedule", "8,2,0,0,0,0,0,0"]
     with pytest.raises(SystemExit):
         eq.parse_mode("svdq")
+
+
+def test_a_mode_carries_its_own_server_flags():
+    assert eq.parse_mode("bf16_bf16") == ["--key-mode", "bf16", "--value-mode", "bf16"]
+    assert eq.parse_mode("svdq_bf16@4,2,2,1,1,0,0,0|--sparse-budget 2048 --block-size 64") == [
+        "--key-mode", "svdq", "--value-mode", "bf16", "--svdq-schedule", "4,2,2,1,1,0,0,0",
+        "--sparse-budget", "2048", "--block-size", "64"]
+    with pytest.raises(SystemExit):
+        eq.parse_mode("svdq|--sparse-budget 2048")  # no value mode
+
+
+def test_wilson_interval_brackets_the_rate_and_narrows_with_cases():
+    lo, hi = eq.wilson(1.0, 52)
+    assert hi == 1.0 and 0.92 < lo < 0.94  # 52 of 52: the interval still reaches below 94%
+    lo8, _ = eq.wilson(1.0, 8)
+    assert lo8 < 0.7  # 8 of 8 bounds little
+    lo, hi = eq.wilson(0.5, 200)
+    assert lo < 0.5 < hi and hi - lo < 0.14
+
+
+def test_a_modes_own_flags_come_after_the_shared_ones():
+    from types import SimpleNamespace
+    a = SimpleNamespace(kv_cache_bytes="40G", concurrency=16, server_flags="--block-size 64 --max-batch-tokens 8192")
+    flags = eq.server_flags("svdq_bf16@4,2,2,1,1,0,0,0|--sparse-budget 2048 --block-size 16", a)
+    sizes = [flags[i + 1] for i, f in enumerate(flags) if f == "--block-size"]
+    assert sizes == ["64", "16"]  # the server keeps the last: the mode's 16
+    assert flags[-2:] == ["--block-size", "16"]
