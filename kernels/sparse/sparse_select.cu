@@ -2,8 +2,10 @@
 // for landmarks, projected on the KV head's basis), every chunk is scored into shared memory, the keep-th largest score is
 // found a byte at a time over its orderable key (4 passes of a 256-bin histogram), and the chosen
 // chunks (all above it, then the lowest-indexed ties) are written in ascending order through a
-// block prefix sum over contiguous slices of chunks. Scores use the reference's fp32 operations in
-// its order (__fmul_rn / __fadd_rn: no fused multiply-add), so both choose the same chunks.
+// block prefix sum over contiguous slices of chunks. Scores use the reference's operations (landmarks:
+// the query's coordinates quantized to int8 per query head, an exact integer dot product by
+// dp4a, then two fp32 products; the bound: fp32 in the reference's order, __fmul_rn / __fadd_rn,
+// no fused multiply-add), so both choose the same chunks.
 #include "kernels/sparse/sparse_select.h"
 
 #include "kernels/common/cuda_launch.h"
@@ -35,10 +37,13 @@ __device__ int BlockExclusive(int v, int* red) {
   return before + inc - v;
 }
 
-// Every chunk's key (the reference's SparseChunkScore, operation for operation). kR > 0: R is
-// kR, and a chunk's coordinates come in 16-byte loads into registers; 0: any R, byte loads.
+// Every chunk's key (the reference's SparseChunkScore): the integer dot product of the quantized
+// query rows q8 [G, R] (16-byte aligned) with the chunk's int8 coordinates, times the row's scale
+// and the chunk's. kR > 0: R is kR (a multiple of 8), the coordinates come in 8- or 16-byte loads
+// and four at a time through dp4a; 0: any R, a byte at a time.
 template <int kR>
-__device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, int b, int g, int n, uint32_t* keys) {
+__device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const float* qscale, int b, int g, int n,
+                            uint32_t* keys) {
   const int G = p.H / p.KV, R = kR > 0 ? kR : p.R;
   for (int c = threadIdx.x; c < n; c += kThreads) {
     const int64_t row = SparseChunkRow(p, b, g, c);
@@ -46,29 +51,28 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const float* qr, int b,
     const float scale = p.scales[row];
     uint32_t best = 0;
     if constexpr (kR > 0) {
-      int4 raw[(kR + 15) / 16];
+      static_assert(kR % 8 == 0, "8-byte loads");
+      int w[kR / 4];  // the chunk's coordinates, four to a word
       if constexpr (kR % 16 == 0) {
 #pragma unroll
-        for (int i = 0; i < kR / 16; ++i) raw[i] = reinterpret_cast<const int4*>(co)[i];
+        for (int i = 0; i < kR / 16; ++i) reinterpret_cast<int4*>(w)[i] = reinterpret_cast<const int4*>(co)[i];
       } else {
 #pragma unroll
-        for (int r = 0; r < kR; ++r) reinterpret_cast<int8_t*>(raw)[r] = co[r];
+        for (int i = 0; i < kR / 8; ++i) reinterpret_cast<int2*>(w)[i] = reinterpret_cast<const int2*>(co)[i];
       }
-      const int8_t* v = reinterpret_cast<const int8_t*>(raw);
       for (int h = 0; h < G; ++h) {
-        float part[4] = {0.f, 0.f, 0.f, 0.f};  // four independent chains (the reference's order)
+        const int* qw = reinterpret_cast<const int*>(q8 + h * kR);
+        int dot = 0;
 #pragma unroll
-        for (int r = 0; r < kR; ++r) part[r & 3] = __fadd_rn(part[r & 3], __fmul_rn(qr[h * kR + r], static_cast<float>(v[r])));
-        const float s = __fadd_rn(__fadd_rn(part[0], part[1]), __fadd_rn(part[2], part[3]));
-        const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
+        for (int i = 0; i < kR / 4; ++i) dot = __dp4a(w[i], qw[i], dot);
+        const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
         if (h == 0 || k > best) best = k;
       }
     } else {
       for (int h = 0; h < G; ++h) {
-        float part[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int r = 0; r < R; ++r) part[r & 3] = __fadd_rn(part[r & 3], __fmul_rn(qr[h * R + r], static_cast<float>(co[r])));
-        const float s = __fadd_rn(__fadd_rn(part[0], part[1]), __fadd_rn(part[2], part[3]));
-        const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
+        int dot = 0;
+        for (int r = 0; r < R; ++r) dot += static_cast<int>(q8[h * R + r]) * static_cast<int>(co[r]);
+        const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
         if (h == 0 || k > best) best = k;
       }
     }
@@ -114,11 +118,27 @@ __device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, int b,
   }
 }
 
+// Dynamic shared memory, in floats: keys [max_chunks] (orderable keys of the scores), this KV
+// head's basis [D, Rs] (landmarks with a basis), its query rows [G, D], their coordinates [G, R]
+// and the coordinates' scales [G], then (16-byte aligned) the quantized coordinates int8 [G, R].
+struct SelectSmem {
+  int basis, qs, qr, qscale, q8, bytes;
+};
+__host__ __device__ inline SelectSmem PlanSelectSmem(const SparseSelectParams& p) {
+  const int G = p.H / p.KV, Rs = p.score == SparseScore::kBound || !p.basis ? 0 : p.R;
+  SelectSmem m{};
+  m.basis = p.max_chunks;
+  m.qs = m.basis + p.D * Rs;
+  m.qr = m.qs + G * p.D;
+  m.qscale = m.qr + G * p.R;
+  m.q8 = (m.qscale + G + 3) / 4 * 4;
+  m.bytes = 4 * m.q8 + (G * p.R + 15) / 16 * 16;
+  return m;
+}
+
 __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParams p) {
-  // Dynamic: keys [max_chunks] (orderable keys of the scores), then this KV head's basis [D, R],
-  // its query rows [G, D] and their projections [G, R], staged so that the sequential dot
-  // products read shared memory.
-  extern __shared__ uint32_t keys[];
+  // Staged so that the sequential dot products read shared memory (PlanSelectSmem).
+  extern __shared__ __align__(16) uint32_t keys[];
   __shared__ int red[kThreads / 32];
   const int unit = blockIdx.x, b = unit / p.KV, g = unit % p.KV, G = p.H / p.KV;
   const int n = p.chunks[b];
@@ -130,9 +150,12 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
   }
   const bool bound = p.score == SparseScore::kBound;
   const int Rs = bound || !p.basis ? 0 : p.R;  // the basis is staged for landmarks with one only
-  float* basis = reinterpret_cast<float*>(keys + p.max_chunks);  // [D, Rs]
-  float* qs = basis + p.D * Rs;                                   // [G, D]
-  float* qr = qs + G * p.D;                                       // [G, R]
+  const SelectSmem m = PlanSelectSmem(p);
+  float* basis = reinterpret_cast<float*>(keys + m.basis);  // [D, Rs]
+  float* qs = reinterpret_cast<float*>(keys + m.qs);        // [G, D]
+  float* qr = reinterpret_cast<float*>(keys + m.qr);        // [G, R]
+  float* qscale = reinterpret_cast<float*>(keys + m.qscale);  // [G]
+  int8_t* q8 = reinterpret_cast<int8_t*>(keys + m.q8);      // [G, R]
   const float* gb = Rs == 0 ? nullptr : p.basis + static_cast<size_t>(g) * p.D * p.R;
   for (int i = threadIdx.x; i < p.D * Rs; i += kThreads) basis[i] = gb[i];
   const float* gq = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // the KV head's G rows, contiguous
@@ -148,16 +171,31 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
   if (!bound && !p.basis)  // the identity: the query itself (R = D)
     for (int i = threadIdx.x; i < G * p.D; i += kThreads) qr[i] = qs[i];
   __syncthreads();
+  if (!bound) {
+    // The reference's SparseQuantizeQuery, one warp per query row (G <= 16 < 32 warps).
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp < G) {
+      const float* row = qr + warp * p.R;
+      float mx = 0.f;
+      for (int r = lane; r < p.R; r += 32) mx = fmaxf(mx, fabsf(row[r]));
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float sc = __fdiv_rn(mx, 127.0f);
+      for (int r = lane; r < p.R; r += 32)
+        q8[warp * p.R + r] = sc > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(row[r], sc)), -127.0f), 127.0f)) : 0;
+      if (lane == 0) qscale[warp] = sc;
+    }
+    __syncthreads();
+  }
   if (bound) {
     ScoreBounds(p, qs, b, g, n, keys);
   } else {
     switch (p.R) {  // the common widths with the chunk's coordinates in registers
-    case 8: ScoreChunks<8>(p, qr, b, g, n, keys); break;
-    case 16: ScoreChunks<16>(p, qr, b, g, n, keys); break;
-    case 32: ScoreChunks<32>(p, qr, b, g, n, keys); break;
-    case 64: ScoreChunks<64>(p, qr, b, g, n, keys); break;
-    case 128: ScoreChunks<128>(p, qr, b, g, n, keys); break;
-    default: ScoreChunks<0>(p, qr, b, g, n, keys); break;
+    case 8: ScoreChunks<8>(p, q8, qscale, b, g, n, keys); break;
+    case 16: ScoreChunks<16>(p, q8, qscale, b, g, n, keys); break;
+    case 32: ScoreChunks<32>(p, q8, qscale, b, g, n, keys); break;
+    case 64: ScoreChunks<64>(p, q8, qscale, b, g, n, keys); break;
+    case 128: ScoreChunks<128>(p, q8, qscale, b, g, n, keys); break;
+    default: ScoreChunks<0>(p, q8, qscale, b, g, n, keys); break;
     }
   }
   __syncthreads();
@@ -240,9 +278,7 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
 Status SparseSelect(const SparseSelectParams& p, cudaStream_t stream) {
   if (Status st = CheckSparseSelect(p); !st.ok()) return st;
   if (p.B == 0) return Status::Ok();
-  const int Rs = p.score == SparseScore::kBound || !p.basis ? 0 : p.R;  // as the kernel stages it
-  const size_t smem = static_cast<size_t>(p.max_chunks) * sizeof(uint32_t) +
-                      (static_cast<size_t>(p.D) * (Rs + p.H / p.KV) + static_cast<size_t>(p.H / p.KV) * p.R) * sizeof(float);
+  const size_t smem = static_cast<size_t>(PlanSelectSmem(p).bytes);
   if (Status st = AllowSmem(reinterpret_cast<const void*>(SparseSelectKernel), smem); !st.ok()) return st;
   SparseSelectKernel<<<p.B * p.KV, kThreads, smem, stream>>>(p);
   return LaunchStatus("SparseSelectKernel");

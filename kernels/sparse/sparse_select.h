@@ -4,7 +4,10 @@
 // chunk 0 (the attention sink) and the `keep` best of the others, and writes their indices in
 // ascending order for the attention kernel to read. Two scores:
 //   kLandmark  the chunk's mean post-RoPE key as R int8 coordinates times a per-chunk scale in a
-//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (R + 4) per chunk.
+//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (R + 4) per chunk. The
+//              query's coordinates qr = basis^T q are quantized too (int8, a scale per query
+//              head), so that a score is an exact integer dot product (dp4a on the device) times
+//              the two scales: qscale * scale * sum_r q8_r coords_r.
 //   kBound     Quest's bound: per-channel min and max of the chunk's post-RoPE keys in int8 (rounded
 //              outward) times a per-chunk scale: scale * sum_d max(q_d lo_d, q_d hi_d) >= q . k for
 //              every key of the chunk. Bytes: (2 D + 4) per chunk.
@@ -58,9 +61,14 @@ Status CheckSparseSelect(const SparseSelectParams& p);
 // CPU reference (host pointers).
 Status SparseSelectRef(const SparseSelectParams& p);
 
-// One chunk's score for query rows qr [G, R] (q projected on the basis): max over rows of
-// (sum_r qr[r] * coords[r]) * scale, in the order the kernel uses.
-float SparseChunkScore(const float* qr, int G, int R, const int8_t* coords, float scale);
+// One query row's coordinates qr [R] as int8: returns qscale = max |qr| / 127 and writes
+// q8 = rint(qr / qscale), clamped to +-127 (all zero for a zero row). The kernel computes the
+// same IEEE operations (a max, a division, round to nearest even).
+float SparseQuantizeQuery(const float* qr, int R, int8_t* q8);
+// One chunk's score for quantized query rows q8 [G, R] with scales qscale [G]: max over rows of
+// (float(sum_r q8[r] * coords[r]) * qscale) * scale. The integer sum is exact (|sum| < 2^24), so
+// any order gives it; the two products are the kernel's.
+float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale);
 // The bound's: q [G, D], coords [2, D]: max over rows of (sum_d max(q_d lo_d, q_d hi_d)) * scale.
 float SparseBoundScore(const float* q, int G, int D, const int8_t* coords, float scale);
 // Coordinates per chunk: R or 2 D.

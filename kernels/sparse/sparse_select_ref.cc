@@ -35,13 +35,20 @@ Status CheckSparseSelect(const SparseSelectParams& p) {
   return Status::Ok();
 }
 
-float SparseChunkScore(const float* qr, int G, int R, const int8_t* coords, float scale) {
+float SparseQuantizeQuery(const float* qr, int R, int8_t* q8) {
+  float mx = 0;
+  for (int r = 0; r < R; ++r) mx = std::max(mx, std::fabs(qr[r]));
+  const float s = mx / 127.0f;
+  for (int r = 0; r < R; ++r) q8[r] = s > 0 ? static_cast<int8_t>(std::clamp(std::nearbyint(qr[r] / s), -127.0f, 127.0f)) : 0;
+  return s;
+}
+
+float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale) {
   float best = 0;
   for (int h = 0; h < G; ++h) {
-    // Four partial sums (coordinate r into sum r % 4), added pairwise: the kernel's order.
-    float part[4] = {0, 0, 0, 0};
-    for (int r = 0; r < R; ++r) part[r & 3] = part[r & 3] + qr[h * R + r] * static_cast<float>(coords[r]);
-    float s = (part[0] + part[1]) + (part[2] + part[3]);
+    int32_t dot = 0;
+    for (int r = 0; r < R; ++r) dot += static_cast<int32_t>(q8[h * R + r]) * static_cast<int32_t>(coords[r]);
+    float s = static_cast<float>(dot) * qscale[h];
     s = s * scale;
     if (h == 0 || OrderKey(s) > OrderKey(best)) best = s;
   }
@@ -65,7 +72,8 @@ float SparseBoundScore(const float* q, int G, int D, const int8_t* coords, float
 Status SparseSelectRef(const SparseSelectParams& p) {
   if (Status st = CheckSparseSelect(p); !st.ok()) return st;
   const int G = p.H / p.KV;
-  std::vector<float> qr(static_cast<size_t>(G) * std::max(p.R, 1));
+  std::vector<float> qr(static_cast<size_t>(G) * std::max(p.R, 1)), qscale(static_cast<size_t>(G));
+  std::vector<int8_t> q8(qr.size());
   for (int b = 0; b < p.B; ++b) {
     const int n = p.chunks[b];
     if (n < 0 || n > p.max_chunks) return Status::Invalid("sparse select: a sequence's chunk count is outside [0, max_chunks]");
@@ -84,6 +92,8 @@ Status SparseSelectRef(const SparseSelectParams& p) {
             }
             qr[static_cast<size_t>(h) * p.R + r] = s;
           }
+        for (int h = 0; h < G; ++h)
+          qscale[h] = SparseQuantizeQuery(qr.data() + static_cast<size_t>(h) * p.R, p.R, q8.data() + static_cast<size_t>(h) * p.R);
       }
       const size_t unit = static_cast<size_t>(b) * p.KV + g;
       const int W = SparseChunkWidth(p);
@@ -92,7 +102,7 @@ Status SparseSelectRef(const SparseSelectParams& p) {
         const int64_t at = SparseChunkRow(p, b, g, c);
         const int8_t* co = p.coords + at * W;
         const float score = bound ? SparseBoundScore(qg, G, p.D, co, p.scales[at])
-                                  : SparseChunkScore(qr.data(), G, p.R, co, p.scales[at]);
+                                  : SparseChunkScore(q8.data(), qscale.data(), G, p.R, co, p.scales[at]);
         ranked.emplace_back(OrderKey(score), c);
       }
       const size_t take = std::min(ranked.size(), static_cast<size_t>(p.keep));

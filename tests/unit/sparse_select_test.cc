@@ -47,12 +47,16 @@ void CheckCase(svdq::testing::SparseCase& c) {
             s = s + c.basis[(static_cast<size_t>(g) * c.D + d) * c.R + r] * c.q[(static_cast<size_t>(b) * c.H + g * G + h) * c.D + d];
           qr[static_cast<size_t>(h) * c.R + r] = s;
         }
+      std::vector<int8_t> q8(qr.size());
+      std::vector<float> qscale(static_cast<size_t>(G));
+      for (int h = 0; h < G; ++h)
+        qscale[h] = kernels::SparseQuantizeQuery(qr.data() + static_cast<size_t>(h) * c.R, c.R, q8.data() + static_cast<size_t>(h) * c.R);
       std::vector<float> score(static_cast<size_t>(n));
       const float* qg = c.q.data() + (static_cast<size_t>(b) * c.H + g * G) * c.D;
       for (int k = 0; k < n; ++k) {
         const size_t at = unit * c.max_chunks + k;
         score[k] = c.bound ? kernels::SparseBoundScore(qg, G, c.D, c.coords.data() + at * 2 * c.D, c.scales[at])
-                           : kernels::SparseChunkScore(qr.data(), G, c.R, c.coords.data() + at * c.R, c.scales[at]);
+                           : kernels::SparseChunkScore(q8.data(), qscale.data(), G, c.R, c.coords.data() + at * c.R, c.scales[at]);
       }
       std::vector<int> order(static_cast<size_t>(std::max(0, n - 1)));
       std::iota(order.begin(), order.end(), 1);
@@ -329,4 +333,47 @@ TEST(SparseSelectRef, IdentityLandmarksScoreTheQueryItself) {
   EXPECT_TRUE(kernels::SparseSelectRef(wide.Params()).ok()) << "R = 128 is the largest width";
   auto wider = svdq::testing::MakeSparseCase(1, 8, 2, 256, 129, 10, 3, {10}, 0, 63u);
   EXPECT_FALSE(kernels::SparseSelectRef(wider.Params()).ok()) << "R = 129 is over the limit";
+}
+
+TEST(SparseSelectRef, QueryCoordinatesQuantizeToInt8WithinHalfAStep) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n(0.f, 3.f);
+  for (int R : {1, 8, 16, 72, 128}) {
+    std::vector<float> q(R);
+    for (auto& x : q) x = n(rng);
+    float others = 0;
+    for (float x : q) others = std::max(others, std::fabs(x));
+    q[R / 2] = -others - 1;  // the largest magnitude, negative
+    std::vector<int8_t> q8(R);
+    const float s = kernels::SparseQuantizeQuery(q.data(), R, q8.data());
+    float mx = 0;
+    for (float x : q) mx = std::max(mx, std::fabs(x));
+    EXPECT_FLOAT_EQ(s, mx / 127.f);
+    EXPECT_EQ(q8[R / 2], -127) << "the largest magnitude takes the end of the range";
+    for (int r = 0; r < R; ++r) EXPECT_LE(std::fabs(q8[r] * s - q[r]), 0.5f * s * (1 + 1e-5f)) << "R " << R << " r " << r;
+  }
+  std::vector<float> zero(16, 0.f);
+  std::vector<int8_t> z8(16, 5);
+  EXPECT_EQ(kernels::SparseQuantizeQuery(zero.data(), 16, z8.data()), 0.f);
+  for (int8_t v : z8) EXPECT_EQ(v, 0);
+}
+
+TEST(SparseSelectRef, ALandmarkScoreIsTheIntegerDotTimesBothScales) {
+  // Two query rows against one chunk: the score is the larger row's, exactly
+  // float(sum q8 * coords) * qscale * scale, and close to the float dot product.
+  const int R = 8;
+  const std::vector<float> qr = {1.f, -2.f, 0.5f, 3.f, 0.f, 0.f, 1.f, -1.f,   // row 0
+                                 -1.f, 2.f, -0.5f, -3.f, 0.f, 0.f, -1.f, 1.f};  // row 1 = -row 0
+  std::vector<int8_t> q8(16);
+  float qs[2];
+  for (int h = 0; h < 2; ++h) qs[h] = kernels::SparseQuantizeQuery(qr.data() + 8 * h, R, q8.data() + 8 * h);
+  const std::vector<int8_t> co = {10, -20, 4, 30, 7, -7, 0, -10};
+  const float scale = 0.25f;
+  int dot0 = 0;
+  float exact0 = 0;
+  for (int r = 0; r < R; ++r) dot0 += q8[r] * co[r], exact0 += qr[r] * co[r] * scale;
+  ASSERT_GT(dot0, 0);  // row 0 scores positive, row 1 its negative: the max is row 0's
+  const float got = kernels::SparseChunkScore(q8.data(), qs, 2, R, co.data(), scale);
+  EXPECT_EQ(got, static_cast<float>(dot0) * qs[0] * scale);
+  EXPECT_NEAR(got, exact0, 0.01f * std::fabs(exact0));
 }
