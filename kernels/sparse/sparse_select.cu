@@ -4,8 +4,8 @@
 // chunks (all above it, then the lowest-indexed ties) are written in ascending order through a
 // block prefix sum over contiguous slices of chunks. Scores use the reference's operations (landmarks:
 // the query's coordinates quantized to int8 per query head, an exact integer dot product by
-// dp4a, then two fp32 products; the bound: fp32 in the reference's order, __fmul_rn / __fadd_rn,
-// no fused multiply-add), so both choose the same chunks.
+// dp4a, then two fp32 products; the bound likewise, as two dp4a streams: the query's positive
+// part against hi, its negative part against lo), so both choose the same chunks.
 #include "kernels/sparse/sparse_select.h"
 
 #include "kernels/common/cuda_launch.h"
@@ -80,9 +80,11 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const
   }
 }
 
-// The bound's keys (the reference's SparseBoundScore, operation for operation): q rows qs [G, D]
-// against a chunk's lo [D] and hi [D], 16 channels per load where D allows.
-__device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, int b, int g, int n, uint32_t* keys) {
+// The bound's keys (the reference's SparseBoundScore): the query rows' positive parts qpos [G, D]
+// against hi and negative parts qneg [G, D] against lo (both 16-byte aligned), 16 channels per
+// load where D allows.
+__device__ void ScoreBounds(const SparseSelectParams& p, const int8_t* qpos, const int8_t* qneg, const float* qscale,
+                            int b, int g, int n, uint32_t* keys) {
   const int G = p.H / p.KV, D = p.D;
   for (int c = threadIdx.x; c < n; c += kThreads) {
     const int64_t row = SparseChunkRow(p, b, g, c);
@@ -91,27 +93,19 @@ __device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, int b,
     const float scale = p.scales[row];
     uint32_t best = 0;
     for (int h = 0; h < G; ++h) {
-      const float* q = qs + h * D;
-      float s = 0;
+      int sum = 0;
       if (D % 16 == 0) {
         for (int d0 = 0; d0 < D; d0 += 16) {
-          int4 l4 = *reinterpret_cast<const int4*>(lo + d0), h4 = *reinterpret_cast<const int4*>(hi + d0);
-          const int8_t* l = reinterpret_cast<const int8_t*>(&l4);
-          const int8_t* u = reinterpret_cast<const int8_t*>(&h4);
-#pragma unroll
-          for (int j = 0; j < 16; ++j) {
-            const float a = __fmul_rn(q[d0 + j], static_cast<float>(l[j]));
-            const float b = __fmul_rn(q[d0 + j], static_cast<float>(u[j]));
-            s = __fadd_rn(s, a > b ? a : b);
-          }
+          const int4 l4 = *reinterpret_cast<const int4*>(lo + d0), h4 = *reinterpret_cast<const int4*>(hi + d0);
+          const int4 qp = *reinterpret_cast<const int4*>(qpos + h * D + d0);
+          const int4 qn = *reinterpret_cast<const int4*>(qneg + h * D + d0);
+          sum = __dp4a(h4.x, qp.x, sum), sum = __dp4a(h4.y, qp.y, sum), sum = __dp4a(h4.z, qp.z, sum), sum = __dp4a(h4.w, qp.w, sum);
+          sum = __dp4a(l4.x, qn.x, sum), sum = __dp4a(l4.y, qn.y, sum), sum = __dp4a(l4.z, qn.z, sum), sum = __dp4a(l4.w, qn.w, sum);
         }
       } else {
-        for (int d = 0; d < D; ++d) {
-          const float a = __fmul_rn(q[d], static_cast<float>(lo[d])), b = __fmul_rn(q[d], static_cast<float>(hi[d]));
-          s = __fadd_rn(s, a > b ? a : b);
-        }
+        for (int d = 0; d < D; ++d) sum += qpos[h * D + d] * hi[d] + qneg[h * D + d] * lo[d];
       }
-      const uint32_t k = OrderKeyDev(__fmul_rn(s, scale));
+      const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(sum), qscale[h]), scale));
       if (h == 0 || k > best) best = k;
     }
     keys[c] = best;
@@ -120,7 +114,8 @@ __device__ void ScoreBounds(const SparseSelectParams& p, const float* qs, int b,
 
 // Dynamic shared memory, in floats: keys [max_chunks] (orderable keys of the scores), this KV
 // head's basis [D, Rs] (landmarks with a basis), its query rows [G, D], their coordinates [G, R]
-// and the coordinates' scales [G], then (16-byte aligned) the quantized coordinates int8 [G, R].
+// and the coordinates' scales [G], then (16-byte aligned) the quantized coordinates int8 [G, W]
+// (W = R, or D for the bound) and, for the bound, their positive and negative parts [G, D] each.
 struct SelectSmem {
   int basis, qs, qr, qscale, q8, bytes;
 };
@@ -132,7 +127,8 @@ __host__ __device__ inline SelectSmem PlanSelectSmem(const SparseSelectParams& p
   m.qr = m.qs + G * p.D;
   m.qscale = m.qr + G * p.R;
   m.q8 = (m.qscale + G + 3) / 4 * 4;
-  m.bytes = 4 * m.q8 + (G * p.R + 15) / 16 * 16;
+  const int w = p.score == SparseScore::kBound ? 3 * p.D : p.R;  // q8, then qpos and qneg
+  m.bytes = 4 * m.q8 + (G * w + 15) / 16 * 16;
   return m;
 }
 
@@ -171,23 +167,30 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
   if (!bound && !p.basis)  // the identity: the query itself (R = D)
     for (int i = threadIdx.x; i < G * p.D; i += kThreads) qr[i] = qs[i];
   __syncthreads();
-  if (!bound) {
-    // The reference's SparseQuantizeQuery, one warp per query row (G <= 16 < 32 warps).
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  {
+    // The reference's SparseQuantizeQuery, one warp per query row (G <= 16 < 32 warps): the
+    // coordinates (landmarks) or the query itself (the bound, which also splits each row into its
+    // positive and negative parts).
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, W = bound ? p.D : p.R;
+    int8_t* qpos = q8 + G * p.D;
+    int8_t* qneg = qpos + G * p.D;
     if (warp < G) {
-      const float* row = qr + warp * p.R;
+      const float* row = (bound ? qs : qr) + warp * W;
       float mx = 0.f;
-      for (int r = lane; r < p.R; r += 32) mx = fmaxf(mx, fabsf(row[r]));
+      for (int r = lane; r < W; r += 32) mx = fmaxf(mx, fabsf(row[r]));
       for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
       const float sc = __fdiv_rn(mx, 127.0f);
-      for (int r = lane; r < p.R; r += 32)
-        q8[warp * p.R + r] = sc > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(row[r], sc)), -127.0f), 127.0f)) : 0;
+      for (int r = lane; r < W; r += 32) {
+        const int8_t v = sc > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(row[r], sc)), -127.0f), 127.0f)) : 0;
+        q8[warp * W + r] = v;
+        if (bound) qpos[warp * W + r] = v > 0 ? v : 0, qneg[warp * W + r] = v < 0 ? v : 0;
+      }
       if (lane == 0) qscale[warp] = sc;
     }
     __syncthreads();
   }
   if (bound) {
-    ScoreBounds(p, qs, b, g, n, keys);
+    ScoreBounds(p, q8 + G * p.D, q8 + 2 * G * p.D, qscale, b, g, n, keys);
   } else {
     switch (p.R) {  // the common widths with the chunk's coordinates in registers
     case 8: ScoreChunks<8>(p, q8, qscale, b, g, n, keys); break;

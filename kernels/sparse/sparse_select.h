@@ -10,7 +10,9 @@
 //              the two scales: qscale * scale * sum_r q8_r coords_r.
 //   kBound     Quest's bound: per-channel min and max of the chunk's post-RoPE keys in int8 (rounded
 //              outward) times a per-chunk scale: scale * sum_d max(q_d lo_d, q_d hi_d) >= q . k for
-//              every key of the chunk. Bytes: (2 D + 4) per chunk.
+//              every key of the chunk. Bytes: (2 D + 4) per chunk. With the query quantized as
+//              below, the sum is exact in integers: q8+ . hi + q8- . lo (q8+ = max(q8, 0),
+//              q8- = min(q8, 0); equal to the max form where lo <= hi), two dp4a streams.
 // bench/sparse_selection_study.py (Qwen2.5-Coder-0.5B, 4k tokens): landmarks keep as much attention
 // mass on prose as the bound at a quarter of the bytes, but lose passkeys that the bound finds (a
 // few needle tokens vanish in a chunk's mean): the bound is the one that retrieves.
@@ -69,8 +71,9 @@ float SparseQuantizeQuery(const float* qr, int R, int8_t* q8);
 // (float(sum_r q8[r] * coords[r]) * qscale) * scale. The integer sum is exact (|sum| < 2^24), so
 // any order gives it; the two products are the kernel's.
 float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale);
-// The bound's: q [G, D], coords [2, D]: max over rows of (sum_d max(q_d lo_d, q_d hi_d)) * scale.
-float SparseBoundScore(const float* q, int G, int D, const int8_t* coords, float scale);
+// The bound's: quantized query rows q8 [G, D] with scales qscale [G], coords [2, D] (lo, then hi):
+// max over rows of (float(sum_d max(q8_d, 0) hi_d + min(q8_d, 0) lo_d) * qscale) * scale.
+float SparseBoundScore(const int8_t* q8, const float* qscale, int G, int D, const int8_t* coords, float scale);
 // Coordinates per chunk: R or 2 D.
 inline int SparseChunkWidth(const SparseSelectParams& p) { return p.score == SparseScore::kBound ? 2 * p.D : p.R; }
 // Row of chunk c (sequence b, KV head g) in coords (times the width) and scales.

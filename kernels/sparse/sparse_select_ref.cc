@@ -55,14 +55,15 @@ float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, cons
   return best;
 }
 
-float SparseBoundScore(const float* q, int G, int D, const int8_t* coords, float scale) {
+float SparseBoundScore(const int8_t* q8, const float* qscale, int G, int D, const int8_t* coords, float scale) {
   float best = 0;
   for (int h = 0; h < G; ++h) {
-    float s = 0;
+    int32_t sum = 0;
     for (int d = 0; d < D; ++d) {
-      const float a = q[h * D + d] * static_cast<float>(coords[d]), b = q[h * D + d] * static_cast<float>(coords[D + d]);
-      s = s + (a > b ? a : b);
+      const int32_t q = q8[h * D + d];
+      sum += std::max(q, 0) * coords[D + d] + std::min(q, 0) * coords[d];
     }
+    float s = static_cast<float>(sum) * qscale[h];
     s = s * scale;
     if (h == 0 || OrderKey(s) > OrderKey(best)) best = s;
   }
@@ -73,7 +74,7 @@ Status SparseSelectRef(const SparseSelectParams& p) {
   if (Status st = CheckSparseSelect(p); !st.ok()) return st;
   const int G = p.H / p.KV;
   std::vector<float> qr(static_cast<size_t>(G) * std::max(p.R, 1)), qscale(static_cast<size_t>(G));
-  std::vector<int8_t> q8(qr.size());
+  std::vector<int8_t> q8(static_cast<size_t>(G) * std::max(p.R, p.D));
   for (int b = 0; b < p.B; ++b) {
     const int n = p.chunks[b];
     if (n < 0 || n > p.max_chunks) return Status::Invalid("sparse select: a sequence's chunk count is outside [0, max_chunks]");
@@ -94,6 +95,9 @@ Status SparseSelectRef(const SparseSelectParams& p) {
           }
         for (int h = 0; h < G; ++h)
           qscale[h] = SparseQuantizeQuery(qr.data() + static_cast<size_t>(h) * p.R, p.R, q8.data() + static_cast<size_t>(h) * p.R);
+      } else {
+        for (int h = 0; h < G; ++h)
+          qscale[h] = SparseQuantizeQuery(qg + static_cast<size_t>(h) * p.D, p.D, q8.data() + static_cast<size_t>(h) * p.D);
       }
       const size_t unit = static_cast<size_t>(b) * p.KV + g;
       const int W = SparseChunkWidth(p);
@@ -101,7 +105,7 @@ Status SparseSelectRef(const SparseSelectParams& p) {
       for (int c = 1; c < n; ++c) {
         const int64_t at = SparseChunkRow(p, b, g, c);
         const int8_t* co = p.coords + at * W;
-        const float score = bound ? SparseBoundScore(qg, G, p.D, co, p.scales[at])
+        const float score = bound ? SparseBoundScore(q8.data(), qscale.data(), G, p.D, co, p.scales[at])
                                   : SparseChunkScore(q8.data(), qscale.data(), G, p.R, co, p.scales[at]);
         ranked.emplace_back(OrderKey(score), c);
       }

@@ -53,9 +53,12 @@ void CheckCase(svdq::testing::SparseCase& c) {
         qscale[h] = kernels::SparseQuantizeQuery(qr.data() + static_cast<size_t>(h) * c.R, c.R, q8.data() + static_cast<size_t>(h) * c.R);
       std::vector<float> score(static_cast<size_t>(n));
       const float* qg = c.q.data() + (static_cast<size_t>(b) * c.H + g * G) * c.D;
+      std::vector<int8_t> qb(static_cast<size_t>(G) * c.D);  // the bound's quantized query rows
+      std::vector<float> qbs(static_cast<size_t>(G));
+      for (int h = 0; h < G; ++h) qbs[h] = kernels::SparseQuantizeQuery(qg + static_cast<size_t>(h) * c.D, c.D, qb.data() + static_cast<size_t>(h) * c.D);
       for (int k = 0; k < n; ++k) {
         const size_t at = unit * c.max_chunks + k;
-        score[k] = c.bound ? kernels::SparseBoundScore(qg, G, c.D, c.coords.data() + at * 2 * c.D, c.scales[at])
+        score[k] = c.bound ? kernels::SparseBoundScore(qb.data(), qbs.data(), G, c.D, c.coords.data() + at * 2 * c.D, c.scales[at])
                            : kernels::SparseChunkScore(q8.data(), qscale.data(), G, c.R, c.coords.data() + at * c.R, c.scales[at]);
       }
       std::vector<int> order(static_cast<size_t>(std::max(0, n - 1)));
@@ -113,10 +116,17 @@ TEST(SparseSelectRef, TheBoundIsAnUpperBoundOfEveryKeysScore) {
       co[d] = static_cast<int8_t>(std::max(-127.f, std::floor(lo / scale)));
       co[D + d] = static_cast<int8_t>(std::min(127.f, std::ceil(hi / scale)));
     }
-    const float bound = kernels::SparseBoundScore(q.data(), 1, D, co.data(), scale);
+    // The op scores the query as int8 (q8 * qs): the bound holds for that query, and equals the
+    // max form sum_d max(q_d lo_d, q_d hi_d) exactly.
+    std::vector<int8_t> q8(D);
+    const float qs = kernels::SparseQuantizeQuery(q.data(), D, q8.data());
+    const float bound = kernels::SparseBoundScore(q8.data(), &qs, 1, D, co.data(), scale);
+    int max_form = 0;
+    for (int d = 0; d < D; ++d) max_form += std::max(q8[d] * co[d], q8[d] * co[D + d]);
+    EXPECT_EQ(bound, static_cast<float>(max_form) * qs * scale);
     for (int t = 0; t < T; ++t) {
       float dot = 0;
-      for (int d = 0; d < D; ++d) dot += q[d] * k[t * D + d];
+      for (int d = 0; d < D; ++d) dot += q8[d] * qs * k[t * D + d];
       EXPECT_LE(dot, bound * (1 + 1e-5f) + 1e-5f) << "trial " << trial << " key " << t;
     }
   }
