@@ -63,6 +63,30 @@ def windows(n_per_text, chars):
     return out
 
 
+def own_modes(text):
+    """(key, value, extra flags) of each mode in eval_quality's syntax."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from eval_quality import parse_mode
+    out = []
+    for mode in text.split(";"):
+        flags = parse_mode(mode)  # --key-mode K --value-mode V, then the rest
+        out.append((flags[1], flags[3], flags[4:]))
+    return out
+
+
+def calibrated_modes(model, out):
+    """The built-in list, plus SVDq with a basis calibrated on CALIBRATION_TEXT."""
+    import subprocess
+    import conftest
+    basis = out / "calibrated.svdq-basis"
+    r = subprocess.run([str(conftest.BUILD / "tools" / "svdq_calibrate"), str(model), "--text", CALIBRATION_TEXT,
+                        "--tokens", "2048", "--out", str(basis)], capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise SystemExit("svdq_calibrate failed: " + r.stderr)
+    return MODES + [("svdq", "bf16", ["--svdq-schedule", s, "--svdq-basis", "calibrated", "--svdq-basis-file", str(basis)])
+                    for s in CALIBRATED]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -71,6 +95,9 @@ def main():
     ap.add_argument("--chars", type=int, default=2000, help="characters per window")
     ap.add_argument("--model", default=None)
     ap.add_argument("--only", default=None)
+    ap.add_argument("--modes", default=None,
+                    help="instead of the built-in list: modes as bench/eval_quality.py takes them, "
+                         "keys_values[@schedule][|flags] separated by ';' (no calibration run)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "kv_fidelity_cpu.json"))
     a = ap.parse_args()
     import conftest
@@ -80,16 +107,10 @@ def main():
     out = Path(tempfile.mkdtemp())
     model = Path(a.model) if a.model else conftest.MODEL
     texts = windows(a.windows, a.chars)
-    import subprocess
-    basis = out / "calibrated.svdq-basis"
-    r = subprocess.run([str(conftest.BUILD / "tools" / "svdq_calibrate"), str(model), "--text", CALIBRATION_TEXT,
-                        "--tokens", "2048", "--out", str(basis)], capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0:
-        raise SystemExit("svdq_calibrate failed: " + r.stderr)
-    modes = MODES + [("svdq", "bf16", ["--svdq-schedule", s, "--svdq-basis", "calibrated", "--svdq-basis-file", str(basis)])
-                     for s in CALIBRATED]
+    modes = own_modes(a.modes) if a.modes else calibrated_modes(model, out)
     if a.only:
         modes = [m for m in modes if a.only in " ".join([m[0], m[1], *m[2]])]
+
 
     def score(stub, text, chunk):
         for r in stub.Generate(pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True,

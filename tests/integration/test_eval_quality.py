@@ -94,3 +94,10 @@ def test_a_modes_own_flags_come_after_the_shared_ones():
     sizes = [flags[i + 1] for i, f in enumerate(flags) if f == "--block-size"]
     assert sizes == ["64", "16"]  # the server keeps the last: the mode's 16
     assert flags[-2:] == ["--block-size", "16"]
+
+
+def test_kv_fidelity_takes_modes_in_the_same_syntax():
+    import kv_fidelity
+    assert kv_fidelity.own_modes("bf16_bf16;svdq_bf16@2,2,1,1,1,1,1,1|--svdq-scope layer") == [
+        ("bf16", "bf16", []),
+        ("svdq", "bf16", ["--svdq-schedule", "2,2,1,1,1,1,1,1", "--svdq-scope", "layer"])]
