@@ -10,7 +10,9 @@ Tasks (our own wording and generator; RULER's task kinds):
   multivalue  four numbers for the same word; answer all four;
   vartrack    a chain of four variable assignments (VAR A = 12345, VAR B = VAR A, ...) among
               filler; name every variable that holds the value.
-Filler: sentences of Debian's license texts (/usr/share/common-licenses), shuffled by the seed.
+Filler: sentences of Debian 12's license texts (copies in bench/data/filler/, so that every host
+builds the same prompts; the H200 runs of 2026-12-04 read the host's /usr/share/common-licenses),
+shuffled by the seed.
 Each case is sized with the server's Tokenize to the target length (the whole chat prompt),
 its needles placed at depths spread over the context. A case scores the fraction of expected
 strings found in the answer (all of them for multivalue and vartrack); accuracy is the mean.
@@ -27,6 +29,7 @@ is rewritten after each mode, so a run cut short keeps the modes it finished."""
 import argparse
 from concurrent.futures import ThreadPoolExecutor
 import datetime
+import hashlib
 import json
 import platform
 import random
@@ -46,7 +49,7 @@ WORDS = ["amber", "basalt", "cobalt", "delta", "ember", "fjord", "garnet", "harb
 DEFAULT_MODES = "bf16_bf16;svdq_bf16@8,4,2,1,1,0,0,0;svdq_bf16@8,2,0,0,0,0,0,0"
 
 
-def filler_sentences(license_dir="/usr/share/common-licenses"):
+def filler_sentences(license_dir=ROOT / "bench" / "data" / "filler"):
     """Sentences of the license texts: whitespace collapsed, split after . ! ?, 20-400 chars."""
     out = []
     for name in FILLER_TEXTS:
@@ -129,6 +132,12 @@ def score(case, answer):
 def build_prompt(tokenize, case, sentences, target_tokens):
     """The case's user message sized to target_tokens (chat template included), by bisection on
     the filler count with the server's tokenizer. Returns (message, tokens)."""
+    _, msg, n = size_case(tokenize, case, sentences, target_tokens)
+    return msg, n
+
+
+def size_case(tokenize, case, sentences, target_tokens):
+    """build_prompt's bisection; returns (filler count, message, tokens)."""
     lo, hi = 0, max(8, target_tokens // 8)
     while tokenize(assemble(case, sentences, hi)) < target_tokens:
         lo, hi = hi, hi * 2
@@ -139,7 +148,44 @@ def build_prompt(tokenize, case, sentences, target_tokens):
         else:
             hi = mid
     msg = assemble(case, sentences, lo)
-    return msg, tokenize(msg)
+    return lo, msg, tokenize(msg)
+
+
+def filler_digest(sentences):
+    """What a cached filler count depends on besides the tokenizer: the filler sentences."""
+    return hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:16]
+
+
+def sized_prompts(tokenize, cases, sentences, sizes_path=None, model=""):
+    """(message, tokens) per (task, length, case). With sizes_path, each case's filler count is
+    looked up there (one tokenize to confirm it still fits, instead of a bisection of ~17), and the
+    file is written back with every count; it is used only for the same model file name and the same
+    filler text (on another host the license texts may differ)."""
+    digest = filler_digest(sentences)
+    known = {}
+    if sizes_path and Path(sizes_path).exists():
+        data = json.loads(Path(sizes_path).read_text())
+        if data.get("model") == model and data.get("filler") == digest:
+            known = data["fillers"]
+        else:
+            print(f"{sizes_path}: another model or filler text; sizing again", file=sys.stderr)
+    out, fillers = [], {}
+    for task, L, case in cases:
+        key = f"{task}/{L}/{case['seed']}"
+        msg = None
+        if key in known:
+            msg = assemble(case, sentences, known[key])
+            n = tokenize(msg)
+            if n > L:
+                msg = None
+        if msg is None:
+            fillers[key], msg, n = size_case(tokenize, case, sentences, L)
+        else:
+            fillers[key] = known[key]
+        out.append((msg, n))
+    if sizes_path:
+        Path(sizes_path).write_text(json.dumps(dict(model=model, filler=digest, fillers=fillers), indent=0))
+    return out
 
 
 def parse_mode(mode):
@@ -176,7 +222,16 @@ def main():
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (the server's --max-running)")
     ap.add_argument("--server-flags", default="", help="more flags for every server, space separated")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "eval_quality_cpu.json"))
+    ap.add_argument("--sizes", default=None,
+                    help="JSON of each case's filler count: read where it matches, written back (saves the sizing "
+                         "bisection, minutes of a GPU host's time at 32k)")
+    ap.add_argument("--filler-dir", default=str(ROOT / "bench" / "data" / "filler"),
+                    help="the filler texts (default: the copies of Debian 12's license texts in the repository, "
+                         "so that every host builds the same prompts)")
+    ap.add_argument("--size-only", action="store_true", help="size the prompts into --sizes with the first mode's server, then stop")
     a = ap.parse_args()
+    if a.size_only and not a.sizes:
+        raise SystemExit("--size-only needs --sizes")
     import conftest
     from conftest import Server
     import grpc
@@ -187,7 +242,7 @@ def main():
     for t in tasks:
         if t not in TASKS:
             raise SystemExit(f"unknown task {t}; tasks: {', '.join(TASKS)}")
-    sentences = filler_sentences()
+    sentences = filler_sentences(a.filler_dir)
     cases = [(t, L, make_case(t, 1000 * L + i)) for t in tasks for L in lengths for i in range(a.cases)]
 
     def chat(msg):
@@ -208,7 +263,10 @@ def main():
                 if prompts is None:  # the same prompts for every mode, sized once
                     def tokenize(msg):
                         return len(stub.Tokenize(pb.TokenizeRequest(chat=chat(msg)), timeout=120).ids)
-                    prompts = [build_prompt(tokenize, c, sentences, L) for _, L, c in cases]
+                    prompts = sized_prompts(tokenize, cases, sentences, a.sizes, Path(a.model).name)
+                    if a.size_only:
+                        print(f"sized {len(prompts)} prompts into {a.sizes}")
+                        return
                 def answer(msg):
                     text = ""
                     for r in stub.Generate(pb.GenerateRequest(chat=chat(msg), max_tokens=a.max_tokens), timeout=3600):
@@ -242,7 +300,8 @@ def main():
         mine = [r for r in rows if r["mode"] == mode]
         if not mine:
             continue
-        head = f"| {mode} | {mine[0]['key_compression']:.2f}x | {mine[0]['attention_key_compression']:.1f}x"
+        shown = mode.replace("|", "\\|")  # a mode's own flags follow a |, which would split the Markdown cell
+        head = f"| {shown} | {mine[0]['key_compression']:.2f}x | {mine[0]['attention_key_compression']:.1f}x"
         for task in tasks:
             rs = {r["length"]: r for r in mine if r["task"] == task}
             cells = " | ".join(f"{100 * rs[L]['accuracy']:.0f}%" if L in rs else "-" for L in lengths)

@@ -111,7 +111,6 @@ def main():
     if a.only:
         modes = [m for m in modes if a.only in " ".join([m[0], m[1], *m[2]])]
 
-
     def score(stub, text, chunk):
         for r in stub.Generate(pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True,
                                                   prompt_logprobs_chunk=chunk), timeout=1200):
@@ -136,7 +135,8 @@ def main():
         ex = [x for w in exact for x in w]
         ca = [x for w in cached for x in w]
         ppl_exact, ppl_cache = math.exp(-sum(ex) / len(ex)), math.exp(-sum(ca) / len(ca))
-        row = dict(key_mode=info.key_mode, value_mode=info.value_mode, key_bytes_per_token=info.key_bytes_per_token,
+        row = dict(key_mode=info.key_mode, value_mode=info.value_mode, flags=" ".join(extra),
+                   key_bytes_per_token=info.key_bytes_per_token,
                    value_bytes_per_token=info.value_bytes_per_token, key_compression=info.key_compression_ratio,
                    tokens=len(ex), ppl_exact=ppl_exact, ppl_cache=ppl_cache,
                    ppl_change_pct=100.0 * (ppl_cache / ppl_exact - 1.0),
@@ -151,7 +151,7 @@ def main():
     print("| keys | values | key compression | ppl exact | ppl through the cache | change | mean abs logprob change (nats) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['key_mode']} | {r['value_mode']} | {r['key_compression']:.2f}x | {r['ppl_exact']:.3f} | "
+        print(f"| {r['key_mode']}{(' ' + r['flags']) if r['flags'] else ''} | {r['value_mode']} | {r['key_compression']:.2f}x | {r['ppl_exact']:.3f} | "
               f"{r['ppl_cache']:.3f} | {r['ppl_change_pct']:+.2f}% | {r['mean_abs_logprob_change']:.4f} |")
 
 

@@ -52,7 +52,7 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const
     uint32_t best = 0;
     if constexpr (kR > 0) {
       static_assert(kR % 8 == 0, "8-byte loads");
-      int w[kR / 4];  // the chunk's coordinates, four to a word
+      alignas(16) int w[kR / 4];  // the chunk's coordinates, four to a word
       if constexpr (kR % 16 == 0) {
 #pragma unroll
         for (int i = 0; i < kR / 16; ++i) reinterpret_cast<int4*>(w)[i] = reinterpret_cast<const int4*>(co)[i];
@@ -181,7 +181,8 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
       for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
       const float sc = __fdiv_rn(mx, 127.0f);
       for (int r = lane; r < W; r += 32) {
-        const int8_t v = sc > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(row[r], sc)), -127.0f), 127.0f)) : 0;
+        const float x = sc > 0 ? rintf(__fdiv_rn(row[r], sc)) : 0.f;  // NaN: a NaN coordinate or an infinite row
+        const int8_t v = x != x ? 0 : static_cast<int8_t>(fminf(fmaxf(x, -127.0f), 127.0f));
         q8[warp * W + r] = v;
         if (bound) qpos[warp * W + r] = v > 0 ? v : 0, qneg[warp * W + r] = v < 0 ? v : 0;
       }

@@ -10,16 +10,19 @@
 //              the two scales: qscale * scale * sum_r q8_r coords_r.
 //   kBound     Quest's bound: per-channel min and max of the chunk's post-RoPE keys in int8 (rounded
 //              outward) times a per-chunk scale: scale * sum_d max(q_d lo_d, q_d hi_d) >= q . k for
-//              every key of the chunk. Bytes: (2 D + 4) per chunk. With the query quantized as
-//              below, the sum is exact in integers: q8+ . hi + q8- . lo (q8+ = max(q8, 0),
+//              every key of the chunk. Bytes: (2 D + 4) per chunk. The query is quantized as
+//              below, so the bound holds for that query (q8 * qscale, within half a step of q),
+//              and the sum is exact in integers: q8+ . hi + q8- . lo (q8+ = max(q8, 0),
 //              q8- = min(q8, 0); equal to the max form where lo <= hi), two dp4a streams.
 // bench/sparse_selection_study.py (Qwen2.5-Coder-0.5B, 4k tokens): landmarks keep as much attention
 // mass on prose as the bound at a quarter of the bytes, but lose passkeys that the bound finds (a
 // few needle tokens vanish in a chunk's mean): the bound is the one that retrieves.
 //
-// Exactness: the reference and the kernel compute every score with the same fp32 operations in
-// the same order (no fused multiply-add), so they choose the same chunks bit for bit. Ranking is
-// by score (as an orderable 32-bit key: -0 below +0, NaN lowest), ties to the lower chunk index.
+// Exactness: the reference and the kernel compute every score with the same operations (the
+// query's quantization, an exact integer sum, then the same two fp32 products), so they choose
+// the same chunks bit for bit. Ranking is by score (as an orderable 32-bit key: -0 below +0, NaN
+// lowest), ties to the lower chunk index. A NaN query coordinate quantizes to 0; an infinite one
+// makes the row's scale infinite and its scores NaN (ranked lowest).
 #pragma once
 
 #include <cstdint>
@@ -63,8 +66,8 @@ Status CheckSparseSelect(const SparseSelectParams& p);
 // CPU reference (host pointers).
 Status SparseSelectRef(const SparseSelectParams& p);
 
-// One query row's coordinates qr [R] as int8: returns qscale = max |qr| / 127 and writes
-// q8 = rint(qr / qscale), clamped to +-127 (all zero for a zero row). The kernel computes the
+// One query row's coordinates qr [R] as int8: returns qscale = max |qr| / 127 (NaN skipped) and
+// writes q8 = rint(qr / qscale), clamped to +-127, 0 where that is NaN (all zero for a zero row). The kernel computes the
 // same IEEE operations (a max, a division, round to nearest even).
 float SparseQuantizeQuery(const float* qr, int R, int8_t* q8);
 // One chunk's score for quantized query rows q8 [G, R] with scales qscale [G]: max over rows of

@@ -39,7 +39,10 @@ float SparseQuantizeQuery(const float* qr, int R, int8_t* q8) {
   float mx = 0;
   for (int r = 0; r < R; ++r) mx = std::max(mx, std::fabs(qr[r]));
   const float s = mx / 127.0f;
-  for (int r = 0; r < R; ++r) q8[r] = s > 0 ? static_cast<int8_t>(std::clamp(std::nearbyint(qr[r] / s), -127.0f, 127.0f)) : 0;
+  for (int r = 0; r < R; ++r) {
+    const float v = s > 0 ? std::nearbyint(qr[r] / s) : 0.0f;  // NaN for a NaN coordinate or an infinite row
+    q8[r] = v != v ? 0 : static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+  }
   return s;
 }
 

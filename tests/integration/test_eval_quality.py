@@ -101,3 +101,23 @@ def test_kv_fidelity_takes_modes_in_the_same_syntax():
     assert kv_fidelity.own_modes("bf16_bf16;svdq_bf16@2,2,1,1,1,1,1,1|--svdq-scope layer") == [
         ("bf16", "bf16", []),
         ("svdq", "bf16", ["--svdq-schedule", "2,2,1,1,1,1,1,1", "--svdq-scope", "layer"])]
+
+
+def test_cached_sizes_give_the_same_prompts_with_one_tokenize_each(sentences, tmp_path):
+    calls = []
+
+    def tokenize(msg):  # stand-in: four characters a token
+        calls.append(1)
+        return len(msg) // 4
+    cases = [(t, L, eq.make_case(t, 1000 * L + i)) for t in ("passkey", "vartrack") for L in (300, 1200) for i in range(2)]
+    path = tmp_path / "sizes.json"
+    first = eq.sized_prompts(tokenize, cases, sentences, path, "m.gguf")
+    bisecting = len(calls)
+    calls.clear()
+    again = eq.sized_prompts(tokenize, cases, sentences, path, "m.gguf")
+    assert again == first
+    assert len(calls) == len(cases) < bisecting  # one call a case to confirm its size
+    assert first == [eq.build_prompt(tokenize, c, sentences, L) for _, L, c in cases]
+    calls.clear()
+    eq.sized_prompts(tokenize, cases, sentences, path, "other.gguf")  # another model: sized again
+    assert len(calls) == bisecting

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <cmath>
@@ -386,4 +387,22 @@ TEST(SparseSelectRef, ALandmarkScoreIsTheIntegerDotTimesBothScales) {
   const float got = kernels::SparseChunkScore(q8.data(), qs, 2, R, co.data(), scale);
   EXPECT_EQ(got, static_cast<float>(dot0) * qs[0] * scale);
   EXPECT_NEAR(got, exact0, 0.01f * std::fabs(exact0));
+}
+
+TEST(SparseSelectRef, NonFiniteQueriesQuantizeWithoutUndefinedCasts) {
+  // A NaN coordinate quantizes to 0 (the rest of the row as without it); an infinite one makes the
+  // row's scale infinite, every coordinate 0 and the row's scores NaN, which rank lowest.
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::vector<float> q = {1.f, nan, -2.f, 0.5f};
+  std::vector<int8_t> q8(4, 9);
+  const float s = kernels::SparseQuantizeQuery(q.data(), 4, q8.data());
+  EXPECT_EQ(s, 2.f / 127.f);
+  EXPECT_EQ(q8[1], 0);
+  EXPECT_EQ(q8[2], -127);
+  q = {1.f, -inf, 3.f, 0.f};
+  const float si = kernels::SparseQuantizeQuery(q.data(), 4, q8.data());
+  EXPECT_EQ(si, inf);
+  for (int8_t v : q8) EXPECT_EQ(v, 0);
+  const std::vector<int8_t> co = {1, 2, 3, 4};
+  EXPECT_TRUE(std::isnan(kernels::SparseChunkScore(q8.data(), &si, 1, 4, co.data(), 1.f)));
 }
