@@ -48,6 +48,9 @@ const std::vector<Method> kMethods = {
     {"svdq-prefill 1.25b (8,2)", "8,2,0,0,0,0,0,0", Method::kSvdqPrefill},
     {"svdq-prefill 2.0b (all ch)", "4,4,2,2,1,1,1,1", Method::kSvdqPrefill},
     {"svdq-prefill 1.25b (7/8 ch)", "2,2,2,1,1,1,1,0", Method::kSvdqPrefill},
+    // The tail at 2 bits: the schedules with the lowest perplexity cost (README, KV cache modes).
+    {"svdq-prefill 2.0b (tail 2b)", "4,2,2,2,2,2,1,1", Method::kSvdqPrefill},
+    {"svdq-prefill 2.5b (tail 2b)", "8,4,2,2,2,2,1,1", Method::kSvdqPrefill},
     {"svdq-calibrated 2.0b", "8,4,2,1,1,0,0,0", Method::kSvdqCalibrated},
     {"svdq-calibrated 2.0b (all ch)", "4,4,2,2,1,1,1,1", Method::kSvdqCalibrated},
     {"svdq-calibrated 1.25b", "4,2,2,1,1,0,0,0", Method::kSvdqCalibrated},
@@ -321,6 +324,7 @@ int Run(int argc, char** argv) {
   out["answers"] = {
       {"prefill_2b_key_err_over_direct_2b", ratio("svdq-prefill 2.0b", "direct 2b")},
       {"prefill_2b_all_channels_key_err_over_direct_2b", ratio("svdq-prefill 2.0b (all ch)", "direct 2b")},
+      {"prefill_2b_tail_2b_key_err_over_direct_2b", ratio("svdq-prefill 2.0b (tail 2b)", "direct 2b")},
       {"calibrated_2b_key_err_over_direct_2b", ratio("svdq-calibrated 2.0b", "direct 2b")},
       {"prefill_1.25b_key_err_over_direct_sorted_1.25b", ratio("svdq-prefill 1.25b", "direct-sorted 1.25b")},
       {"calibrated_1.25b_key_err_over_direct_sorted_1.25b", ratio("svdq-calibrated 1.25b", "direct-sorted 1.25b")},
