@@ -128,13 +128,12 @@ Status SparseSelectRef(const SparseSelectParams& p) {
 }
 
 void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale) {
+  // The page's mean, quantized by the query's rule (SparseQuantizeQuery): the landmark kernel's
+  // operations, mean = sum * (1 / count), scale = max |mean| / 127, rint.
   const float inv = 1.0f / static_cast<float>(count);
-  float mx = 0;
-  for (int d = 0; d < D; ++d) mx = std::max(mx, std::fabs(sum[d] * inv));
-  const float s = mx / 127.0f;
-  for (int d = 0; d < D; ++d)
-    coords[d] = s > 0 ? static_cast<int8_t>(std::clamp(std::nearbyint(sum[d] * inv / s), -127.0f, 127.0f)) : 0;
-  *scale = s;
+  std::vector<float> mean(static_cast<size_t>(D));
+  for (int d = 0; d < D; ++d) mean[d] = sum[d] * inv;
+  *scale = SparseQuantizeQuery(mean.data(), D, coords);
 }
 
 Status SparseLandmarkAppendRef(const SparseLandmarkParams& p) {
