@@ -266,12 +266,16 @@ int main(int argc, char** argv) {
         const double bytes = static_cast<double>(key_pages.numel()) + vpages.bytes() +
                              4.0 * B * KV * (static_cast<double>(D) * l.retained + D);
         // Each tensor-core kernel that takes the shape: the warp-stream one (what SvdqAttention
-        // picks first) and the block mma one; split sweeps take the default.
+        // picks first; at head dim 128 from 6 k-steps on with its warpgroup rebuild, and also
+        // without it, "sync") and the block mma one; split sweeps take the default.
         using K = SvdqAttentionParams::Kernel;
         std::vector<std::pair<K, std::string>> kernels = {{K::kAuto, ""}};
         if (forced == 0) {
           kernels = {{K::kBlockMma, " block"}};
-          if (SvdqAttentionWarpSupported(a)) kernels.insert(kernels.begin(), {K::kWarpStreams, " warp"});
+          if (SvdqAttentionWarpSupported(a)) {
+            if (D == 128 && l.retained > 5 * 16) kernels.insert(kernels.begin(), {K::kWarpStreamsSync, " sync"});
+            kernels.insert(kernels.begin(), {K::kWarpStreams, " warp"});
+          }
         }
         for (const auto& [kernel, suffix] : kernels) {
           a.kernel = kernel;
@@ -283,8 +287,9 @@ int main(int argc, char** argv) {
           if (forced > 0) snprintf(mode, sizeof(mode), "svdq %.2fb s=%d", sched.EquivalentBits(), forced);
           else snprintf(mode, sizeof(mode), "svdq %.2fb %s%s", sched.EquivalentBits(), sched_text.substr(0, 7).c_str(), suffix.c_str());
           const bool warp = kernel == K::kWarpStreams || (kernel == K::kAuto && SvdqAttentionWarpSupported(a));
+          const char* name = kernel == K::kWarpStreamsSync ? "svdq_warp_sync_pps" : warp ? "svdq_warp_pps" : "svdq_mma_pps";
           record(B, T, mode, vname, page, bytes, us, peer_us,
-                 std::string(warp ? "svdq_warp_pps" : "svdq_mma_pps") + std::to_string(a.pages_per_split) + (forced > 0 ? "_forced" : ""));
+                 std::string(name) + std::to_string(a.pages_per_split) + (forced > 0 ? "_forced" : ""));
         }
         }
       }

@@ -94,8 +94,9 @@ Status SvdqAttention(const SvdqAttentionParams& p, cudaStream_t stream) {
   const int splits = Splits(p);
   using K = SvdqAttentionParams::Kernel;
   const bool warp = p.use_tensor_cores && p.kernel != K::kBlockMma && SvdqAttentionWarpSupported(p);
-  const bool mma = !warp && p.use_tensor_cores && p.kernel != K::kWarpStreams && SvdqAttentionMmaSupported(p);
-  if (p.use_tensor_cores && p.kernel == K::kWarpStreams && !warp)
+  const bool forced_warp = p.kernel == K::kWarpStreams || p.kernel == K::kWarpStreamsSync;
+  const bool mma = !warp && p.use_tensor_cores && !forced_warp && SvdqAttentionMmaSupported(p);
+  if (p.use_tensor_cores && forced_warp && !warp)
     return Status::Invalid("the warp-stream SVDq kernel does not take this shape");
   if (p.sparse_pages && !warp)
     return Status::Invalid("sparse SVDq attention needs the warp-stream kernel (head dim 64 or 128, bf16 values)");

@@ -35,10 +35,14 @@
 // memory and written out, or to the split workspace for kernels/attention/split_merge.cu.
 //
 // V_r^T (r <= 16 KS retained channels) is held in registers when KS D <= 256 (at head dim 128
-// the 1.25-bit schedules, 32 channels; at 64 every schedule), otherwise in shared memory and
+// up to 2 k-steps, 32 channels; at 64 every schedule), otherwise in shared memory and
 // read by ldmatrix per tile.
 // When read from shared memory, a warp scores two of its tiles per pass over V_r^T (pair mode,
-// 8 warps a block; see WarpsFor below): the fragments are read once for 32 tokens.
+// 8 warps a block; see WarpsFor below): the fragments are read once for 32 tokens. Past 5
+// k-steps (head dim 128) pair mode's registers spill, and step 2 runs on the warpgroup instead:
+// the 4 warps' tiles, 64 tokens, are the rows of one wgmma m64n128k16 per k-step, A (the
+// latents) from each warp's registers as before, B (V_r^T) read by the tensor cores from shared
+// memory; each warp then rotates and scores its own 16 rows as in step 3.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -48,6 +52,7 @@
 #include "kernels/attention/split_merge.h"
 #include "kernels/common/cuda_launch.h"
 #include "kernels/common/mma.cuh"
+#include "kernels/common/wgmma.cuh"
 #include "kernels/svdq/svdq_attention_tc.h"
 
 namespace svdq::kernels {
@@ -67,6 +72,8 @@ __host__ __device__ constexpr bool VrInRegs(int d, int ks) { return ks * d <= 25
 // at a time, 4 warps, two blocks per multiprocessor, three stages.
 __host__ __device__ constexpr int WarpsFor(bool pair) { return pair ? 8 : 4; }
 __host__ __device__ constexpr int StagesFor(bool pair) { return pair ? 4 : 3; }
+// The warpgroup rebuild (head dim 128): from 6 k-steps on, where pair mode's registers spill.
+constexpr int kWgMinSteps = 6;
 
 // The geometry of head dim D (64 or 128).
 template <int D>
@@ -140,7 +147,7 @@ __device__ __forceinline__ float Exp2(float x) {
 __host__ __device__ constexpr int SlotChannel(int slot) { return 4 * ((slot & 7) >> 1) + 2 * (slot >> 3) + (slot & 1); }
 
 
-template <int D, int KS, bool kPair>
+template <int D, int KS, bool kPair, bool kWg>
 __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) AttentionWarpKernel(SvdqAttentionParams p) {
   using Gm = Geo<D>;
   constexpr int kD = D, kHalf = Gm::kHalf, kPairs = Gm::kPairs, kLdV = Gm::kLdV, kGs = Gm::kGs, kSub = Gm::kSub;
@@ -148,6 +155,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   constexpr int NR = KS * kSub;  // retained schedule groups, the last k-step's second one possibly padding
   constexpr bool kVrRegs = VrInRegs(D, KS);
   static_assert(!(kPair && kVrRegs), "pair mode is for V_r^T in shared memory");
+  static_assert(!kWg || (D == 128 && !kVrRegs && !kPair), "the warpgroup rebuild reads V_r^T from shared memory, 128 columns");
   constexpr int kWarpsT = WarpsFor(kPair), kThreadsT = 32 * kWarpsT, kStagesT = StagesFor(kPair);
   extern __shared__ __align__(128) uint8_t smem[];
   const SvdqLayout& l = p.layout;
@@ -249,6 +257,12 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
     // All of a thread's loads first, then the stores: the loads are in flight together (a block
     // with few tiles, as in sparse attention, spent most of its time here one load at a time).
     __half* vr = reinterpret_cast<__half*>(smem + s.vr);
+    // (dim, k) -> halves: rows of s.vr_ld for ldmatrix, or the warpgroup rebuild's core matrices
+    // (8 dims x 8 k, 128 contiguous bytes; along K apart by kWgLbo, along dims by kWgSbo).
+    auto VrIndex = [&](int dim, int k) {
+      if constexpr (kWg) return ((k >> 3) * (kD / 8) + (dim >> 3)) * 64 + (dim & 7) * 8 + (k & 7);
+      else return dim * s.vr_ld + k;
+    };
     constexpr int kElems = kD * KS * 16, kPer = (kElems + kThreadsT - 1) / kThreadsT, kBatch = 16;
     for (int i0 = 0; i0 < kPer; i0 += kBatch) {  // batches of 16 loads in flight (registers)
       float staged[kBatch];
@@ -268,9 +282,10 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
         const int idx = tid + (i0 + i) * kThreadsT;
-        if (idx < kElems) vr[(idx / (KS * 16)) * s.vr_ld + idx % (KS * 16)] = __float2half(staged[i]);
+        if (idx < kElems) vr[VrIndex(idx / (KS * 16), idx % (KS * 16))] = __float2half(staged[i]);
       }
     }
+    if constexpr (kWg) wgmma::FenceProxyAsync();  // the tensor cores read V_r^T next
   }
   // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and D/2 + 8a + 2q4 (+1),
   // scaled by sm_scale * log2(e).
@@ -401,16 +416,8 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
       }
     }
   };
-  // 2-4. Keys of 8-column tiles (a, a + kPairs) = mean + Z V_r^T, rotated by R_d, scored into sc.
-  auto score_pair = [&](int a, const uint32_t (&zf)[KS][4], const uint32_t (&qb)[kPairs][2], const uint32_t (&blo)[KS][2],
-                        const uint32_t (&bhi)[KS][2], float (&sc)[4]) {
-    const float4 mlo = mean_s[4 * a + q4], mhi = mean_s[kHalf / 2 + 4 * a + q4];
-    float x[4] = {mlo.x, mlo.y, mlo.z, mlo.w}, y[4] = {mhi.x, mhi.y, mhi.z, mhi.w};
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-      mma::MmaF16(x, zf[ks], blo[ks][0], blo[ks][1]);
-      mma::MmaF16(y, zf[ks], bhi[ks][0], bhi[ks][1]);
-    }
+  // 3-4. Keys of 8-column tiles (a, a + kPairs), rebuilt as x and y, rotated by R_d, scored into sc.
+  auto rotate_score = [&](int a, const float (&x)[4], const float (&y)[4], const uint32_t (&qb)[kPairs][2], float (&sc)[4]) {
     const uint4 r = rd[a * 32 + lane];  // cos, sin at row g8; cos, sin at row g8 + 8
     uint32_t ka[4];
 #pragma unroll
@@ -422,6 +429,18 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
       ka[2 + rr] = mma::AsU32(__hfma2(yh, c, __hmul2(xh, sn)));       // y cos + x sin
     }
     mma::MmaF16(sc, ka, qb[a][0], qb[a][1]);
+  };
+  // 2-4. Keys of 8-column tiles (a, a + kPairs) = mean + Z V_r^T, rotated by R_d, scored into sc.
+  auto score_pair = [&](int a, const uint32_t (&zf)[KS][4], const uint32_t (&qb)[kPairs][2], const uint32_t (&blo)[KS][2],
+                        const uint32_t (&bhi)[KS][2], float (&sc)[4]) {
+    const float4 mlo = mean_s[4 * a + q4], mhi = mean_s[kHalf / 2 + 4 * a + q4];
+    float x[4] = {mlo.x, mlo.y, mlo.z, mlo.w}, y[4] = {mhi.x, mhi.y, mhi.z, mhi.w};
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      mma::MmaF16(x, zf[ks], blo[ks][0], blo[ks][1]);
+      mma::MmaF16(y, zf[ks], bhi[ks][0], bhi[ks][1]);
+    }
+    rotate_score(a, x, y, qb, sc);
   };
   // 5-6. Online softmax of one tile's scores S^T (tokens g8 (0, 1) and g8 + 8 (2, 3), heads 2 q4,
   // 2 q4 + 1), then O^T += V^T P^T with the staged values.
@@ -472,6 +491,55 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
     }
   };
 
+  // Tail tokens: keys rotated already, in bf16 rows; the query as it is.
+  auto tail_tile = [&](int j, const __nv_bfloat16* vst) {
+    const int valid = min(kTok, tail - (j - paged_tiles) * kTok);
+    const auto* tk = reinterpret_cast<const __nv_bfloat162*>(p.tail_keys) + (bh * P + (j - paged_tiles) * kTok) * (kD / 2);
+    float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int a = 0; a < kPairs; ++a) {
+      uint32_t ka[4];
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int t = g8 + 8 * rr;
+        float2 lo = make_float2(0.f, 0.f), hi = lo;
+        if (t < valid) {
+          lo = __bfloat1622float2(tk[(t * kD + 8 * a + 2 * q4) / 2]);
+          hi = __bfloat1622float2(tk[(t * kD + kHalf + 8 * a + 2 * q4) / 2]);
+        }
+        ka[rr] = mma::PackHalf2(lo.x, lo.y);
+        ka[2 + rr] = mma::PackHalf2(hi.x, hi.y);
+      }
+      mma::MmaF16(sc, ka, mma::AsU32(qlo[a]), mma::AsU32(qhi[a]));
+    }
+    if (g8 >= valid) sc[0] = sc[1] = -INFINITY;
+    if (g8 + 8 >= valid) sc[2] = sc[3] = -INFINITY;
+    accumulate(sc, vst);
+  };
+  // The warpgroup rebuild (kWg): the 4 warps' tiles of one step, 64 tokens, as the rows of one
+  // m64n128k16 product per k-step, V_r^T read by the tensor cores from shared memory. Every warp
+  // takes part in every step (a warp without a paged tile feeds zero latents and drops the
+  // result), so the loop runs as many steps as warp 0 has tiles.
+  constexpr uint32_t kWgSbo = 128, kWgLbo = kD / 8 * 128;  // see VrIndex
+  auto rebuild_wg = [&](const uint32_t (&zf)[KS][4], float (&acc)[2 * kPairs][4]) {
+    if constexpr (kWg) {
+#pragma unroll
+      for (int a = 0; a < kPairs; ++a) {
+        const float4 mlo = mean_s[4 * a + q4], mhi = mean_s[kHalf / 2 + 4 * a + q4];
+        acc[a][0] = mlo.x, acc[a][1] = mlo.y, acc[a][2] = mlo.z, acc[a][3] = mlo.w;
+        acc[a + kPairs][0] = mhi.x, acc[a + kPairs][1] = mhi.y, acc[a + kPairs][2] = mhi.z, acc[a + kPairs][3] = mhi.w;
+      }
+      wgmma::Pin(acc);
+      wgmma::Fence();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const uint64_t desc = wgmma::DescNoSwizzle(smem + s.vr + ks * 2 * kWgLbo, kWgLbo, kWgSbo);
+        wgmma::MmaF16M64N128K16(acc, zf[ks], desc);
+      }
+      wgmma::Commit();
+    }
+  };
+
   // The pipeline: kLead tiles are in flight while a step works on one tile, or on two paged
   // tiles at once in the pair mode (V_r^T's fragments, read from shared memory, serve both).
   // One cp.async group per tile; tile t in stage t % kStagesT. Page ids are read two tiles
@@ -485,7 +553,8 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
     mma::CpAsyncCommit();
   }
   int pid_a = page_of(tile_of(kLead)), pid_b = page_of(tile_of(kLead + 1));
-  for (int k = 0; k < my_tiles;) {
+  const int steps = kWg ? (ntiles + kWarpsT - 1) / kWarpsT : my_tiles;
+  for (int k = 0; k < steps;) {
     const int j = tile_of(k);
     const bool pair = kPair && k + 1 < my_tiles && tile_of(k + 1) < paged_tiles;
     const int n = pair ? 2 : 1;
@@ -503,7 +572,30 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
     __syncwarp();
     const uint8_t* st = stage_of(k);
     const __nv_bfloat16* vst = reinterpret_cast<const __nv_bfloat16*>(st + s.rec_bytes + kRopeBytes);
-    if (pair) {
+    if constexpr (kWg) {
+      uint32_t zf[KS][4], qb[kPairs][2];
+      if (j < paged_tiles) {
+        latents(st, zf);
+      } else {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) zf[ks][0] = zf[ks][1] = zf[ks][2] = zf[ks][3] = 0u;
+      }
+      float acc[2 * kPairs][4];
+      rebuild_wg(zf, acc);
+      wgmma::Wait<0>();
+      wgmma::Pin(acc);
+      if (j < paged_tiles) {
+        rotated_query(st, qb);
+        float sc[4] = {0.f, 0.f, 0.f, 0.f}, sc2[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int a = 0; a < kPairs; ++a) rotate_score(a, acc[a], acc[a + kPairs], qb, a % 2 ? sc2 : sc);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[e] += sc2[e];
+        accumulate(sc, vst);
+      } else if (j < ntiles) {
+        tail_tile(j, vst);
+      }
+    } else if (pair) {
       const uint8_t* st2 = stage_of(k + 1);
       uint32_t zf[KS][4], zf2[KS][4], qb[kPairs][2], qb2[kPairs][2];
       latents(st, zf);
@@ -536,29 +628,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
       for (int e = 0; e < 4; ++e) sc[e] += sc2[e];
       accumulate(sc, vst);
     } else {
-      // Tail tokens: keys rotated already, in bf16 rows; the query as it is.
-      const int valid = min(kTok, tail - (j - paged_tiles) * kTok);
-      const auto* tk = reinterpret_cast<const __nv_bfloat162*>(p.tail_keys) + (bh * P + (j - paged_tiles) * kTok) * (kD / 2);
-      float sc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int a = 0; a < kPairs; ++a) {
-        uint32_t ka[4];
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const int t = g8 + 8 * rr;
-          float2 lo = make_float2(0.f, 0.f), hi = lo;
-          if (t < valid) {
-            lo = __bfloat1622float2(tk[(t * kD + 8 * a + 2 * q4) / 2]);
-            hi = __bfloat1622float2(tk[(t * kD + kHalf + 8 * a + 2 * q4) / 2]);
-          }
-          ka[rr] = mma::PackHalf2(lo.x, lo.y);
-          ka[2 + rr] = mma::PackHalf2(hi.x, hi.y);
-        }
-        mma::MmaF16(sc, ka, mma::AsU32(qlo[a]), mma::AsU32(qhi[a]));
-      }
-      if (g8 >= valid) sc[0] = sc[1] = -INFINITY;
-      if (g8 + 8 >= valid) sc[2] = sc[3] = -INFINITY;
-      accumulate(sc, vst);
+      tail_tile(j, vst);
     }
     __syncwarp();
     k += n;
@@ -624,7 +694,22 @@ int MaxSmem() {
   return bytes;
 }
 
-// The kernel for a layout: its (D, KS) instance, in pair mode where that fits.
+// Whether the device runs wgmma (compute capability 9.0: this build's sm_90a code).
+bool HasWgmma() {
+  static const bool yes = [] {
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+           major == 9;
+  }();
+  return yes;
+}
+
+// The kernel for a layout: its (D, KS) instance; pair mode where V_r^T is in shared memory and
+// that fits (3 to 5 k-steps); at head dim 128 past that, the warpgroup rebuild (unless `wg` is
+// false: tests and the benchmark compare); else one tile at a time with mma.sync.
+// Measured on the H200 at 8 x 128k (bench/results/attention_h200_2026-12-04_wgmma.txt): 8
+// k-steps 1,379 us with the warpgroup rebuild against 1,576 without; at 5 k-steps it was no
+// faster than pair mode (1,083 against 1,067 us), which keeps those.
 struct Choice {
   KernelFn fn = nullptr;
   bool pair = false;
@@ -632,22 +717,28 @@ struct Choice {
 };
 
 template <int D, int KS>
-Choice ChooseKs(const SvdqLayout& l, int ks) {
+Choice ChooseKs(const SvdqLayout& l, int ks, bool wg) {
   if constexpr (KS > D / 16) {
     return {};
   } else {
-    if (ks != KS) return ChooseKs<D, KS + 1>(l, ks);
+    if (ks != KS) return ChooseKs<D, KS + 1>(l, ks, wg);
+    const int solo = PlanWarpSmem<D>(l, false).total;
     if constexpr (!VrInRegs(D, KS) && KS <= 5) {  // past 5 k-steps the pair's registers spill
       const int smem = PlanWarpSmem<D>(l, true).total;
-      if (smem <= MaxSmem()) return {AttentionWarpKernel<D, KS, true>, true, smem};
+      if (smem <= MaxSmem()) return {AttentionWarpKernel<D, KS, true, false>, true, smem};
     }
-    return {AttentionWarpKernel<D, KS, false>, false, PlanWarpSmem<D>(l, false).total};
+    if constexpr (D == 128 && KS >= kWgMinSteps) {
+      if (wg && HasWgmma()) return {AttentionWarpKernel<D, KS, false, true>, false, solo};
+    }
+    return {AttentionWarpKernel<D, KS, false, false>, false, solo};
   }
 }
 
-Choice Choose(const SvdqLayout& l) {
+Choice Choose(const SvdqAttentionParams& p) {
+  const SvdqLayout& l = p.layout;
   const int ks = (l.retained + 15) / 16;
-  return l.width == 64 ? ChooseKs<64, 1>(l, ks) : l.width == 128 ? ChooseKs<128, 1>(l, ks) : Choice{};
+  const bool wg = p.kernel != SvdqAttentionParams::Kernel::kWarpStreamsSync;
+  return l.width == 64 ? ChooseKs<64, 1>(l, ks, wg) : l.width == 128 ? ChooseKs<128, 1>(l, ks, wg) : Choice{};
 }
 
 }  // namespace
@@ -662,12 +753,12 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
     if (l.bits[g] > 0 && l.group_offset[g] % 16 != 0) return false;
   if (l.zero_offset != l.scale_offset + 2 * l.retained) return false;
   if (p.value_format != KvFormat::kBf16 || p.num_heads / p.kv_heads > 8) return false;
-  const Choice c = Choose(l);
+  const Choice c = Choose(p);
   return c.fn && c.smem <= MaxSmem();
 }
 
 Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
-  const Choice c = Choose(p.layout);
+  const Choice c = Choose(p);
   if (!c.fn) return Status::Invalid("the warp-stream SVDq kernel does not take this layout");
   Status st = AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem);
   if (!st.ok()) return st;

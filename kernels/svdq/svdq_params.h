@@ -151,7 +151,9 @@ struct SvdqAttentionParams {
   bool use_tensor_cores = true;
   // Which tensor-core kernel: the fastest that takes the shape (the warp-stream kernel, then
   // the block mma kernel), or one of them forced (tests and the benchmark compare them).
-  enum class Kernel { kAuto, kBlockMma, kWarpStreams };
+  // kWarpStreamsSync: the warp-stream kernel without its warpgroup (wgmma) rebuild, which it
+  // otherwise uses at head dim 128 from 6 k-steps on (svdq_attention_warp.cu).
+  enum class Kernel { kAuto, kBlockMma, kWarpStreams, kWarpStreamsSync };
   Kernel kernel = Kernel::kAuto;
   // Sparse attention (issue 17), optional (the warp-stream kernel and the reference): sequence
   // b and KV head h attend to the pages listed in sparse_pages[(b * kv_heads + h) * sparse_stride

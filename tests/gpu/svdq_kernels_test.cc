@@ -241,7 +241,9 @@ struct AttnCase {
 
 // Which kernel SvdqAttention should take: the warp-stream kernel, the block mma kernel
 // (rope_inv_freq given), the WMMA one (tables only), or the CUDA-core one.
-enum class Path { kWarp, kMma, kWmma, kCudaCores };
+// kWarp: the warp-stream kernel as dispatched (its warpgroup rebuild at head dim 128 from 6
+// k-steps on); kWarpSync: the same kernel with mma.sync rebuilds only.
+enum class Path { kWarp, kWarpSync, kMma, kWmma, kCudaCores };
 
 // Values in pages of format vf read in place, the tail's from a page of its own (the server's
 // layout); kBf16 with in_place false: the bf16 value pages and a gathered bf16 tail.
@@ -390,8 +392,8 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
     g.rope_inv_freq = dinv.ptr();
     g.kernel = SvdqAttentionParams::Kernel::kBlockMma;
     ASSERT_TRUE(SvdqAttentionMmaSupported(g)) << "the mma kernel should take this shape";
-  } else if (path == Path::kWarp) {
-    g.kernel = SvdqAttentionParams::Kernel::kWarpStreams;
+  } else if (path == Path::kWarp || path == Path::kWarpSync) {
+    g.kernel = path == Path::kWarp ? SvdqAttentionParams::Kernel::kWarpStreams : SvdqAttentionParams::Kernel::kWarpStreamsSync;
     ASSERT_TRUE(SvdqAttentionWarpSupported(g)) << "the warp-stream kernel should take this shape";
   } else {
     g.kernel = SvdqAttentionParams::Kernel::kBlockMma;  // the WMMA or CUDA-core kernel
@@ -476,6 +478,16 @@ TEST(SvdqKernels, AttentionWarpStreams) {
   RunAttention({64, 64, 2, 4, 1, "4,2,2,1,1,0,0,0", {600}, {33}}, seed++, 37, Path::kWarp);
   // Head dim 128, 5 k-steps whose pair-mode stages do not fit (8 bits each): the 4-warp instance.
   RunAttention({128, 16, 2, 4, 3, "8,8,8,8,8,0,0,0", {9, 1, 4}, {0, 15, 3}}, seed++, 3, Path::kWarp);
+  // The warpgroup rebuild at 6, 7 and 8 k-steps (the tail-keeping schedules), with step counts
+  // that leave some of the 4 warps without a tile, tails of several tiles, and a long context;
+  // and the same kernel with mma.sync rebuilds at 8 k-steps.
+  for (const char* s : {"4,2,2,2,2,2,1,1", "8,4,2,2,2,2,1,0", "4,2,2,2,2,2,0,0"})
+    for (int split : {0, 3}) {
+      RunAttention({128, 16, 2, 4, 3, s, {9, 1, 4}, {0, 15, 3}}, seed++, split, Path::kWarp);
+      RunAttention({128, 64, 1, 8, 2, s, {5, 2}, {63, 17}}, seed++, split, Path::kWarp);
+    }
+  RunAttention({128, 64, 2, 4, 1, "4,2,2,2,2,2,1,1", {600}, {33}}, seed++, 37, Path::kWarp);
+  RunAttention({128, 16, 2, 4, 3, "4,2,2,2,2,2,1,1", {9, 1, 4}, {0, 15, 3}}, seed++, 3, Path::kWarpSync);
   RunAttention({64, 16, 3, 3, 3, "4,2,2,1,1,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
 }
 
