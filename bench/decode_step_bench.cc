@@ -22,7 +22,7 @@
 //   pass is timed apart, so the prefill figure above stays unprofiled).
 // --profile-decode: the same profiler over 4 replayed decode steps and one eager step at each
 //   stream count, after the timed steps: GPU kernels and copies per step, host time per step.
-// --svdq-schedules: the schedules SVDq key modes run with (default 8,4,2,1,1,0,0,0).
+// --svdq-schedules: the schedules SVDq key modes run with (default 4,2,2,2,2,2,1,1, the server's).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -217,7 +217,7 @@ struct KernelProfile {
 
 int main(int argc, char** argv) {
   std::string model_path = "synthetic:llama-3-8b", streams_arg = "1,16,64", modes_arg = "bf16_bf16,svdq_bf16";
-  std::string json_out, date, schedules_arg = "8,4,2,1,1,0,0,0";
+  std::string json_out, date, schedules_arg = "4,2,2,2,2,2,1,1";
   int context = 1400, steps = 32, prefill_step = 2048;
   std::string prefill_json;
   bool profile_prefill = false, profile_decode = false;

@@ -99,7 +99,7 @@ std::vector<Flag> Flags(ServerConfig* c) {
        oneof(&c->key_mode, {"bf16", "fp8", "int4", "int2", "svdq"})},
       {"value-mode", "KV value pages: bf16 | fp8 | int8 | int4 (per token, grouped scales) (default bf16)",
        oneof(&c->value_mode, {"bf16", "fp8", "int8", "int4"})},
-      {"svdq-schedule", "bits of the 8 latent channel groups, leading first (default 8,4,2,1,1,0,0,0)",
+      {"svdq-schedule", "bits of the 8 latent channel groups, leading first (default 4,2,2,2,2,2,1,1)",
        [c](const std::string& v) {
          kernels::Schedule s;
          if (!kernels::ParseSchedule(v, &s).ok()) return false;

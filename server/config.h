@@ -22,7 +22,7 @@ struct ServerConfig {
   bool prefix_caching = true;
   std::string key_mode = "bf16";
   std::string value_mode = "bf16";
-  std::string svdq_schedule = "8,4,2,1,1,0,0,0";
+  std::string svdq_schedule = "4,2,2,2,2,2,1,1";
   std::string svdq_basis = "prefill";
   std::string svdq_scope = "head";
   int svdq_basis_tokens = 256;

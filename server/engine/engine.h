@@ -29,7 +29,7 @@ struct EngineOptions {
   bool prefix_caching = true;   // share full blocks of identical prompt prefixes (where sound)
   std::string key_mode = "bf16";                  // server/kv/kv_modes.h
   std::string value_mode = "bf16";
-  std::string svdq_schedule = "8,4,2,1,1,0,0,0";  // svdq key mode
+  std::string svdq_schedule = "4,2,2,2,2,2,1,1";  // svdq key mode
   std::string svdq_basis = "prefill";             // prefill | calibrated
   std::string svdq_scope = "head";                // head | layer
   // Prefill basis: fitted on the keys of a sequence's first min(prompt, svdq_basis_tokens)

@@ -23,6 +23,9 @@ TEST(Config, DefaultsFlagsAndEnvironment) {
   ASSERT_TRUE(Parse({}, &c, &err)) << err;
   EXPECT_EQ(c.model, "/default.gguf");
   EXPECT_EQ(c.port, 50051);
+  // The SVDq schedule that keeps every latent group (bench/results/kv_fidelity_cpu_*_schedules*:
+  // +1.5% perplexity on the 1.5B model where 8,4,2,1,1,0,0,0 cost +9.3%).
+  EXPECT_EQ(c.svdq_schedule, "4,2,2,2,2,2,1,1");
   ASSERT_TRUE(Parse({"--port", "6000", "--metrics-port=0", "--device", "cpu"}, &c, &err)) << err;
   EXPECT_EQ(c.port, 6000);
   EXPECT_EQ(c.metrics_port, 0);
