@@ -46,7 +46,7 @@ FILLER_TEXTS = ["Apache-2.0", "GPL-3", "MPL-2.0", "LGPL-3", "Artistic", "GFDL-1.
 WORDS = ["amber", "basalt", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
          "kestrel", "lagoon", "meadow", "nectar", "onyx", "pepper", "quartz", "raven", "saffron", "tundra",
          "umber", "violet", "willow", "xenon", "yarrow", "zephyr"]
-DEFAULT_MODES = "bf16_bf16;svdq_bf16@8,4,2,1,1,0,0,0;svdq_bf16@8,2,0,0,0,0,0,0"
+DEFAULT_MODES = "bf16_bf16;svdq_bf16@4,2,2,2,2,2,1,1;svdq_bf16@8,4,2,1,1,0,0,0"
 
 
 def filler_sentences(license_dir=ROOT / "bench" / "data" / "filler"):

@@ -40,7 +40,7 @@ using svdq::bench::Split;
 using svdq::bench::TimeUs;
 
 int main(int argc, char** argv) {
-  std::string json_path, date = "unknown", pages_text = "16,64", scheds_text = "8,4,2,1,1,0,0,0;8,2,0,0,0,0,0,0";
+  std::string json_path, date = "unknown", pages_text = "16,64", scheds_text = "4,2,2,2,2,2,1,1;8,4,2,1,1,0,0,0;8,2,0,0,0,0,0,0";
   std::string values_text = "bf16,fp8,int8,int4", sweep_text;
   bool shuffle = false;
   int iters = 20, only_batch = 0;

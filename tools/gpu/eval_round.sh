@@ -16,7 +16,7 @@ if ! [ -f $model ]; then
   bash tools/gpu/stash.sh join $model cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 || exit 1
 fi
 svdq="svdq_bf16@4,2,2,1,1,0,0,0"
-modes="${MODES:-bf16_bf16;$svdq|--sparse-budget 2048;$svdq;svdq_bf16@8,4,2,1,1,0,0,0}"
+modes="${MODES:-bf16_bf16;svdq_bf16@4,2,2,2,2,2,1,1;svdq_bf16@4,2,2,2,2,2,1,1|--sparse-budget 2048 --block-size 16;$svdq}"
 SVDQ_BUILD_DIR=build-gpu timeout "${LIMIT:-540}" python3 bench/eval_quality.py --model $model --device cuda \
   --lengths "${LENGTHS:-4096,8192,16384,32000}" --cases "${CASES:-13}" --concurrency 16 --max-tokens 32 \
   --kv-cache-bytes 40G --server-flags "--block-size 64 --max-batch-tokens 8192" --modes "$modes" \
