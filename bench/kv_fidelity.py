@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--modes", default=None,
                     help="instead of the built-in list: modes as bench/eval_quality.py takes them, "
                          "keys_values[@schedule][|flags] separated by ';' (no calibration run)")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds for one window's scoring call")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "kv_fidelity_cpu.json"))
     a = ap.parse_args()
     import conftest
@@ -113,7 +114,7 @@ def main():
 
     def score(stub, text, chunk):
         for r in stub.Generate(pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True,
-                                                  prompt_logprobs_chunk=chunk), timeout=1200):
+                                                  prompt_logprobs_chunk=chunk), timeout=a.timeout):
             if r.HasField("chunk") and len(r.chunk.prompt_logprobs):
                 return list(r.chunk.prompt_logprobs)
         raise RuntimeError("no prompt logprobs")

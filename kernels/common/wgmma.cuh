@@ -29,15 +29,23 @@ __device__ __forceinline__ uint64_t DescNoSwizzle(const void* p, uint32_t lbo_by
 }
 
 // Generic-proxy shared-memory writes made visible to the async proxy (wgmma's B reads).
-__device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Outside sm_90a code these compile to a trap: the dispatch never runs
+// them there.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SVDQ_WGMMA_ASM(...) asm volatile(__VA_ARGS__)
+#else
+#define SVDQ_WGMMA_ASM(...) __trap()
+#endif
+
+__device__ __forceinline__ void FenceProxyAsync() { SVDQ_WGMMA_ASM("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Orders the registers that the next wgmma reads or accumulates into after the instructions
 // that wrote them (needed before the first wgmma of a group).
-__device__ __forceinline__ void Fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void Commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void Fence() { SVDQ_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void Commit() { SVDQ_WGMMA_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void Wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+  SVDQ_WGMMA_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
 // Keeps the compiler from moving reads or writes of the accumulators across a wgmma fence or
@@ -82,5 +90,7 @@ __device__ __forceinline__ void MmaF16M64N128K16(float (&d)[16][4], const uint32
   __trap();  // built for a device without wgmma: the dispatch never launches this
 #endif
 }
+
+#undef SVDQ_WGMMA_ASM
 
 }  // namespace svdq::kernels::wgmma

@@ -694,8 +694,12 @@ int MaxSmem() {
   return bytes;
 }
 
-// Whether the device runs wgmma (compute capability 9.0: this build's sm_90a code).
+// Whether the device runs wgmma (compute capability 9.0: this build's sm_90a code; a build
+// without an sm_90a target defines SVDQ_NO_WGMMA).
 bool HasWgmma() {
+#ifdef SVDQ_NO_WGMMA
+  return false;
+#endif
   static const bool yes = [] {
     int dev = 0, major = 0;
     return cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
@@ -707,9 +711,9 @@ bool HasWgmma() {
 // The kernel for a layout: its (D, KS) instance; pair mode where V_r^T is in shared memory and
 // that fits (3 to 5 k-steps); at head dim 128 past that, the warpgroup rebuild (unless `wg` is
 // false: tests and the benchmark compare); else one tile at a time with mma.sync.
-// Measured on the H200 at 8 x 128k (bench/results/attention_h200_2026-12-04_wgmma.txt): 8
-// k-steps 1,379 us with the warpgroup rebuild against 1,576 without; at 5 k-steps it was no
-// faster than pair mode (1,083 against 1,067 us), which keeps those.
+// Measured on the H200 at 8 x 128k (bench/results/attention_bench_2026-12-04_wgmma.txt, one
+// run): 8 k-steps 1,379 us with the warpgroup rebuild against 1,576 without; at 5 k-steps it was
+// no faster than pair mode (1,083 against 1,067 us), which keeps those.
 struct Choice {
   KernelFn fn = nullptr;
   bool pair = false;

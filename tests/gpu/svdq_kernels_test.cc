@@ -488,6 +488,9 @@ TEST(SvdqKernels, AttentionWarpStreams) {
     }
   RunAttention({128, 64, 2, 4, 1, "4,2,2,2,2,2,1,1", {600}, {33}}, seed++, 37, Path::kWarp);
   RunAttention({128, 16, 2, 4, 3, "4,2,2,2,2,2,1,1", {9, 1, 4}, {0, 15, 3}}, seed++, 3, Path::kWarpSync);
+  // The server's layout at the default schedule: tail values read in place.
+  RunAttention({128, 16, 2, 4, 3, "4,2,2,2,2,2,1,1", {5, 0, 9}, {3, 7, 0}}, seed++, 0, Path::kWarp, {true, KvFormat::kBf16});
+  RunAttention({128, 64, 2, 4, 3, "4,2,2,2,2,2,1,1", {40, 1, 8}, {15, 0, 63}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
   RunAttention({64, 16, 3, 3, 3, "4,2,2,1,1,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp, {true, KvFormat::kBf16});
 }
 
@@ -505,6 +508,10 @@ TEST(SvdqKernels, AttentionSparsePages) {
                    {true, 20, 3});
       RunAttention({64, P, 3, 3, 2, "4,2,2,1,1,0,0,0", {30, 2}, {1, 3}}, seed++, split, Path::kWarp, {}, {true, 5, 1});
     }
+  // The default schedule (8 k-steps: the warpgroup rebuild) over page lists, with in-place tails.
+  for (int P : {16, 64})
+    RunAttention({128, P, 2, 4, 4, "4,2,2,2,2,2,1,1", {40, 3, 9, 0}, {0, 5, P - 1, 7}}, seed++, 2, Path::kWarp,
+                 {true, KvFormat::kBf16}, {true, 6, 2});
   // In-place tail values and no recent pages at all (recent 0).
   RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp,
                {true, KvFormat::kBf16}, {true, 7, 0});
