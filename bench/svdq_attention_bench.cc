@@ -273,7 +273,7 @@ int main(int argc, char** argv) {
         if (forced == 0) {
           kernels = {{K::kBlockMma, " block"}};
           if (SvdqAttentionWarpSupported(a)) {
-            if (D == 128 && l.retained > 5 * 16) kernels.insert(kernels.begin(), {K::kWarpStreamsSync, " sync"});
+            if (SvdqAttentionWarpGroupRebuild(a)) kernels.insert(kernels.begin(), {K::kWarpStreamsSync, " sync"});
             kernels.insert(kernels.begin(), {K::kWarpStreams, " warp"});
           }
         }

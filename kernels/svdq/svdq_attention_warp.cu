@@ -761,6 +761,11 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
   return c.fn && c.smem <= MaxSmem();
 }
 
+bool SvdqAttentionWarpGroupRebuild(const SvdqAttentionParams& p) {
+  const SvdqLayout& l = p.layout;
+  return l.width == 128 && (l.retained + 15) / 16 >= kWgMinSteps && HasWgmma();
+}
+
 Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream) {
   const Choice c = Choose(p);
   if (!c.fn) return Status::Invalid("the warp-stream SVDq kernel does not take this layout");

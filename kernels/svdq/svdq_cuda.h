@@ -26,6 +26,9 @@ bool SvdqAttentionMmaSupported(const SvdqAttentionParams& p);
 // multiple of 16 tokens, at most 8 query heads per KV head, bf16 values. SvdqAttention
 // prefers it to the mma kernel.
 bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p);
+// Whether that kernel, as dispatched (kAuto / kWarpStreams), rebuilds p's keys on the warpgroup
+// (wgmma: head dim 128 from 6 k-steps on, sm_90a); kWarpStreamsSync then differs from it.
+bool SvdqAttentionWarpGroupRebuild(const SvdqAttentionParams& p);
 // A pages_per_split for SvdqAttention, planned by waves of resident blocks (0: no split).
 // Planned once per step from the longest sequence.
 int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms);
