@@ -14,6 +14,11 @@
 //   sparse_attention_bench [--json OUT] [--date D] [--iters N] [--batch 8] [--contexts 32768,131072]
 //                          [--budgets 256,1024,2048,4096] [--pages 64,16] [--ranks 128,16]
 //                          [--schedules 4,2,2,1,1,0,0,0;8,4,2,1,1,0,0,0] [--recent 128] [--sweep-pps 0,1,2,4,8]
+//                          [--dense 1]
+// "fixed us" is the attention launch with the same grid but no page attended: each block's setup
+// (basis, RoPE table, queries), its merge and the split merge, without any tile.
+// --dense 0 leaves out the dense SVDq attention (so that the first SVDq kernel launched is the
+// sparse one, for ncu --launch-count 1).
 // --ranks: landmark widths; 128 (= head dim) is the page mean itself (the server's metadata),
 // smaller ones a mean in an R-column basis. Writes bench/results/sparse_h200.json's rows.
 #include <ATen/ATen.h>
@@ -41,7 +46,7 @@ int main(int argc, char** argv) {
   std::string json_path, date = "unknown", contexts_text = "32768,131072", budgets_text = "256,1024,2048,4096";
   std::string pages_text = "64,16", ranks_text = "128,16", scheds_text = "4,2,2,1,1,0,0,0;8,4,2,1,1,0,0,0";
   std::string pps_text_all = "0,1,2,4,8";
-  int iters = 100, B = 8, recent_tokens = 128;
+  int iters = 100, B = 8, recent_tokens = 128, run_dense = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--json") json_path = v;
@@ -55,6 +60,7 @@ int main(int argc, char** argv) {
     else if (a == "--schedules") scheds_text = v;
     else if (a == "--recent") recent_tokens = std::stoi(v);
     else if (a == "--sweep-pps") pps_text_all = v;
+    else if (a == "--dense") run_dense = std::stoi(v);
     else {
       std::fprintf(stderr, "sparse_attention_bench: unknown flag %s\n", a.c_str());
       return 2;
@@ -149,9 +155,9 @@ int main(int argc, char** argv) {
         at::Tensor dense_ws = at::empty({static_cast<int64_t>(SvdqAttentionWorkspaceFloats(a)) + 1}, dev.dtype(at::kFloat));
         a.workspace = dense_ws.data_ptr<float>();
         Status st = Status::Ok();
-        const double dense_us = TimeUs([&] { st = SvdqAttention(a, stream); }, iters);
+        const double dense_us = run_dense ? TimeUs([&] { st = SvdqAttention(a, stream); }, iters) : 0.0;
         Die(st);
-        const double dense_graph_us = GraphUs([&](cudaStream_t gs) { Die(SvdqAttention(a, gs)); }, 5);
+        const double dense_graph_us = run_dense ? GraphUs([&](cudaStream_t gs) { Die(SvdqAttention(a, gs)); }, 5) : 0.0;
         // Per (sequence, KV head): the SVDq mean and the r columns of the basis the kernel reads.
         const double basis_bytes = 4.0 * D * (l.retained + 1);
         for (const std::string& bt : Split(budgets_text, ',')) {
@@ -215,6 +221,16 @@ int main(int argc, char** argv) {
               Die(SvdqAttention(s, gs));
             });
             const double attn_graph_us = GraphUs([&](cudaStream_t gs) { Die(SvdqAttention(s, gs)); });
+            // The same grid with no page attended (count 0, every page "recent" and none of them
+            // past the recent start): the fixed cost of a launch.
+            double fixed_us = 0.0;
+            {
+              at::Tensor zero = at::zeros({B, KV}, dev.dtype(at::kInt));
+              SvdqAttentionParams f = s;
+              f.sparse_count = zero.data_ptr<int32_t>();
+              f.sparse_recent = np.data_ptr<int32_t>();
+              fixed_us = GraphUs([&](cudaStream_t gs) { Die(SvdqAttention(f, gs)); });
+            }
             Die(cudaDeviceSynchronize() == cudaSuccess ? Status::Ok() : Status::Invalid("a kernel failed"));
             // Key bytes per (sequence, KV head) and step.
             const int scored = pages - recent;  // every page before the recent ones, the sink too
@@ -224,8 +240,8 @@ int main(int argc, char** argv) {
             std::printf("%2dx%-6d %6d %4d %4d %-6.2f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f %7.1fx %10.1f %7.1fx\n", B, T, budget, P,
                         R, sched.EquivalentBits(), step_graph_us, step_us, select_us, attn_graph_us, dense_graph_us, sdpa_us,
                         sdpa_us / step_graph_us, read / 1024, bf16 / read);
-            std::printf("          attention by pages per split, in a graph (planner: %d):%s\n", s.pages_per_split,
-                        sweep_line.c_str());
+            std::printf("          attention by pages per split, in a graph (planner: %d):%s; fixed %.1f\n", s.pages_per_split,
+                        sweep_line.c_str(), fixed_us);
             rows.push_back({{"batch", B}, {"context", T}, {"budget", budget}, {"page", P}, {"landmark_rank", R},
                             {"recent_pages", recent}, {"kept_pages", keep + 1}, {"schedule", st_text},
                             {"key_bits", sched.EquivalentBits()}, {"us", step_graph_us > 0 ? step_graph_us : step_us}, {"us_eager", step_us}, {"select_us", select_us},
@@ -235,7 +251,7 @@ int main(int argc, char** argv) {
                             {"key_bytes_bf16", bf16 * B * KV}, {"compression", bf16 / read},
                             {"compression_without_basis", bf16 / (codes + meta)}, {"copy_tbps", copy_tbs},
                             {"pages_per_split", s.pages_per_split}, {"attention_us_by_pages_per_split", by_pps},
-                            {"us_graph", step_graph_us}, {"attention_us_graph", attn_graph_us},
+                            {"us_graph", step_graph_us}, {"attention_us_graph", attn_graph_us}, {"attention_fixed_us", fixed_us},
                             {"device", prop.name}, {"date", date}});
           }
         }
