@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
         a.rope_inv_freq = inv.data_ptr<float>();
         a.out = out.data_ptr<float>();
         a.kernel = SvdqAttentionParams::Kernel::kWarpStreams;
-        a.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, pages, P, prop.multiProcessorCount);
+        a.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, pages, P, prop.multiProcessorCount, SvdqAttentionBlocksPerSm(a));
         at::Tensor dense_ws = at::empty({static_cast<int64_t>(SvdqAttentionWorkspaceFloats(a)) + 1}, dev.dtype(at::kFloat));
         a.workspace = dense_ws.data_ptr<float>();
         Status st = Status::Ok();
@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
             s.sparse_stride = keep + 1;
             s.sparse_max_pages = keep + 1 + recent;
             // The server's plan (paged_storage.cc AttendDecode); the sweep below checks it.
-            s.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, s.sparse_max_pages, P, prop.multiProcessorCount);
+            s.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, s.sparse_max_pages, P, prop.multiProcessorCount, SvdqAttentionBlocksPerSm(s));
             at::Tensor ws = at::empty({static_cast<int64_t>(SvdqAttentionWorkspaceFloats(s)) + 1}, dev.dtype(at::kFloat));
             s.workspace = ws.data_ptr<float>();
             Die(SparseSelect(sp, stream));

@@ -256,12 +256,6 @@ int main(int argc, char** argv) {
         a.rope_sin = sin.data_ptr<float>();
         a.rope_inv_freq = inv.data_ptr<float>();
         a.out = o.data_ptr<float>();
-        a.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, pages_per_seq, page, prop.multiProcessorCount);
-        if (forced == 1) a.pages_per_split = 0;
-        if (forced > 1) a.pages_per_split = (pages_per_seq + forced - 1) / forced;
-        at::Tensor ws = at::empty({static_cast<int64_t>(std::max<size_t>(SvdqAttentionWorkspaceFloats(a), 1))},
-                                  dev.dtype(at::kFloat));
-        a.workspace = ws.data_ptr<float>();
         // Bytes read: key records, values, each sequence's basis (r columns used, fp32) and mean.
         const double bytes = static_cast<double>(key_pages.numel()) + vpages.bytes() +
                              4.0 * B * KV * (static_cast<double>(D) * l.retained + D);
@@ -279,6 +273,13 @@ int main(int argc, char** argv) {
         }
         for (const auto& [kernel, suffix] : kernels) {
           a.kernel = kernel;
+          // The split as planned for this kernel's resident blocks (or forced).
+          a.pages_per_split = SvdqAttentionPagesPerSplit(B, KV, pages_per_seq, page, prop.multiProcessorCount, SvdqAttentionBlocksPerSm(a));
+          if (forced == 1) a.pages_per_split = 0;
+          if (forced > 1) a.pages_per_split = (pages_per_seq + forced - 1) / forced;
+          at::Tensor ws = at::empty({static_cast<int64_t>(std::max<size_t>(SvdqAttentionWorkspaceFloats(a), 1))},
+                                    dev.dtype(at::kFloat));
+          a.workspace = ws.data_ptr<float>();
           Status st = Status::Ok();
           double us = TimeUs([&] { st = SvdqAttention(a, stream); }, iters);
           Die(st);

@@ -57,7 +57,7 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
     const auto* vals = reinterpret_cast<const __nv_bfloat16*>(p.value_pages) + (pool * p.kv_heads + h) * P * W;
     device::Fold(P, G, W, p.sm_scale, q, keys, [&](int t) { return vals + t * W; }, scores, P, m, lsum, acc);
   }
-  const int tail = (np / pps == split) ? p.tail_len[b] : 0;  // the split after the last full range
+  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
   if (tail > 0) {
     device::LoadTailKeys(p, bh, tail, keys);
     __syncthreads();
@@ -69,10 +69,19 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
 
 int Splits(const SvdqAttentionParams& p) {
   const int pages = p.sparse_pages && p.sparse_max_pages > 0 ? p.sparse_max_pages : p.max_pages;
-  return p.pages_per_split > 0 ? pages / p.pages_per_split + 1 : 1;
+  return SplitCount(pages, p.pages_per_split);
 }
 
 }  // namespace
+
+int SvdqAttentionBlocksPerSm(const SvdqAttentionParams& p) {
+  using K = SvdqAttentionParams::Kernel;
+  if (p.use_tensor_cores && p.kernel != K::kBlockMma && SvdqAttentionWarpSupported(p)) {
+    const int n = SvdqAttentionWarpBlocksPerSm(p);
+    if (n > 0) return n;
+  }
+  return 2;
+}
 
 size_t SvdqAttentionWorkspaceFloats(const SvdqAttentionParams& p) {
   if (p.pages_per_split <= 0) return 0;

@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
   const int np = p.num_pages[b];
   const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
   const int first = split * pps, last = min(np, first + pps);
-  const int tail = (np / pps == split) ? p.tail_len[b] : 0;
+  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
   const int ppc = kChunk / P;
   const int nfull = max(0, last - first);
   const int page_chunks = (nfull + ppc - 1) / ppc;
@@ -615,14 +615,17 @@ Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStre
   return LaunchStatus("SvdqAttention (mma)");
 }
 
-int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms) {
-  // Planned by waves (split_merge.h) for the two blocks per multiprocessor the mma kernel keeps
-  // resident (226 registers a thread); ranges of whole chunks, and a block's setup (its slice
-  // of V_r^T, rotations, page ids) counted as two chunks.
+int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms, int blocks_per_sm) {
+  // Planned by waves (split_merge.h) of blocks_per_sm blocks a multiprocessor; ranges of whole
+  // 64-token chunks, and a block's fixed cost (setup, merge) counted as four chunks: with no page
+  // to attend, a launch of the warp-stream kernel took 16.4 us at 8 k-steps over two waves and
+  // 17.6 us in pair mode over three (sparse_attention_bench's "fixed", 2026-12-04), about 3 and
+  // 5 chunks of its work.
   const int64_t pairs = static_cast<int64_t>(batch) * kv_heads;
   if (pairs <= 0 || max_pages <= 0 || num_sms <= 0 || page_size <= 0) return 0;
   const int chunk_pages = std::max(1, kChunk / page_size);
-  const int splits = PlanSplitsByWaves(pairs, max_pages, 2LL * num_sms, chunk_pages, 2 * chunk_pages, 4096);
+  const int64_t slots = static_cast<int64_t>(std::max(1, blocks_per_sm)) * num_sms;
+  const int splits = PlanSplitsByWaves(pairs, max_pages, slots, chunk_pages, 4 * chunk_pages, 4096);
   if (splits <= 1) return 0;
   const int pps = std::max(2 * chunk_pages, (max_pages + splits - 1) / splits);
   return pps >= max_pages ? 0 : pps;

@@ -21,5 +21,7 @@ Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStre
 // Launches the warp-stream kernel only (svdq_attention_warp.cu); partial results go to
 // p.workspace when split.
 Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStream_t stream);
+// Blocks of the warp-stream kernel's instance for p that one multiprocessor holds (0: none).
+int SvdqAttentionWarpBlocksPerSm(const SvdqAttentionParams& p);
 
 }  // namespace svdq::kernels

@@ -147,6 +147,66 @@ __device__ __forceinline__ float Exp2(float x) {
 __host__ __device__ constexpr int SlotChannel(int slot) { return 4 * ((slot & 7) >> 1) + 2 * (slot >> 3) + (slot & 1); }
 
 
+// V_r^T (KS k-steps, fp16) into shared memory at `vr`, in the kernel's k order: rows of vr_ld
+// halves for ldmatrix, or the warpgroup rebuild's core matrices (8 dims x 8 k, 128 contiguous
+// bytes; along K apart by kD / 8 of them, along dims by one). The fp32 columns are copied by
+// cp.async into `raw` (the stage region, unused until the stream starts: raw_bytes), every piece
+// in flight at once, then converted. Loads through registers (the first version, at most 16 in
+// flight a thread) made this setup about 20 us a block at 8 k-steps, as long as a block's whole
+// share of a sparse short list. Not inlined, so that it leaves the tile loop's register
+// allocation alone (inlined, the 8-k-step loop spilled more and ran 15% slower).
+// Staged row dim, column 16 ks + c16 holds channel c16 of k-step ks (in the step's own order:
+// retained group kSub ks + c16 / kGs, channel c16 % kGs of it). `packed`: 4 bits per group.
+template <int D, int KS, bool kWg, int kThreads>
+__device__ __noinline__ void StageVrT(const float* __restrict__ basis, uint32_t packed, uint8_t* vr_bytes, int vr_ld,
+                                      float* raw, int raw_bytes, int tid) {
+  using Gm = Geo<D>;
+  constexpr int kD = D, kGs = Gm::kGs, NR = KS * Gm::kSub;
+  constexpr int kCols = KS * 16, kQuads = kGs / 4;  // staged floats per dim; 16-byte pieces per group
+  int gch[NR];  // retained groups' first channels (0 for a padding group)
+  {
+    int r = 0;
+#pragma unroll
+    for (int k = 0; k < NR; ++k) gch[k] = 0;
+#pragma unroll
+    for (int g = 0; g < kSvdqGroups; ++g) {
+      if (((packed >> (4 * g)) & 15u) == 0 || r >= NR) continue;
+#pragma unroll
+      for (int k = 0; k < NR; ++k)
+        if (k == r) gch[k] = g * kGs;
+      ++r;
+    }
+  }
+  __half* vr = reinterpret_cast<__half*>(vr_bytes);
+  auto index = [&](int dim, int k) {
+    if constexpr (kWg) return ((k >> 3) * (kD / 8) + (dim >> 3)) * 64 + (dim & 7) * 8 + (k & 7);
+    else return dim * vr_ld + k;
+  };
+  const int rows = min(kD, raw_bytes / (4 * kCols));  // dims a pass (all of them at every supported layout)
+  for (int d0 = 0; d0 < kD; d0 += rows) {
+    const int nd = min(rows, kD - d0);
+    for (int i = tid; i < nd * NR * kQuads; i += kThreads) {
+      const int dim = i / (NR * kQuads), r = (i / kQuads) % NR, qq = i % kQuads;
+      int ch = 0;
+#pragma unroll
+      for (int kk = 0; kk < NR; ++kk)
+        if (kk == r) ch = gch[kk];
+      mma::CpAsync16(raw + dim * kCols + r * kGs + 4 * qq, basis + (d0 + dim) * kD + ch + 4 * qq, 16);
+    }
+    mma::CpAsyncCommit();
+    mma::CpAsyncWait<0>();
+    __syncthreads();
+    // Channels 4 q .. 4 q + 3 of a k-step go to slots 2 q, 2 q + 1 and 2 q + 8, 2 q + 9 (SlotChannel).
+    for (int i = tid; i < nd * KS * 4; i += kThreads) {
+      const int dim = i / (KS * 4), ks = (i / 4) % KS, q = i % 4;
+      const float4 v = *reinterpret_cast<const float4*>(raw + dim * kCols + 16 * ks + 4 * q);
+      *reinterpret_cast<__half2*>(vr + index(d0 + dim, 16 * ks + 2 * q)) = __floats2half2_rn(v.x, v.y);
+      *reinterpret_cast<__half2*>(vr + index(d0 + dim, 16 * ks + 2 * q + 8)) = __floats2half2_rn(v.z, v.w);
+    }
+    __syncthreads();  // the stage region is reused by the next pass, then by the stream
+  }
+}
+
 template <int D, int KS, bool kPair, bool kWg>
 __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) AttentionWarpKernel(SvdqAttentionParams p) {
   using Gm = Geo<D>;
@@ -169,7 +229,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   const int np = AttendedPages(p, b, h);
   const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
   const int first = split * pps, last = min(np, first + pps);
-  const int tail = (np / pps == split) ? p.tail_len[b] : 0;
+  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
   const int paged_tiles = max(0, last - first) * P / kTok;
   const int ntiles = paged_tiles + (tail + kTok - 1) / kTok;
   const int64_t bh = static_cast<int64_t>(b) * KVH + h;
@@ -254,37 +314,11 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
         bv[n][ks][1] = mma::PackHalf2(v.z, v.w);
       }
   } else {
-    // All of a thread's loads first, then the stores: the loads are in flight together (a block
-    // with few tiles, as in sparse attention, spent most of its time here one load at a time).
-    __half* vr = reinterpret_cast<__half*>(smem + s.vr);
-    // (dim, k) -> halves: rows of s.vr_ld for ldmatrix, or the warpgroup rebuild's core matrices
-    // (8 dims x 8 k, 128 contiguous bytes; along K apart by kWgLbo, along dims by kWgSbo).
-    auto VrIndex = [&](int dim, int k) {
-      if constexpr (kWg) return ((k >> 3) * (kD / 8) + (dim >> 3)) * 64 + (dim & 7) * 8 + (k & 7);
-      else return dim * s.vr_ld + k;
-    };
-    constexpr int kElems = kD * KS * 16, kPer = (kElems + kThreadsT - 1) / kThreadsT, kBatch = 16;
-    for (int i0 = 0; i0 < kPer; i0 += kBatch) {  // batches of 16 loads in flight (registers)
-      float staged[kBatch];
+    uint32_t packed = 0;  // the schedule's bits, 4 per group
 #pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int idx = tid + (i0 + i) * kThreadsT;
-        staged[i] = 0.f;
-        if (idx < kElems) {
-          const int dim = idx / (KS * 16), k = idx % (KS * 16), c16 = SlotChannel(k % 16), r = kSub * (k / 16) + c16 / kGs;
-          int ch = 0;
-#pragma unroll
-          for (int kk = 0; kk < NR; ++kk)
-            if (kk == r) ch = gch[kk];
-          staged[i] = basis[dim * kD + ch + c16 % kGs];
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int idx = tid + (i0 + i) * kThreadsT;
-        if (idx < kElems) vr[VrIndex(idx / (KS * 16), idx % (KS * 16))] = __float2half(staged[i]);
-      }
-    }
+    for (int g = 0; g < kSvdqGroups; ++g) packed |= static_cast<uint32_t>(l.bits[g]) << (4 * g);
+    StageVrT<D, KS, kWg, kThreadsT>(basis, packed, smem + s.vr, s.vr_ld, reinterpret_cast<float*>(smem + s.stages),
+                                    s.total - s.stages, tid);
     if constexpr (kWg) wgmma::FenceProxyAsync();  // the tensor cores read V_r^T next
   }
   // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and D/2 + 8a + 2q4 (+1),
@@ -759,6 +793,17 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
   if (p.value_format != KvFormat::kBf16 || p.num_heads / p.kv_heads > 8) return false;
   const Choice c = Choose(p);
   return c.fn && c.smem <= MaxSmem();
+}
+
+int SvdqAttentionWarpBlocksPerSm(const SvdqAttentionParams& p) {
+  const Choice c = Choose(p);
+  if (!c.fn || c.smem > MaxSmem() || !AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem).ok()) return 0;
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, c.fn, 32 * WarpsFor(c.pair), c.smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
 }
 
 bool SvdqAttentionWarpGroupRebuild(const SvdqAttentionParams& p) {

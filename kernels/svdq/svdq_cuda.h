@@ -29,9 +29,13 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p);
 // Whether that kernel, as dispatched (kAuto / kWarpStreams), rebuilds p's keys on the warpgroup
 // (wgmma: head dim 128 from 6 k-steps on, sm_90a); kWarpStreamsSync then differs from it.
 bool SvdqAttentionWarpGroupRebuild(const SvdqAttentionParams& p);
-// A pages_per_split for SvdqAttention, planned by waves of resident blocks (0: no split).
-// Planned once per step from the longest sequence.
-int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms);
+// A pages_per_split for SvdqAttention, planned by waves of resident blocks (0: no split), with
+// blocks_per_sm of them resident on each of num_sms multiprocessors (SvdqAttentionBlocksPerSm).
+// Planned once per step from the longest sequence (or list of attended pages).
+int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms, int blocks_per_sm = 2);
+// Blocks of the kernel SvdqAttention runs for p that one multiprocessor holds (the occupancy
+// API on the warp-stream kernel's instance: 1 in its pair mode, 2 otherwise; 2 for the others).
+int SvdqAttentionBlocksPerSm(const SvdqAttentionParams& p);
 // Floats of workspace SvdqAttention needs for p's shape and split (0 without a split).
 size_t SvdqAttentionWorkspaceFloats(const SvdqAttentionParams& p);
 

@@ -146,7 +146,7 @@ struct SvdqAttentionParams {
   // and KV head, and a second kernel merges the partial softmax states. 0: one block per
   // sequence and KV head, no workspace needed.
   int pages_per_split = 0;
-  float* workspace = nullptr;  // [batch, num_heads, max_pages / pages_per_split + 1, width + 2]
+  float* workspace = nullptr;  // [batch, num_heads, ceil(max_pages / pages_per_split), width + 2]
   // Rebuild keys on tensor cores (TF32 inputs, fp32 accumulation) where the shape allows.
   bool use_tensor_cores = true;
   // Which tensor-core kernel: the fastest that takes the shape (the warp-stream kernel, then
@@ -166,6 +166,13 @@ struct SvdqAttentionParams {
   int sparse_stride = 0;
   int sparse_max_pages = 0;  // a bound on every AttendedPages (plans the split; 0: max_pages)
 };
+
+// The split that also takes the tail (the unfilled page after the np attended ones) when the
+// list is split into ranges of pps pages: the one with the last page (0 with no page), so that
+// ceil(np / pps) splits cover everything (SvdqAttention launches ceil(max / pps)).
+SVDQ_HOST_DEVICE inline int TailSplit(int np, int pps) { return np > 0 ? (np - 1) / pps : 0; }
+// Splits launched for lists of up to max_pages pages in ranges of pps (pps 0: one).
+SVDQ_HOST_DEVICE inline int SplitCount(int max_pages, int pps) { return pps > 0 && max_pages > pps ? (max_pages + pps - 1) / pps : 1; }
 
 // The pages a (sequence, KV head) attends to, as a list: its length, and entry e's logical page.
 SVDQ_HOST_DEVICE inline int AttendedPages(const SvdqAttentionParams& p, int b, int h) {

@@ -499,7 +499,8 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   // attention_us_by_pages_per_split, 16.3 against the planner's 24.0 us at a 256-token budget;
   // slower at 4,096, 88.1 against 71.3. Smaller batches were not measured, where fewer blocks
   // leave more SMs idle: the planner is kept until a batch-aware plan is measured.)
-  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, plan_pages, static_cast<int>(P), num_sms);
+  p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, plan_pages, static_cast<int>(P), num_sms,
+                                                          kernels::SvdqAttentionBlocksPerSm(p));
   if (p.pages_per_split > 0) p.workspace = workspace(kernels::SvdqAttentionWorkspaceFloats(p));
   Check(kernels::SvdqAttention(p, stream), "SVDq attention");
   return out;
