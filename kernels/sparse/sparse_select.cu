@@ -9,6 +9,7 @@
 #include "kernels/sparse/sparse_select.h"
 
 #include "kernels/common/cuda_launch.h"
+#include "kernels/common/pdl.cuh"
 
 namespace svdq::kernels {
 namespace {
@@ -133,6 +134,9 @@ __host__ __device__ inline SelectSmem PlanSelectSmem(const SparseSelectParams& p
 }
 
 __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParams p) {
+  // The attention after it may start its setup once every block of this grid has started
+  // (SvdqAttentionParams::overlap_setup); it waits for this grid before reading the lists.
+  pdl::DependentsMayLaunch();
   // Staged so that the sequential dot products read shared memory (PlanSelectSmem).
   extern __shared__ __align__(16) uint32_t keys[];
   __shared__ int red[kThreads / 32];

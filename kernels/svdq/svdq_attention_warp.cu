@@ -52,6 +52,7 @@
 #include "kernels/attention/split_merge.h"
 #include "kernels/common/cuda_launch.h"
 #include "kernels/common/mma.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/wgmma.cuh"
 #include "kernels/svdq/svdq_attention_tc.h"
 
@@ -224,14 +225,6 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   const int b = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g8 = lane / 4, q4 = lane % 4;
 
-  // np: the pages attended, as a list (all of the sequence's, or the sparse selection); the
-  // block takes entries [first, last) of it.
-  const int np = AttendedPages(p, b, h);
-  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
-  const int first = split * pps, last = min(np, first + pps);
-  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
-  const int paged_tiles = max(0, last - first) * P / kTok;
-  const int ntiles = paged_tiles + (tail + kTok - 1) / kTok;
   const int64_t bh = static_cast<int64_t>(b) * KVH + h;
   const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * KVH + h;
   const float* basis = p.basis + brow * kD * kD;
@@ -321,6 +314,17 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
                                     s.total - s.stages, tid);
     if constexpr (kWg) wgmma::FenceProxyAsync();  // the tensor cores read V_r^T next
   }
+  // What the kernel before this one may still be writing (the sparse lists, the KV write's page)
+  // is read from here on (overlap_setup: launched as its programmatic dependent).
+  pdl::WaitForPrimary();
+  // np: the pages attended, as a list (all of the sequence's, or the sparse selection); the
+  // block takes entries [first, last) of it.
+  const int np = AttendedPages(p, b, h);
+  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
+  const int first = split * pps, last = min(np, first + pps);
+  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
+  const int paged_tiles = max(0, last - first) * P / kTok;
+  const int ntiles = paged_tiles + (tail + kTok - 1) / kTok;
   // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and D/2 + 8a + 2q4 (+1),
   // scaled by sm_scale * log2(e).
   __half2 qlo[kPairs], qhi[kPairs];
@@ -816,8 +820,24 @@ Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStr
   if (!c.fn) return Status::Invalid("the warp-stream SVDq kernel does not take this layout");
   Status st = AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem);
   if (!st.ok()) return st;
-  c.fn<<<dim3(p.batch, p.kv_heads, splits), 32 * WarpsFor(c.pair), c.smem, stream>>>(p);
-  return LaunchStatus("SvdqAttention (warp streams)");
+  const dim3 grid(p.batch, p.kv_heads, splits), block(32 * WarpsFor(c.pair));
+  if (!p.overlap_setup) {
+    c.fn<<<grid, block, c.smem, stream>>>(p);
+    return LaunchStatus("SvdqAttention (warp streams)");
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = c.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, c.fn, p);
+  if (e != cudaSuccess) return Status::Invalid(std::string("SvdqAttention (warp streams, overlapped setup): ") + cudaGetErrorString(e));
+  return LaunchStatus("SvdqAttention (warp streams, overlapped setup)");
 }
 
 }  // namespace svdq::kernels

@@ -155,6 +155,12 @@ struct SvdqAttentionParams {
   // otherwise uses at head dim 128 from 6 k-steps on (svdq_attention_warp.cu).
   enum class Kernel { kAuto, kBlockMma, kWarpStreams, kWarpStreamsSync };
   Kernel kernel = Kernel::kAuto;
+  // Launch the warp-stream kernel as a programmatic dependent of the kernel before it in the
+  // stream (Hopper's PDL): its blocks may start while that kernel still runs, stage what no
+  // earlier kernel writes (V_r^T, the mean, the RoPE table) and wait for it
+  // (griddepcontrol.wait) before anything else: the pages, the lists, the query. It gains where
+  // the kernel before calls GridDependentsMayLaunch (SparseSelect, the KV write).
+  bool overlap_setup = false;
   // Sparse attention (issue 17), optional (the warp-stream kernel and the reference): sequence
   // b and KV head h attend to the pages listed in sparse_pages[(b * kv_heads + h) * sparse_stride
   // + i] for i < sparse_count[b * kv_heads + h] (logical page indices, ascending, each below

@@ -257,6 +257,7 @@ struct InPlaceValues {
 struct SparsePages {
   bool on = false;
   int keep = 0, recent = 0;
+  bool overlap_setup = false;  // launched as a programmatic dependent (SvdqAttentionParams::overlap_setup)
 };
 
 void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Path path = Path::kMma,
@@ -383,6 +384,7 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
   DeviceBuffer<float> dout(std::vector<float>(ref.size(), 0.f));
   DeviceBuffer<int32_t> dsp(sp_pages), dsc(sp_count), dsr(sp_recent);
   SvdqAttentionParams g = a;
+  g.overlap_setup = sparse.overlap_setup;
   if (sparse.on) {
     g.sparse_pages = dsp.ptr();
     g.sparse_count = dsc.ptr();
@@ -508,10 +510,12 @@ TEST(SvdqKernels, AttentionSparsePages) {
                    {true, 20, 3});
       RunAttention({64, P, 3, 3, 2, "4,2,2,1,1,0,0,0", {30, 2}, {1, 3}}, seed++, split, Path::kWarp, {}, {true, 5, 1});
     }
-  // The default schedule (8 k-steps: the warpgroup rebuild) over page lists, with in-place tails.
+  // The default schedule (8 k-steps: the warpgroup rebuild) over page lists, with in-place tails,
+  // launched plainly and as a programmatic dependent (the server's launch).
   for (int P : {16, 64})
-    RunAttention({128, P, 2, 4, 4, "4,2,2,2,2,2,1,1", {40, 3, 9, 0}, {0, 5, P - 1, 7}}, seed++, 2, Path::kWarp,
-                 {true, KvFormat::kBf16}, {true, 6, 2});
+    for (bool overlap : {false, true})
+      RunAttention({128, P, 2, 4, 4, "4,2,2,2,2,2,1,1", {40, 3, 9, 0}, {0, 5, P - 1, 7}}, seed++, 2, Path::kWarp,
+                   {true, KvFormat::kBf16}, {true, 6, 2, overlap});
   // In-place tail values and no recent pages at all (recent 0).
   RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp,
                {true, KvFormat::kBf16}, {true, 7, 0});
