@@ -49,14 +49,18 @@ TEST(SparseSelectGpu, MatchesTheReference) {
   Compare(svdq::testing::MakeSparseCase(2, 8, 2, 64, 8, 64, 0, {64, 1}, 0, 5u));
 }
 
-// Page landmarks without a basis (R = D).
+// Page landmarks without a basis (R = D): the scores on tensor cores (integer mma) up to 8 query
+// heads per KV head, with dp4a beyond; chunk counts that are not a multiple of the 16-chunk tile.
 TEST(SparseSelectGpu, IdentityLandmarksMatchTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
-  for (int D : {64, 128}) {
-    auto c = svdq::testing::MakeSparseCase(4, 32, 8, D, D, 2048, 29, {2048, 2, 1000, 30}, 0, 70u + D);
-    c.basis.clear();
-    Compare(c);
-  }
+  for (int D : {64, 128})
+    for (int gqa : {1, 3, 4, 8, 16}) {
+      auto c = svdq::testing::MakeSparseCase(4, 2 * gqa, 2, D, D, 2048, 29, {2048, 2, 1001, 30}, 0, 70u + D + gqa);
+      c.basis.clear();
+      Compare(c);
+    }
+  // A 32-coordinate basis (the mma path with a projected query), ties included.
+  Compare(svdq::testing::MakeSparseCase(3, 16, 2, 128, 32, 3000, 40, {3000, 777, 41}, /*tie_levels=*/3, 8u));
 }
 
 TEST(SparseSelectGpu, TheBoundMatchesTheReference) {
