@@ -4,7 +4,7 @@
 // chunks (all above it, then the lowest-indexed ties) are written in ascending order through a
 // block prefix sum over contiguous slices of chunks. Scores use the reference's operations (landmarks:
 // the query's coordinates quantized to int8 per query head, an exact integer dot product by
-// dp4a, or integer mma for 32k coordinates and up to 8 query rows, then two fp32 products; the bound likewise, as two dp4a streams: the query's positive
+// dp4a, then two fp32 products; the bound likewise, as two dp4a streams: the query's positive
 // part against hi, its negative part against lo), so both choose the same chunks.
 #include "kernels/sparse/sparse_select.h"
 
@@ -79,74 +79,6 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const
     }
     keys[c] = best;
   }
-}
-
-// The same keys with the dot products on tensor cores, for kR a multiple of 32 and at most 8
-// query rows (the server's page landmarks: R = D = 128, 4 rows): at R = 128 the dp4a loop above
-// is 512 integer instructions a chunk and bounded the selection (21.8 us at 8 x 128k against
-// 13.4 at R = 16). Integer mma (s8 x s8 -> s32) is exact like dp4a, so the keys are the same.
-// Warp w scores chunk tiles w, w + 32, ...: A = 16 chunks' coordinates (rows), B = the query rows
-// (columns: heads, zero past G), one m16n8k32 per 32 coordinates; then each chunk's key is the
-// largest over its row's columns (four lanes).
-template <int kR>
-__device__ void ScoreChunksMma(const SparseSelectParams& p, const int8_t* q8, const float* qscale, int b, int g, int n,
-                               uint32_t* keys) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  static_assert(kR % 32 == 0, "32 coordinates a k-step");
-  constexpr int kSteps = kR / 32;
-  const int G = p.H / p.KV;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
-  // B fragments (rows: coordinates 4 tig .. 4 tig + 3 and 16 more of each k-step; column: head gid).
-  uint32_t bq[kSteps][2];
-#pragma unroll
-  for (int ks = 0; ks < kSteps; ++ks) {
-    const int8_t* row = q8 + gid * kR + 32 * ks + 4 * tig;
-    bq[ks][0] = gid < G ? *reinterpret_cast<const uint32_t*>(row) : 0u;
-    bq[ks][1] = gid < G ? *reinterpret_cast<const uint32_t*>(row + 16) : 0u;
-  }
-  const int tiles = (n + 15) / 16;
-  for (int t = warp; t < tiles; t += kThreads / 32) {
-    const int c0 = 16 * t + gid, c1 = c0 + 8;  // this thread's two chunks (rows gid, gid + 8)
-    const int64_t r0 = SparseChunkRow(p, b, g, min(c0, n - 1)), r1 = SparseChunkRow(p, b, g, min(c1, n - 1));
-    const int8_t* co0 = p.coords + r0 * kR + 4 * tig;
-    const int8_t* co1 = p.coords + r1 * kR + 4 * tig;
-    int acc[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (int ks = 0; ks < kSteps; ++ks) {
-      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(co0 + 32 * ks);
-      const uint32_t a1 = *reinterpret_cast<const uint32_t*>(co1 + 32 * ks);
-      const uint32_t a2 = *reinterpret_cast<const uint32_t*>(co0 + 32 * ks + 16);
-      const uint32_t a3 = *reinterpret_cast<const uint32_t*>(co1 + 32 * ks + 16);
-      asm volatile(
-          "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-          "{%0, %1, %2, %3};\n"
-          : "+r"(acc[0]), "+r"(acc[1]), "+r"(acc[2]), "+r"(acc[3])
-          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(bq[ks][0]), "r"(bq[ks][1]));
-    }
-    // acc: row gid (0, 1) and gid + 8 (2, 3), columns 2 tig and 2 tig + 1.
-    const float s0 = p.scales[r0], s1 = p.scales[r1];
-    uint32_t k0 = 0, k1 = 0;  // order keys are >= 0: the largest over the columns
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int h = 2 * tig + e;
-      if (h < G) {
-        k0 = max(k0, OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(acc[e]), qscale[h]), s0)));
-        k1 = max(k1, OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(acc[2 + e]), qscale[h]), s1)));
-      }
-    }
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-      k0 = max(k0, __shfl_xor_sync(0xffffffffu, k0, o));
-      k1 = max(k1, __shfl_xor_sync(0xffffffffu, k1, o));
-    }
-    if (tig == 0) {
-      if (c0 < n) keys[c0] = k0;
-      if (c1 < n) keys[c1] = k1;
-    }
-  }
-#else
-  ScoreChunks<kR>(p, q8, qscale, b, g, n, keys);
-#endif
 }
 
 // The bound's keys (the reference's SparseBoundScore): the query rows' positive parts qpos [G, D]
@@ -268,9 +200,9 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
     switch (p.R) {  // the common widths with the chunk's coordinates in registers
     case 8: ScoreChunks<8>(p, q8, qscale, b, g, n, keys); break;
     case 16: ScoreChunks<16>(p, q8, qscale, b, g, n, keys); break;
-    case 32: G <= 8 ? ScoreChunksMma<32>(p, q8, qscale, b, g, n, keys) : ScoreChunks<32>(p, q8, qscale, b, g, n, keys); break;
-    case 64: G <= 8 ? ScoreChunksMma<64>(p, q8, qscale, b, g, n, keys) : ScoreChunks<64>(p, q8, qscale, b, g, n, keys); break;
-    case 128: G <= 8 ? ScoreChunksMma<128>(p, q8, qscale, b, g, n, keys) : ScoreChunks<128>(p, q8, qscale, b, g, n, keys); break;
+    case 32: ScoreChunks<32>(p, q8, qscale, b, g, n, keys); break;
+    case 64: ScoreChunks<64>(p, q8, qscale, b, g, n, keys); break;
+    case 128: ScoreChunks<128>(p, q8, qscale, b, g, n, keys); break;
     default: ScoreChunks<0>(p, q8, qscale, b, g, n, keys); break;
     }
   }

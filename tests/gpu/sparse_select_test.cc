@@ -49,8 +49,8 @@ TEST(SparseSelectGpu, MatchesTheReference) {
   Compare(svdq::testing::MakeSparseCase(2, 8, 2, 64, 8, 64, 0, {64, 1}, 0, 5u));
 }
 
-// Page landmarks without a basis (R = D): the scores on tensor cores (integer mma) up to 8 query
-// heads per KV head, with dp4a beyond; chunk counts that are not a multiple of the 16-chunk tile.
+// Page landmarks without a basis (R = D), 1 to 16 query heads per KV head, chunk counts that are
+// not a multiple of 16.
 TEST(SparseSelectGpu, IdentityLandmarksMatchTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   for (int D : {64, 128})
@@ -59,7 +59,7 @@ TEST(SparseSelectGpu, IdentityLandmarksMatchTheReference) {
       c.basis.clear();
       Compare(c);
     }
-  // A 32-coordinate basis (the mma path with a projected query), ties included.
+  // A 32-coordinate basis, ties included.
   Compare(svdq::testing::MakeSparseCase(3, 16, 2, 128, 32, 3000, 40, {3000, 777, 41}, /*tie_levels=*/3, 8u));
 }
 
