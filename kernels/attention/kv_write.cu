@@ -6,7 +6,6 @@
 #include <cuda_fp8.h>
 
 #include "kernels/common/cuda_launch.h"
-#include "kernels/common/pdl.cuh"
 
 namespace svdq::kernels {
 namespace {
@@ -58,7 +57,6 @@ __device__ void StoreRow(const __nv_bfloat16* x, KvFormat f, void* pages, uint16
 
 template <int E>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) KvWriteKernel(KvWriteParams p) {
-  pdl::DependentsMayLaunch();  // an attention launched with overlap_setup may begin its setup
   const int tensors = p.k_pre ? 3 : 2;
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (w >= static_cast<int64_t>(p.rows) * p.kv_heads * tensors) return;

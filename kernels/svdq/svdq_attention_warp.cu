@@ -48,6 +48,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "kernels/attention/split_merge.h"
 #include "kernels/common/cuda_launch.h"
@@ -320,9 +323,11 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   // np: the pages attended, as a list (all of the sequence's, or the sparse selection); the
   // block takes entries [first, last) of it.
   const int np = AttendedPages(p, b, h);
-  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
-  const int first = split * pps, last = min(np, first + pps);
-  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
+  // A list longer than the one the split was planned for (a prompt row in a sparse step attends
+  // to all of its pages) leaves its overflow, and its tail, to the last split.
+  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1, last_split = gridDim.z - 1;
+  const int first = split * pps, last = split == last_split ? np : min(np, first + pps);
+  const int tail = split == min(TailSplit(np, pps), last_split) ? p.tail_len[b] : 0;
   const int paged_tiles = max(0, last - first) * P / kTok;
   const int ntiles = paged_tiles + (tail + kTok - 1) / kTok;
   // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and D/2 + 8a + 2q4 (+1),
@@ -801,12 +806,20 @@ bool SvdqAttentionWarpSupported(const SvdqAttentionParams& p) {
 
 int SvdqAttentionWarpBlocksPerSm(const SvdqAttentionParams& p) {
   const Choice c = Choose(p);
-  if (!c.fn || c.smem > MaxSmem() || !AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem).ok()) return 0;
+  if (!c.fn || c.smem > MaxSmem()) return 0;
+  // Asked once per (instance, shared memory): the server plans every layer's attention each step.
+  static std::mutex mu;
+  static std::map<std::pair<KernelFn, int>, int> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(c.fn, c.smem);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
   int n = 0;
+  if (!AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem).ok()) return 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, c.fn, 32 * WarpsFor(c.pair), c.smem) != cudaSuccess) {
-    cudaGetLastError();
+    cudaGetLastError();  // this query's error: the caller plans for 2 blocks instead
     return 0;
   }
+  known.emplace(key, n);
   return n;
 }
 
@@ -821,7 +834,7 @@ Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStr
   Status st = AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem);
   if (!st.ok()) return st;
   const dim3 grid(p.batch, p.kv_heads, splits), block(32 * WarpsFor(c.pair));
-  if (!p.overlap_setup) {
+  if (!p.overlap_setup || !HasWgmma()) {  // programmatic dependent launch: compute capability 9.0
     c.fn<<<grid, block, c.smem, stream>>>(p);
     return LaunchStatus("SvdqAttention (warp streams)");
   }
@@ -836,7 +849,10 @@ Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStr
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   const cudaError_t e = cudaLaunchKernelEx(&cfg, c.fn, p);
-  if (e != cudaSuccess) return Status::Invalid(std::string("SvdqAttention (warp streams, overlapped setup): ") + cudaGetErrorString(e));
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // the launch's own error, reported here
+    return Status::Invalid(std::string("SvdqAttention (warp streams, overlapped setup): ") + cudaGetErrorString(e));
+  }
   return LaunchStatus("SvdqAttention (warp streams, overlapped setup)");
 }
 

@@ -159,7 +159,8 @@ struct SvdqAttentionParams {
   // stream (Hopper's PDL): its blocks may start while that kernel still runs, stage what no
   // earlier kernel writes (V_r^T, the mean, the RoPE table) and wait for it
   // (griddepcontrol.wait) before anything else: the pages, the lists, the query. It gains where
-  // the kernel before calls GridDependentsMayLaunch (SparseSelect, the KV write).
+  // the kernel before calls pdl::DependentsMayLaunch (SparseSelect does). Compute capability 9.0
+  // and up; elsewhere the launch is a plain one.
   bool overlap_setup = false;
   // Sparse attention (issue 17), optional (the warp-stream kernel and the reference): sequence
   // b and KV head h attend to the pages listed in sparse_pages[(b * kv_heads + h) * sparse_stride
@@ -170,7 +171,9 @@ struct SvdqAttentionParams {
   const int32_t* sparse_count = nullptr;
   const int32_t* sparse_recent = nullptr;
   int sparse_stride = 0;
-  int sparse_max_pages = 0;  // a bound on every AttendedPages (plans the split; 0: max_pages)
+  // The list length the split is planned for (0: max_pages); a longer list (a prompt row, which
+  // attends to every page) is still attended whole, its overflow by the last split.
+  int sparse_max_pages = 0;
 };
 
 // The split that also takes the tail (the unfilled page after the np attended ones) when the

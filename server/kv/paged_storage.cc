@@ -501,8 +501,8 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   // leave more SMs idle: the planner is kept until a batch-aware plan is measured.)
   p.pages_per_split = kernels::SvdqAttentionPagesPerSplit(p.batch, p.kv_heads, plan_pages, static_cast<int>(P), num_sms,
                                                           kernels::SvdqAttentionBlocksPerSm(p));
-  // The warp-stream kernel's setup overlaps the kernel before it (the selection, or the KV
-  // write): SvdqAttentionParams::overlap_setup.
+  // The warp-stream kernel's setup overlaps the selection before it (SvdqAttentionParams::
+  // overlap_setup; with dense lists the kernel before it does not let it start early).
   p.overlap_setup = true;
   if (p.pages_per_split > 0) p.workspace = workspace(kernels::SvdqAttentionWorkspaceFloats(p));
   Check(kernels::SvdqAttention(p, stream), "SVDq attention");

@@ -258,6 +258,7 @@ struct SparsePages {
   bool on = false;
   int keep = 0, recent = 0;
   bool overlap_setup = false;  // launched as a programmatic dependent (SvdqAttentionParams::overlap_setup)
+  bool prompt_row0 = false;    // sequence 0 a prompt row: no selection, every page (past the planned split)
 };
 
 void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Path path = Path::kMma,
@@ -355,7 +356,7 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
   if (sparse.on) {
     std::mt19937 rng(seed + 9);
     for (int b = 0; b < B; ++b) {
-      sp_recent[b] = std::max(0, ac.pages[b] - sparse.recent);
+      sp_recent[b] = b == 0 && sparse.prompt_row0 ? 0 : std::max(0, ac.pages[b] - sparse.recent);
       for (int h = 0; h < kv; ++h) {
         std::vector<int32_t> all(sp_recent[b]);
         for (int i = 0; i < sp_recent[b]; ++i) all[i] = i;
@@ -516,6 +517,11 @@ TEST(SvdqKernels, AttentionSparsePages) {
     for (bool overlap : {false, true})
       RunAttention({128, P, 2, 4, 4, "4,2,2,2,2,2,1,1", {40, 3, 9, 0}, {0, 5, P - 1, 7}}, seed++, 2, Path::kWarp,
                    {true, KvFormat::kBf16}, {true, 6, 2, overlap});
+  // A prompt row (sequence 0: every one of its 40 pages and its tail) in a step whose split is
+  // planned for lists of 8 pages: the last split takes the overflow.
+  for (int split : {2, 3})
+    RunAttention({128, 16, 2, 4, 3, "4,2,2,1,1,0,0,0", {40, 30, 9}, {5, 3, 0}}, seed++, split, Path::kWarp, {},
+                 {true, 6, 2, true, true});
   // In-place tail values and no recent pages at all (recent 0).
   RunAttention({128, 16, 2, 4, 3, "8,2,0,0,0,0,0,0", {40, 1, 8}, {15, 0, 1}}, seed++, 4, Path::kWarp,
                {true, KvFormat::kBf16}, {true, 7, 0});
