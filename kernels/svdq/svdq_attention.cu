@@ -44,8 +44,8 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
   const float* mean = p.mean + brow * W;
   const float* basis = p.basis + brow * W * W;
   const int np = p.num_pages[b];
-  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
-  const int first = split * pps, last = min(np, first + pps);
+  const SplitSlice slice = SplitPages(np, p.pages_per_split, split, gridDim.z);
+  const int first = slice.first, last = slice.last;
   for (int pg = first; pg < last; ++pg) {
     const int64_t pool = p.page_table[static_cast<int64_t>(b) * p.max_pages + pg];
     device::DequantLatent(l, p.key_pages + (pool * p.kv_heads + h) * l.page_bytes, z);
@@ -57,7 +57,7 @@ __global__ void AttentionKernel(SvdqAttentionParams p) {
     const auto* vals = reinterpret_cast<const __nv_bfloat16*>(p.value_pages) + (pool * p.kv_heads + h) * P * W;
     device::Fold(P, G, W, p.sm_scale, q, keys, [&](int t) { return vals + t * W; }, scores, P, m, lsum, acc);
   }
-  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
+  const int tail = slice.tail ? p.tail_len[b] : 0;
   if (tail > 0) {
     device::LoadTailKeys(p, bh, tail, keys);
     __syncthreads();

@@ -122,9 +122,9 @@ __global__ void __launch_bounds__(kThreads, 2) AttentionMmaKernel(SvdqAttentionP
   float* corr_s = m_s + 32;
 
   const int np = p.num_pages[b];
-  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
-  const int first = split * pps, last = min(np, first + pps);
-  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
+  const SplitSlice slice = SplitPages(np, p.pages_per_split, split, gridDim.z);
+  const int first = slice.first, last = slice.last;
+  const int tail = slice.tail ? p.tail_len[b] : 0;
   const int ppc = kChunk / P;
   const int nfull = max(0, last - first);
   const int page_chunks = (nfull + ppc - 1) / ppc;

@@ -98,9 +98,9 @@ __global__ void __launch_bounds__(kThreads) AttentionTcKernel(SvdqAttentionParam
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const int np = p.num_pages[b];
-  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1;
-  const int first = split * pps, last = min(np, first + pps);
-  const int tail = split == TailSplit(np, pps) ? p.tail_len[b] : 0;
+  const SplitSlice slice = SplitPages(np, p.pages_per_split, split, gridDim.z);
+  const int first = slice.first, last = slice.last;
+  const int tail = slice.tail ? p.tail_len[b] : 0;
 
   const auto* qg = reinterpret_cast<const __nv_bfloat16*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h * G) * W;
   for (int idx = threadIdx.x; idx < kRows * W; idx += blockDim.x) {

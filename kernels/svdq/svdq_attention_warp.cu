@@ -323,11 +323,9 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   // np: the pages attended, as a list (all of the sequence's, or the sparse selection); the
   // block takes entries [first, last) of it.
   const int np = AttendedPages(p, b, h);
-  // A list longer than the one the split was planned for (a prompt row in a sparse step attends
-  // to all of its pages) leaves its overflow, and its tail, to the last split.
-  const int pps = p.pages_per_split > 0 ? p.pages_per_split : np + 1, last_split = gridDim.z - 1;
-  const int first = split * pps, last = split == last_split ? np : min(np, first + pps);
-  const int tail = split == min(TailSplit(np, pps), last_split) ? p.tail_len[b] : 0;
+  const SplitSlice slice = SplitPages(np, p.pages_per_split, split, gridDim.z);
+  const int first = slice.first, last = slice.last;
+  const int tail = slice.tail ? p.tail_len[b] : 0;
   const int paged_tiles = max(0, last - first) * P / kTok;
   const int ntiles = paged_tiles + (tail + kTok - 1) / kTok;
   // The query of head g8 (zero for g8 >= G) at columns 8a + 2q4 (+1) and D/2 + 8a + 2q4 (+1),
@@ -737,18 +735,22 @@ int MaxSmem() {
   return bytes;
 }
 
+// The device's compute capability major (0 if unknown).
+int ComputeMajor() {
+  static const int major = [] {
+    int dev = 0, v = 0;
+    return cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess ? v : 0;
+  }();
+  return major;
+}
+
 // Whether the device runs wgmma (compute capability 9.0: this build's sm_90a code; a build
 // without an sm_90a target defines SVDQ_NO_WGMMA).
 bool HasWgmma() {
 #ifdef SVDQ_NO_WGMMA
   return false;
 #endif
-  static const bool yes = [] {
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-           major == 9;
-  }();
-  return yes;
+  return ComputeMajor() == 9;
 }
 
 // The kernel for a layout: its (D, KS) instance; pair mode where V_r^T is in shared memory and
@@ -834,7 +836,7 @@ Status SvdqAttentionWarpLaunch(const SvdqAttentionParams& p, int splits, cudaStr
   Status st = AllowSmem(reinterpret_cast<const void*>(c.fn), c.smem);
   if (!st.ok()) return st;
   const dim3 grid(p.batch, p.kv_heads, splits), block(32 * WarpsFor(c.pair));
-  if (!p.overlap_setup || !HasWgmma()) {  // programmatic dependent launch: compute capability 9.0
+  if (!p.overlap_setup || ComputeMajor() < 9) {  // programmatic dependent launch: compute capability 9.0 and up
     c.fn<<<grid, block, c.smem, stream>>>(p);
     return LaunchStatus("SvdqAttention (warp streams)");
   }

@@ -176,12 +176,23 @@ struct SvdqAttentionParams {
   int sparse_max_pages = 0;
 };
 
-// The split that also takes the tail (the unfilled page after the np attended ones) when the
-// list is split into ranges of pps pages: the one with the last page (0 with no page), so that
-// ceil(np / pps) splits cover everything (SvdqAttention launches ceil(max / pps)).
-SVDQ_HOST_DEVICE inline int TailSplit(int np, int pps) { return np > 0 ? (np - 1) / pps : 0; }
 // Splits launched for lists of up to max_pages pages in ranges of pps (pps 0: one).
 SVDQ_HOST_DEVICE inline int SplitCount(int max_pages, int pps) { return pps > 0 && max_pages > pps ? (max_pages + pps - 1) / pps : 1; }
+// What split `split` of `splits` takes of a list of np pages in ranges of pps (pps 0: one split
+// takes all): pages [first, last), and the tail (the unfilled page after the list) if it holds
+// the list's last page (split 0 with no page), so that no split exists for the tail alone. A
+// list longer than splits * pps (a prompt row in a sparse step attends to every page, while the
+// split was planned for the selection's bound) leaves its overflow and its tail to the last split.
+struct SplitSlice {
+  int first, last;
+  bool tail;
+};
+SVDQ_HOST_DEVICE inline SplitSlice SplitPages(int np, int pps, int split, int splits) {
+  if (pps <= 0) pps = np + 1;
+  const int last_split = splits - 1, first = split * pps, tail_split = np > 0 ? (np - 1) / pps : 0;
+  const int end = first + pps < np ? first + pps : np;
+  return {first, split == last_split ? np : end, split == (tail_split < last_split ? tail_split : last_split)};
+}
 
 // The pages a (sequence, KV head) attends to, as a list: its length, and entry e's logical page.
 SVDQ_HOST_DEVICE inline int AttendedPages(const SvdqAttentionParams& p, int b, int h) {

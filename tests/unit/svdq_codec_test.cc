@@ -350,25 +350,31 @@ TEST(Attention, RejectsBadShapes) {
 
 }  // namespace
 
-// The split plan the attention kernels share: ranges of pps pages over SplitCount(max, pps)
-// blocks cover every attended page exactly once for every list length up to max, and the tail
-// goes to a launched split (the one with the last page; no split left for the tail alone).
+// The split plan the attention kernels share (SplitPages over SplitCount(max, pps) blocks):
+// every attended page exactly once and the tail exactly once, for every list length up to max
+// and past it (a prompt row in a sparse step: the overflow goes to the last split); within max,
+// the tail rides with the last page and no split exists for the tail alone.
 TEST(Attention, SplitsCoverEveryPageOnceAndPlaceTheTail) {
   using svdq::kernels::SplitCount;
-  using svdq::kernels::TailSplit;
+  using svdq::kernels::SplitPages;
   for (int max_pages = 0; max_pages <= 40; ++max_pages) {
     for (int pps = 0; pps <= 12; ++pps) {
       const int splits = SplitCount(max_pages, pps);
       ASSERT_GE(splits, 1);
-      for (int np = 0; np <= max_pages; ++np) {
-        const int per = pps > 0 ? pps : np + 1;  // as the kernels read it
+      for (int np = 0; np <= max_pages + 20; ++np) {
         std::vector<int> seen(np, 0);
-        for (int s = 0; s < splits; ++s)
-          for (int pg = s * per; pg < std::min(np, s * per + per); ++pg) ++seen[pg];
+        int tails = 0, tail_split = -1;
+        for (int s = 0; s < splits; ++s) {
+          const auto slice = SplitPages(np, pps, s, splits);
+          for (int pg = std::max(0, slice.first); pg < slice.last; ++pg) ++seen[pg];
+          if (slice.tail) ++tails, tail_split = s;
+        }
         for (int pg = 0; pg < np; ++pg) ASSERT_EQ(seen[pg], 1) << "max " << max_pages << " pps " << pps << " np " << np << " page " << pg;
-        const int tail = TailSplit(np, per);
-        ASSERT_LT(tail, splits) << "max " << max_pages << " pps " << pps << " np " << np;
-        if (np > 0) EXPECT_TRUE(tail * per < np && np <= tail * per + per) << "the tail's split holds the last page";
+        ASSERT_EQ(tails, 1) << "max " << max_pages << " pps " << pps << " np " << np;
+        if (np > 0 && np <= max_pages) {
+          const auto slice = SplitPages(np, pps, tail_split, splits);
+          EXPECT_TRUE(slice.first < np && np <= slice.last) << "the tail's split holds the last page";
+        }
       }
       if (pps > 0 && max_pages > 0) EXPECT_LT((splits - 1) * pps, max_pages) << "a split for the tail alone, max " << max_pages << " pps " << pps;
     }
