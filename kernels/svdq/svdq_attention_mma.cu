@@ -616,8 +616,9 @@ Status SvdqAttentionMmaLaunch(const SvdqAttentionParams& p, int splits, cudaStre
 }
 
 int SvdqAttentionPagesPerSplit(int batch, int kv_heads, int max_pages, int page_size, int num_sms, int blocks_per_sm) {
-  // Planned by waves (split_merge.h) of blocks_per_sm blocks a multiprocessor; ranges of whole
-  // 64-token chunks, and a block's fixed cost (setup, merge) counted as four chunks: with no page
+  // Planned by waves (split_merge.h) of blocks_per_sm blocks a multiprocessor, on a grid of whole
+  // 64-token chunks (the split's ranges are then max_pages / splits, at least two chunks), and a
+  // block's fixed cost (setup, merge) counted as four chunks: with no page
   // to attend, a launch of the warp-stream kernel took 16.4 us at 8 k-steps over two waves and
   // 17.6 us in pair mode over three (sparse_attention_bench's "fixed", 2026-12-04), about 3 and
   // 5 chunks of its work.
