@@ -17,7 +17,9 @@
 // usage: decode_step_bench [--model synthetic:llama-3-8b] [--streams 1,16,64] [--context 1400]
 //        [--steps 32] [--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT]
 //        [--prefill-step 2048] [--prefill-json OUT] [--date YYYY-MM-DD] [--profile-prefill]
-// --profile-prefill: the PyTorch (Kineto) profiler over prefill steps 2-4 of each mode, then
+//        [--profile-from N]
+// --profile-prefill: the PyTorch (Kineto) profiler over prefill steps 2-4 of each mode (N+1 to
+//   N+3 with --profile-from N: later steps of a long prompt attend over more pages), then
 //   the GPU kernels by total time and the host-side ATen ops by total time (that profiled
 //   pass is timed apart, so the prefill figure above stays unprofiled).
 // --profile-decode: the same profiler over 4 replayed decode steps and one eager step at each
@@ -221,6 +223,7 @@ int main(int argc, char** argv) {
   int context = 1400, steps = 32, prefill_step = 2048;
   std::string prefill_json;
   bool profile_prefill = false, profile_decode = false;
+  int profile_from = 1;  // the first profiled prefill step (0-based)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -236,13 +239,14 @@ int main(int argc, char** argv) {
     else if (a == "--prefill-step") prefill_step = std::stoi(next());
     else if (a == "--prefill-json") prefill_json = next();
     else if (a == "--profile-prefill") profile_prefill = true;
+    else if (a == "--profile-from") profile_from = std::max(1, std::stoi(next()));
     else if (a == "--profile-decode") profile_decode = true;
     else if (a == "--json") json_out = next();
     else if (a == "--date") date = next();
     else {
       std::cerr << "usage: decode_step_bench [--model M] [--streams 1,16,64] [--context N] [--steps N] "
                    "[--modes bf16_bf16,svdq_bf16] [--svdq-schedules S1;S2] [--json OUT] [--prefill-step N] "
-                   "[--prefill-json OUT] [--date D] [--profile-prefill] [--profile-decode]\n";
+                   "[--prefill-json OUT] [--date D] [--profile-prefill] [--profile-from N] [--profile-decode]\n";
       return 2;
     }
   }
@@ -375,16 +379,19 @@ int main(int argc, char** argv) {
         done[b] += n;
         budget -= n;
       }
-      const bool profiled = profile_prefill && prefill_steps >= 1 && prefill_steps <= 3;
+      const bool profiled = profile_prefill && prefill_steps >= profile_from && prefill_steps < profile_from + 3;
       c10::cuda::device_synchronize();
-      if (profiled && prefill_steps == 1) profile.Start();
+      if (profiled && prefill_steps == profile_from) profile.Start();
       auto a = Clock::now();
       model->ForwardBatch(chunks, kvs);
       c10::cuda::device_synchronize();
       const double s = std::chrono::duration<double>(Clock::now() - a).count();
       if (profiled) {
         profiled_s += s;
-        if (prefill_steps == 3) profile.Report(key_label + " " + parts[1] + " prefill steps 2-4", profiled_s);
+        if (prefill_steps == profile_from + 2)
+          profile.Report(key_label + " " + parts[1] + " prefill steps " + std::to_string(profile_from + 1) + "-" +
+                             std::to_string(profile_from + 3),
+                         profiled_s);
       } else {
         prefill_s += s;
         step_s.push_back(s);
@@ -399,6 +406,11 @@ int main(int argc, char** argv) {
     if (profiled_s > 0) prefill_s += 3 * median_step;
     std::printf("%-10s %-6s prefill steps: first %.1f ms, median %.1f ms, max %.1f ms\n", key_label.c_str(),
                 parts[1].c_str(), step_s.front() * 1e3, median_step * 1e3, *std::max_element(step_s.begin(), step_s.end()) * 1e3);
+    if (step_s.size() <= 48) {  // a long prompt's steps grow with the pages they attend over
+      std::printf("%-10s %-6s prefill step ms (unprofiled, in order):", key_label.c_str(), parts[1].c_str());
+      for (double s : step_s) std::printf(" %.1f", s * 1e3);
+      std::printf("\n");
+    }
     const double prefill_tok_s = max_b * context / prefill_s;
     std::printf("%-10s %-6s prefill of %lld x %d tokens in %d steps: %.3f s, %.0f tok/s (%.0f%% of the peer's %.0f)\n",
                 key_label.c_str(), parts[1].c_str(), static_cast<long long>(max_b), context, prefill_steps, prefill_s,

@@ -287,9 +287,16 @@ void Engine::Load() {
   shape.block_size = m.opts.block_size;
   shape.dtype_bytes = static_cast<int>(c10::elementSize(dtype));
   if (m.opts.sparse_budget > 0) {
-    // Sparse attention runs in the CUDA decode kernels: the page selection and the warp-stream
-    // SVDq kernel (bf16 values, head dim 64 or 128, at most 8 query heads per KV head).
-    const std::string why = !device.is_cuda() || dtype != at::kBFloat16 ? "a bf16 model on a CUDA device"
+    // On CUDA sparse attention runs in the decode kernels: the page selection and the
+    // warp-stream SVDq kernel (bf16 values, head dim 64 or 128, at most 8 query heads per KV
+    // head). On the CPU it runs in ATen ops over the stored keys (PagedSeqView::AttendSparse:
+    // the kernels' selection, attention over the chosen pages), any model dtype and value mode.
+    const std::string why = !device.is_cuda()
+                                ? (c.n_heads / c.n_kv_heads > 16 || c.head_dim > 256
+                                       ? "at most 16 query heads per KV head and a head dim of at most 256 (the page "
+                                         "selection's limits)"
+                                       : "")
+                            : dtype != at::kBFloat16 ? "a bf16 model (on a CUDA device; the CPU takes any dtype)"
                             : modes.value != kv::ValueMode::kFull  ? "bf16 values (--value-mode bf16)"
                             : c.head_dim != 64 && c.head_dim != 128 ? "head dim 64 or 128 (the model's is " +
                                                                           std::to_string(c.head_dim) + ")"

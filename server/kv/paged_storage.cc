@@ -820,7 +820,57 @@ std::pair<at::Tensor, at::Tensor> PagedSeqView::Read(int layer, int64_t n) {
 at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
   // One sequence is a batch of one: the same tables and kernels as AttendMany.
   if (fresh_layer_ != layer || !fresh_k_.defined() || fresh_k_.size(0) != 1) return {};
-  return AttendMany(layer, q, {this});
+  at::Tensor out = AttendMany(layer, q, {this});
+  if (!out.defined() && st_->sparse() && !prompt_) out = AttendSparse(layer, q);
+  return out;
+}
+
+at::Tensor PagedSeqView::AttendSparse(int layer, const at::Tensor& q) {
+  const auto& sp = st_->spec();
+  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
+  const int64_t NH = q.size(1), G = NH / KV, L = fresh_pos0_ + 1;
+  const int32_t from = st_->SparseFrom(L / P, /*prompt=*/false);  // pages to choose from
+  const int keep = st_->sparse_.keep;
+  // The selection, as AttendDecode's SelectPages runs it (through this view's page table).
+  at::Tensor qf = q.to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor coords = st_->landmarks_[layer].to(at::kCPU).contiguous();
+  at::Tensor scales = st_->landmark_scales_[layer].to(at::kCPU).contiguous();
+  std::vector<int32_t> table(std::max<int32_t>(from, 1), 0), chunks = {from};
+  std::copy(blocks_.begin(), blocks_.begin() + from, table.begin());
+  std::vector<int32_t> selected(static_cast<size_t>(KV) * (keep + 1)), count(static_cast<size_t>(KV));
+  kernels::SparseSelectParams p;
+  p.score = kernels::SparseScore::kLandmark;
+  p.q = qf.data_ptr<float>();
+  p.coords = coords.data_ptr<int8_t>();
+  p.scales = scales.data_ptr<float>();
+  p.table = table.data();
+  p.chunks = chunks.data();
+  p.selected = selected.data();
+  p.count = count.data();
+  p.B = 1;
+  p.H = static_cast<int>(NH);
+  p.KV = static_cast<int>(KV);
+  p.D = p.R = static_cast<int>(D);
+  p.max_chunks = static_cast<int>(table.size());
+  p.keep = keep;
+  Check(kernels::SparseSelectRef(p), "sparse page selection");
+  // Each KV head's positions: its chosen pages, then every position from the recent window on.
+  auto [k_all, v_all] = Read(layer, L);  // [KV, L, D]
+  std::vector<at::Tensor> outs;
+  for (int64_t g = 0; g < KV; ++g) {
+    std::vector<int64_t> pos;
+    for (int i = 0; i < count[g]; ++i) {
+      const int64_t c = selected[static_cast<size_t>(g) * (keep + 1) + i];
+      for (int64_t t = c * P; t < (c + 1) * P; ++t) pos.push_back(t);
+    }
+    for (int64_t t = static_cast<int64_t>(from) * P; t < L; ++t) pos.push_back(t);
+    at::Tensor at_pos = ToDevice(pos, k_all.device());
+    at::Tensor kg = k_all[g].index_select(0, at_pos).unsqueeze(0).unsqueeze(0);  // [1, 1, n, D]
+    at::Tensor vg = v_all[g].index_select(0, at_pos).unsqueeze(0).unsqueeze(0);
+    at::Tensor qg = q.narrow(1, g * G, G).transpose(0, 1).unsqueeze(0).to(kg.scalar_type());  // [1, G, 1, D]
+    outs.push_back(at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, false, {}, /*enable_gqa=*/true));
+  }
+  return at::cat(outs, 1).squeeze(2);  // [1, NH, D]
 }
 
 const PagedSeqView::WriteTables& PagedSeqView::Writes(const std::vector<models::KvView*>& views) {

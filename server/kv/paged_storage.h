@@ -198,6 +198,11 @@ class PagedSeqView : public models::KvView {
   void WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k);
   int64_t BasisChunkPages() const;  // pages per codec call, bounding the per-page basis copies
   at::Tensor DecodePages(int layer, int64_t pages);  // post-RoPE [pages * P, kv, D] fp32
+  // Sparse decode attention in ATen ops, where no kernel serves the step (the CPU): q [1, heads,
+  // D] of this view's one fresh token -> [1, heads, D]. The kernels' selection (kernels::
+  // SparseSelectRef over the page landmarks: the pages the device would choose), then per KV
+  // head attention over the chosen pages, the recent ones and the tail, read as stored.
+  at::Tensor AttendSparse(int layer, const at::Tensor& q);
   at::Tensor StoredKeys(int layer, int64_t n);       // post-RoPE keys of positions [0, n), dtype
 
   PagedKvStorage* st_;

@@ -1,10 +1,10 @@
 """Sparse decode attention (--sparse-budget, issue 17): each decode step attends, per sequence and KV
 head, to the sink page, the pages whose landmarks score best, the recent pages and the tail, over
-SVDq pages (kernels/sparse, the warp-stream SVDq kernel). On the CPU the server refuses the flag
-with a clear message (the kernels are CUDA); on the H200 (label gpu): a budget that covers the
-context gives dense SVDq's tokens exactly (every page chosen, the same kernel), a small budget
-serves long prompts concurrently and reads several times fewer key bytes (metrics, GetServerInfo),
-and bad budgets and modes are refused at start."""
+SVDq pages (kernels/sparse, the warp-stream SVDq kernel on CUDA; on the CPU the same selection and
+attention in ATen ops, PagedSeqView::AttendSparse). On both: a budget that covers the context gives
+dense SVDq's tokens exactly (every page chosen), a small budget serves long prompts concurrently and
+reads several times fewer key bytes (metrics, GetServerInfo), and bad budgets and modes are refused
+at start. The CPU tests run in CI; the CUDA ones (label gpu) on the H200."""
 import grpc
 import pytest
 
@@ -25,11 +25,6 @@ def refused(model, device, extra):
         s.stop()
 
 
-def test_sparse_budget_without_cuda_is_refused(model_path):
-    out = refused(model_path, "cpu", ["--key-mode", "svdq", "--sparse-budget", "2048"])
-    assert "--sparse-budget needs a bf16 model on a CUDA device" in out
-
-
 def long_prompt(n):
     """n token ids of varied text (a synthetic model's vocabulary is the bundled tokenizer's)."""
     return [(i * 7919 + 13) % 40000 + 100 for i in range(n)]
@@ -41,49 +36,90 @@ def server_info(stubs, addr):
         return pb_grpc.GenerationStub(ch).GetServerInfo(pb.GetServerInfoRequest())
 
 
-@pytest.mark.gpu
-def test_a_budget_covering_the_context_gives_dense_tokens_gpu(stubs):
+def covering_budget_gives_dense_tokens(stubs, device, lengths, max_tokens):
     pb, _ = stubs
-    reqs = [dict(token_ids=pb.TokenIds(ids=long_prompt(n)), max_tokens=48, ignore_eos=True) for n in (700, 1300)]
+    reqs = [dict(token_ids=pb.TokenIds(ids=long_prompt(n)), max_tokens=max_tokens, ignore_eos=True) for n in lengths]
     results = {}
     for budget in ("0", "8192"):
-        s = Server(MODEL, "cuda", extra=SVDQ + ["--sparse-budget", budget])
+        s = Server(MODEL, device, extra=SVDQ + ["--sparse-budget", budget])
         try:
             s.wait_ready()
-            assert "decode steps from CUDA graphs" in s.output()
+            if device == "cuda":
+                assert "decode steps from CUDA graphs" in s.output()
             results[budget] = run_all(stubs, s.addr, reqs, concurrent=False)
             assert server_info(stubs, s.addr).sparse_budget == int(budget)
         finally:
             s.stop()
     for r, dense, sparse in zip(reqs, results["0"], results["8192"]):
+        assert len(sparse[0]) == max_tokens
         assert sparse[0] == dense[0], f"{len(r['token_ids'].ids)}-token prompt: sparse {sparse[0]} != dense {dense[0]}"
 
 
+def test_a_budget_covering_the_context_gives_dense_tokens_cpu(stubs):
+    covering_budget_gives_dense_tokens(stubs, "cpu", (300, 700), 24)
+
+
 @pytest.mark.gpu
-def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_gpu(stubs):
+def test_a_budget_covering_the_context_gives_dense_tokens_gpu(stubs):
+    covering_budget_gives_dense_tokens(stubs, "cuda", (700, 1300), 48)
+
+
+def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
+    """Serves `prompts` (token counts) at once with a 256-token budget and densely; returns the
+    key compression (bf16 key bytes / key bytes read, from the metrics) of each, and each one's
+    GetServerInfo and tokens."""
     pb, _ = stubs
-    reqs = [dict(token_ids=pb.TokenIds(ids=long_prompt(6000 + 97 * i)), max_tokens=64, ignore_eos=True)
-            for i in range(6)]
-    ratio, info = {}, {}
+    reqs = [dict(token_ids=pb.TokenIds(ids=long_prompt(n)), max_tokens=max_tokens, ignore_eos=True) for n in prompts]
+    ratio, info, tokens = {}, {}, {}
     for budget in ("0", "256"):
-        s = Server(MODEL, "cuda", extra=SVDQ + ["--sparse-budget", budget])
+        s = Server(MODEL, device, extra=SVDQ + ["--sparse-budget", budget])
         try:
             s.wait_ready()
             got = run_all(stubs, s.addr, reqs, concurrent=True)
             for ids, _, final in got:
-                assert final.finish_reason == pb.FINISH_REASON_LENGTH and len(ids) == 64
+                assert final.finish_reason == pb.FINISH_REASON_LENGTH and len(ids) == max_tokens
             m = scrape(s)
             ratio[budget] = m["svdq_attention_key_bytes_bf16_total"] / m["svdq_attention_key_bytes_read_total"]
             info[budget] = server_info(stubs, s.addr)
+            tokens[budget] = [ids for ids, _, _ in got]
         finally:
             s.stop()
+    assert info["256"].sparse_budget == 256
+    return ratio, info, tokens
+
+
+def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_cpu(stubs):
+    # Three ~2,000-token contexts of 16-token pages at once (the batched decode write, each row's
+    # own selection). Dense SVDq at 1.25 bits reads every page, its scales and the basis columns
+    # (kv_modes.h DecodeKeyBytesRead): 5.0x fewer key bytes than bf16 at these lengths (measured
+    # 2026-12-04); sparse reads 16 pages, the basis and every scored page's landmark: 10.4x.
+    ratio, info, tokens = small_budget_reads_fewer_key_bytes(stubs, "cpu", (1900, 1990, 2050), 16)
+    assert ratio["0"] > 4.5, ratio
+    assert ratio["256"] > 1.6 * ratio["0"], ratio
+    assert info["256"].attention_key_compression > 2 * info["0"].attention_key_compression
+    # The pages left out change what the model sees: some token differs from dense (random weights
+    # spread attention over the whole context).
+    assert tokens["256"] != tokens["0"]
+
+
+@pytest.mark.gpu
+def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_gpu(stubs):
+    ratio, info, _ = small_budget_reads_fewer_key_bytes(stubs, "cuda", [6000 + 97 * i for i in range(6)], 64)
     # ~6,000-token contexts of 16-token pages (kv_modes.h DecodeKeyBytesRead): dense SVDq at 1.25
     # bits reads its 320-byte pages and 10.5 KB of basis per KV head and layer, ~5.5x less than bf16;
     # sparse at 256 tokens, 16 pages, the basis and every page's 68-byte landmark: ~3x less again.
     assert ratio["0"] > 4
     assert ratio["256"] > 2.5 * ratio["0"], ratio
-    assert info["256"].sparse_budget == 256
     assert info["256"].attention_key_compression > 2.5 * info["0"].attention_key_compression
+
+
+def test_bad_sparse_budgets_and_modes_are_refused_cpu():
+    out = refused(MODEL, "cpu", SVDQ + ["--sparse-budget", "100"])
+    assert "leaves no page to choose" in out and "at least 160" in out
+    out = refused(MODEL, "cpu", ["--key-mode", "bf16", "--sparse-budget", "2048"])
+    assert "sparse attention needs page-coded keys" in out
+    out = refused(MODEL, "cpu", SVDQ + ["--svdq-scope", "layer", "--sparse-budget", "2048"])
+    assert "sparse attention needs page-coded keys in head scope" in out
 
 
 @pytest.mark.gpu

@@ -58,9 +58,9 @@ struct Tables {
   at::Tensor cos, sin, inv_freq;
 };
 
-Tables Rope(at::Device d) {
+Tables Rope(at::Device d, int64_t positions = 256) {
   at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, kDim, 2, at::kFloat) / static_cast<double>(kDim));
-  at::Tensor ang = at::outer(at::arange(0, 256, at::kFloat), inv);
+  at::Tensor ang = at::outer(at::arange(0, positions, at::kFloat), inv);
   at::Tensor emb = at::cat({ang, ang}, -1);
   return {emb.cos().to(d), emb.sin().to(d), inv.to(d)};
 }
@@ -351,6 +351,81 @@ void RunLandmarks(at::Device device, at::ScalarType dtype) {
 }
 
 TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::Device(at::kCPU), at::kFloat); }
+
+// Sparse decode attention where no kernel serves the step (PagedSeqView::Attend on the CPU):
+// 25 full pages of 16, a 256-token budget (the sink, 7 chosen pages, the 8 recent ones). Each KV
+// head has its own 7 pages whose post-RoPE keys lean on its query's direction (so that which
+// pages the landmarks choose is beyond doubt), different pages for the two heads. The output
+// must be attention over exactly the sink, those pages, the recent window and the tail (keys and
+// values as stored, computed here in fp64), and differ from dense attention; a budget that covers
+// the context must give dense attention.
+TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
+  constexpr int64_t kPages = 25, L = kPages * kPage + 1;  // the fresh token starts page 25
+  const Tables rope = Rope(at::Device(at::kCPU), 512);
+  at::manual_seed(17);
+  at::Tensor w = at::randn({kKv, kDim});
+  w = w / w.norm(2, -1, true);
+  const std::vector<std::vector<int64_t>> hot = {{2, 4, 6, 9, 11, 13, 16}, {1, 3, 5, 8, 10, 14, 15}};
+  at::Tensor k = at::randn({L, kKv, kDim}) * 0.5;
+  for (int64_t g = 0; g < kKv; ++g)
+    for (int64_t pg : hot[g]) k.narrow(0, pg * kPage, kPage).select(1, g).add_(w[g] * 4.0);
+  // Pre-RoPE keys: the post-RoPE ones rotated back (sin negated).
+  at::Tensor k_pre = svdq::models::ApplyRotaryHalf(k, rope.cos, -rope.sin, 0, at::kFloat);
+  at::Tensor v = at::randn({L, kKv, kDim});
+  at::Tensor q = (w.repeat_interleave(kHeads / kKv, 0) * 5.0).unsqueeze(0);  // [1, heads, D]
+  auto attend = [&](int budget, at::Tensor* keys, at::Tensor* values) {
+    StorageSpec spec = SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,8,8,8,8,8,8,8");
+    spec.num_blocks = 32;
+    spec.modes.sparse_budget = budget;
+    PagedKvStorage storage(spec);
+    std::vector<BlockId> blocks;
+    for (int i = 0; i <= kPages; ++i) blocks.push_back(static_cast<BlockId>((i * 7 + 3) % 32));  // scattered
+    {
+      PagedSeqView prompt(&storage, blocks, 0, /*lane=*/1);
+      prompt.Reserve(L - 1);
+      for (int l = 0; l < kLayers; ++l) prompt.Write(l, 0, k_pre.narrow(0, 0, L - 1), k.narrow(0, 0, L - 1), v.narrow(0, 0, L - 1));
+    }
+    PagedSeqView step(&storage, blocks, L - 1, /*lane=*/1);
+    step.Reserve(L);
+    step.Write(0, L - 1, k_pre.narrow(0, L - 1, 1), k.narrow(0, L - 1, 1), v.narrow(0, L - 1, 1));
+    at::Tensor out = step.Attend(0, q);
+    auto [rk, rv] = step.Read(0, L);  // [kv, L, D] as stored
+    *keys = rk.to(at::kDouble);
+    *values = rv.to(at::kDouble);
+    return out;
+  };
+  // Attention of the query heads over `positions` of each KV head, in fp64.
+  auto reference = [&](const at::Tensor& keys, const at::Tensor& values, const std::vector<std::vector<int64_t>>& pos) {
+    std::vector<at::Tensor> outs;
+    for (int64_t h = 0; h < kHeads; ++h) {
+      const int64_t g = h / (kHeads / kKv);
+      at::Tensor idx = at::tensor(pos[g], at::kLong);
+      at::Tensor kg = keys[g].index_select(0, idx), vg = values[g].index_select(0, idx);
+      at::Tensor logits = kg.matmul(q[0][h].to(at::kDouble)) / std::sqrt(static_cast<double>(kDim));
+      outs.push_back(at::softmax(logits, 0).matmul(vg));
+    }
+    return at::stack(outs).unsqueeze(0);  // [1, heads, D]
+  };
+  std::vector<std::vector<int64_t>> all(kKv), chosen(kKv);
+  for (int64_t g = 0; g < kKv; ++g) {
+    for (int64_t t = 0; t < L; ++t) all[g].push_back(t);
+    std::vector<int64_t> pages = {0};  // the sink
+    pages.insert(pages.end(), hot[g].begin(), hot[g].end());
+    for (int64_t pg = kPages - 8; pg < kPages; ++pg) pages.push_back(pg);  // the recent window
+    for (int64_t pg : pages)
+      for (int64_t t = pg * kPage; t < (pg + 1) * kPage; ++t) chosen[g].push_back(t);
+    chosen[g].push_back(L - 1);  // the tail: the fresh token
+  }
+  at::Tensor keys, values;
+  at::Tensor sparse = attend(256, &keys, &values);
+  ASSERT_TRUE(sparse.defined()) << "no sparse attention on the CPU";
+  EXPECT_LT(RelErr(sparse, reference(keys, values, chosen)), 1e-5);
+  const double off_dense = RelErr(sparse, reference(keys, values, all));
+  EXPECT_GT(off_dense, 0.05) << "the pages left out made no difference: the test shows nothing";
+  at::Tensor covering = attend(4096, &keys, &values);
+  ASSERT_TRUE(covering.defined());
+  EXPECT_LT(RelErr(covering, reference(keys, values, all)), 1e-5);
+}
 
 // A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
 // the lane cannot start past position 0 on them (before, the flag stayed set and such a
