@@ -72,6 +72,8 @@ void CheckGenerate(const v1::GenerateRequest& in, const models::Tokenizer& tok) 
   for (int32_t id : out.stop_token_ids) FUZZ_CHECK(id >= 0 && id < cfg.vocab_size);
   FUZZ_CHECK(out.logprobs >= -1 && out.logprobs <= 20);
   FUZZ_CHECK(out.prompt_logprobs_chunk >= 0);
+  FUZZ_CHECK(out.prompt_logprobs_first_chunk >= 0);
+  FUZZ_CHECK(out.prompt_logprobs_first_chunk == 0 || out.prompt_logprobs_chunk > 0);
   const engine::SamplingParams& s = out.sampling;
   FUZZ_CHECK(s.temperature >= 0 && s.top_k >= 0 && s.top_p > 0 && s.top_p <= 1 && s.min_p >= 0 && s.min_p <= 1);
   FUZZ_CHECK(s.repetition_penalty > 0 && s.repetition_penalty <= 2);

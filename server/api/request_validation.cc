@@ -114,6 +114,10 @@ grpc::Status ToEngineRequest(const svdq::v1::GenerateRequest& in, const models::
   if (in.prompt_logprobs_chunk() > 0 && !in.prompt_logprobs())
     return Invalid("prompt_logprobs_chunk is a setting of prompt_logprobs; set prompt_logprobs too");
   out->prompt_logprobs_chunk = in.prompt_logprobs_chunk();
+  if (in.prompt_logprobs_first_chunk() < 0) return Invalid("prompt_logprobs_first_chunk must be >= 0 (0: the chunk)");
+  if (in.prompt_logprobs_first_chunk() > 0 && in.prompt_logprobs_chunk() <= 0)
+    return Invalid("prompt_logprobs_first_chunk is a setting of prompt_logprobs_chunk; set prompt_logprobs_chunk > 0 too");
+  out->prompt_logprobs_first_chunk = in.prompt_logprobs_first_chunk();
   return grpc::Status::OK;
 }
 

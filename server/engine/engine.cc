@@ -955,11 +955,12 @@ bool Engine::Impl::PrefillWithPromptLogprobs(Sequence* s) {
     // Chunk by chunk through the cache: each chunk's forward reads every earlier position in
     // its stored form (the view's Read / Attend), its own positions as computed. The first
     // token of a chunk is scored by the previous chunk's last logits.
-    // The first piece covers the sequence's minimum first chunk (an SVDq prefill basis is
-    // fitted on it), then pieces of `chunk`.
+    // The first piece covers the request's first chunk and the sequence's minimum first chunk
+    // (an SVDq prefill basis is fitted on it), then pieces of `chunk`.
     const int64_t n = static_cast<int64_t>(uncached.size());
+    const int64_t first = std::max<int64_t>({chunk, s->min_first_chunk, s->req.prompt_logprobs_first_chunk});
     for (int64_t c0 = 0; c0 < n;) {
-      const int64_t len = c0 == 0 && s->computed == 0 ? std::max(chunk, s->min_first_chunk) : chunk;
+      const int64_t len = c0 == 0 && s->computed == 0 ? first : chunk;
       std::vector<int32_t> part(uncached.begin() + c0, uncached.begin() + std::min(n, c0 + len));
       c0 += static_cast<int64_t>(part.size());
       if (last_logits.defined()) {

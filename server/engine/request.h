@@ -44,6 +44,7 @@ struct Request {
   int32_t logprobs = -1;       // top alternatives per generated token; -1: none
   bool prompt_logprobs = false;
   int32_t prompt_logprobs_chunk = 0;  // 0: exact; N: chunks of N tokens over the stored cache
+  int32_t prompt_logprobs_first_chunk = 0;  // with a chunk: the first chunk's length (0: the chunk)
   int32_t prompt_logprobs_top = 0;    // with prompt_logprobs: the most likely tokens per position too
 };
 

@@ -13,11 +13,12 @@ TEXT = ("The history of the Roman Empire begins with the founding of the city of
         "and the story of its emperors fills many volumes of careful scholarship.")
 
 
-def prompt_logprobs(stubs, addr, chunk, text=TEXT):
+def prompt_logprobs(stubs, addr, chunk, text=TEXT, first_chunk=0):
     pb, pb_grpc = stubs
     with grpc.insecure_channel(addr) as ch:
         for resp in pb_grpc.GenerationStub(ch).Generate(
-                pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True, prompt_logprobs_chunk=chunk),
+                pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True, prompt_logprobs_chunk=chunk,
+                                   prompt_logprobs_first_chunk=first_chunk),
                 timeout=300):
             if resp.HasField("chunk") and len(resp.chunk.prompt_logprobs):
                 return list(resp.chunk.prompt_logprobs)
@@ -25,11 +26,13 @@ def prompt_logprobs(stubs, addr, chunk, text=TEXT):
 
 
 def scores(model_path, stubs, key, value, chunks, extra=(), text=TEXT):
+    """Each chunk's scores; a chunk given as (N, F) has a first chunk of F."""
     s = Server(model_path, "cpu", extra=["--key-mode", key, "--value-mode", value, "--kv-cache-bytes", "64M",
                                         "--max-running", "2", *extra])
     try:
         s.wait_ready()
-        return {c: prompt_logprobs(stubs, s.addr, c, text) for c in chunks}
+        return {c: prompt_logprobs(stubs, s.addr, c[0] if isinstance(c, tuple) else c, text,
+                                   c[1] if isinstance(c, tuple) else 0) for c in chunks}
     finally:
         assert s.stop() == 0, s.output()
 
@@ -58,6 +61,23 @@ def test_chunked_scoring_reads_the_cache(model_path, stubs):
     assert low[10_000] == low[0]
 
 
+def test_a_first_chunk_prefills_then_decode_steps_score_the_rest(model_path, stubs):
+    """prompt_logprobs_first_chunk F with chunk 1: the first F tokens are one forward (exact
+    scores, no stored page read), every later token a decode step over the stored cache: with
+    int2 keys the scores after F move, those before it do not; full-precision pages score as
+    exact throughout."""
+    F = 12
+    full = scores(model_path, stubs, "bf16", "bf16", [0, (1, F)])
+    low = scores(model_path, stubs, "int2", "int4", [0, (1, F), (1, 0)])
+    n = len(full[0])
+    assert n > 20 and all(len(v) == n for v in [*full.values(), *low.values()])
+    assert max_diff(full[(1, F)], full[0]) < 2e-3
+    assert max_diff(low[(1, F)][:F - 1], low[0][:F - 1]) < 1e-4
+    assert max_diff(low[(1, F)][F:], low[0][F:]) > 1e-2
+    # Without a first chunk, chunk 1 reads stored pages from the second token on.
+    assert max_diff(low[(1, 0)][:F - 1], low[0][:F - 1]) > 1e-2
+
+
 def test_svdq_prefill_basis_does_not_depend_on_the_chunks(model_path, stubs):
     """The prefill basis is fitted on a sequence's first min(prompt, --svdq-basis-tokens)
     tokens, which its first forward covers whole: chunks of 8 and of 16 then score those
@@ -78,6 +98,8 @@ def test_svdq_prefill_basis_does_not_depend_on_the_chunks(model_path, stubs):
 @pytest.mark.parametrize("req, fragment", [
     (dict(prompt_logprobs=True, prompt_logprobs_chunk=-1), "prompt_logprobs_chunk"),
     (dict(prompt_logprobs=False, prompt_logprobs_chunk=8), "prompt_logprobs_chunk"),
+    (dict(prompt_logprobs=True, prompt_logprobs_chunk=1, prompt_logprobs_first_chunk=-1), "prompt_logprobs_first_chunk"),
+    (dict(prompt_logprobs=True, prompt_logprobs_first_chunk=64), "prompt_logprobs_first_chunk"),
 ])
 def test_chunk_is_validated(cpu_server, stubs, req, fragment):
     pb, pb_grpc = stubs
