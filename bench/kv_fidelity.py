@@ -7,6 +7,12 @@ decode does). One server per mode; texts are Debian's license files, cut into wi
 
   .venv/bin/python bench/kv_fidelity.py [--device cpu] [--chunk 32] [--windows 4]
         [--model PATH] [--only SUBSTRING] [--json bench/results/kv_fidelity_cpu.json]
+        [--first-chunk F] [--texts PATH,PATH]
+
+--first-chunk F (prompt_logprobs_first_chunk): each window's first F tokens are prefilled in one
+piece and only the tokens after them are scored (exactly and through the cache); with --chunk 1
+every one of those is a decode step over the stored cache, so sparse attention (--sparse-budget)
+is scored as it serves. The last column compares each mode with the first one listed.
 
 SVDq runs with each sequence's prefill basis (fitted on its first min(window, 256) tokens, the
 server's --svdq-basis-tokens, which are scored in one piece: only the tokens after them read
@@ -22,6 +28,7 @@ import math
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +59,9 @@ CALIBRATION_TEXT = "/usr/share/common-licenses/MPL-2.0"
 CALIBRATED = ["8,8,8,8,8,8,8,8", "8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0"]
 
 
-def windows(n_per_text, chars):
+def windows(n_per_text, chars, texts=TEXTS):
     out = []
-    for path in TEXTS:
+    for path in texts:
         text = " ".join(Path(path).read_text(encoding="utf-8").split())  # one line, single spaces
         for i in range(n_per_text):
             w = text[i * chars:(i + 1) * chars]
@@ -99,6 +106,10 @@ def main():
                     help="instead of the built-in list: modes as bench/eval_quality.py takes them, "
                          "keys_values[@schedule][|flags] separated by ';' (no calibration run)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds for one window's scoring call")
+    ap.add_argument("--first-chunk", type=int, default=0,
+                    help="prefill each window's first F tokens in one piece and score only the tokens after them")
+    ap.add_argument("--texts", default=None, help="comma-separated text files to cut windows from (default: "
+                    + ", ".join(TEXTS) + ")")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "kv_fidelity_cpu.json"))
     a = ap.parse_args()
     import conftest
@@ -107,16 +118,24 @@ def main():
     pb, pb_grpc = conftest.generate_stubs()
     out = Path(tempfile.mkdtemp())
     model = Path(a.model) if a.model else conftest.MODEL
-    texts = windows(a.windows, a.chars)
+    text_files = a.texts.split(",") if a.texts else TEXTS
+    texts = windows(a.windows, a.chars, text_files)
+    if not texts:
+        raise SystemExit(f"no window of {a.chars} characters in {text_files}")
     modes = own_modes(a.modes) if a.modes else calibrated_modes(model, out)
     if a.only:
         modes = [m for m in modes if a.only in " ".join([m[0], m[1], *m[2]])]
 
     def score(stub, text, chunk):
+        first = a.first_chunk if chunk > 0 else 0
         for r in stub.Generate(pb.GenerateRequest(text=text, max_tokens=1, prompt_logprobs=True,
-                                                  prompt_logprobs_chunk=chunk), timeout=a.timeout):
+                                                  prompt_logprobs_chunk=chunk, prompt_logprobs_first_chunk=first),
+                               timeout=a.timeout):
             if r.HasField("chunk") and len(r.chunk.prompt_logprobs):
-                return list(r.chunk.prompt_logprobs)
+                lp = list(r.chunk.prompt_logprobs)  # tokens 1 .. n-1
+                if a.first_chunk > 0 and len(lp) <= a.first_chunk:
+                    raise SystemExit(f"a window of {len(lp) + 1} tokens has none after the first chunk of {a.first_chunk}")
+                return lp[max(a.first_chunk - 1, 0):]  # the tokens after the first chunk
         raise RuntimeError("no prompt logprobs")
 
     rows, exact = [], None
@@ -130,7 +149,9 @@ def main():
                 info = stub.GetServerInfo(pb.GetServerInfoRequest())
                 if exact is None:  # exact scoring ignores the cache: the same in every mode
                     exact = [score(stub, t, 0) for t in texts]
+                t0 = time.time()
                 cached = [score(stub, t, a.chunk) for t in texts]
+                seconds = time.time() - t0
         finally:
             s.stop()
         ex = [x for w in exact for x in w]
@@ -139,21 +160,26 @@ def main():
         row = dict(key_mode=info.key_mode, value_mode=info.value_mode, flags=" ".join(extra),
                    key_bytes_per_token=info.key_bytes_per_token,
                    value_bytes_per_token=info.value_bytes_per_token, key_compression=info.key_compression_ratio,
-                   tokens=len(ex), ppl_exact=ppl_exact, ppl_cache=ppl_cache,
+                   tokens=len(ex), ppl_exact=ppl_exact, ppl_cache=ppl_cache, scoring_seconds=seconds,
+                   sparse_budget=info.sparse_budget, attention_key_compression=info.attention_key_compression,
                    ppl_change_pct=100.0 * (ppl_cache / ppl_exact - 1.0),
                    mean_abs_logprob_change=sum(abs(x - y) for x, y in zip(ca, ex)) / len(ex))
         rows.append(row)
         print(row, file=sys.stderr)
     meta = dict(date=datetime.date.today().isoformat(), host=platform.node(), device=a.device, model=model.name,
-                chunk=a.chunk, texts=TEXTS, windows_per_text=a.windows, chars_per_window=a.chars,
+                chunk=a.chunk, first_chunk=a.first_chunk, texts=text_files, windows_per_text=a.windows,
+                chars_per_window=a.chars,
                 command=" ".join(sys.argv))
     Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"{model.name}, {rows[0]['tokens']} scored tokens, chunks of {a.chunk}, device {a.device}\n")
-    print("| keys | values | key compression | ppl exact | ppl through the cache | change | mean abs logprob change (nats) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    after = f", after a first chunk of {a.first_chunk}" if a.first_chunk else ""
+    print(f"{model.name}, {rows[0]['tokens']} scored tokens{after}, chunks of {a.chunk}, device {a.device}\n")
+    print("| keys | values | key compression | ppl exact | ppl through the cache | change | mean abs logprob change (nats) "
+          "| vs the first mode |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        vs = 100.0 * (r["ppl_cache"] / rows[0]["ppl_cache"] - 1.0)
         print(f"| {r['key_mode']}{(' ' + r['flags']) if r['flags'] else ''} | {r['value_mode']} | {r['key_compression']:.2f}x | {r['ppl_exact']:.3f} | "
-              f"{r['ppl_cache']:.3f} | {r['ppl_change_pct']:+.2f}% | {r['mean_abs_logprob_change']:.4f} |")
+              f"{r['ppl_cache']:.3f} | {r['ppl_change_pct']:+.2f}% | {r['mean_abs_logprob_change']:.4f} | {vs:+.2f}% |")
 
 
 if __name__ == "__main__":

@@ -96,11 +96,12 @@ __global__ void DecodeKernel(SvdqDecodeParams p) {
   const SvdqLayout& l = p.layout;
   const int P = l.page_size, W = l.width;
   const int64_t ph = static_cast<int64_t>(blockIdx.x) * p.kv_heads + blockIdx.y;
+  const int64_t bh = p.basis_index ? static_cast<int64_t>(p.basis_index[blockIdx.x]) * p.kv_heads + blockIdx.y : ph;
   float* z = smem;
   float* keys = z + P * l.retained;
   device::DequantLatent(l, p.pages + ph * l.page_bytes, z);
   __syncthreads();
-  device::RebuildKeys(l, p.mean + ph * W, p.basis + ph * W * W, z, keys);
+  device::RebuildKeys(l, p.mean + bh * W, p.basis + bh * W * W, z, keys);
   __syncthreads();
   if (p.rope_cos) {
     device::ApplyRope(keys, P, W, p.first_pos[blockIdx.x], p.rope_cos, p.rope_sin);

@@ -102,6 +102,9 @@ struct SvdqDecodeParams {
   const float* rope_cos = nullptr;   // [max_pos, width] rotate-half tables (halves duplicated); null: no RoPE
   const float* rope_sin = nullptr;   // [max_pos, width]
   float* out = nullptr;              // [num_pages, kv_heads, P, width]
+  // Optional: page n takes its mean and basis from row basis_index[n] of mean and basis (then
+  // [rows, kv_heads, ...]) instead of row n, so pages share a basis without copies.
+  const int32_t* basis_index = nullptr;  // [num_pages]
 };
 
 // Decode attention, one query token per sequence, over the sequence's encoded pages plus

@@ -275,10 +275,11 @@ Status SvdqDecodeRef(const SvdqDecodeParams& p) {
   for (int64_t page = 0; page < p.num_pages; ++page) {
     for (int h = 0; h < p.kv_heads; ++h) {
       const int64_t ph = page * p.kv_heads + h;
+      const int64_t bh = p.basis_index ? static_cast<int64_t>(p.basis_index[page]) * p.kv_heads + h : ph;
       DequantLatent(l, PageRecord(p.pages, l, page, p.kv_heads, h), &z);
       for (int t = 0; t < P; ++t) {
         float* key = p.out + (ph * P + t) * W;
-        Rebuild(l, p.mean + ph * W, p.basis + ph * W * W, &z[static_cast<size_t>(t) * W], key);
+        Rebuild(l, p.mean + bh * W, p.basis + bh * W * W, &z[static_cast<size_t>(t) * W], key);
         if (p.rope_cos) {
           int64_t pos = p.first_pos[page] + t;
           ApplyRopeRef(key, W, p.rope_cos + pos * W, p.rope_sin + pos * W);

@@ -626,43 +626,27 @@ void PagedSeqView::FinishBasis() {
     }
 }
 
-std::pair<at::Tensor, at::Tensor> PagedSeqView::PageBases(int layer, int64_t pages) const {
-  // The codec ops take a mean and a basis per page: the sequence's, repeated.
-  const int slot = BasisSlot();
-  const int64_t U = st_->codec_.units, W = st_->codec_.width;
-  return {st_->mean_[layer][slot].unsqueeze(0).expand({pages, U, W}).contiguous(),
-          st_->vectors_[layer][slot].unsqueeze(0).expand({pages, U, W, W}).contiguous()};
-}
-
-int64_t PagedSeqView::BasisChunkPages() const {
-  // The codec ops take a basis per page; copies of it are bounded to ~64 MiB per call
-  // (a layer-scope basis of width 1024 is 4 MiB a page).
-  const int64_t per_page = static_cast<int64_t>(st_->codec_.units) * st_->codec_.width * st_->codec_.width * 4;
-  return std::max<int64_t>(1, (64LL << 20) / per_page);
+at::Tensor PagedSeqView::BasisIndex(int64_t pages) const {
+  // Every page of the sequence takes its basis row (the lane's, or the shared one) in place.
+  return at::full({pages}, BasisSlot(), at::TensorOptions().dtype(at::kInt).device(st_->spec().device));
 }
 
 void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre) {
-  const int64_t P = st_->spec().shape.block_size, pages = keys_pre.size(0) / P, chunk = BasisChunkPages();
-  for (int64_t c = 0; c < pages; c += chunk) {
-    const int64_t n = std::min(chunk, pages - c);
-    EncodeChunk(layer, first_page + c, keys_pre.narrow(0, c * P, n * P));
-  }
-}
-
-void PagedSeqView::EncodeChunk(int layer, int64_t first_page, const at::Tensor& keys_pre) {
   const auto& sp = st_->spec();
   const int64_t P = sp.shape.block_size, U = st_->codec_.units, W = st_->codec_.width;
   const int64_t n = keys_pre.size(0) / P;
+  if (n == 0) return;
   at::Tensor x = keys_pre.to(at::kFloat).reshape({n, P, U, W}).permute({0, 2, 1, 3}).contiguous();
-  auto [mean, vec] = PageBases(layer, n);
   at::Tensor out = at::empty({n, U, st_->layout_.page_bytes}, x.options().dtype(at::kByte));
+  at::Tensor basis_index = BasisIndex(n);
   kernels::SvdqEncodeParams p;
   p.layout = st_->layout_;
   p.num_pages = static_cast<int>(n);
   p.kv_heads = static_cast<int>(U);
   p.keys = x.data_ptr<float>();
-  p.mean = mean.data_ptr<float>();
-  p.basis = vec.data_ptr<float>();
+  p.mean = st_->mean_[layer].data_ptr<float>();
+  p.basis = st_->vectors_[layer].data_ptr<float>();
+  p.basis_index = basis_index.data_ptr<int32_t>();
   p.out = out.data_ptr<uint8_t>();
   p.nonfinite = st_->nonfinite_.data_ptr<int32_t>() + lane_;  // this sequence's flag
 #ifdef SVDQ_WITH_CUDA
@@ -673,40 +657,45 @@ void PagedSeqView::EncodeChunk(int layer, int64_t first_page, const at::Tensor& 
   st_->codes_[layer].index_copy_(0, BlockIds(first_page, n), out);
 }
 
-at::Tensor PagedSeqView::DecodePages(int layer, int64_t pages) {
+at::Tensor PagedSeqView::DecodePages(int layer, const std::vector<int64_t>& ids) {
   const auto& sp = st_->spec();
   const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
-  const int64_t U = st_->codec_.units, W = st_->codec_.width;
+  const int64_t U = st_->codec_.units, W = st_->codec_.width, pages = static_cast<int64_t>(ids.size());
   const bool layer_scope = sp.modes.layer_scope();
-  at::Tensor out = at::empty({pages, U, P, W}, sp.rope_cos.options().dtype(at::kFloat));
-  const int64_t chunk = BasisChunkPages();
-  for (int64_t c = 0; c < pages; c += chunk) {
-    const int64_t n = std::min(chunk, pages - c);
-    at::Tensor codes = st_->codes_[layer].index_select(0, BlockIds(c, n)).contiguous();
-    auto [mean, vec] = PageBases(layer, n);
-    at::Tensor first = at::arange(c * P, (c + n) * P, P, codes.options().dtype(at::kInt));
-    at::Tensor dst = out.narrow(0, c, n);
-    kernels::SvdqDecodeParams p;
-    p.layout = st_->layout_;
-    p.num_pages = static_cast<int>(n);
-    p.kv_heads = static_cast<int>(U);
-    p.pages = codes.data_ptr<uint8_t>();
-    p.mean = mean.data_ptr<float>();
-    p.basis = vec.data_ptr<float>();
-    p.first_pos = first.data_ptr<int32_t>();
-    if (!layer_scope) {  // a layer-wide latent is rotated per head below, once decoded
-      p.rope_cos = sp.rope_cos.data_ptr<float>();
-      p.rope_sin = sp.rope_sin.data_ptr<float>();
-    }
-    p.out = dst.data_ptr<float>();
-#ifdef SVDQ_WITH_CUDA
-    if (sp.device.is_cuda()) Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
-    else
-#endif
-      Check(kernels::SvdqDecodeRef(p), "SVDq decode");
+  const bool range = pages > 0 && ids.back() - ids.front() == pages - 1;  // consecutive (ids ascend)
+  std::vector<int64_t> blocks, firsts;
+  for (int64_t pg : ids) {
+    blocks.push_back(blocks_[pg]);
+    firsts.push_back(pg * P);
   }
+  at::Tensor out = at::empty({pages, U, P, W}, sp.rope_cos.options().dtype(at::kFloat));
+  at::Tensor block_ids = range ? BlockIds(ids.front(), pages) : ToDevice(blocks, sp.device);
+  at::Tensor codes = st_->codes_[layer].index_select(0, block_ids).contiguous();
+  at::Tensor basis_index = BasisIndex(pages);
+  at::Tensor first = ToDevice(firsts, sp.device).to(at::kInt);
+  kernels::SvdqDecodeParams p;
+  p.layout = st_->layout_;
+  p.num_pages = static_cast<int>(pages);
+  p.kv_heads = static_cast<int>(U);
+  p.pages = codes.data_ptr<uint8_t>();
+  p.mean = st_->mean_[layer].data_ptr<float>();
+  p.basis = st_->vectors_[layer].data_ptr<float>();
+  p.basis_index = basis_index.data_ptr<int32_t>();
+  p.first_pos = first.data_ptr<int32_t>();
+  if (!layer_scope) {  // a layer-wide latent is rotated per head below, once decoded
+    p.rope_cos = sp.rope_cos.data_ptr<float>();
+    p.rope_sin = sp.rope_sin.data_ptr<float>();
+  }
+  p.out = out.data_ptr<float>();
+#ifdef SVDQ_WITH_CUDA
+  if (sp.device.is_cuda()) Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
+  else
+#endif
+    Check(kernels::SvdqDecodeRef(p), "SVDq decode");
   at::Tensor keys = out.permute({0, 2, 1, 3}).reshape({pages * P, KV, D});
-  return layer_scope ? models::ApplyRotaryHalf(keys, sp.rope_cos, sp.rope_sin, 0, at::kFloat) : keys;
+  if (!layer_scope) return keys;
+  at::Tensor pos = (first.to(at::kLong).unsqueeze(1) + at::arange(P, first.options().dtype(at::kLong))).reshape({-1});
+  return models::ApplyRotaryHalfRows(keys, sp.rope_cos.index_select(0, pos), sp.rope_sin.index_select(0, pos), at::kFloat);
 }
 
 void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const at::Tensor& k, const at::Tensor& v) {
@@ -780,18 +769,23 @@ void PagedSeqView::WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k) 
   if (to > p) sums.copy_(kf.narrow(0, p - pos0, to - p).sum(0));
 }
 
-at::Tensor PagedSeqView::StoredKeys(int layer, int64_t n) {
+at::Tensor PagedSeqView::StoredKeys(int layer, int64_t start, int64_t n) {
   const auto& sp = st_->spec();
   if (!sp.modes.page_coded_keys()) {
-    auto [blk, off] = Where(0, n);
+    auto [blk, off] = Where(start, n);
     return st_->keys_[layer].Read(blk, off);
   }
   const int64_t P = sp.shape.block_size;
   // Full pages are encoded; the page being filled is in the tail.
   const int64_t filled = fresh_layer_ == layer ? fresh_pos0_ + fresh_k_.size(0) : length_;
-  const int64_t pages = std::min((n + P - 1) / P, filled / P);
+  const int64_t pages = std::min((n + P - 1) / P, filled / P), first = start / P;
+  if (start % P != 0 || first > pages) throw std::logic_error("StoredKeys: start must be a page boundary before the tail");
   std::vector<at::Tensor> parts;
-  if (pages > 0) parts.push_back(DecodePages(layer, pages).narrow(0, 0, std::min(n, pages * P)).to(sp.dtype));
+  if (pages > first) {
+    std::vector<int64_t> ids;
+    for (int64_t pg = first; pg < pages; ++pg) ids.push_back(pg);
+    parts.push_back(DecodePages(layer, ids).narrow(0, 0, std::min(n, pages * P) - start).to(sp.dtype));
+  }
   const int64_t from = pages * P;
   if (n > from) {
     at::Tensor t = st_->tail_[layer][lane_].narrow(0, 0, n - from);
@@ -800,13 +794,16 @@ at::Tensor PagedSeqView::StoredKeys(int layer, int64_t n) {
   return at::cat(parts, 0);
 }
 
-std::pair<at::Tensor, at::Tensor> PagedSeqView::Read(int layer, int64_t n) {
+std::pair<at::Tensor, at::Tensor> PagedSeqView::Read(int layer, int64_t n) { return ReadFrom(layer, 0, n); }
+
+std::pair<at::Tensor, at::Tensor> PagedSeqView::ReadFrom(int layer, int64_t start, int64_t n) {
   const auto& sp = st_->spec();
   const int64_t stored = fresh_layer_ == layer ? fresh_pos0_ : n;
+  if (start > stored) throw std::logic_error("ReadFrom: start is past the stored positions");
   at::Tensor k, v;
-  if (stored > 0) {
-    k = StoredKeys(layer, stored);
-    auto [blk, off] = Where(0, stored);
+  if (stored > start) {
+    k = StoredKeys(layer, start, stored);
+    auto [blk, off] = Where(start, stored);
     v = st_->values_[layer].Read(blk, off);
   }
   if (stored < n) {
@@ -854,21 +851,42 @@ at::Tensor PagedSeqView::AttendSparse(int layer, const at::Tensor& q) {
   p.max_chunks = static_cast<int>(table.size());
   p.keep = keep;
   Check(kernels::SparseSelectRef(p), "sparse page selection");
-  // Each KV head's positions: its chosen pages, then every position from the recent window on.
-  auto [k_all, v_all] = Read(layer, L);  // [KV, L, D]
+  // Only what is attended is read: the pages any KV head chose (decoded once), then every
+  // position from the recent window on, as Read gives them.
+  std::vector<int64_t> chosen;
+  for (int64_t g = 0; g < KV; ++g)
+    for (int i = 0; i < count[g]; ++i) chosen.push_back(selected[static_cast<size_t>(g) * (keep + 1) + i]);
+  std::sort(chosen.begin(), chosen.end());
+  chosen.erase(std::unique(chosen.begin(), chosen.end()), chosen.end());
+  auto [k_recent, v_recent] = ReadFrom(layer, static_cast<int64_t>(from) * P, L);  // [KV, n, D]
+  at::Tensor k_chosen, v_chosen;  // [KV, chosen * P, D]
+  if (!chosen.empty()) {
+    k_chosen = DecodePages(layer, chosen).to(sp.dtype).transpose(0, 1);
+    std::vector<int64_t> blk, off;
+    for (int64_t pg : chosen)
+      for (int64_t t = 0; t < P; ++t) {
+        blk.push_back(blocks_[pg]);
+        off.push_back(t);
+      }
+    v_chosen = st_->values_[layer].Read(ToDevice(blk, sp.device), ToDevice(off, sp.device)).transpose(0, 1);
+  }
   std::vector<at::Tensor> outs;
   for (int64_t g = 0; g < KV; ++g) {
-    std::vector<int64_t> pos;
+    std::vector<int64_t> rows;  // this head's chosen pages' rows of k_chosen
     for (int i = 0; i < count[g]; ++i) {
-      const int64_t c = selected[static_cast<size_t>(g) * (keep + 1) + i];
-      for (int64_t t = c * P; t < (c + 1) * P; ++t) pos.push_back(t);
+      const int64_t c = std::lower_bound(chosen.begin(), chosen.end(), selected[static_cast<size_t>(g) * (keep + 1) + i]) -
+                        chosen.begin();
+      for (int64_t t = 0; t < P; ++t) rows.push_back(c * P + t);
     }
-    for (int64_t t = static_cast<int64_t>(from) * P; t < L; ++t) pos.push_back(t);
-    at::Tensor at_pos = ToDevice(pos, k_all.device());
-    at::Tensor kg = k_all[g].index_select(0, at_pos).unsqueeze(0).unsqueeze(0);  // [1, 1, n, D]
-    at::Tensor vg = v_all[g].index_select(0, at_pos).unsqueeze(0).unsqueeze(0);
+    at::Tensor kg = k_recent[g], vg = v_recent[g];
+    if (!rows.empty()) {
+      at::Tensor r = ToDevice(rows, k_chosen.device());
+      kg = at::cat({k_chosen[g].index_select(0, r), kg}, 0);
+      vg = at::cat({v_chosen[g].index_select(0, r), vg}, 0);
+    }
     at::Tensor qg = q.narrow(1, g * G, G).transpose(0, 1).unsqueeze(0).to(kg.scalar_type());  // [1, G, 1, D]
-    outs.push_back(at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, false, {}, /*enable_gqa=*/true));
+    outs.push_back(at::scaled_dot_product_attention(qg, kg.unsqueeze(0).unsqueeze(0), vg.unsqueeze(0).unsqueeze(0), {},
+                                                    0.0, false, {}, /*enable_gqa=*/true));
   }
   return at::cat(outs, 1).squeeze(2);  // [1, NH, D]
 }

@@ -184,7 +184,7 @@ class PagedSeqView : public models::KvView {
   std::pair<at::Tensor, at::Tensor> Where(int64_t from, int64_t to) const;
   at::Tensor BlockIds(int64_t first_page, int64_t pages) const;  // int64 on the device
   int BasisSlot() const;
-  std::pair<at::Tensor, at::Tensor> PageBases(int layer, int64_t pages) const;  // mean, vectors per page
+  at::Tensor BasisIndex(int64_t pages) const;  // int32 [pages] on the device: BasisSlot() each
   // The SVDq prefill basis of a sequence's first forward: BeginBasis sets the layer's mean and
   // keeps its Gram matrix (false: too few keys, the calibrated basis was copied instead);
   // FinishBasis, after the last layer's Write, solves every kept layer in one batch and encodes
@@ -192,18 +192,21 @@ class PagedSeqView : public models::KvView {
   bool BeginBasis(int layer, const at::Tensor& k_pre);
   void FinishBasis();
   void EncodePages(int layer, int64_t first_page, const at::Tensor& keys_pre);  // [pages * P, kv, D]
-  void EncodeChunk(int layer, int64_t first_page, const at::Tensor& keys_pre);
   // Sparse attention: the landmarks of the pages that keys k [T, kv, D] (post-RoPE, positions
   // pos0 ..) complete, and the lane's running sum of its unfilled page.
   void WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k);
-  int64_t BasisChunkPages() const;  // pages per codec call, bounding the per-page basis copies
-  at::Tensor DecodePages(int layer, int64_t pages);  // post-RoPE [pages * P, kv, D] fp32
+  // Post-RoPE keys of this view's pages `ids` (ascending indices into its blocks, each encoded):
+  // [ids * P, kv, D] fp32.
+  at::Tensor DecodePages(int layer, const std::vector<int64_t>& ids);
   // Sparse decode attention in ATen ops, where no kernel serves the step (the CPU): q [1, heads,
   // D] of this view's one fresh token -> [1, heads, D]. The kernels' selection (kernels::
   // SparseSelectRef over the page landmarks: the pages the device would choose), then per KV
   // head attention over the chosen pages, the recent ones and the tail, read as stored.
   at::Tensor AttendSparse(int layer, const at::Tensor& q);
-  at::Tensor StoredKeys(int layer, int64_t n);       // post-RoPE keys of positions [0, n), dtype
+  at::Tensor StoredKeys(int layer, int64_t start, int64_t n);  // post-RoPE keys of positions [start, n), dtype
+  // Read's keys and values of positions [start, n) (start: a page boundary, not past the stored
+  // positions), [kv, n - start, D].
+  std::pair<at::Tensor, at::Tensor> ReadFrom(int layer, int64_t start, int64_t n);
 
   PagedKvStorage* st_;
   const std::vector<BlockId>& blocks_;
