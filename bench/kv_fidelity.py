@@ -12,7 +12,9 @@ decode does). One server per mode; texts are Debian's license files, cut into wi
 --first-chunk F (prompt_logprobs_first_chunk): each window's first F tokens are prefilled in one
 piece and only the tokens after them are scored (exactly and through the cache); with --chunk 1
 every one of those is a decode step over the stored cache, so sparse attention (--sparse-budget)
-is scored as it serves. The last column compares each mode with the first one listed.
+is scored as it serves. The first piece is never shorter than the chunk or the server's
+--svdq-basis-tokens (256 by default), so give F at least that. The last column compares each
+mode with the first one listed.
 
 SVDq runs with each sequence's prefill basis (fitted on its first min(window, 256) tokens, the
 server's --svdq-basis-tokens, which are scored in one piece: only the tokens after them read
@@ -59,10 +61,12 @@ CALIBRATION_TEXT = "/usr/share/common-licenses/MPL-2.0"
 CALIBRATED = ["8,8,8,8,8,8,8,8", "8,4,2,1,1,0,0,0", "8,2,0,0,0,0,0,0"]
 
 
-def windows(n_per_text, chars, texts=TEXTS):
+def windows(n_per_text, chars, texts=TEXTS, concat=False):
+    """n_per_text windows of `chars` characters from each text (from the texts joined, with concat:
+    long windows out of short files)."""
     out = []
-    for path in texts:
-        text = " ".join(Path(path).read_text(encoding="utf-8").split())  # one line, single spaces
+    bodies = [" ".join(Path(path).read_text(encoding="utf-8").split()) for path in texts]  # one line, single spaces
+    for text in ([" ".join(bodies)] if concat else bodies):
         for i in range(n_per_text):
             w = text[i * chars:(i + 1) * chars]
             if len(w) == chars:
@@ -110,6 +114,8 @@ def main():
                     help="prefill each window's first F tokens in one piece and score only the tokens after them")
     ap.add_argument("--texts", default=None, help="comma-separated text files to cut windows from (default: "
                     + ", ".join(TEXTS) + ")")
+    ap.add_argument("--kv-cache-bytes", default="256M")
+    ap.add_argument("--concat", action="store_true", help="cut --windows windows from the texts joined into one")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "kv_fidelity_cpu.json"))
     a = ap.parse_args()
     import conftest
@@ -119,7 +125,7 @@ def main():
     out = Path(tempfile.mkdtemp())
     model = Path(a.model) if a.model else conftest.MODEL
     text_files = a.texts.split(",") if a.texts else TEXTS
-    texts = windows(a.windows, a.chars, text_files)
+    texts = windows(a.windows, a.chars, text_files, a.concat)
     if not texts:
         raise SystemExit(f"no window of {a.chars} characters in {text_files}")
     modes = own_modes(a.modes) if a.modes else calibrated_modes(model, out)
@@ -140,7 +146,7 @@ def main():
 
     rows, exact = [], None
     for key, value, extra in modes:
-        s = Server(model, a.device, extra=["--key-mode", key, "--value-mode", value, "--kv-cache-bytes", "256M",
+        s = Server(model, a.device, extra=["--key-mode", key, "--value-mode", value, "--kv-cache-bytes", a.kv_cache_bytes,
                                            "--max-running", "2", *extra])
         try:
             s.wait_ready(timeout=600)
@@ -167,7 +173,7 @@ def main():
         rows.append(row)
         print(row, file=sys.stderr)
     meta = dict(date=datetime.date.today().isoformat(), host=platform.node(), device=a.device, model=model.name,
-                chunk=a.chunk, first_chunk=a.first_chunk, texts=text_files, windows_per_text=a.windows,
+                chunk=a.chunk, first_chunk=a.first_chunk, texts=text_files, concat=a.concat, windows_per_text=a.windows,
                 chars_per_window=a.chars,
                 command=" ".join(sys.argv))
     Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

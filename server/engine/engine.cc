@@ -292,8 +292,8 @@ void Engine::Load() {
     // head). On the CPU it runs in ATen ops over the stored keys (PagedSeqView::AttendSparse:
     // the kernels' selection, attention over the chosen pages), any model dtype and value mode.
     const std::string why = !device.is_cuda()
-                                ? (c.n_heads / c.n_kv_heads > 16 || c.head_dim > 256
-                                       ? "at most 16 query heads per KV head and a head dim of at most 256 (the page "
+                                ? (c.n_heads / c.n_kv_heads > 16 || c.head_dim > 128
+                                       ? "at most 16 query heads per KV head and a head dim of at most 128 (the page "
                                          "selection's limits)"
                                        : "")
                             : dtype != at::kBFloat16 ? "a bf16 model (on a CUDA device; the CPU takes any dtype)"

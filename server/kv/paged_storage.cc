@@ -636,6 +636,12 @@ void PagedSeqView::EncodePages(int layer, int64_t first_page, const at::Tensor& 
   const int64_t P = sp.shape.block_size, U = st_->codec_.units, W = st_->codec_.width;
   const int64_t n = keys_pre.size(0) / P;
   if (n == 0) return;
+  // The fp32 copies below are bounded to ~64 MiB a call (a long first chunk comes in pieces).
+  if (const int64_t most = std::max<int64_t>(1, (64LL << 20) / (P * U * W * 4)); n > most) {
+    for (int64_t c = 0; c < n; c += most)
+      EncodePages(layer, first_page + c, keys_pre.narrow(0, c * P, std::min(most, n - c) * P));
+    return;
+  }
   at::Tensor x = keys_pre.to(at::kFloat).reshape({n, P, U, W}).permute({0, 2, 1, 3}).contiguous();
   at::Tensor out = at::empty({n, U, st_->layout_.page_bytes}, x.options().dtype(at::kByte));
   at::Tensor basis_index = BasisIndex(n);
@@ -851,8 +857,10 @@ at::Tensor PagedSeqView::AttendSparse(int layer, const at::Tensor& q) {
   p.max_chunks = static_cast<int>(table.size());
   p.keep = keep;
   Check(kernels::SparseSelectRef(p), "sparse page selection");
-  // Only what is attended is read: the pages any KV head chose (decoded once), then every
-  // position from the recent window on, as Read gives them.
+  // The pages any KV head chose are decoded once, for every KV head (the codec decodes a page's
+  // heads together: with several KV heads this reads more than the kernel, which reads each
+  // head's own list; the key-bytes metric counts the kernel's), then every position from the
+  // recent window on, as Read gives them.
   std::vector<int64_t> chosen;
   for (int64_t g = 0; g < KV; ++g)
     for (int i = 0; i < count[g]; ++i) chosen.push_back(selected[static_cast<size_t>(g) * (keep + 1) + i]);

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -353,33 +354,35 @@ void RunLandmarks(at::Device device, at::ScalarType dtype) {
 TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::Device(at::kCPU), at::kFloat); }
 
 // Sparse decode attention where no kernel serves the step (PagedSeqView::Attend on the CPU):
-// 25 full pages of 16, a 256-token budget (the sink, 7 chosen pages, the 8 recent ones). Each KV
-// head has its own 7 pages whose post-RoPE keys lean on its query's direction (so that which
-// pages the landmarks choose is beyond doubt), different pages for the two heads. The output
-// must be attention over exactly the sink, those pages, the recent window and the tail (keys and
-// values as stored, computed here in fp64), and differ from dense attention; a budget that covers
-// the context must give dense attention.
+// pages of 16, a 256-token budget (the sink, 7 chosen pages, the 8 recent ones). Each KV head
+// has its own 7 pages whose post-RoPE keys lean on its query's direction (so that which pages
+// the landmarks choose is beyond doubt), different pages for the two heads. The output must be
+// attention over exactly the sink, those pages, the recent window and the tail (keys and values
+// as stored, computed here in fp64), and differ from dense attention: with the fresh token
+// starting page 25 and with it completing page 24 (encoded by its own write). A context shorter
+// than the recent window, and a budget that covers the context, must give dense attention.
 TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
-  constexpr int64_t kPages = 25, L = kPages * kPage + 1;  // the fresh token starts page 25
+  constexpr int64_t kMax = 25 * kPage + 1;
   const Tables rope = Rope(at::Device(at::kCPU), 512);
   at::manual_seed(17);
   at::Tensor w = at::randn({kKv, kDim});
   w = w / w.norm(2, -1, true);
   const std::vector<std::vector<int64_t>> hot = {{2, 4, 6, 9, 11, 13, 16}, {1, 3, 5, 8, 10, 14, 15}};
-  at::Tensor k = at::randn({L, kKv, kDim}) * 0.5;
+  at::Tensor k = at::randn({kMax, kKv, kDim}) * 0.5;
   for (int64_t g = 0; g < kKv; ++g)
     for (int64_t pg : hot[g]) k.narrow(0, pg * kPage, kPage).select(1, g).add_(w[g] * 4.0);
   // Pre-RoPE keys: the post-RoPE ones rotated back (sin negated).
   at::Tensor k_pre = svdq::models::ApplyRotaryHalf(k, rope.cos, -rope.sin, 0, at::kFloat);
-  at::Tensor v = at::randn({L, kKv, kDim});
+  at::Tensor v = at::randn({kMax, kKv, kDim});
   at::Tensor q = (w.repeat_interleave(kHeads / kKv, 0) * 5.0).unsqueeze(0);  // [1, heads, D]
-  auto attend = [&](int budget, at::Tensor* keys, at::Tensor* values) {
+  // A prompt of L - 1 tokens, then one decode step: its attention and the keys and values as stored.
+  auto attend = [&](int64_t L, int budget, at::Tensor* keys, at::Tensor* values) {
     StorageSpec spec = SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,8,8,8,8,8,8,8");
     spec.num_blocks = 32;
     spec.modes.sparse_budget = budget;
     PagedKvStorage storage(spec);
     std::vector<BlockId> blocks;
-    for (int i = 0; i <= kPages; ++i) blocks.push_back(static_cast<BlockId>((i * 7 + 3) % 32));  // scattered
+    for (int64_t i = 0; i * kPage < L; ++i) blocks.push_back(static_cast<BlockId>((i * 7 + 3) % 32));  // scattered
     {
       PagedSeqView prompt(&storage, blocks, 0, /*lane=*/1);
       prompt.Reserve(L - 1);
@@ -406,25 +409,34 @@ TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
     }
     return at::stack(outs).unsqueeze(0);  // [1, heads, D]
   };
-  std::vector<std::vector<int64_t>> all(kKv), chosen(kKv);
-  for (int64_t g = 0; g < kKv; ++g) {
-    for (int64_t t = 0; t < L; ++t) all[g].push_back(t);
-    std::vector<int64_t> pages = {0};  // the sink
-    pages.insert(pages.end(), hot[g].begin(), hot[g].end());
-    for (int64_t pg = kPages - 8; pg < kPages; ++pg) pages.push_back(pg);  // the recent window
-    for (int64_t pg : pages)
-      for (int64_t t = pg * kPage; t < (pg + 1) * kPage; ++t) chosen[g].push_back(t);
-    chosen[g].push_back(L - 1);  // the tail: the fresh token
+  for (int64_t L : {kMax, kMax - 1}) {
+    const int64_t full = L / kPage;  // 25 either way
+    std::vector<std::vector<int64_t>> all(kKv), chosen(kKv);
+    for (int64_t g = 0; g < kKv; ++g) {
+      for (int64_t t = 0; t < L; ++t) all[g].push_back(t);
+      std::vector<int64_t> pages = {0};  // the sink
+      pages.insert(pages.end(), hot[g].begin(), hot[g].end());
+      for (int64_t t = 0; t < L; ++t)
+        if (t >= (full - 8) * kPage || std::find(pages.begin(), pages.end(), t / kPage) != pages.end())
+          chosen[g].push_back(t);  // the chosen pages, the 8 recent ones and the tail
+    }
+    at::Tensor keys, values;
+    at::Tensor sparse = attend(L, 256, &keys, &values);
+    ASSERT_TRUE(sparse.defined()) << "no sparse attention on the CPU";
+    EXPECT_LT(RelErr(sparse, reference(keys, values, chosen)), 1e-5) << L;
+    EXPECT_GT(RelErr(sparse, reference(keys, values, all)), 0.05) << L << ": the pages left out made no difference";
+    at::Tensor covering = attend(L, 4096, &keys, &values);
+    ASSERT_TRUE(covering.defined());
+    EXPECT_LT(RelErr(covering, reference(keys, values, all)), 1e-5) << L;
   }
+  // 100 tokens: 6 full pages, all in the recent window, none to choose from.
+  std::vector<std::vector<int64_t>> short_all(kKv);
+  for (int64_t g = 0; g < kKv; ++g)
+    for (int64_t t = 0; t < 100; ++t) short_all[g].push_back(t);
   at::Tensor keys, values;
-  at::Tensor sparse = attend(256, &keys, &values);
-  ASSERT_TRUE(sparse.defined()) << "no sparse attention on the CPU";
-  EXPECT_LT(RelErr(sparse, reference(keys, values, chosen)), 1e-5);
-  const double off_dense = RelErr(sparse, reference(keys, values, all));
-  EXPECT_GT(off_dense, 0.05) << "the pages left out made no difference: the test shows nothing";
-  at::Tensor covering = attend(4096, &keys, &values);
-  ASSERT_TRUE(covering.defined());
-  EXPECT_LT(RelErr(covering, reference(keys, values, all)), 1e-5);
+  at::Tensor out = attend(100, 256, &keys, &values);
+  ASSERT_TRUE(out.defined());
+  EXPECT_LT(RelErr(out, reference(keys, values, short_all)), 1e-5);
 }
 
 // A lane's prefill bases belong to the sequence on it: once it leaves, the next sequence on
