@@ -113,22 +113,30 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_gpu(stubs)
     assert info["256"].attention_key_compression > 2.5 * info["0"].attention_key_compression
 
 
+# (flags, what the refusal says) on every device; on CUDA the kernels refuse more.
+REFUSALS = [
+    (SVDQ + ["--sparse-budget", "100"], "leaves no page to choose"),
+    (SVDQ + ["--sparse-budget", "100"], "at least 160"),
+    (["--key-mode", "bf16", "--sparse-budget", "2048"], "sparse attention needs page-coded keys"),
+    (SVDQ + ["--svdq-scope", "layer", "--sparse-budget", "2048"], "sparse attention needs page-coded keys in head scope"),
+]
+CUDA_REFUSALS = [
+    (SVDQ + ["--value-mode", "int4", "--sparse-budget", "2048"], "--sparse-budget needs bf16 values"),
+    (SVDQ + ["--block-size", "48", "--sparse-budget", "2048"],
+     "--sparse-budget needs a block size of 16 tokens times a power of two"),
+]
+
+
+def check_refusals(device, cases):
+    for flags, says in cases:
+        out = refused(MODEL, device, flags)
+        assert says in out, (flags, out[-2000:])
+
+
 def test_bad_sparse_budgets_and_modes_are_refused_cpu():
-    out = refused(MODEL, "cpu", SVDQ + ["--sparse-budget", "100"])
-    assert "leaves no page to choose" in out and "at least 160" in out
-    out = refused(MODEL, "cpu", ["--key-mode", "bf16", "--sparse-budget", "2048"])
-    assert "sparse attention needs page-coded keys" in out
-    out = refused(MODEL, "cpu", SVDQ + ["--svdq-scope", "layer", "--sparse-budget", "2048"])
-    assert "sparse attention needs page-coded keys in head scope" in out
+    check_refusals("cpu", REFUSALS)
 
 
 @pytest.mark.gpu
 def test_bad_sparse_budgets_and_modes_are_refused_gpu():
-    out = refused(MODEL, "cuda", SVDQ + ["--sparse-budget", "100"])
-    assert "leaves no page to choose" in out and "at least 160" in out
-    out = refused(MODEL, "cuda", ["--key-mode", "bf16", "--sparse-budget", "2048"])
-    assert "sparse attention needs page-coded keys" in out
-    out = refused(MODEL, "cuda", SVDQ + ["--value-mode", "int4", "--sparse-budget", "2048"])
-    assert "--sparse-budget needs bf16 values" in out
-    out = refused(MODEL, "cuda", SVDQ + ["--block-size", "48", "--sparse-budget", "2048"])
-    assert "--sparse-budget needs a block size of 16 tokens times a power of two" in out
+    check_refusals("cuda", REFUSALS + CUDA_REFUSALS)

@@ -6,15 +6,7 @@
 # come from bench/results/eval_sizes_qwen2.5_coder_1.5b.json (made here on the CPU with
 # --size-only), which saves the sizing bisection on the GPU host.
 #   MODES="a;b" LENGTHS=4096,... CASES=13 LIMIT=540 bash tools/gpu/eval_round.sh
-set -o pipefail
-export PYTHONUNBUFFERED=1
-export BUILD_TARGETS="${BUILD_TARGETS:-svdq-server}"
-source tools/gpu/build.sh > $OUT/build.txt 2>&1 || { tail -30 $OUT/build.txt; exit 1; }
-echo "built at ${SECONDS}s"
-model=.models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
-if ! [ -f $model ]; then
-  bash tools/gpu/stash.sh join $model cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 || exit 1
-fi
+source tools/gpu/qwen15b.sh
 svdq="svdq_bf16@4,2,2,1,1,0,0,0"
 modes="${MODES:-bf16_bf16;svdq_bf16@4,2,2,2,2,2,1,1;svdq_bf16@4,2,2,2,2,2,1,1|--sparse-budget 2048 --block-size 16;$svdq}"
 SVDQ_BUILD_DIR=build-gpu timeout "${LIMIT:-540}" python3 bench/eval_quality.py --model $model --device cuda \

@@ -6,15 +6,7 @@
 # dense SVDq against sparse attention (bench/kv_fidelity.py; its last column is each mode against
 # the first, the dense one).
 #   FIRST=16000 CHARS=84000 WINDOWS=2 MODES="a;b" LIMIT=540 bash tools/gpu/sparse_ppl_round.sh
-set -o pipefail
-export PYTHONUNBUFFERED=1
-export BUILD_TARGETS="${BUILD_TARGETS:-svdq-server}"
-source tools/gpu/build.sh > $OUT/build.txt 2>&1 || { tail -30 $OUT/build.txt; exit 1; }
-echo "built at ${SECONDS}s"
-model=.models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
-if ! [ -f $model ]; then
-  bash tools/gpu/stash.sh join $model cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 || exit 1
-fi
+source tools/gpu/qwen15b.sh
 s="svdq_bf16@4,2,2,2,2,2,1,1"
 modes="${MODES:-$s|--block-size 16;$s|--block-size 16 --sparse-budget 2048;$s|--block-size 64 --sparse-budget 2048}"
 SVDQ_BUILD_DIR=build-gpu timeout "${LIMIT:-540}" python3 bench/kv_fidelity.py --model $model --device cuda \
