@@ -290,6 +290,19 @@ Status SvdqDecodeRef(const SvdqDecodeParams& p) {
   return Status::Ok();
 }
 
+Status SvdqDequantLatentRef(const SvdqDecodeParams& p, float* z) {
+  const SvdqLayout& l = p.layout;
+  if (p.num_pages < 0 || p.kv_heads <= 0 || !p.pages || !z) return Status::Invalid("SvdqDequantLatentRef: bad arguments");
+  const size_t rec = static_cast<size_t>(l.page_size) * l.width;
+  std::vector<float> one;
+  for (int64_t page = 0; page < p.num_pages; ++page)
+    for (int h = 0; h < p.kv_heads; ++h) {
+      DequantLatent(l, PageRecord(p.pages, l, page, p.kv_heads, h), &one);
+      std::copy(one.begin(), one.end(), z + (page * p.kv_heads + h) * rec);
+    }
+  return Status::Ok();
+}
+
 Status ValidateAttention(const SvdqAttentionParams& p) {
   const SvdqLayout& l = p.layout;
   if (l.width <= 0 || l.width % 2 != 0 || l.width > 256) return Status::Invalid("attention width must be even and <= 256");

@@ -34,6 +34,9 @@ void ApplyRopeRef(float* x, int width, const float* cos_row, const float* sin_ro
 Status SymEigDescendingRef(const SymEigParams& p);
 Status SvdqEncodeRef(const SvdqEncodeParams& p);
 Status SvdqDecodeRef(const SvdqDecodeParams& p);
+// The latent coordinates of p's pages, z [num_pages, kv_heads, P, width] (dropped channels 0):
+// the first half of SvdqDecodeRef, for a host decode that rebuilds keys with a matrix product.
+Status SvdqDequantLatentRef(const SvdqDecodeParams& p, float* z);
 Status SvdqAttentionRef(const SvdqAttentionParams& p);
 
 // Checks the shape fields that every implementation relies on; messages name the field.

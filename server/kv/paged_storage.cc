@@ -688,18 +688,27 @@ at::Tensor PagedSeqView::DecodePages(int layer, const std::vector<int64_t>& ids)
   p.basis = st_->vectors_[layer].data_ptr<float>();
   p.basis_index = basis_index.data_ptr<int32_t>();
   p.first_pos = first.data_ptr<int32_t>();
-  if (!layer_scope) {  // a layer-wide latent is rotated per head below, once decoded
-    p.rope_cos = sp.rope_cos.data_ptr<float>();
-    p.rope_sin = sp.rope_sin.data_ptr<float>();
-  }
-  p.out = out.data_ptr<float>();
+  bool rotated = false;
 #ifdef SVDQ_WITH_CUDA
-  if (sp.device.is_cuda()) Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
-  else
+  if (sp.device.is_cuda()) {
+    if (!layer_scope) {  // a layer-wide latent is rotated per head below, once decoded
+      p.rope_cos = sp.rope_cos.data_ptr<float>();
+      p.rope_sin = sp.rope_sin.data_ptr<float>();
+      rotated = true;
+    }
+    p.out = out.data_ptr<float>();
+    Check(kernels::SvdqDecode(p, nullptr), "SVDq decode");
+  } else
 #endif
-    Check(kernels::SvdqDecodeRef(p), "SVDq decode");
+  {
+    // On the host: the latents by the reference, the keys as one matrix product (BLAS, on every
+    // core; the reference's per-key fp64 loop took most of a CPU decode step), RoPE below.
+    Check(kernels::SvdqDequantLatentRef(p, out.data_ptr<float>()), "SVDq decode");
+    const int slot = BasisSlot();
+    out = at::matmul(out, st_->vectors_[layer][slot].transpose(-1, -2)) + st_->mean_[layer][slot].unsqueeze(1);
+  }
   at::Tensor keys = out.permute({0, 2, 1, 3}).reshape({pages * P, KV, D});
-  if (!layer_scope) return keys;
+  if (rotated) return keys;
   at::Tensor pos = (first.to(at::kLong).unsqueeze(1) + at::arange(P, first.options().dtype(at::kLong))).reshape({-1});
   return models::ApplyRotaryHalfRows(keys, sp.rope_cos.index_select(0, pos), sp.rope_sin.index_select(0, pos), at::kFloat);
 }
