@@ -370,7 +370,6 @@ void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const Decod
 
 void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages,
                                  at::Tensor* count) {
-#ifdef SVDQ_WITH_CUDA
   const int64_t B = q.size(0), NH = q.size(1), KV = spec_.shape.kv_heads, D = spec_.shape.head_dim;
   if (!t.sparse_from.defined()) throw std::logic_error("sparse attention: the step's tables have no sparse_from");
   *pages = at::empty({B, KV, sparse_.keep + 1}, t.len.options());
@@ -392,11 +391,13 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
   p.D = p.R = static_cast<int>(D);
   p.max_chunks = static_cast<int>(t.max_pages);
   p.keep = sparse_.keep;
-  Check(kernels::SparseSelect(p, at::cuda::getCurrentCUDAStream()), "sparse page selection");
-#else
-  (void)layer, (void)q, (void)t, (void)pages, (void)count;
-  throw std::logic_error("sparse page selection needs CUDA");
+#ifdef SVDQ_WITH_CUDA
+  if (qf.is_cuda()) {
+    Check(kernels::SparseSelect(p, at::cuda::getCurrentCUDAStream()), "sparse page selection");
+    return;
+  }
 #endif
+  Check(kernels::SparseSelectRef(p), "sparse page selection");  // the same choice, on the host
 }
 
 at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t) {
@@ -671,7 +672,7 @@ at::Tensor PagedSeqView::DecodePages(int layer, const std::vector<int64_t>& ids)
   const bool range = pages > 0 && ids.back() - ids.front() == pages - 1;  // consecutive (ids ascend)
   std::vector<int64_t> blocks, firsts;
   for (int64_t pg : ids) {
-    blocks.push_back(blocks_[pg]);
+    if (!range) blocks.push_back(blocks_[pg]);
     firsts.push_back(pg * P);
   }
   at::Tensor out = at::empty({pages, U, P, W}, sp.rope_cos.options().dtype(at::kFloat));
@@ -839,43 +840,27 @@ at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
 
 at::Tensor PagedSeqView::AttendSparse(int layer, const at::Tensor& q) {
   const auto& sp = st_->spec();
-  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads, D = sp.shape.head_dim;
+  const int64_t P = sp.shape.block_size, KV = sp.shape.kv_heads;
   const int64_t NH = q.size(1), G = NH / KV, L = fresh_pos0_ + 1;
-  const int32_t from = st_->SparseFrom(L / P, /*prompt=*/false);  // pages to choose from
-  const int keep = st_->sparse_.keep;
-  // The selection, as AttendDecode's SelectPages runs it (through this view's page table).
-  at::Tensor qf = q.to(at::kCPU, at::kFloat).contiguous();
-  at::Tensor coords = st_->landmarks_[layer].to(at::kCPU).contiguous();
-  at::Tensor scales = st_->landmark_scales_[layer].to(at::kCPU).contiguous();
-  std::vector<int32_t> table(std::max<int32_t>(from, 1), 0), chunks = {from};
-  std::copy(blocks_.begin(), blocks_.begin() + from, table.begin());
-  std::vector<int32_t> selected(static_cast<size_t>(KV) * (keep + 1)), count(static_cast<size_t>(KV));
-  kernels::SparseSelectParams p;
-  p.score = kernels::SparseScore::kLandmark;
-  p.q = qf.data_ptr<float>();
-  p.coords = coords.data_ptr<int8_t>();
-  p.scales = scales.data_ptr<float>();
-  p.table = table.data();
-  p.chunks = chunks.data();
-  p.selected = selected.data();
-  p.count = count.data();
-  p.B = 1;
-  p.H = static_cast<int>(NH);
-  p.KV = static_cast<int>(KV);
-  p.D = p.R = static_cast<int>(D);
-  p.max_chunks = static_cast<int>(table.size());
-  p.keep = keep;
-  Check(kernels::SparseSelectRef(p), "sparse page selection");
+  // The selection as the device runs it (PagedKvStorage::SelectPages over this view's tables).
+  const DecodeTables& t = Tables({this});
+  at::Tensor pages, counts;
+  st_->SelectPages(layer, q, t, &pages, &counts);
+  pages = pages.to(at::kCPU).contiguous();
+  counts = counts.to(at::kCPU).contiguous();
+  const int32_t* selected = pages.data_ptr<int32_t>();  // [KV, keep + 1]
+  const int32_t* count = counts.data_ptr<int32_t>();    // [KV]
+  const int64_t from = st_->SparseFrom(L / P, prompt_), stride = pages.size(-1);
   // The pages any KV head chose are decoded once, for every KV head (the codec decodes a page's
   // heads together: with several KV heads this reads more than the kernel, which reads each
   // head's own list; the key-bytes metric counts the kernel's), then every position from the
   // recent window on, as Read gives them.
   std::vector<int64_t> chosen;
   for (int64_t g = 0; g < KV; ++g)
-    for (int i = 0; i < count[g]; ++i) chosen.push_back(selected[static_cast<size_t>(g) * (keep + 1) + i]);
+    for (int i = 0; i < count[g]; ++i) chosen.push_back(selected[g * stride + i]);
   std::sort(chosen.begin(), chosen.end());
   chosen.erase(std::unique(chosen.begin(), chosen.end()), chosen.end());
-  auto [k_recent, v_recent] = ReadFrom(layer, static_cast<int64_t>(from) * P, L);  // [KV, n, D]
+  auto [k_recent, v_recent] = ReadFrom(layer, from * P, L);  // [KV, n, D]
   at::Tensor k_chosen, v_chosen;  // [KV, chosen * P, D]
   if (!chosen.empty()) {
     k_chosen = DecodePages(layer, chosen).to(sp.dtype).transpose(0, 1);
@@ -891,8 +876,7 @@ at::Tensor PagedSeqView::AttendSparse(int layer, const at::Tensor& q) {
   for (int64_t g = 0; g < KV; ++g) {
     std::vector<int64_t> rows;  // this head's chosen pages' rows of k_chosen
     for (int i = 0; i < count[g]; ++i) {
-      const int64_t c = std::lower_bound(chosen.begin(), chosen.end(), selected[static_cast<size_t>(g) * (keep + 1) + i]) -
-                        chosen.begin();
+      const int64_t c = std::lower_bound(chosen.begin(), chosen.end(), selected[g * stride + i]) - chosen.begin();
       for (int64_t t = 0; t < P; ++t) rows.push_back(c * P + t);
     }
     at::Tensor kg = k_recent[g], vg = v_recent[g];

@@ -151,6 +151,7 @@ class PagedKvStorage {
   SparsePlan sparse_;
   std::vector<at::Tensor> landmarks_, landmark_scales_, landmark_sums_;
   void AppendLandmarks(int layer, const at::Tensor& k, const DecodeWrites& w);  // WriteDecode's rows
+  // The sparse step's page lists (kernels/sparse): the kernel on CUDA, its reference on the host.
   void SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages, at::Tensor* count);
   bool kernels_fit_ = false;
   bool fused_write_ = false;  // WriteDecode runs kernels::KvWrite
