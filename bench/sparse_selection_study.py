@@ -19,6 +19,12 @@ the KV head's query heads. Methods (metadata per chunk and KV head):
   mean8       the landmark in int8, a scale per chunk
   lowrankR    the landmark's coordinates in the R leading directions of this layer and KV head's
               landmarks (an SVD of the chunk means, as SVDq fits its basis), int8 + a scale
+  lowrankkR   the same in the R leading directions of the context's keys themselves (what a
+              server can fit from a prompt before any page mean exists)
+  twoR        two levels: lowrankR landmarks of groups of 4 chunks shortlist 4x the groups the
+              budget needs; lowrankR landmarks of the chunks in the shortlist choose. Only the
+              shortlist's chunk landmarks are read, so the metadata read per step is the groups'
+              (every group) plus a fixed 4 x budget worth of chunks'
 
 Reported per method: attention mass kept (mean over layers, heads and rows), the attention
 output's relative error against dense, the passkey answered (teacher-forced, every answer token
@@ -67,7 +73,8 @@ class Selector:
         self.method, self.chunk, self.budget, self.recent = method, chunk, budget, recent
         self.stats = {"mass": [], "err": []}
 
-    def metadata_bytes_per_token(self, d):
+    def metadata_bytes_per_token(self, d, context=131072, budget=2048):
+        """Metadata read per context token in one step at `context` tokens and a `budget`."""
         c, m = self.chunk, self.method
         if m == "oracle" or m == "dense":
             return 0.0
@@ -79,9 +86,23 @@ class Selector:
             return d * 2 / c
         if m == "mean8":
             return (d + 2) / c
+        if m.startswith("lowrankk"):
+            return (int(m[8:]) + 2) / c
         if m.startswith("lowrank"):
             return (int(m[7:]) + 2) / c
+        if m.startswith("two"):
+            r = int(m[3:])
+            return (r + 2) / (self.GROUP * c) + self.SHORTLIST * budget / c * (r + 2) / context
         raise ValueError(m)
+
+    GROUP, SHORTLIST = 4, 4  # two levels: chunks per group, shortlist over what the budget needs
+
+    @staticmethod
+    def lowrank(x, basis_of, r):
+        """x [n, d] as int8 coordinates in the r leading right singular vectors of basis_of [m, d]."""
+        _, _, vh = torch.linalg.svd(basis_of, full_matrices=False)  # [min(m, d), d]
+        basis = bf16(vh[:r].T)
+        return int8_rows(x @ basis) @ basis.T
 
     def scores(self, q, k, probs, n):
         """q [G, rows, d] (the KV head's query heads), k [T, d] post-RoPE, probs [G, rows, T] dense;
@@ -104,11 +125,26 @@ class Selector:
             land = bf16(mean)
         elif m == "mean8":
             land = int8_rows(mean)
-        else:
-            r = int(m[7:])
-            u, _, _ = torch.linalg.svd(mean.T, full_matrices=False)  # [d, d]: leading directions first
-            basis = bf16(u[:, :r])
-            land = int8_rows(mean @ basis) @ basis.T
+        elif m.startswith("lowrankk"):
+            land = self.lowrank(mean, k[: n * c], int(m[8:]))
+        elif m.startswith("lowrank"):
+            land = self.lowrank(mean, mean, int(m[7:]))
+        else:  # two levels
+            r, g = int(m[3:]), self.GROUP
+            ng = (n - 1) // g  # whole groups after the sink chunk
+            fine = torch.einsum("grd,nd->grn", q, self.lowrank(mean, mean, r)).amax(0)  # [rows, n]
+            if ng == 0:
+                return fine
+            gm = mean[1: 1 + ng * g].view(ng, g, -1).mean(1)
+            coarse = torch.einsum("grd,nd->grn", q, self.lowrank(gm, mean, r)).amax(0)  # [rows, ng]
+            want = max(1, (self.budget - self.recent - c) // c)
+            short = min(ng, -(-self.SHORTLIST * want // g))
+            top = coarse.topk(short, dim=-1).indices  # [rows, short]
+            allowed = torch.zeros(fine.shape[0], n, dtype=torch.bool)
+            idx = (1 + top.unsqueeze(-1) * g + torch.arange(g)).reshape(fine.shape[0], -1)
+            allowed.scatter_(1, idx, True)
+            allowed[:, 1 + ng * g:] = True  # chunks past the last whole group are scored directly
+            return fine.masked_fill(~allowed, float("-inf"))
         return torch.einsum("grd,nd->grn", q, land).amax(0)
 
     def keep_mask(self, q, k, probs, t0):

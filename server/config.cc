@@ -130,6 +130,10 @@ std::vector<Flag> Flags(ServerConfig* c) {
                         "the pages whose landmarks score best and the recent pages, plus the unfilled tail page "
                         "(SVDq/int4/int2 keys in head scope, CUDA); prefill stays dense; 0: dense attention (default 0)",
        num(&c->sparse_budget, 0, 1 << 24)},
+      {"sparse-landmark-rank", "with --sparse-budget: each page's landmark as R int8 coordinates in a basis fitted to "
+                               "each sequence's first forward (R + 4 bytes a page and KV head instead of head dim + 4; "
+                               "no prefix sharing); below the head dim, at most 128; 0: the page's mean key (default 0)",
+       num(&c->sparse_landmark_rank, 0, 128)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {
          if (v != "true" && v != "false") return false;

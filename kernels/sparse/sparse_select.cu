@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
   float* qr = reinterpret_cast<float*>(keys + m.qr);        // [G, R]
   float* qscale = reinterpret_cast<float*>(keys + m.qscale);  // [G]
   int8_t* q8 = reinterpret_cast<int8_t*>(keys + m.q8);      // [G, R]
-  const float* gb = Rs == 0 ? nullptr : p.basis + static_cast<size_t>(g) * p.D * p.R;
+  const float* gb = Rs == 0 ? nullptr : SparseBasisOf(p, b, g);
   for (int i = threadIdx.x; i < p.D * Rs; i += kThreads) basis[i] = gb[i];
   const float* gq = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // the KV head's G rows, contiguous
   for (int i = threadIdx.x; i < G * p.D; i += kThreads) qs[i] = gq[i];
@@ -308,10 +308,22 @@ __global__ void SparseLandmarkKernel(SparseLandmarkParams p) {
   const float sum = __fadd_rn(off == 0 ? 0.0f : acc[d], x);
   acc[d] = sum;
   if (off != p.P - 1) return;  // the whole block takes the same branch (one row)
-  // The reference's QuantizeLandmark: mean = sum * (1 / P), scale = max |mean| / 127.
+  // The reference's QuantizeLandmark: mean = sum * (1 / P); with a basis, thread r < R takes the
+  // mean's coordinate r (added in d order, unfused); scale = max |x| / 127.
   const float inv = __fdiv_rn(1.0f, static_cast<float>(p.P));
   const float mean = __fmul_rn(sum, inv);
-  float mx = fabsf(mean);
+  float v = mean;
+  if (p.basis) {
+    __shared__ float ms[256];
+    ms[d] = mean;
+    __syncthreads();
+    v = 0;
+    if (d < p.R) {
+      const float* basis = p.basis + (p.lanes[r] * p.KV + g) * p.D * p.R;
+      for (int e = 0; e < p.D; ++e) v = __fadd_rn(v, __fmul_rn(basis[e * p.R + d], ms[e]));
+    }
+  }
+  float mx = fabsf(v);
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   if ((d & 31) == 0) red[d >> 5] = mx;
   __syncthreads();
@@ -319,19 +331,17 @@ __global__ void SparseLandmarkKernel(SparseLandmarkParams p) {
   for (int w = 0; w < (p.D + 31) / 32; ++w) mx = fmaxf(mx, red[w]);
   const float s = __fdiv_rn(mx, 127.0f);
   const int64_t row = p.block[r] * p.KV + g;
-  p.coords[row * p.D + d] = s > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(mean, s)), -127.0f), 127.0f)) : 0;
+  if (const int W = SparseLandmarkWidth(p); d < W)
+    p.coords[row * W + d] = s > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(v, s)), -127.0f), 127.0f)) : 0;
   if (d == 0) p.scales[row] = s;
 }
 
 }  // namespace
 
 Status SparseLandmarkAppend(const SparseLandmarkParams& p, cudaStream_t stream) {
-  if (p.rows < 0 || p.KV < 1 || p.D < 32 || p.D > 256 || p.D % 32 != 0 || p.P < 1 ||
-      p.k_stride < static_cast<int64_t>(p.KV) * p.D)
-    return Status::Invalid("sparse landmarks: bad shape (D a multiple of 32, at most 256)");
+  if (Status st = CheckSparseLandmarks(p); !st.ok()) return st;
+  if (p.D < 32 || p.D % 32 != 0) return Status::Invalid("sparse landmarks: bad shape (D a multiple of 32, at most 256)");
   if (p.rows == 0) return Status::Ok();
-  if (!p.k || !p.block || !p.offset || !p.lanes || !p.acc || !p.coords || !p.scales)
-    return Status::Invalid("sparse landmarks: a pointer is null");
   SparseLandmarkKernel<<<dim3(p.rows, p.KV), p.D, 0, stream>>>(p);
   return LaunchStatus("SparseLandmarkKernel");
 }

@@ -47,6 +47,9 @@ struct SparseSelectParams {
   // kLandmark: [KV, D, R], landmark = scale * basis @ coords; null: the identity (R = D, the
   // coordinates are the landmark itself). kBound: unused.
   const float* basis = nullptr;
+  // Optional, with a basis: one basis per sequence (the serving path's per-lane landmark bases):
+  // sequence b's is row basis_row[b] of basis [rows, KV, D, R]. Null: every sequence shares basis.
+  const int64_t* basis_row = nullptr;  // [B]
   const int8_t* coords = nullptr;  // [B, KV, max_chunks, W]: W = R (kLandmark) or 2 D (lo then hi, kBound)
   const float* scales = nullptr;   // [B, KV, max_chunks]
   // Optional, the serving layout: chunk c of sequence b is row table[b * max_chunks + c] of
@@ -87,26 +90,47 @@ inline int64_t SparseChunkRow(const SparseSelectParams& p, int b, int g, int c) 
   if (p.table) return static_cast<int64_t>(p.table[static_cast<int64_t>(b) * p.max_chunks + c]) * p.KV + g;
   return (static_cast<int64_t>(b) * p.KV + g) * p.max_chunks + c;
 }
+// The basis [D, R] of sequence b, KV head g (landmarks with a basis), or null.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline const float* SparseBasisOf(const SparseSelectParams& p, int b, int g) {
+  if (!p.basis || p.score == SparseScore::kBound) return nullptr;
+  const int64_t row = p.basis_row ? p.basis_row[b] * p.KV + g : g;
+  return p.basis + row * p.D * p.R;
+}
 
-// Page landmarks, the kLandmark metadata of the serving path (a chunk is a page; R = D with an
-// identity basis): each decode row appends one post-RoPE key at `offset` of the page in
-// `block`; the page's running sum is kept in its lane's accumulator, and the key that completes
-// the page (offset == P - 1) writes the page's landmark: coords = rint(mean / scale) with
-// scale = max |mean| / 127 (all zero for a zero mean). The accumulator restarts at offset 0.
+// Page landmarks, the kLandmark metadata of the serving path (a chunk is a page): each decode
+// row appends one post-RoPE key at `offset` of the page in `block`; the page's running sum is
+// kept in its lane's accumulator, and the key that completes the page (offset == P - 1) writes
+// the page's landmark: x = the mean (R = D, no basis) or its R coordinates in the lane's basis
+// (x_r = sum_d basis[d][r] mean_d, added in d order), coords = rint(x / scale) with scale =
+// max |x| / 127 (all zero for a zero x). The accumulator restarts at offset 0.
 struct SparseLandmarkParams {
   int rows = 0, KV = 0, D = 0, P = 0;
+  int R = 0;                        // coordinates a landmark with a basis (0 or D without one)
+  const float* basis = nullptr;     // [lanes, KV, D, R] fp32, the lanes' landmark bases; null: the identity
   const uint16_t* k = nullptr;      // bf16 [rows, k_stride]: KV x D post-RoPE keys
   int64_t k_stride = 0;
   const int64_t* block = nullptr;   // [rows]
   const int64_t* offset = nullptr;  // [rows]
   const int64_t* lanes = nullptr;   // [rows]
   float* acc = nullptr;             // [lanes, KV, D]
-  int8_t* coords = nullptr;         // [blocks, KV, D]
+  int8_t* coords = nullptr;         // [blocks, KV, R]
   float* scales = nullptr;          // [blocks, KV]
 };
+// Checks shapes, pointers and R (0 or D without a basis; 1 <= R <= min(D, 128) with one).
+Status CheckSparseLandmarks(const SparseLandmarkParams& p);
+// Coordinates a landmark: R with a basis, D without.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline int SparseLandmarkWidth(const SparseLandmarkParams& p) { return p.basis ? p.R : p.D; }
 Status SparseLandmarkAppendRef(const SparseLandmarkParams& p);
-// One landmark from a sum of `count` keys, the operations the kernel uses.
-void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale);
+// One landmark from a sum of `count` keys [D], the operations the kernel uses: R coordinates in
+// `basis` [D, R], or (null) the mean itself (R = D).
+void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale, const float* basis = nullptr,
+                      int R = 0);
 
 #ifdef SVDQ_SPARSE_HAVE_CUDA
 // The same on the device (device pointers): one block per sequence and KV head.

@@ -85,7 +85,7 @@ Status SparseSelectRef(const SparseSelectParams& p) {
       const bool bound = p.score == SparseScore::kBound;
       const float* qg = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // [G, D]
       if (!bound) {
-        const float* basis = p.basis ? p.basis + static_cast<size_t>(g) * p.D * p.R : nullptr;
+        const float* basis = SparseBasisOf(p, b, g);
         for (int h = 0; h < G; ++h)
           for (int r = 0; r < p.R; ++r) {
             float s = 0;
@@ -127,20 +127,38 @@ Status SparseSelectRef(const SparseSelectParams& p) {
   return Status::Ok();
 }
 
-void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale) {
-  // The page's mean, quantized by the query's rule (SparseQuantizeQuery): the landmark kernel's
-  // operations, mean = sum * (1 / count), scale = max |mean| / 127, rint.
+void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale, const float* basis, int R) {
+  // The page's mean (or its coordinates in the basis), quantized by the query's rule
+  // (SparseQuantizeQuery): the landmark kernel's operations, mean = sum * (1 / count),
+  // x_r = sum_d basis[d][r] mean_d in d order without fused multiply-adds, scale = max |x| / 127, rint.
   const float inv = 1.0f / static_cast<float>(count);
   std::vector<float> mean(static_cast<size_t>(D));
   for (int d = 0; d < D; ++d) mean[d] = sum[d] * inv;
-  *scale = SparseQuantizeQuery(mean.data(), D, coords);
+  if (!basis) {
+    *scale = SparseQuantizeQuery(mean.data(), D, coords);
+    return;
+  }
+  std::vector<float> x(static_cast<size_t>(R));
+  for (int r = 0; r < R; ++r) {
+    float s = 0;
+    for (int d = 0; d < D; ++d) s = s + basis[static_cast<size_t>(d) * R + r] * mean[d];
+    x[r] = s;
+  }
+  *scale = SparseQuantizeQuery(x.data(), R, coords);
+}
+
+Status CheckSparseLandmarks(const SparseLandmarkParams& p) {
+  if (p.rows < 0 || p.KV < 1 || p.D < 1 || p.D > 256 || p.P < 1 || p.k_stride < static_cast<int64_t>(p.KV) * p.D)
+    return Status::Invalid("sparse landmarks: bad shape");
+  if (p.basis ? p.R < 1 || p.R > 128 || p.R > p.D : p.R != 0 && p.R != p.D)
+    return Status::Invalid("sparse landmarks: R must be 0 or D without a basis, and in [1, min(D, 128)] with one");
+  if (p.rows > 0 && (!p.k || !p.block || !p.offset || !p.lanes || !p.acc || !p.coords || !p.scales))
+    return Status::Invalid("sparse landmarks: a pointer is null");
+  return Status::Ok();
 }
 
 Status SparseLandmarkAppendRef(const SparseLandmarkParams& p) {
-  if (p.rows < 0 || p.KV < 1 || p.D < 1 || p.D > 256 || p.P < 1 || p.k_stride < static_cast<int64_t>(p.KV) * p.D)
-    return Status::Invalid("sparse landmarks: bad shape");
-  if (p.rows > 0 && (!p.k || !p.block || !p.offset || !p.lanes || !p.acc || !p.coords || !p.scales))
-    return Status::Invalid("sparse landmarks: a pointer is null");
+  if (Status st = CheckSparseLandmarks(p); !st.ok()) return st;
   for (int r = 0; r < p.rows; ++r) {
     const int64_t off = p.offset[r];
     if (off < 0 || off >= p.P) return Status::Invalid("sparse landmarks: an offset is outside the page");
@@ -155,7 +173,8 @@ Status SparseLandmarkAppendRef(const SparseLandmarkParams& p) {
       }
       if (off == p.P - 1) {
         const int64_t row = p.block[r] * p.KV + g;
-        QuantizeLandmark(acc, p.D, p.P, p.coords + row * p.D, p.scales + row);
+        const float* basis = p.basis ? p.basis + (p.lanes[r] * p.KV + g) * p.D * p.R : nullptr;
+        QuantizeLandmark(acc, p.D, p.P, p.coords + row * SparseLandmarkWidth(p), p.scales + row, basis, p.R);
       }
     }
   }

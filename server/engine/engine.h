@@ -40,6 +40,7 @@ struct EngineOptions {
   bool overlap_steps = true;
   // Sparse decode attention: tokens attended per sequence and KV head (kv_modes.h); 0: dense.
   int64_t sparse_budget = 0;
+  int64_t sparse_landmark_rank = 0;  // kv_modes.h; 0: landmarks are the pages' mean keys
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
 
@@ -54,6 +55,7 @@ struct KvConfigInfo {
   int64_t bytes_per_running_sequence = 0;
   bool prefix_caching = false;  // in effect (off where pages cannot be shared)
   int64_t sparse_budget = 0;    // tokens a decode step attends to per sequence and KV head; 0: dense
+  int64_t sparse_landmark_rank = 0;  // int8 coordinates a page landmark holds in its sequence's basis; 0: the mean key
   double attention_key_compression = 0;  // at the model's full context (kv_modes.h DecodeKeyBytesRead)
 };
 

@@ -108,8 +108,9 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
   if (m.sparse_budget > 0) {
     SparsePlan plan;
     if (std::string e = PlanSparse(m, s, &plan); !e.empty()) return e;
-    b.key_per_block += heads_layers * (D + 4);  // each page's landmark: int8 [D] + fp32 scale
-    b.per_lane += heads_layers * D * 4;         // the tail page's running sum (fp32)
+    b.key_per_block += heads_layers * (plan.landmark_width + 4);  // each page's landmark: int8 + fp32 scale
+    b.per_lane += heads_layers * D * 4;                           // the tail page's running sum (fp32)
+    if (m.landmark_basis()) b.per_lane += heads_layers * D * plan.landmark_width * 4;  // the landmark basis
   }
   switch (m.value) {
     case ValueMode::kFull: b.value_per_block = heads_layers * P * full_token; break;
@@ -125,7 +126,12 @@ std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out) {
   const int P = s.block_size;
   if (!m.page_coded_keys() || m.layer_scope())
     return "sparse attention needs page-coded keys in head scope (--key-mode svdq, int4 or int2; --svdq-scope head)";
+  const int R = m.sparse_landmark_rank;
+  if (R < 0 || (R > 0 && (R >= s.head_dim || R > 128)))
+    return "--sparse-landmark-rank must be 0 (the mean key itself) or in [1, " + std::to_string(std::min(s.head_dim - 1, 128)) +
+           "] (below the head dim, " + std::to_string(s.head_dim) + ", and at most 128), not " + std::to_string(R);
   SparsePlan p;
+  p.landmark_width = R > 0 ? R : s.head_dim;
   p.recent_pages = (128 + P - 1) / P;
   p.keep = m.sparse_budget / P - 1 - p.recent_pages;
   if (p.keep < 1)
@@ -149,7 +155,8 @@ int64_t DecodeKeyBytesRead(const KvModes& m, const KvShape& s, int64_t len) {
   if (m.sparse_budget > 0 && PlanSparse(m, s, &plan).empty()) {
     const int64_t recent = std::min<int64_t>(pages, plan.recent_pages), scored = pages - recent;
     read = std::min<int64_t>(scored, plan.keep + 1) + recent;
-    landmarks = scored * (D + 4);
+    landmarks = scored * (plan.landmark_width + 4);
+    if (m.landmark_basis() && scored > 0) landmarks += D * plan.landmark_width * 4;  // staged by the selection
   }
   const int64_t units_layers = static_cast<int64_t>(s.layers) * c.units;
   // Per unit: the pages' records and the mean and retained basis columns (fp32).

@@ -37,14 +37,21 @@ struct KvModes {
   // and KV head (the sink page, the best-scored pages, the recent pages and the tail); every
   // page then also stores a landmark (its mean post-RoPE key, int8 + an fp32 scale). 0: dense.
   int sparse_budget = 0;
+  // Sparse attention's landmarks. 0 (the default): a page's landmark is its mean key over the
+  // head dim (D + 4 bytes a page and KV head). R > 0 (below the head dim, at most 128): its R
+  // int8 coordinates in a basis of each sequence, layer and KV head, the R leading eigenvectors
+  // of the post-RoPE keys of the sequence's first forward (R + 4 bytes a page, and D x R fp32
+  // a running sequence); pages then differ between sequences (no prefix sharing).
+  int sparse_landmark_rank = 0;
 
+  bool landmark_basis() const { return sparse_budget > 0 && sparse_landmark_rank > 0; }
   bool page_coded_keys() const { return key == KeyMode::kInt4 || key == KeyMode::kInt2 || key == KeyMode::kSvdq; }
   // The schedule the page codec runs: the SVDq schedule, or uniform bits for int4/int2.
   kernels::Schedule CodecSchedule() const;
   // Layer scope codes one latent of width kv_heads * head_dim per layer (svdq only).
   bool layer_scope() const { return key == KeyMode::kSvdq && scope == BasisScope::kLayer; }
   // Per-sequence state (basis) makes pages of equal tokens differ between sequences.
-  bool pages_shareable() const { return !(key == KeyMode::kSvdq && basis == BasisSource::kPrefill); }
+  bool pages_shareable() const { return !(key == KeyMode::kSvdq && basis == BasisSource::kPrefill) && !landmark_basis(); }
   // "svdq(8,4,2,1,1,0,0,0; prefill basis)", "int4", ...: for logs and info calls.
   std::string KeyName() const;
   std::string ValueName() const;
@@ -96,15 +103,17 @@ int64_t Bf16BytesPerToken(const KvShape& s);
 // the selection does not score), and `keep` pages besides the sink are chosen, so that sink,
 // kept and recent pages hold the budget. Fails (returns a message) where the budget cannot hold
 // the sink, one chosen page and the recent window, or the mode has no sparse kernel (page-coded
-// keys in head scope only).
+// keys in head scope only), or the landmark rank is out of range.
 struct SparsePlan {
   int recent_pages = 0, keep = 0;
+  int landmark_width = 0;  // int8 coordinates a landmark: the landmark rank, or the head dim
 };
 std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out);
 
 // Key bytes one decode step reads for a sequence of `len` tokens, every layer and KV head:
 // stored keys (pages, scales, the bf16 tail), the basis columns attention uses, and, with
-// sparse attention, the scored pages' landmarks (pages left out are not read). And the bf16
+// sparse attention, the scored pages' landmarks and the landmark basis (pages left out are not
+// read). And the bf16
 // bytes of the same keys (the attention key compression is their ratio).
 int64_t DecodeKeyBytesRead(const KvModes& m, const KvShape& s, int64_t len);
 int64_t Bf16KeyBytes(const KvShape& s, int64_t len);

@@ -50,13 +50,14 @@ const uint16_t* ScalesOf(const TokenStore& s) {
   return s.scale().defined() ? static_cast<const uint16_t*>(s.scale().data_ptr()) : nullptr;
 }
 
-// Page landmarks from sums of `count` post-RoPE keys [n, kv, D] (fp32): int8 [n, kv, D] and fp32
-// scales [n, kv], as kernels::QuantizeLandmark makes them (mean = sum / count, scale = max |mean| /
-// 127, codes rounded half to even; a zero mean gives scale 0 and zero codes), not bit for bit
-// (the sums add in another order, and ATen may divide by multiplying): selection reads the stored
-// landmarks, whichever path wrote them.
-std::pair<at::Tensor, at::Tensor> QuantizeLandmarks(const at::Tensor& sums, int64_t count) {
+// Page landmarks from sums of `count` post-RoPE keys [n, kv, D] (fp32): int8 [n, kv, W] and fp32
+// scales [n, kv], as kernels::QuantizeLandmark makes them (mean = sum / count, or its coordinates
+// in `basis` [kv, D, R] or [n, kv, D, R] (W = R); scale = max |x| / 127, codes rounded half to
+// even; a zero x gives scale 0 and zero codes), not bit for bit (the sums add in another order,
+// and ATen may divide by multiplying): selection reads the stored landmarks, whichever path wrote them.
+std::pair<at::Tensor, at::Tensor> QuantizeLandmarks(const at::Tensor& sums, int64_t count, const at::Tensor& basis = {}) {
   at::Tensor mean = sums * (1.0f / static_cast<float>(count));
+  if (basis.defined()) mean = at::matmul(mean.unsqueeze(-2), basis).squeeze(-2);
   at::Tensor scale = mean.abs().amax(-1) / 127.0f;
   at::Tensor codes = (mean / scale.clamp_min(1e-38f).unsqueeze(-1)).round().clamp(-127, 127);
   codes = at::where(scale.unsqueeze(-1) > 0, codes, at::zeros_like(codes)).to(at::kChar);
@@ -183,10 +184,12 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
       throw std::invalid_argument("sparse attention scores at most " + std::to_string(kernels::kSparseMaxChunks) +
                                   " pages a sequence, and the model's context is " + std::to_string(max_pages) +
                                   " pages of " + std::to_string(P) + " tokens: raise --block-size");
+    const int64_t W = sparse_.landmark_width;
     for (int l = 0; l < s.layers; ++l) {
-      landmarks_.push_back(at::zeros({spec_.num_blocks, KV, D}, o.dtype(at::kChar)));
+      landmarks_.push_back(at::zeros({spec_.num_blocks, KV, W}, o.dtype(at::kChar)));
       landmark_scales_.push_back(at::zeros({spec_.num_blocks, KV}, o.dtype(at::kFloat)));
       landmark_sums_.push_back(at::zeros({spec_.lanes, KV, D}, o.dtype(at::kFloat)));
+      if (m.landmark_basis()) landmark_basis_.push_back(at::zeros({spec_.lanes, KV, D, W}, o.dtype(at::kFloat)));
     }
   }
   PlanKernels();
@@ -224,7 +227,7 @@ int64_t PagedKvStorage::bytes() const {
   int64_t b = 0;
   for (const auto& t : keys_) b += t.bytes();
   for (const auto& t : values_) b += t.bytes();
-  for (const auto* v : {&codes_, &tail_, &mean_, &vectors_, &landmarks_, &landmark_scales_, &landmark_sums_})
+  for (const auto* v : {&codes_, &tail_, &mean_, &vectors_, &landmarks_, &landmark_scales_, &landmark_sums_, &landmark_basis_})
     for (const auto& t : *v) b += t.numel() * static_cast<int64_t>(t.element_size());
   return b;
 }
@@ -349,6 +352,10 @@ void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const Decod
     p.acc = landmark_sums_[layer].data_ptr<float>();
     p.coords = landmarks_[layer].data_ptr<int8_t>();
     p.scales = landmark_scales_[layer].data_ptr<float>();
+    if (!landmark_basis_.empty()) {
+      p.basis = landmark_basis_[layer].data_ptr<float>();  // each row's lane's
+      p.R = sparse_.landmark_width;
+    }
     Check(kernels::SparseLandmarkAppend(p, at::cuda::getCurrentCUDAStream()), "page landmarks");
     return;
   }
@@ -360,7 +367,8 @@ void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const Decod
   at::Tensor restart = (w.offset == 0).view({B, 1, 1});
   at::Tensor sum = at::where(restart, at::zeros_like(kf), sums.index_select(0, w.lanes)) + kf;
   sums.index_copy_(0, w.lanes, sum);
-  auto [codes, scale] = QuantizeLandmarks(sum, P);
+  auto [codes, scale] =
+      QuantizeLandmarks(sum, P, landmark_basis_.empty() ? at::Tensor() : landmark_basis_[layer].index_select(0, w.lanes));
   at::Tensor full = (w.offset == P - 1);
   landmarks_[layer].index_copy_(
       0, w.block, at::where(full.view({B, 1, 1}), codes, landmarks_[layer].index_select(0, w.block)));
@@ -378,7 +386,10 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
   kernels::SparseSelectParams p;
   p.score = kernels::SparseScore::kLandmark;
   p.q = qf.data_ptr<float>();
-  p.basis = nullptr;  // landmarks are the mean keys themselves
+  if (!landmark_basis_.empty()) {
+    p.basis = landmark_basis_[layer].data_ptr<float>();  // each sequence's: its lane's
+    p.basis_row = t.lanes.data_ptr<int64_t>();
+  }  // else null: landmarks are the mean keys themselves
   p.coords = landmarks_[layer].data_ptr<int8_t>();
   p.scales = landmark_scales_[layer].data_ptr<float>();
   p.table = t.table.data_ptr<int32_t>();
@@ -388,7 +399,8 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
   p.B = static_cast<int>(B);
   p.H = static_cast<int>(NH);
   p.KV = static_cast<int>(KV);
-  p.D = p.R = static_cast<int>(D);
+  p.D = static_cast<int>(D);
+  p.R = sparse_.landmark_width;
   p.max_chunks = static_cast<int>(t.max_pages);
   p.keep = sparse_.keep;
 #ifdef SVDQ_WITH_CUDA
@@ -761,9 +773,21 @@ void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const
 void PagedSeqView::WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k) {
   const int64_t P = st_->block_size(), T = k.size(0), to = pos0 + T, KV = k.size(1), D = k.size(2);
   at::Tensor kf = k.to(at::kFloat);
+  at::Tensor basis;  // [KV, D, R]: the lane's landmark basis (kv_modes.h sparse_landmark_rank)
+  if (!st_->landmark_basis_.empty()) {
+    basis = st_->landmark_basis_[layer][lane_];
+    if (pos0 == 0) {
+      // A sequence's first forward fits it: per KV head, the R leading eigenvectors of the keys'
+      // (uncentred) Gram matrix, the directions that hold most of their energy (and so of a page
+      // mean's). A non-finite key (the sequence ends with an error) must not fail the solver.
+      at::Tensor kd = kf.to(at::kDouble).transpose(0, 1);  // [KV, T, D]
+      at::Tensor gram = at::nan_to_num(at::matmul(kd.transpose(1, 2), kd), 0.0, 0.0, 0.0);
+      basis.copy_(EigenvectorsDescending(gram).narrow(-1, 0, basis.size(-1)));
+    }
+  }
   at::Tensor sums = st_->landmark_sums_[layer][lane_];  // [KV, D]: the unfilled page's keys so far
   auto store = [&](int64_t first_page, const at::Tensor& page_sums) {
-    auto [codes, scale] = QuantizeLandmarks(page_sums, P);
+    auto [codes, scale] = QuantizeLandmarks(page_sums, P, basis);
     at::Tensor ids = BlockIds(first_page, page_sums.size(0));
     st_->landmarks_[layer].index_copy_(0, ids, codes);
     st_->landmark_scales_[layer].index_copy_(0, ids, scale);

@@ -56,6 +56,14 @@ inline std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed, float sd = 1.f)
   return out;
 }
 
+inline std::vector<float> RandomFloats(size_t n, uint32_t seed, float sd = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, sd);
+  std::vector<float> out(n);
+  for (auto& x : out) x = d(rng);
+  return out;
+}
+
 inline double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {

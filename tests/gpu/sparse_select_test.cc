@@ -103,14 +103,49 @@ TEST(SparseSelectGpu, ThePageTableLayoutMatchesTheReference) {
     }
 }
 
+// Per-sequence landmark bases (SparseSelectParams::basis_row, the serving path's lanes): the same
+// ids as the reference, at R = 16 and 32, in the serving layout.
+TEST(SparseSelectGpu, PerSequenceBasesMatchTheReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (int R : {16, 32}) {
+    auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, R, 2048, 29, {2048, 5, 1000, 700}, 0, 90u + R);
+    auto pooled = svdq::testing::Pool(c, 91u);
+    const int rows = 6;
+    std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(rows) * c.KV * c.D * R, 92u + R, 0.1f);
+    std::vector<int64_t> basis_row = {5, 0, 3, 5};
+    kernels::SparseSelectParams ref = c.Params();
+    pooled.Apply(&ref);
+    ref.basis = bases.data();
+    ref.basis_row = basis_row.data();
+    ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
+    DeviceBuffer<float> q(c.q), basis(bases), scales(pooled.scales);
+    DeviceBuffer<int8_t> coords(pooled.coords);
+    DeviceBuffer<int64_t> brow(basis_row);
+    DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
+        count(std::vector<int32_t>(c.count.size(), -7));
+    kernels::SparseSelectParams p = ref;
+    p.q = q.ptr(), p.basis = basis.ptr(), p.basis_row = brow.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr();
+    p.table = table.ptr(), p.chunks = chunks.ptr(), p.selected = selected.ptr(), p.count = count.ptr();
+    kernels::Status st = kernels::SparseSelect(p, nullptr);
+    ASSERT_TRUE(st.ok()) << st.message();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(selected.Download(), c.selected) << "R " << R;
+    EXPECT_EQ(count.Download(), c.count);
+  }
+}
+
 // Page landmarks on the device: the same accumulators, coordinates and scales as the reference,
-// bit for bit, over a page's worth of steps with rows that complete pages at different steps.
+// bit for bit, over a page's worth of steps with rows that complete pages at different steps;
+// without a basis (R = D) and with the lanes' bases at R = 16 and 32.
 TEST(SparseLandmarksGpu, MatchTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
-  for (int D : {64, 128}) {
-    const int KV = 8, P = 16, lanes = 5, blocks = 12, rows = 4;
+  for (int D : {64, 128})
+  for (int R : {0, 16, 32}) {
+    const int KV = 8, P = 16, lanes = 5, blocks = 12, rows = 4, W = R > 0 ? R : D;
     std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 0.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
-    std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * D, 7);
+    std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * W, 7);
+    std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(lanes) * KV * D * std::max(R, 1), 7u + R, 0.2f);
+    DeviceBuffer<float> dbases(bases);
     DeviceBuffer<float> dacc(acc), dscales(scales);
     DeviceBuffer<int8_t> dcoords(coords);
     const int64_t stride = static_cast<int64_t>(KV) * D + 64;  // rows with padding, as q|k|v slices are
@@ -127,19 +162,21 @@ TEST(SparseLandmarksGpu, MatchTheReference) {
       p.rows = rows, p.KV = KV, p.D = D, p.P = P, p.k_stride = stride;
       p.k = k.data(), p.block = block.data(), p.offset = offset.data(), p.lanes = lane.data();
       p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
+      if (R > 0) p.basis = bases.data(), p.R = R;
       ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
       DeviceBuffer<uint16_t> dk(k);
       DeviceBuffer<int64_t> db(block), doff(offset), dl(lane);
       kernels::SparseLandmarkParams g = p;
       g.k = dk.ptr(), g.block = db.ptr(), g.offset = doff.ptr(), g.lanes = dl.ptr();
       g.acc = dacc.ptr(), g.coords = dcoords.ptr(), g.scales = dscales.ptr();
+      if (R > 0) g.basis = dbases.ptr();
       kernels::Status st = kernels::SparseLandmarkAppend(g, nullptr);
       ASSERT_TRUE(st.ok()) << st.message();
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
     EXPECT_EQ(dacc.Download(), acc);
-    EXPECT_EQ(dcoords.Download(), coords);
-    EXPECT_EQ(dscales.Download(), scales);
+    EXPECT_EQ(dcoords.Download(), coords) << "D " << D << " R " << R;
+    EXPECT_EQ(dscales.Download(), scales) << "D " << D << " R " << R;
     EXPECT_TRUE(dcoords.GuardsIntact() && dscales.GuardsIntact());
   }
 }

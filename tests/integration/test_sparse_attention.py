@@ -64,15 +64,20 @@ def test_a_budget_covering_the_context_gives_dense_tokens_gpu(stubs):
     covering_budget_gives_dense_tokens(stubs, "cuda", (700, 1300), 48)
 
 
+# Configurations of small_budget_reads_fewer_key_bytes: dense, a 256-token budget with landmarks
+# over the head dim, and the same with rank-16 landmarks (--sparse-landmark-rank).
+BUDGETS = {"0": ["--sparse-budget", "0"], "256": ["--sparse-budget", "256"],
+           "256r16": ["--sparse-budget", "256", "--sparse-landmark-rank", "16"]}
+
+
 def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
-    """Serves `prompts` (token counts) at once with a 256-token budget and densely; returns the
-    key compression (bf16 key bytes / key bytes read, from the metrics) of each, and each one's
-    GetServerInfo and tokens."""
+    """Serves `prompts` (token counts) at once in each of BUDGETS; returns the key compression (bf16
+    key bytes / key bytes read, from the metrics) of each, and each one's GetServerInfo and tokens."""
     pb, _ = stubs
     reqs = [dict(token_ids=pb.TokenIds(ids=long_prompt(n)), max_tokens=max_tokens, ignore_eos=True) for n in prompts]
     ratio, info, tokens = {}, {}, {}
-    for budget in ("0", "256"):
-        s = Server(MODEL, device, extra=SVDQ + ["--sparse-budget", budget])
+    for budget, flags in BUDGETS.items():
+        s = Server(MODEL, device, extra=SVDQ + flags)
         try:
             s.wait_ready()
             got = run_all(stubs, s.addr, reqs, concurrent=True)
@@ -84,7 +89,8 @@ def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
             tokens[budget] = [ids for ids, _, _ in got]
         finally:
             s.stop()
-    assert info["256"].sparse_budget == 256
+    assert info["256"].sparse_budget == 256 and info["256"].sparse_landmark_rank == 0
+    assert info["256r16"].sparse_budget == 256 and info["256r16"].sparse_landmark_rank == 16
     return ratio, info, tokens
 
 
@@ -100,6 +106,12 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_cpu(stubs)
     # The pages left out change what the model sees: some token differs from dense (random weights
     # spread attention over the whole context).
     assert tokens["256"] != tokens["0"]
+    # Rank-16 landmarks: 20 bytes a page and KV head instead of 68, plus the sequence's 4 KB basis
+    # per KV head and layer, read once a step. At ~2,000 tokens (~125 pages) that saves little
+    # (6 KB of landmarks against 4 KB of basis); at the model's full context (8,192 tokens, 512
+    # pages) GetServerInfo's compression rises by about half.
+    assert ratio["256r16"] > ratio["256"], ratio
+    assert info["256r16"].attention_key_compression > 1.3 * info["256"].attention_key_compression
 
 
 @pytest.mark.gpu
@@ -119,6 +131,9 @@ REFUSALS = [
     (SVDQ + ["--sparse-budget", "100"], "at least 160"),
     (["--key-mode", "bf16", "--sparse-budget", "2048"], "sparse attention needs page-coded keys"),
     (SVDQ + ["--svdq-scope", "layer", "--sparse-budget", "2048"], "sparse attention needs page-coded keys in head scope"),
+    (SVDQ + ["--sparse-landmark-rank", "16"], "--sparse-landmark-rank needs --sparse-budget"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-rank", "64"], "--sparse-landmark-rank must be 0"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-rank", "129"], "--sparse-landmark-rank"),
 ]
 CUDA_REFUSALS = [
     (SVDQ + ["--value-mode", "int4", "--sparse-budget", "2048"], "--sparse-budget needs bf16 values"),

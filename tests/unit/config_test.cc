@@ -68,6 +68,13 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
     EXPECT_FALSE(Parse({"--sparse-budget", bad}, &c, &err)) << bad;
     EXPECT_NE(err.find("--sparse-budget"), std::string::npos) << bad;
   }
+  EXPECT_EQ(c.sparse_landmark_rank, 0);
+  EXPECT_TRUE(Parse({"--sparse-landmark-rank", "16"}, &c, &err)) << err;
+  EXPECT_EQ(c.sparse_landmark_rank, 16);
+  for (const char* bad : {"-1", "129", "x"}) {
+    EXPECT_FALSE(Parse({"--sparse-landmark-rank", bad}, &c, &err)) << bad;
+    EXPECT_NE(err.find("--sparse-landmark-rank"), std::string::npos) << bad;
+  }
 }
 
 }  // namespace

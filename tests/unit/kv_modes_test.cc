@@ -119,6 +119,41 @@ TEST(KvModes, SparseAttentionPlansReadsAndStoresLandmarks) {
   EXPECT_NE(ComputeKvBytes(bf, s, &sparse), "");
 }
 
+// Rank-R landmarks (sparse_landmark_rank): R + 4 bytes a page, the D x R fp32 basis per running
+// sequence, read once a step with the landmarks of the scored pages; no prefix sharing; a rank
+// of the head dim or more, or above 128, is refused.
+TEST(KvModes, RankRLandmarksShrinkWhatSelectionReads) {
+  KvShape s = SmolLm2();
+  s.block_size = 64;
+  KvModes m = Modes("svdq", "bf16");
+  ASSERT_TRUE(svdq::kernels::ParseSchedule("4,2,2,1,1,0,0,0", &m.schedule).ok());
+  m.sparse_budget = 2048;
+  KvBytes full, ranked;
+  ASSERT_EQ(ComputeKvBytes(m, s, &full), "");
+  const int64_t len = 100 * 64 + 5, units = 30 * 3;
+  const int64_t full_read = DecodeKeyBytesRead(m, s, len);
+  m.sparse_landmark_rank = 16;
+  SparsePlan plan;
+  ASSERT_EQ(PlanSparse(m, s, &plan), "");
+  EXPECT_EQ(plan.landmark_width, 16);
+  ASSERT_EQ(ComputeKvBytes(m, s, &ranked), "");
+  EXPECT_EQ(full.key_per_block - ranked.key_per_block, units * (64 - 16));
+  EXPECT_EQ(ranked.per_lane - full.per_lane, units * 64 * 16 * 4);
+  // 98 scored pages: 48 landmark bytes fewer each, and the basis once.
+  EXPECT_EQ(full_read - DecodeKeyBytesRead(m, s, len), units * (98 * 48 - 64 * 16 * 4));
+  // Nothing scored (a short context): no basis read either.
+  KvModes d = m;
+  d.sparse_budget = 0;
+  EXPECT_EQ(DecodeKeyBytesRead(m, s, 2 * 64 + 3), DecodeKeyBytesRead(d, s, 2 * 64 + 3));
+  EXPECT_FALSE(m.pages_shareable());
+  EXPECT_TRUE(Modes("int4", "bf16").pages_shareable());
+  for (int bad : {-1, 64, 65}) {
+    m.sparse_landmark_rank = bad;
+    EXPECT_NE(PlanSparse(m, s, &plan).find("--sparse-landmark-rank"), std::string::npos) << bad;
+    EXPECT_NE(ComputeKvBytes(m, s, &ranked), "") << bad;
+  }
+}
+
 TEST(KvModes, LayerScopeCodesOneLatentPerLayer) {
   KvModes m = Modes("svdq", "bf16");
   ASSERT_TRUE(ParseBasisScope("layer", &m.scope));

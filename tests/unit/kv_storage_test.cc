@@ -303,7 +303,11 @@ StorageSpec SvdqPrefillSpec(const Tables& rope, at::Device device, const char* s
 // in chunks that end mid-page (PagedSeqView::Write) or in decode steps (WriteMany: the CUDA
 // kernel on the GPU, ATen ops on the CPU); pages that did not fill keep what they held. Budgets
 // too small for a chosen page and layer scope are refused.
-void RunLandmarks(at::Device device, at::ScalarType dtype) {
+// With a landmark rank R (kv_modes.h sparse_landmark_rank), a landmark is the int8 of the
+// mean's R coordinates in the lane's basis instead, and that basis (fitted by the first
+// forward) has orthonormal columns holding as much of those keys' energy as their R leading
+// eigenvectors do; another lane's basis is untouched; a rank of the head dim or above is refused.
+void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0) {
   const Tables rope = Rope(device);
   StorageSpec spec = SvdqPrefillSpec(rope, device, "4,2,2,1,1,0,0,0");
   spec.dtype = dtype;
@@ -314,8 +318,13 @@ void RunLandmarks(at::Device device, at::ScalarType dtype) {
   spec.modes.scope = BasisScope::kLayer;
   EXPECT_THROW(PagedKvStorage bad(spec), std::invalid_argument);
   spec.modes.scope = BasisScope::kHead;
+  spec.modes.sparse_landmark_rank = kDim;
+  EXPECT_THROW(PagedKvStorage bad(spec), std::invalid_argument);
+  spec.modes.sparse_landmark_rank = rank;
   PagedKvStorage storage(spec);
   ASSERT_TRUE(storage.sparse());
+  const int64_t W = rank > 0 ? rank : kDim;
+  ASSERT_EQ(storage.landmarks(0).size(-1), W);
   for (int l = 0; l < kLayers; ++l) storage.landmarks(l).fill_(77);  // unfilled pages keep this
   at::Tensor k_pre = Keys(9).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
   at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
@@ -335,10 +344,25 @@ void RunLandmarks(at::Device device, at::ScalarType dtype) {
   for (int64_t t = 37; t < kTotal; ++t) forward(t, 1);  // fills pages 2 and 3 by decode steps
   for (int l = 0; l < kLayers; ++l) {
     at::Tensor codes = storage.landmarks(l).to(at::kCPU), scales = storage.landmark_scales(l).to(at::kCPU);
+    at::Tensor basis;  // [kKv, kDim, R] fp64: lane 1's
+    if (rank > 0) {
+      basis = storage.landmark_basis(l)[1].to(at::kCPU, at::kDouble);
+      EXPECT_EQ(storage.landmark_basis(l)[0].abs().max().item<double>(), 0.0) << "lane 0 was not used";
+      at::Tensor first = (k.narrow(0, 0, 21) * (1.0 + l)).to(dtype).to(at::kCPU, at::kDouble).transpose(0, 1);  // [kKv, 21, D]
+      at::Tensor gram = first.transpose(1, 2).matmul(first);
+      at::Tensor top = std::get<0>(at::linalg_eigh(gram)).flip({-1}).narrow(-1, 0, rank).sum(-1);  // [kKv]
+      for (int h = 0; h < kKv; ++h) {
+        at::Tensor eye = at::eye(rank, at::kDouble);
+        EXPECT_LT((basis[h].transpose(0, 1).matmul(basis[h]) - eye).abs().max().item<double>(), 1e-4) << "layer " << l;
+        const double held = first[h].matmul(basis[h]).pow(2).sum().item<double>();
+        EXPECT_NEAR(held, top[h].item<double>(), 1e-4 * top[h].item<double>()) << "layer " << l << " head " << h;
+      }
+    }
     for (int pg = 0; pg < 4; ++pg) {
       // The keys as stored in the model's dtype, summed in fp64.
       at::Tensor keys = (k.narrow(0, pg * kPage, kPage) * (1.0 + l)).to(dtype).to(at::kCPU, at::kDouble);
       at::Tensor mean = keys.mean(0);  // [kKv, kDim]
+      if (rank > 0) mean = at::matmul(mean.unsqueeze(1), basis).squeeze(1);  // [kKv, R]: its coordinates
       for (int h = 0; h < kKv; ++h) {
         const double want_scale = mean[h].abs().max().item<double>() / 127;
         const double scale = scales[blocks[pg]][h].item<double>();
@@ -352,6 +376,9 @@ void RunLandmarks(at::Device device, at::ScalarType dtype) {
 }
 
 TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::Device(at::kCPU), at::kFloat); }
+TEST(KvStorageCpu, RankRLandmarksHoldTheMeansCoordinatesInTheLanesBasis) {
+  RunLandmarks(at::Device(at::kCPU), at::kFloat, 16);
+}
 
 // Sparse decode attention where no kernel serves the step (PagedSeqView::Attend on the CPU):
 // pages of 16, a 256-token budget (the sink, 7 chosen pages, the 8 recent ones). Each KV head
@@ -360,7 +387,9 @@ TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::D
 // attention over exactly the sink, those pages, the recent window and the tail (keys and values
 // as stored, computed here in fp64), and differ from dense attention: with the fresh token
 // starting page 25 and with it completing page 24 (encoded by its own write). A context shorter
-// than the recent window, and a budget that covers the context, must give dense attention.
+// than the recent window, and a budget that covers the context, must give dense attention. The
+// same with rank-16 landmarks (coordinates in the lane's basis: the keys' leading directions hold
+// the hot pages' lean, so the same pages win).
 TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
   constexpr int64_t kMax = 25 * kPage + 1;
   const Tables rope = Rope(at::Device(at::kCPU), 512);
@@ -375,11 +404,13 @@ TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
   at::Tensor k_pre = svdq::models::ApplyRotaryHalf(k, rope.cos, -rope.sin, 0, at::kFloat);
   at::Tensor v = at::randn({kMax, kKv, kDim});
   at::Tensor q = (w.repeat_interleave(kHeads / kKv, 0) * 5.0).unsqueeze(0);  // [1, heads, D]
+  int rank = 0;  // the landmarks' (kv_modes.h sparse_landmark_rank)
   // A prompt of L - 1 tokens, then one decode step: its attention and the keys and values as stored.
   auto attend = [&](int64_t L, int budget, at::Tensor* keys, at::Tensor* values) {
     StorageSpec spec = SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,8,8,8,8,8,8,8");
     spec.num_blocks = 32;
     spec.modes.sparse_budget = budget;
+    spec.modes.sparse_landmark_rank = rank;
     PagedKvStorage storage(spec);
     std::vector<BlockId> blocks;
     for (int64_t i = 0; i * kPage < L; ++i) blocks.push_back(static_cast<BlockId>((i * 7 + 3) % 32));  // scattered
@@ -409,7 +440,9 @@ TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
     }
     return at::stack(outs).unsqueeze(0);  // [1, heads, D]
   };
+  for (int r : {0, 16})
   for (int64_t L : {kMax, kMax - 1}) {
+    rank = r;
     const int64_t full = L / kPage;  // 25 either way
     std::vector<std::vector<int64_t>> all(kKv), chosen(kKv);
     for (int64_t g = 0; g < kKv; ++g) {
@@ -423,12 +456,13 @@ TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
     at::Tensor keys, values;
     at::Tensor sparse = attend(L, 256, &keys, &values);
     ASSERT_TRUE(sparse.defined()) << "no sparse attention on the CPU";
-    EXPECT_LT(RelErr(sparse, reference(keys, values, chosen)), 1e-5) << L;
+    EXPECT_LT(RelErr(sparse, reference(keys, values, chosen)), 1e-5) << L << " rank " << r;
     EXPECT_GT(RelErr(sparse, reference(keys, values, all)), 0.05) << L << ": the pages left out made no difference";
     at::Tensor covering = attend(L, 4096, &keys, &values);
     ASSERT_TRUE(covering.defined());
-    EXPECT_LT(RelErr(covering, reference(keys, values, all)), 1e-5) << L;
+    EXPECT_LT(RelErr(covering, reference(keys, values, all)), 1e-5) << L << " rank " << r;
   }
+  rank = 0;
   // 100 tokens: 6 full pages, all in the recent window, none to choose from.
   std::vector<std::vector<int64_t>> short_all(kKv);
   for (int64_t g = 0; g < kKv; ++g)
@@ -589,6 +623,15 @@ TEST(KvStorageCuda, PageLandmarksHoldEachFilledPagesMeanKey) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   try {
     RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16);
+  } catch (const std::exception& e) {
+    FAIL() << "threw: " << e.what();
+  }
+}
+
+TEST(KvStorageCuda, RankRLandmarksHoldTheMeansCoordinatesInTheLanesBasis) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  try {
+    RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16, 16);
   } catch (const std::exception& e) {
     FAIL() << "threw: " << e.what();
   }

@@ -172,6 +172,96 @@ TEST(SparseSelectRef, ThePageTableLayoutChoosesTheSame) {
     }
 }
 
+// Per-sequence bases (SparseSelectParams::basis_row): each sequence chooses exactly what it
+// chooses alone with its basis row as the shared basis, in the serving layout; the rows matter
+// (every sequence on row 0 chooses otherwise).
+TEST(SparseSelectRef, PerSequenceBasesScoreEachSequenceInItsOwn) {
+  const int R = 16, rows = 4;
+  auto c = svdq::testing::MakeSparseCase(3, 8, 2, 64, R, 200, 9, {200, 3, 120}, 0, 61u);
+  auto pooled = svdq::testing::Pool(c, 62u);
+  std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(rows) * c.KV * c.D * R, 63u, 0.1f);
+  std::vector<int64_t> basis_row = {2, 0, 3};
+  kernels::SparseSelectParams p = c.Params();
+  pooled.Apply(&p);
+  p.basis = bases.data();
+  p.basis_row = basis_row.data();
+  ASSERT_TRUE(kernels::SparseSelectRef(p).ok());
+  const size_t per_seq = static_cast<size_t>(c.KV) * (c.keep + 1);
+  for (int b = 0; b < c.B; ++b) {
+    std::vector<int32_t> selected(per_seq, -7), count(static_cast<size_t>(c.KV), -7);
+    kernels::SparseSelectParams one = p;
+    one.B = 1;
+    one.q = c.q.data() + static_cast<size_t>(b) * c.H * c.D;
+    one.table = pooled.table.data() + static_cast<size_t>(b) * c.max_chunks;
+    one.chunks = c.chunks.data() + b;
+    one.basis = bases.data() + static_cast<size_t>(basis_row[b]) * c.KV * c.D * R;
+    one.basis_row = nullptr;
+    one.selected = selected.data();
+    one.count = count.data();
+    ASSERT_TRUE(kernels::SparseSelectRef(one).ok());
+    EXPECT_TRUE(std::equal(selected.begin(), selected.end(), c.selected.begin() + b * per_seq)) << "sequence " << b;
+    EXPECT_TRUE(std::equal(count.begin(), count.end(), c.count.begin() + b * c.KV)) << "sequence " << b;
+  }
+  std::vector<int32_t> shared(c.selected.size(), -7), shared_count(c.count.size(), -7);
+  kernels::SparseSelectParams same = p;
+  same.basis_row = nullptr;  // every sequence on row 0
+  same.selected = shared.data();
+  same.count = shared_count.data();
+  ASSERT_TRUE(kernels::SparseSelectRef(same).ok());
+  EXPECT_NE(shared, c.selected) << "the basis rows made no difference";
+}
+
+// Landmarks with the lanes' bases (rank R): two lanes filling pages with the same keys store each
+// the mean's R coordinates in its own basis (within half a step), so they differ; the shapes the
+// basis needs are checked.
+TEST(SparseLandmarks, ABasisGivesTheMeansCoordinatesInTheLanesOwn) {
+  const int KV = 2, D = 64, P = 4, R = 16, lanes = 2, blocks = 3;
+  std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(lanes) * KV * D * R, 71u, 0.2f);
+  std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 0.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+  std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * R, 55);
+  std::vector<uint16_t> keys = svdq::testing::RandomBf16(static_cast<size_t>(P) * KV * D, 72u, 2.f);
+  std::vector<double> mean(static_cast<size_t>(KV) * D, 0.0);
+  for (int t = 0; t < P; ++t)
+    for (int i = 0; i < KV * D; ++i) mean[i] += static_cast<double>(kernels::Bf16BitsToFloat(keys[t * KV * D + i])) / P;
+  for (int t = 0; t < P; ++t) {
+    std::vector<uint16_t> k(keys.begin() + t * KV * D, keys.begin() + (t + 1) * KV * D);
+    k.insert(k.end(), k.begin(), k.end());  // both rows the same key
+    std::vector<int64_t> block = {1, 2}, offset = {t, t}, lane = {0, 1};
+    kernels::SparseLandmarkParams p;
+    p.rows = 2, p.KV = KV, p.D = D, p.P = P, p.R = R, p.basis = bases.data();
+    p.k = k.data(), p.k_stride = KV * D, p.block = block.data(), p.offset = offset.data(), p.lanes = lane.data();
+    p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
+    ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
+  }
+  for (int ln = 0; ln < lanes; ++ln)
+    for (int g = 0; g < KV; ++g) {
+      std::vector<double> x(R, 0.0);
+      double mx = 0;
+      for (int r = 0; r < R; ++r) {
+        for (int d = 0; d < D; ++d) x[r] += bases[((static_cast<size_t>(ln) * KV + g) * D + d) * R + r] * mean[g * D + d];
+        mx = std::max(mx, std::abs(x[r]));
+      }
+      const int64_t row = (1 + ln) * KV + g;
+      EXPECT_NEAR(scales[row], mx / 127, 1e-5 * mx);
+      for (int r = 0; r < R; ++r)
+        EXPECT_NEAR(coords[row * R + r] * scales[row], x[r], 0.5 * scales[row] + 1e-5 * mx) << ln << " " << g << " " << r;
+    }
+  EXPECT_FALSE(std::equal(coords.begin() + KV * R, coords.begin() + 2 * KV * R, coords.begin() + 2 * KV * R))
+      << "the two lanes' bases made no difference";
+  for (int i = 0; i < KV * R; ++i) EXPECT_EQ(coords[i], 55) << "block 0 was not written";
+  kernels::SparseLandmarkParams bad;
+  bad.KV = KV, bad.D = D, bad.P = P, bad.k_stride = KV * D;
+  bad.R = 5;  // R must be D (or 0) without a basis
+  EXPECT_FALSE(kernels::CheckSparseLandmarks(bad).ok());
+  bad.basis = bases.data();
+  for (int r : {0, D + 1, 129}) {
+    bad.R = r;
+    EXPECT_FALSE(kernels::CheckSparseLandmarks(bad).ok()) << r;
+  }
+  bad.R = R;
+  EXPECT_TRUE(kernels::CheckSparseLandmarks(bad).ok());
+}
+
 // Page landmarks appended a token at a time: the page that completes holds the int8 mean of its
 // keys (QuantizeLandmark of their sum), within half a step of the exact mean; pages that do not
 // complete write nothing; lanes keep separate sums, and offset 0 restarts a lane.
