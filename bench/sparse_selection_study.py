@@ -21,6 +21,9 @@ the KV head's query heads. Methods (metadata per chunk and KV head):
               landmarks (an SVD of the chunk means, as SVDq fits its basis), int8 + a scale
   lowrankkR   the same in the R leading directions of the context's keys themselves (what a
               server can fit from a prompt before any page mean exists)
+  questlrR    Quest's per-channel min and max, in the R leading directions of the context's keys
+              (int8, outward): sum_r max(qr_r lo_r, qr_r hi_r) with qr the query's coordinates; not
+              a bound (the rest of the key is left out), 2 R + 4 bytes a chunk
   twoR        two levels: lowrankR landmarks of groups of 4 chunks shortlist 4x the groups the
               budget needs; lowrankR landmarks of the chunks in the shortlist choose. Only the
               shortlist's chunk landmarks are read, so the metadata read per step is the groups'
@@ -86,6 +89,8 @@ class Selector:
             return d * 2 / c
         if m == "mean8":
             return (d + 2) / c
+        if m.startswith("questlr"):
+            return (2 * int(m[7:]) + 4) / c
         if m.startswith("lowrankk"):
             return (int(m[8:]) + 2) / c
         if m.startswith("lowrank"):
@@ -120,6 +125,14 @@ class Selector:
                 lo, hi = int8_rows(lo, -1), int8_rows(hi, +1)
             s = torch.maximum(q.unsqueeze(2) * lo, q.unsqueeze(2) * hi).sum(-1)  # [G, rows, n]
             return s.amax(0)
+        if m.startswith("questlr"):
+            r = int(m[7:])
+            _, _, vh = torch.linalg.svd(k[: n * c], full_matrices=False)
+            basis = bf16(vh[:r].T)  # [d, r]
+            co = ch @ basis  # [n, c, r]
+            lo, hi = int8_rows(co.amin(1), -1), int8_rows(co.amax(1), +1)
+            qr = q @ basis  # [G, rows, r]
+            return torch.maximum(qr.unsqueeze(2) * lo, qr.unsqueeze(2) * hi).sum(-1).amax(0)
         mean = ch.mean(1)  # [n, d]
         if m == "mean":
             land = bf16(mean)
