@@ -331,8 +331,10 @@ __global__ void SparseLandmarkKernel(SparseLandmarkParams p) {
   for (int w = 0; w < (p.D + 31) / 32; ++w) mx = fmaxf(mx, red[w]);
   const float s = __fdiv_rn(mx, 127.0f);
   const int64_t row = p.block[r] * p.KV + g;
+  // The reference's rule: 0 for a NaN quotient (a NaN coordinate, or an infinite scale).
+  const float c = s > 0 ? rintf(__fdiv_rn(v, s)) : 0.0f;
   if (const int W = SparseLandmarkWidth(p); d < W)
-    p.coords[row * W + d] = s > 0 ? static_cast<int8_t>(fminf(fmaxf(rintf(__fdiv_rn(v, s)), -127.0f), 127.0f)) : 0;
+    p.coords[row * W + d] = c != c ? 0 : static_cast<int8_t>(fminf(fmaxf(c, -127.0f), 127.0f));
   if (d == 0) p.scales[row] = s;
 }
 

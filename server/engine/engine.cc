@@ -507,7 +507,10 @@ SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
   seq->req = std::move(r);
   seq->prompt = &seq->req.prompt;
   seq->no_prefix_cache = seq->prefill_alone = seq->req.prompt_logprobs;
-  if (m.opts.key_mode == "svdq" && m.opts.svdq_basis == "prefill") seq->min_first_chunk = m.opts.svdq_basis_tokens;
+  // A first forward fits the sequence's bases (the SVDq prefill basis, the landmark basis): at
+  // least min(prompt, --svdq-basis-tokens) tokens, however the step's token budget is shared.
+  if ((m.opts.key_mode == "svdq" && m.opts.svdq_basis == "prefill") || m.modes.landmark_basis())
+    seq->min_first_chunk = m.opts.svdq_basis_tokens;
   for (const auto& st : seq->req.stop) seq->max_stop = std::max(seq->max_stop, st.size());
   *stream = seq->stream;
   {

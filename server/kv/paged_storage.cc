@@ -191,6 +191,7 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
       landmark_sums_.push_back(at::zeros({spec_.lanes, KV, D}, o.dtype(at::kFloat)));
       if (m.landmark_basis()) landmark_basis_.push_back(at::zeros({spec_.lanes, KV, D, W}, o.dtype(at::kFloat)));
     }
+    if (m.landmark_basis()) landmark_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
   }
   PlanKernels();
 #ifdef SVDQ_WITH_CUDA
@@ -208,7 +209,10 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
 }
 
 void PagedKvStorage::ReleaseLane(int lane) {
-  if (lane < 0 || lane >= spec_.lanes || lane_basis_set_.empty()) return;  // empty: no prefill bases in this mode
+  if (lane < 0 || lane >= spec_.lanes) return;
+  if (!landmark_basis_set_.empty())
+    std::fill_n(landmark_basis_set_.begin() + static_cast<size_t>(lane) * spec_.shape.layers, spec_.shape.layers, 0);
+  if (lane_basis_set_.empty()) return;  // empty: no prefill bases in this mode
   std::fill_n(lane_basis_set_.begin() + static_cast<size_t>(lane) * spec_.shape.layers, spec_.shape.layers, 0);
   if (nonfinite_.defined()) nonfinite_[lane].zero_();
 }
@@ -776,6 +780,10 @@ void PagedSeqView::WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k) 
   at::Tensor basis;  // [KV, D, R]: the lane's landmark basis (kv_modes.h sparse_landmark_rank)
   if (!st_->landmark_basis_.empty()) {
     basis = st_->landmark_basis_[layer][lane_];
+    char& set = st_->landmark_basis_set_[static_cast<size_t>(lane_) * st_->spec().shape.layers + layer];
+    if (pos0 > 0 && !set)
+      throw std::logic_error("landmark basis: the sequence's first forward did not start at position 0");
+    set = 1;
     if (pos0 == 0) {
       // A sequence's first forward fits it: per KV head, the R leading eigenvectors of the keys'
       // (uncentred) Gram matrix, the directions that hold most of their energy (and so of a page
@@ -953,9 +961,13 @@ bool PagedSeqView::WriteMany(int layer, const at::Tensor& k_pre, const at::Tenso
     seqs.push_back(s);
   }
   const bool prefill_basis = sp.modes.key == KeyMode::kSvdq && sp.modes.basis == BasisSource::kPrefill;
-  for (PagedSeqView* s : seqs)
-    if (prefill_basis && !st_->lane_basis_set_[static_cast<size_t>(s->lane_) * sp.shape.layers + layer])
+  for (PagedSeqView* s : seqs) {
+    const size_t at = static_cast<size_t>(s->lane_) * sp.shape.layers + layer;
+    if (prefill_basis && !st_->lane_basis_set_[at])
       throw std::logic_error("SVDq prefill basis: the sequence's first forward did not start at position 0");
+    if (!st_->landmark_basis_set_.empty() && !st_->landmark_basis_set_[at])
+      throw std::logic_error("landmark basis: the sequence's first forward did not start at position 0");
+  }
   for (size_t b = 0; b < seqs.size(); ++b) {
     PagedSeqView* s = seqs[b];
     s->fresh_layer_ = layer;

@@ -154,6 +154,7 @@ class PagedKvStorage {
   // forward (PagedSeqView::WriteLandmarks). Empty without one.
   SparsePlan sparse_;
   std::vector<at::Tensor> landmarks_, landmark_scales_, landmark_sums_, landmark_basis_;
+  std::vector<char> landmark_basis_set_;  // [lanes * layers]: fitted by the sequence on the lane
   void AppendLandmarks(int layer, const at::Tensor& k, const DecodeWrites& w);  // WriteDecode's rows
   // The sparse step's page lists (kernels/sparse): the kernel on CUDA, its reference on the host.
   void SelectPages(int layer, const at::Tensor& q, const DecodeTables& t, at::Tensor* pages, at::Tensor* count);

@@ -40,19 +40,22 @@ def covering_budget_gives_dense_tokens(stubs, device, lengths, max_tokens):
     pb, _ = stubs
     reqs = [dict(token_ids=pb.TokenIds(ids=long_prompt(n)), max_tokens=max_tokens, ignore_eos=True) for n in lengths]
     results = {}
-    for budget in ("0", "8192"):
-        s = Server(MODEL, device, extra=SVDQ + ["--sparse-budget", budget])
+    # Dense, and a covering budget with landmarks over the head dim and of rank 16.
+    for name, flags in (("0", ["--sparse-budget", "0"]), ("8192", ["--sparse-budget", "8192"]),
+                        ("8192r16", ["--sparse-budget", "8192", "--sparse-landmark-rank", "16"])):
+        s = Server(MODEL, device, extra=SVDQ + flags)
         try:
             s.wait_ready()
             if device == "cuda":
                 assert "decode steps from CUDA graphs" in s.output()
-            results[budget] = run_all(stubs, s.addr, reqs, concurrent=False)
-            assert server_info(stubs, s.addr).sparse_budget == int(budget)
+            results[name] = run_all(stubs, s.addr, reqs, concurrent=False)
+            assert server_info(stubs, s.addr).sparse_budget == int(flags[1])
         finally:
             s.stop()
-    for r, dense, sparse in zip(reqs, results["0"], results["8192"]):
-        assert len(sparse[0]) == max_tokens
-        assert sparse[0] == dense[0], f"{len(r['token_ids'].ids)}-token prompt: sparse {sparse[0]} != dense {dense[0]}"
+    for name in ("8192", "8192r16"):
+        for r, dense, sparse in zip(reqs, results["0"], results[name]):
+            assert len(sparse[0]) == max_tokens
+            assert sparse[0] == dense[0], f"{name}, {len(r['token_ids'].ids)}-token prompt: sparse {sparse[0]} != dense {dense[0]}"
 
 
 def test_a_budget_covering_the_context_gives_dense_tokens_cpu(stubs):

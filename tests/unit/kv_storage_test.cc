@@ -496,6 +496,36 @@ TEST(KvStorageCpu, ReleasedLanesForgetTheirPrefillBasis) {
                std::logic_error);
 }
 
+// A lane's landmark basis (rank-R landmarks) belongs to the sequence that fitted it. With int4
+// keys it is the lane's only per-sequence state: the sequence's own decode steps are taken, but
+// once the lane is released a sequence that starts past position 0 on it is refused, in Write and
+// in WriteMany, instead of scoring its pages in another sequence's basis.
+TEST(KvStorageCpu, ReleasedLanesForgetTheirLandmarkBasis) {
+  const Tables rope = Rope(at::Device(at::kCPU));
+  StorageSpec spec = SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,4,2,1,1,0,0,0");
+  ASSERT_TRUE(ParseKeyMode("int4", &spec.modes.key));
+  spec.modes.sparse_budget = 256;
+  spec.modes.sparse_landmark_rank = 16;
+  PagedKvStorage storage(spec);
+  at::Tensor k_pre = Keys(4), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
+  at::Tensor v = at::randn({kTotal, kKv, kDim});
+  auto row = [&](const at::Tensor& x) { return x.narrow(0, kPrompt, 1); };
+  const std::vector<BlockId> blocks_a = {0, 1, 2}, blocks_b = {3, 4, 5};
+  {
+    PagedSeqView first(&storage, blocks_a, 0, /*lane=*/1);
+    first.Reserve(kPrompt);
+    for (int l = 0; l < kLayers; ++l) first.Write(l, 0, k_pre.narrow(0, 0, kPrompt), k.narrow(0, 0, kPrompt), v.narrow(0, 0, kPrompt));
+    PagedSeqView step(&storage, blocks_a, kPrompt, /*lane=*/1);
+    step.Reserve(kPrompt + 1);
+    EXPECT_TRUE(step.WriteMany(0, row(k_pre), row(k), row(v), {&step}));
+  }
+  storage.ReleaseLane(1);
+  PagedSeqView next(&storage, blocks_b, kPrompt, /*lane=*/1);
+  next.Reserve(kPrompt + 1);
+  EXPECT_THROW(next.Write(0, kPrompt, row(k_pre), row(k), row(v)), std::logic_error);
+  EXPECT_THROW(next.WriteMany(0, row(k_pre), row(k), row(v), {&next}), std::logic_error);
+}
+
 // A first forward's SVDq bases are solved together, once its last layer is written (one
 // batched eigensolve instead of one per layer): before that no layer has its basis, the pages
 // wait, and the forward's own attention reads its keys as written; after it every layer has
