@@ -17,6 +17,16 @@ uint32_t OrderKey(float s) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+// x's coordinates in basis [D, R]: out_r = sum_d basis[d][r] x_d, added in d order without fused
+// multiply-adds (the kernels' query projection and landmark projection do the same).
+void Project(const float* basis, int D, int R, const float* x, float* out) {
+  for (int r = 0; r < R; ++r) {
+    float s = 0;
+    for (int d = 0; d < D; ++d) s = s + basis[static_cast<size_t>(d) * R + r] * x[d];
+    out[r] = s;
+  }
+}
+
 }  // namespace
 
 Status CheckSparseSelect(const SparseSelectParams& p) {
@@ -86,16 +96,11 @@ Status SparseSelectRef(const SparseSelectParams& p) {
       const float* qg = p.q + (static_cast<size_t>(b) * p.H + g * G) * p.D;  // [G, D]
       if (!bound) {
         const float* basis = SparseBasisOf(p, b, g);
-        for (int h = 0; h < G; ++h)
-          for (int r = 0; r < p.R; ++r) {
-            float s = 0;
-            if (p.basis) {
-              for (int d = 0; d < p.D; ++d) s = s + basis[static_cast<size_t>(d) * p.R + r] * qg[h * p.D + d];
-            } else {
-              s = qg[h * p.D + r];
-            }
-            qr[static_cast<size_t>(h) * p.R + r] = s;
-          }
+        for (int h = 0; h < G; ++h) {
+          float* row = qr.data() + static_cast<size_t>(h) * p.R;
+          if (basis) Project(basis, p.D, p.R, qg + static_cast<size_t>(h) * p.D, row);
+          else std::copy_n(qg + static_cast<size_t>(h) * p.D, p.R, row);
+        }
         for (int h = 0; h < G; ++h)
           qscale[h] = SparseQuantizeQuery(qr.data() + static_cast<size_t>(h) * p.R, p.R, q8.data() + static_cast<size_t>(h) * p.R);
       } else {
@@ -139,11 +144,7 @@ void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float*
     return;
   }
   std::vector<float> x(static_cast<size_t>(R));
-  for (int r = 0; r < R; ++r) {
-    float s = 0;
-    for (int d = 0; d < D; ++d) s = s + basis[static_cast<size_t>(d) * R + r] * mean[d];
-    x[r] = s;
-  }
+  Project(basis, D, R, mean.data(), x.data());
   *scale = SparseQuantizeQuery(x.data(), R, coords);
 }
 
