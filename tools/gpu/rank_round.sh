@@ -8,7 +8,7 @@
 #   bash tools/gpu/rank_round.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1
-export BUILD_TARGETS="svdq-server sparse_select_gpu_tests svdq_storage_tests svdq_gpu_tests sparse_attention_bench"
+export BUILD_TARGETS="svdq-server sparse_select_gpu_tests svdq_storage_tests svdq_gpu_tests sparse_attention_bench ${EXTRA_BUILD_TARGETS:-}"
 source tools/gpu/build.sh > $OUT/build.txt 2>&1 || { tail -30 $OUT/build.txt; exit 1; }
 echo "built at ${SECONDS}s"
 pick() { grep -E "^\[  (PASSED|FAILED|  OK|SKIPPED) |Failure|evaluates|Which is" | head -40; }
