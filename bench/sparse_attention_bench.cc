@@ -7,7 +7,7 @@
 // context in the same run (CUDA events; SDPA in a CUDA graph too), and counts the key bytes each
 // step reads:
 //   codes      the attended pages' key records (codes, scales, zeros) and the bf16 tail keys;
-//   basis      the sequence's SVDq mean and the r basis columns the kernel reads (fp32);
+//   basis      the sequence's SVDq mean (fp32) and the r basis columns the kernel reads (fp16);
 //   metadata   every scored page's landmark (R int8 + an fp32 scale) and the landmark basis.
 // Compression = bf16 bytes of every key of the context / key bytes read (all three included).
 // Pages and values are random: the time does not depend on which pages are chosen.
@@ -142,7 +142,13 @@ int main(int argc, char** argv) {
         a.page_table = table.data_ptr<int32_t>();
         a.num_pages = np.data_ptr<int32_t>();
         a.mean = mean.data_ptr<float>();
+        // The fp16 copy of the retained columns the warp-stream kernel reads (the server's, too).
+        std::vector<int64_t> kept;
+        for (int c = 0; c < D; ++c)
+          if (l.RetainedIndex(c) >= 0) kept.push_back(c);
+        at::Tensor basis_half = basis.index_select(-1, at::tensor(kept, at::kLong).to(dev.device())).to(at::kHalf).contiguous();
         a.basis = basis.data_ptr<float>();
+        a.basis_half = reinterpret_cast<const uint16_t*>(basis_half.data_ptr());
         a.tail_keys = reinterpret_cast<const uint16_t*>(tail.data_ptr());
         a.tail_value_page = tail_page.data_ptr<int64_t>();
         a.tail_len = tl.data_ptr<int32_t>();
@@ -158,8 +164,8 @@ int main(int argc, char** argv) {
         const double dense_us = run_dense ? TimeUs([&] { st = SvdqAttention(a, stream); }, iters) : 0.0;
         Die(st);
         const double dense_graph_us = run_dense ? GraphUs([&](cudaStream_t gs) { Die(SvdqAttention(a, gs)); }, 5) : 0.0;
-        // Per (sequence, KV head): the SVDq mean and the r columns of the basis the kernel reads.
-        const double basis_bytes = 4.0 * D * (l.retained + 1);
+        // Per (sequence, KV head): the SVDq mean (fp32) and the r basis columns the kernel reads (fp16).
+        const double basis_bytes = 4.0 * D + 2.0 * D * l.retained;
         for (const std::string& bt : Split(budgets_text, ',')) {
           const int budget = std::stoi(bt), keep = budget / P - 1 - recent;
           if (keep < 1 || keep + 1 >= pages - recent) continue;

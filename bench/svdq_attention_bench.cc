@@ -247,7 +247,13 @@ int main(int argc, char** argv) {
         a.page_table = table.data_ptr<int32_t>();
         a.num_pages = np.data_ptr<int32_t>();
         a.mean = mean.data_ptr<float>();
+        // The fp16 copy of the retained columns, which the warp-stream kernel reads (as the server's does).
+        std::vector<int64_t> kept;
+        for (int c = 0; c < D; ++c)
+          if (l.RetainedIndex(c) >= 0) kept.push_back(c);
+        at::Tensor basis_half = basis.index_select(-1, at::tensor(kept, at::kLong).to(basis.device())).to(at::kHalf).contiguous();
         a.basis = basis.data_ptr<float>();
+        a.basis_half = reinterpret_cast<const uint16_t*>(basis_half.data_ptr());
         a.tail_keys = reinterpret_cast<const uint16_t*>(tail.data_ptr());
         a.tail_values = a.tail_keys;
         a.tail_value_page = tail_page.data_ptr<int64_t>();
@@ -256,7 +262,8 @@ int main(int argc, char** argv) {
         a.rope_sin = sin.data_ptr<float>();
         a.rope_inv_freq = inv.data_ptr<float>();
         a.out = o.data_ptr<float>();
-        // Bytes read: key records, values, each sequence's basis (r columns used, fp32) and mean.
+        // Bytes read: key records, values, each sequence's basis (r columns used, counted as fp32:
+        // the block kernel's; the warp-stream one reads their fp16 copy) and mean.
         const double bytes = static_cast<double>(key_pages.numel()) + vpages.bytes() +
                              4.0 * B * KV * (static_cast<double>(D) * l.retained + D);
         // Each tensor-core kernel that takes the shape: the warp-stream one (what SvdqAttention

@@ -161,9 +161,12 @@ __host__ __device__ constexpr int SlotChannel(int slot) { return 4 * ((slot & 7)
 // allocation alone (inlined, the 8-k-step loop spilled more and ran 15% slower).
 // Staged row dim, column 16 ks + c16 holds channel c16 of k-step ks (in the step's own order:
 // retained group kSub ks + c16 / kGs, channel c16 % kGs of it). `packed`: 4 bits per group.
+// With `basis_half` (SvdqAttentionParams::basis_half: the retained columns, already fp16, rows of
+// `retained` halves) the pieces copied are halves and the conversion is a move: the same fp16
+// values as from the fp32 basis, from half the bytes.
 template <int D, int KS, bool kWg, int kThreads>
-__device__ __noinline__ void StageVrT(const float* __restrict__ basis, uint32_t packed, uint8_t* vr_bytes, int vr_ld,
-                                      float* raw, int raw_bytes, int tid) {
+__device__ __noinline__ void StageVrT(const float* __restrict__ basis, const __half* __restrict__ basis_half, int retained,
+                                      uint32_t packed, uint8_t* vr_bytes, int vr_ld, float* raw, int raw_bytes, int tid) {
   using Gm = Geo<D>;
   constexpr int kD = D, kGs = Gm::kGs, NR = KS * Gm::kSub;
   constexpr int kCols = KS * 16, kQuads = kGs / 4;  // staged floats per dim; 16-byte pieces per group
@@ -186,6 +189,30 @@ __device__ __noinline__ void StageVrT(const float* __restrict__ basis, uint32_t 
     if constexpr (kWg) return ((k >> 3) * (kD / 8) + (dim >> 3)) * 64 + (dim & 7) * 8 + (k & 7);
     else return dim * vr_ld + k;
   };
+  if (basis_half) {
+    constexpr int kOcts = kGs / 8;  // 16-byte pieces of fp16 per group
+    __half* rawh = reinterpret_cast<__half*>(raw);
+    const int rows = min(kD, raw_bytes / (2 * kCols));
+    for (int d0 = 0; d0 < kD; d0 += rows) {
+      const int nd = min(rows, kD - d0);
+      for (int i = tid; i < nd * NR * kOcts; i += kThreads) {
+        const int dim = i / (NR * kOcts), r = (i / kOcts) % NR, oo = i % kOcts;
+        const int col = r * kGs < retained ? r * kGs : 0;  // a padding group reads group 0 (times zero latents)
+        mma::CpAsync16(rawh + dim * kCols + r * kGs + 8 * oo, basis_half + (d0 + dim) * retained + col + 8 * oo, 16);
+      }
+      mma::CpAsyncCommit();
+      mma::CpAsyncWait<0>();
+      __syncthreads();
+      for (int i = tid; i < nd * KS * 4; i += kThreads) {
+        const int dim = i / (KS * 4), ks = (i / 4) % KS, q = i % 4;
+        const uint2 v = *reinterpret_cast<const uint2*>(rawh + dim * kCols + 16 * ks + 4 * q);
+        *reinterpret_cast<uint32_t*>(vr + index(d0 + dim, 16 * ks + 2 * q)) = v.x;
+        *reinterpret_cast<uint32_t*>(vr + index(d0 + dim, 16 * ks + 2 * q + 8)) = v.y;
+      }
+      __syncthreads();
+    }
+    return;
+  }
   const int rows = min(kD, raw_bytes / (4 * kCols));  // dims a pass (all of them at every supported layout)
   for (int d0 = 0; d0 < kD; d0 += rows) {
     const int nd = min(rows, kD - d0);
@@ -231,6 +258,7 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
   const int64_t bh = static_cast<int64_t>(b) * KVH + h;
   const int64_t brow = static_cast<int64_t>(p.basis_index ? p.basis_index[b] : b) * KVH + h;
   const float* basis = p.basis + brow * kD * kD;
+  const __half* basis_half = p.basis_half ? reinterpret_cast<const __half*>(p.basis_half) + brow * kD * l.retained : nullptr;
 
   // Retained groups in order: channel base and bits of each, and its codes' offset in a tile's
   // record (uniform across the block; small arrays the compiler keeps in registers). A k-step
@@ -305,15 +333,24 @@ __global__ void __launch_bounds__(32 * WarpsFor(kPair), kPair ? 1 : 2) Attention
     for (int n = 0; n < 2 * kPairs; ++n)
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
-        const float4 v = *reinterpret_cast<const float4*>(basis + (8 * n + g8) * kD + mine(gch, ks) + cl0);
-        bv[n][ks][0] = mma::PackHalf2(v.x, v.y);
-        bv[n][ks][1] = mma::PackHalf2(v.z, v.w);
+        if (basis_half) {
+          // Retained group k's channels are columns k kGs.. of the fp16 rows; a padding group reads group 0.
+          const int k = kSub == 1 ? ks : kSub * ks + sub;
+          const int col = k * kGs < l.retained ? k * kGs : 0;
+          const uint2 v = *reinterpret_cast<const uint2*>(basis_half + (8 * n + g8) * l.retained + col + cl0);
+          bv[n][ks][0] = v.x;
+          bv[n][ks][1] = v.y;
+        } else {
+          const float4 v = *reinterpret_cast<const float4*>(basis + (8 * n + g8) * kD + mine(gch, ks) + cl0);
+          bv[n][ks][0] = mma::PackHalf2(v.x, v.y);
+          bv[n][ks][1] = mma::PackHalf2(v.z, v.w);
+        }
       }
   } else {
     uint32_t packed = 0;  // the schedule's bits, 4 per group
 #pragma unroll
     for (int g = 0; g < kSvdqGroups; ++g) packed |= static_cast<uint32_t>(l.bits[g]) << (4 * g);
-    StageVrT<D, KS, kWg, kThreadsT>(basis, packed, smem + s.vr, s.vr_ld, reinterpret_cast<float*>(smem + s.stages),
+    StageVrT<D, KS, kWg, kThreadsT>(basis, basis_half, l.retained, packed, smem + s.vr, s.vr_ld, reinterpret_cast<float*>(smem + s.stages),
                                     s.total - s.stages, tid);
     if constexpr (kWg) wgmma::FenceProxyAsync();  // the tensor cores read V_r^T next
   }

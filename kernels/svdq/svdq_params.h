@@ -131,6 +131,11 @@ struct SvdqAttentionParams {
   // [batch], optional: the mean/basis row of each sequence (sequences that share a basis, or a
   // pool of per-sequence bases); null: row b for sequence b (basis_rows = batch).
   const int32_t* basis_index = nullptr;
+  // Optional: fp16 [basis_rows, kv_heads, width, layout.retained], the basis's retained columns in
+  // channel order, rounded to nearest (PackAttentionBasisHalf in svdq_ref.h). The warp-stream
+  // kernel reads it instead of `basis` (which it rounds to the same fp16 values): half the
+  // bytes of V_r a step, the same output bit for bit. The other kernels read `basis`.
+  const uint16_t* basis_half = nullptr;
   const uint16_t* tail_keys = nullptr;     // bf16 [batch, kv_heads, P, width], post-RoPE
   const uint16_t* tail_values = nullptr;   // bf16 [batch, kv_heads, P, width]
   // Optional, instead of tail_values: the tail's values are rows 0 .. tail_len - 1 of value page

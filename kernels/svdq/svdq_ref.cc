@@ -303,6 +303,13 @@ Status SvdqDequantLatentRef(const SvdqDecodeParams& p, float* z) {
   return Status::Ok();
 }
 
+void PackAttentionBasisHalf(const SvdqLayout& l, const float* basis, int64_t rows, uint16_t* out) {
+  const int W = l.width;
+  for (int64_t row = 0; row < rows * W; ++row)  // (basis row, dim)
+    for (int c = 0; c < W; ++c)
+      if (const int j = l.RetainedIndex(c); j >= 0) out[row * l.retained + j] = FloatToHalfBits(basis[row * W + c]);
+}
+
 Status ValidateAttention(const SvdqAttentionParams& p) {
   const SvdqLayout& l = p.layout;
   if (l.width <= 0 || l.width % 2 != 0 || l.width > 256) return Status::Invalid("attention width must be even and <= 256");

@@ -38,6 +38,9 @@ Status SvdqDecodeRef(const SvdqDecodeParams& p);
 // the first half of SvdqDecodeRef, for a host decode that rebuilds keys with a matrix product.
 Status SvdqDequantLatentRef(const SvdqDecodeParams& p, float* z);
 Status SvdqAttentionRef(const SvdqAttentionParams& p);
+// SvdqAttentionParams::basis_half from `rows` bases [rows, width, width] fp32: out [rows, width,
+// l.retained] holds each row's retained columns in channel order, rounded to the nearest fp16.
+void PackAttentionBasisHalf(const SvdqLayout& l, const float* basis, int64_t rows, uint16_t* out);
 
 // Checks the shape fields that every implementation relies on; messages name the field.
 Status ValidateAttention(const SvdqAttentionParams& p);

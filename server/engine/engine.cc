@@ -407,6 +407,7 @@ void Engine::Load() {
   spec.num_blocks = kc.num_blocks + (graphs ? 1 : 0);
   spec.lanes = lanes + (graphs ? 1 : 0);
   m.storage = std::make_unique<kv::PagedKvStorage>(spec);
+  m.kv_shape.half_basis_read = m.storage->AttentionReadsHalfBasis(c.n_heads);  // what the key byte counts assume
   m.sched = std::make_unique<Scheduler>(m.kv.get(), static_cast<int>(m.opts.max_running), m.opts.max_batch_tokens, lanes);
   m.sched->on_lane_released = [&m](int lane) {
     m.storage->ReleaseLane(lane);

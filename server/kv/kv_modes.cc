@@ -98,8 +98,9 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
       kernels::Status st = kernels::MakeLayout(c.width, s.block_size, m.CodecSchedule(), &layout);
       if (!st.ok()) return st.message();
       b.key_per_block = units_layers * layout.page_bytes;
-      // The tail page, pre-RoPE in the model's dtype; the basis (fp32 mean and vectors).
-      const int64_t basis = units_layers * (W * W + W) * 4;
+      // The tail page, pre-RoPE in the model's dtype; the basis (fp32 mean and vectors, and the
+      // fp16 copy of the retained columns that the attention reads).
+      const int64_t basis = units_layers * ((W * W + W) * 4 + W * layout.retained * 2);
       b.per_lane = heads_layers * P * full_token;
       if (m.key == KeyMode::kSvdq && m.basis == BasisSource::kPrefill) b.per_lane += basis;
       b.shared = basis;  // the calibrated basis, or the identity of the direct codecs
@@ -158,10 +159,10 @@ int64_t DecodeKeyBytesRead(const KvModes& m, const KvShape& s, int64_t len) {
     landmarks = scored * (plan.landmark_width + 4);
     if (m.landmark_basis() && scored > 0) landmarks += D * plan.landmark_width * 4;  // staged by the selection
   }
-  const int64_t units_layers = static_cast<int64_t>(s.layers) * c.units;
-  // Per unit: the pages' records and the mean and retained basis columns (fp32).
-  return units_layers * (read * l.page_bytes + 4 * static_cast<int64_t>(c.width) * (l.retained + 1)) +
-         heads_layers * (tail * D * 2 + landmarks);
+  const int64_t units_layers = static_cast<int64_t>(s.layers) * c.units, W = c.width;
+  // Per unit: the pages' records, the mean (fp32) and the retained basis columns (fp16 or fp32).
+  const int64_t basis = 4 * W + (s.half_basis_read ? 2 : 4) * W * l.retained;
+  return units_layers * (read * l.page_bytes + basis) + heads_layers * (tail * D * 2 + landmarks);
 }
 
 int64_t Bf16KeyBytes(const KvShape& s, int64_t len) {

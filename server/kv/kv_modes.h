@@ -74,6 +74,9 @@ struct KvShape {
   int layers = 0, kv_heads = 0, head_dim = 0;
   int block_size = 16;
   int dtype_bytes = 2;  // the model's dtype (unquantized modes store in it)
+  // Page-coded keys: the decode attention reads the basis's fp16 copy of the retained columns
+  // (the CUDA warp-stream kernel: PagedKvStorage::AttentionReadsHalfBasis), not the fp32 basis.
+  bool half_basis_read = false;
 };
 
 // The page codec's units per layer and latent width: (kv_heads, head_dim) for head scope and

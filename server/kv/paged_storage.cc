@@ -159,6 +159,10 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
   const bool calibrated = m.key == KeyMode::kSvdq && m.basis == BasisSource::kCalibrated;
   if (calibrated && static_cast<int>(spec_.calibrated_vectors.size()) != s.layers)
     throw std::invalid_argument("the calibrated SVDq basis source needs a basis for every layer");
+  std::vector<int64_t> kept;
+  for (int c = 0; c < W; ++c)
+    if (layout_.RetainedIndex(static_cast<int>(c)) >= 0) kept.push_back(c);
+  retained_channels_ = at::tensor(kept, at::kLong).to(spec_.device);
   for (int l = 0; l < s.layers; ++l) {
     codes_.push_back(at::zeros({spec_.num_blocks, U, layout_.page_bytes}, o.dtype(at::kByte)));
     tail_.push_back(at::zeros({spec_.lanes, P, KV, D}, o.dtype(spec_.dtype)));
@@ -174,6 +178,8 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
       mean_.push_back(at::zeros({1, U, W}, o.dtype(at::kFloat)));
       vectors_.push_back(at::eye(W, o.dtype(at::kFloat)).expand({1, U, W, W}).contiguous());
     }
+    vectors_half_.push_back(at::zeros({vectors_[l].size(0), U, W, layout_.retained}, o.dtype(at::kHalf)));
+    if (!per_lane) RefreshHalfBasis(l, 0);
   }
   lane_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
   nonfinite_ = at::zeros({spec_.lanes}, o.dtype(at::kInt));
@@ -231,9 +237,28 @@ int64_t PagedKvStorage::bytes() const {
   int64_t b = 0;
   for (const auto& t : keys_) b += t.bytes();
   for (const auto& t : values_) b += t.bytes();
-  for (const auto* v : {&codes_, &tail_, &mean_, &vectors_, &landmarks_, &landmark_scales_, &landmark_sums_, &landmark_basis_})
+  for (const auto* v : {&codes_, &tail_, &mean_, &vectors_, &vectors_half_, &landmarks_, &landmark_scales_, &landmark_sums_, &landmark_basis_})
     for (const auto& t : *v) b += t.numel() * static_cast<int64_t>(t.element_size());
   return b;
+}
+
+void PagedKvStorage::RefreshHalfBasis(int layer, int64_t row) {
+  vectors_half_[layer][row].copy_(vectors_[layer][row].index_select(-1, retained_channels_));
+}
+
+bool PagedKvStorage::AttentionReadsHalfBasis(int num_heads) const {
+#ifdef SVDQ_WITH_CUDA
+  if (!spec_.modes.page_coded_keys() || !spec_.device.is_cuda() || !kernels_fit_ || vectors_half_.empty()) return false;
+  kernels::SvdqAttentionParams p;
+  p.layout = layout_;
+  p.kv_heads = static_cast<int>(codec_.units);
+  p.num_heads = num_heads;
+  p.value_format = FormatOf(values_[0].kind());
+  return kernels::SvdqAttentionWarpSupported(p);
+#else
+  (void)num_heads;
+  return false;
+#endif
 }
 
 void PagedKvStorage::PlanKernels() {
@@ -484,6 +509,7 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   p.num_pages = t.len.data_ptr<int32_t>();
   p.mean = mean_[layer].data_ptr<float>();
   p.basis = vectors_[layer].data_ptr<float>();
+  p.basis_half = static_cast<const uint16_t*>(vectors_half_[layer].data_ptr());
   p.basis_index = t.basis_index.data_ptr<int32_t>();
   p.tail_keys = static_cast<const uint16_t*>(tail_k.data_ptr());
   p.tail_len = t.tail_len.data_ptr<int32_t>();
@@ -602,6 +628,7 @@ bool PagedSeqView::BeginBasis(int layer, const at::Tensor& k_pre) {
     // Too few prompt keys to span the head: the calibrated basis stands in.
     mean.copy_(sp.calibrated_mean[layer].reshape_as(mean));
     vectors.copy_(sp.calibrated_vectors[layer].reshape_as(vectors));
+    st_->RefreshHalfBasis(layer, lane_);
     return false;
   }
   // The centred Gram matrix per unit (fp64, on the device); its eigenvectors come in
@@ -633,6 +660,7 @@ void PagedSeqView::FinishBasis() {
   for (size_t i = 0; i < layers.size(); ++i) {
     const int l = layers[i];
     st_->vectors_[l][lane_].copy_(vec[static_cast<int64_t>(i)]);
+    st_->RefreshHalfBasis(l, lane_);
     st_->lane_basis_set_[static_cast<size_t>(lane_) * layer_count + l] = 1;
     pending_gram_[l] = at::Tensor();
   }

@@ -136,6 +136,14 @@ class PagedKvStorage {
   const at::Tensor& landmarks(int layer) const { return landmarks_[layer]; }
   const at::Tensor& landmark_scales(int layer) const { return landmark_scales_[layer]; }
   const at::Tensor& landmark_basis(int layer) const { return landmark_basis_[layer]; }
+  // Page-coded keys: the basis per layer, fp32 [rows, units, W, W] (rows: lanes, or 1 where
+  // shared), and the copy the CUDA decode attention reads, fp16 [rows, units, W, retained]: the
+  // retained columns (SvdqAttentionParams::basis_half), refreshed wherever the basis is set.
+  const at::Tensor& basis(int layer) const { return vectors_[layer]; }
+  const at::Tensor& basis_half(int layer) const { return vectors_half_[layer]; }
+  // Whether the decode attention reads the fp16 copy for a model with `num_heads` query heads:
+  // on CUDA where the warp-stream kernel takes the shape (the others read the fp32 basis).
+  bool AttentionReadsHalfBasis(int num_heads) const;
 
  private:
   friend class PagedSeqView;
@@ -144,7 +152,9 @@ class PagedKvStorage {
   kernels::SvdqLayout layout_;  // page-coded keys
   CodecShape codec_;
   std::vector<TokenStore> keys_, values_;  // keys_ empty for page-coded keys
-  std::vector<at::Tensor> codes_, tail_, mean_, vectors_;
+  std::vector<at::Tensor> codes_, tail_, mean_, vectors_, vectors_half_;
+  at::Tensor retained_channels_;  // int64 [layout_.retained]: the latent channels pages keep
+  void RefreshHalfBasis(int layer, int64_t row);  // vectors_half_[layer][row] from vectors_
   std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed
   at::Tensor nonfinite_;              // int32 [lanes] on the device: the codec's non-finite key flags
   // Sparse attention (spec.modes.sparse_budget > 0), per layer: each page's landmark, int8

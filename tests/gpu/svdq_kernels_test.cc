@@ -438,6 +438,23 @@ void RunAttention(const AttnCase& ac, uint32_t seed, int pages_per_split = 0, Pa
     ASSERT_NEAR(got[i], ref[i], tol_abs + tol_rel * std::abs(ref[i]))
         << ac.sched << " width " << W << " P " << P << " group " << ac.group << " split " << pages_per_split << " at " << i;
   }
+  if (path == Path::kWarp || path == Path::kWarpSync) {
+    // V_r's fp16 copy (basis_half), half the bytes, gives the same output bit for bit.
+    std::vector<uint16_t> half(static_cast<size_t>(B) * kv * W * l.retained);
+    PackAttentionBasisHalf(l, bases.data(), static_cast<int64_t>(B) * kv, half.data());
+    DeviceBuffer<uint16_t> dh(half);
+    DeviceBuffer<float> dout_half(std::vector<float>(ref.size(), 0.f));
+    g.basis_half = dh.ptr();
+    g.out = dout_half.ptr();
+    st = SvdqAttention(g, nullptr);
+    ASSERT_TRUE(st.ok()) << st.message();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto got_half = dout_half.Download();
+    EXPECT_TRUE(dh.GuardsIntact());
+    ASSERT_EQ(std::memcmp(got_half.data(), got.data(), got.size() * sizeof(float)), 0)
+        << ac.sched << " width " << W << " P " << P << " group " << ac.group << " split " << pages_per_split
+        << ": the fp16 basis changed the output";
+  }
 }
 
 TEST(SvdqKernels, AttentionMatchesReference) {

@@ -63,12 +63,14 @@ TEST(KvModes, PageCodedKeysCountPagesTailsAndBases) {
   // A page of one head: 16 x 64 codes of 4 bits (512 B), fp16 scale and zero per channel (256 B).
   EXPECT_EQ(b.key_per_block, 30LL * 3 * (512 + 256));
   EXPECT_EQ(b.per_lane, 30LL * 3 * 16 * 64 * 4);               // the tail page, fp32
-  EXPECT_EQ(b.shared, 30LL * 3 * (64 * 64 + 64) * 4);           // the identity basis
+  // The identity basis, fp32, and the fp16 copy of its 64 retained columns that the attention reads.
+  EXPECT_EQ(b.shared, 30LL * 3 * ((64 * 64 + 64) * 4 + 64 * 64 * 2));
   ASSERT_EQ(ComputeKvBytes(Modes("svdq", "bf16"), SmolLm2(), &b), "");
   // 8,4,2,1,1 bits on groups of 8 channels: 16 x 8 x (8+4+2+1+1) bits = 256 B of codes,
   // and 40 retained channels x 4 B of scale and zero = 160 B; 416 B, already a multiple of 16.
   EXPECT_EQ(b.key_per_block, 30LL * 3 * 416);
-  EXPECT_EQ(b.per_lane, 30LL * 3 * (16 * 64 * 4 + (64 * 64 + 64) * 4));  // tail + prefill basis
+  // The tail, the prefill basis and the fp16 copy of its 40 retained columns.
+  EXPECT_EQ(b.per_lane, 30LL * 3 * (16 * 64 * 4 + (64 * 64 + 64) * 4 + 64 * 40 * 2));
   KvModes cal = Modes("svdq", "bf16");
   cal.basis = BasisSource::kCalibrated;
   EXPECT_TRUE(cal.pages_shareable());
@@ -107,6 +109,10 @@ TEST(KvModes, SparseAttentionPlansReadsAndStoresLandmarks) {
   // Short contexts: nothing to choose from, everything is read.
   EXPECT_EQ(DecodeKeyBytesRead(m, s, 2 * 64 + 3), DecodeKeyBytesRead(d, s, 2 * 64 + 3));
   EXPECT_EQ(DecodeKeyBytesRead(Modes("bf16", "bf16"), s, 10), units * 10 * 64 * 4);  // the fp32 model's keys
+  // Where the attention reads the basis's fp16 copy, its 40 columns cost half.
+  KvShape half = s;
+  half.half_basis_read = true;
+  EXPECT_EQ(DecodeKeyBytesRead(m, s, len) - DecodeKeyBytesRead(m, half, len), units * 64 * 40 * 2);
   // Refused: a budget without room for one chosen page, layer scope, unpaged keys.
   m.sparse_budget = 3 * 64;
   EXPECT_NE(PlanSparse(m, s, &plan).find("at least 256"), std::string::npos);
@@ -170,7 +176,7 @@ TEST(KvModes, LayerScopeCodesOneLatentPerLayer) {
   // Width 192, groups of 24: 16 x 24 x (8+4+2+1+1) bits = 768 B of codes, 120 retained channels
   // x 4 B = 480 B; 1248 B per layer (a multiple of 16), as many as three heads of 416 B.
   EXPECT_EQ(b.key_per_block, 30LL * 1248);
-  EXPECT_EQ(b.per_lane, 30LL * 3 * 16 * 64 * 4 + 30LL * (192 * 192 + 192) * 4);  // tail + basis
+  EXPECT_EQ(b.per_lane, 30LL * 3 * 16 * 64 * 4 + 30LL * ((192 * 192 + 192) * 4 + 192 * 120 * 2));  // tail + basis
   EXPECT_NE(m.KeyName().find("layer scope"), std::string::npos);
 }
 

@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "kernels/svdq/svdq_ref.h"
 #include "server/kv/paged_storage.h"
 #ifdef SVDQ_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -561,6 +563,47 @@ void RunPrefillBasisBatch(at::Device device) {
 
 TEST(KvStorageCpu, PrefillBasisIsSolvedOnceEveryLayerIsWritten) { RunPrefillBasisBatch(at::Device(at::kCPU)); }
 
+// The fp16 copy of the basis that the CUDA decode attention reads (SvdqAttentionParams::basis_half):
+// after a first forward, each layer's row of the lane holds the retained columns of its fp32
+// basis, with groups dropped in the middle of the schedule, rounded to nearest exactly as the
+// reference packs them (kernels::PackAttentionBasisHalf); another lane's row stays zero; the
+// direct codecs' shared identity is packed too. On CUDA the attention reads it (the warp-stream
+// kernel takes this shape), on the CPU it does not.
+void RunHalfBasis(at::Device device) {
+  const Tables rope = Rope(device);
+  StorageSpec spec = SvdqPrefillSpec(rope, device, "4,0,2,2,0,1,1,0");
+  PagedKvStorage storage(spec);
+  EXPECT_EQ(storage.AttentionReadsHalfBasis(kHeads), device.is_cuda());
+  at::Tensor k_pre = Keys(6).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
+  at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
+  const std::vector<BlockId> blocks = {4, 1, 6};
+  {
+    PagedSeqView first(&storage, blocks, 0, /*lane=*/1);
+    first.Reserve(kPrompt);
+    for (int l = 0; l < kLayers; ++l) first.Write(l, 0, k_pre.narrow(0, 0, kPrompt), k.narrow(0, 0, kPrompt), v.narrow(0, 0, kPrompt));
+  }
+  auto expect_packed = [](const PagedKvStorage& st, int layer, int64_t row) {
+    at::Tensor fp32 = st.basis(layer)[row].to(at::kCPU).contiguous();
+    at::Tensor half = st.basis_half(layer)[row].to(at::kCPU).contiguous();
+    ASSERT_EQ(half.size(-1), st.layout().retained);
+    std::vector<uint16_t> want(static_cast<size_t>(half.numel()));
+    svdq::kernels::PackAttentionBasisHalf(st.layout(), fp32.data_ptr<float>(), fp32.size(0), want.data());
+    EXPECT_EQ(std::memcmp(want.data(), half.data_ptr(), want.size() * sizeof(uint16_t)), 0) << "layer " << layer << " row " << row;
+    EXPECT_GT(half.to(at::kFloat).abs().sum().item<double>(), 0.0) << "layer " << layer << " row " << row;
+  };
+  ASSERT_EQ(storage.layout().retained, 40);  // groups 0, 2, 3, 5, 6 of 8 channels
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_TRUE(storage.LaneHasBasis(1, l));
+    expect_packed(storage, l, 1);
+    EXPECT_EQ(storage.basis_half(l)[0].count_nonzero().item<int64_t>(), 0) << l;
+  }
+  ASSERT_TRUE(ParseKeyMode("int4", &spec.modes.key));
+  PagedKvStorage direct(spec);
+  for (int l = 0; l < kLayers; ++l) expect_packed(direct, l, 0);
+}
+
+TEST(KvStorageCpu, AttentionsHalfBasisHoldsTheRetainedColumns) { RunHalfBasis(at::Device(at::kCPU)); }
+
 #ifdef SVDQ_WITH_CUDA
 // The decode step's one-launch KV write (kernels/attention/kv_write.h) against the ATen chains
 // it replaces (TokenStore::Write, the tail's index_put), byte for byte: every format, head dims
@@ -647,6 +690,11 @@ TEST(KvStorageCuda, FusedWriteMatchesTheAtenChains) {
 TEST(KvStorageCuda, PrefillBasisIsSolvedOnceEveryLayerIsWritten) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   RunPrefillBasisBatch(at::Device(at::kCUDA, 0));
+}
+
+TEST(KvStorageCuda, AttentionsHalfBasisHoldsTheRetainedColumns) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  RunHalfBasis(at::Device(at::kCUDA, 0));
 }
 
 TEST(KvStorageCuda, PageLandmarksHoldEachFilledPagesMeanKey) {

@@ -14,7 +14,7 @@ echo "built at ${SECONDS}s"
 pick() { grep -E "^\[  (PASSED|FAILED|  OK|SKIPPED) |Failure|evaluates|Which is" | head -40; }
 timeout 120 build-gpu/tests/gpu/sparse_select_gpu_tests 2>&1 | pick | tee $OUT/gpu_tests.txt
 timeout 120 build-gpu/tests/unit/svdq_storage_tests --gtest_filter="KvStorageCuda.*" 2>&1 | pick | tee -a $OUT/gpu_tests.txt
-timeout 200 build-gpu/tests/gpu/svdq_gpu_tests --gtest_filter="SvdqKernels.AttentionSparsePages" 2>&1 | pick | tee -a $OUT/gpu_tests.txt
+timeout 240 build-gpu/tests/gpu/svdq_gpu_tests --gtest_filter="${ATTN_FILTER:-SvdqKernels.AttentionWarpStreams:SvdqKernels.AttentionSparsePages}" 2>&1 | pick | tee -a $OUT/gpu_tests.txt
 echo "kernel tests done at ${SECONDS}s"
 SVDQ_BUILD_DIR=build-gpu SVDQ_TEST_CUDA=1 timeout 240 python3 -m pytest -p no:cacheprovider -q -k gpu \
   tests/integration/test_sparse_attention.py 2>&1 | tail -20 | tee $OUT/sparse_e2e.txt
