@@ -265,6 +265,12 @@ int main(int argc, char** argv) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const double bw = CopyBandwidth();
   const int64_t P = 16, span = context + steps + 8, pages = (span + P - 1) / P;
+  if (span > model->rope_cos().size(0)) {
+    std::fprintf(stderr, "--context %d with %d steps needs %lld positions, and %s has %lld: pick a longer-context model "
+                 "(synthetic:llama-3.1-8b has 131072)\n", context, steps, static_cast<long long>(span), model_path.c_str(),
+                 static_cast<long long>(model->rope_cos().size(0)));
+    return 2;
+  }
   const int64_t embed = static_cast<int64_t>(c.vocab_size) * c.hidden * 2;
   const int64_t weights = model->weight_bytes() - (c.tied_embeddings ? 0 : embed);
   const double kv_token = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * 2;  // bf16 keys + values

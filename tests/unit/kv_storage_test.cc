@@ -567,13 +567,19 @@ TEST(KvStorageCpu, PrefillBasisIsSolvedOnceEveryLayerIsWritten) { RunPrefillBasi
 // after a first forward, each layer's row of the lane holds the retained columns of its fp32
 // basis, with groups dropped in the middle of the schedule, rounded to nearest exactly as the
 // reference packs them (kernels::PackAttentionBasisHalf); another lane's row stays zero; the
-// direct codecs' shared identity is packed too. On CUDA the attention reads it (the warp-stream
-// kernel takes this shape), on the CPU it does not.
+// direct codecs' shared identity is packed too. The attention reads it where the decode kernels
+// serve a bf16 model on CUDA (the warp-stream kernel takes this shape), not on the CPU.
 void RunHalfBasis(at::Device device) {
   const Tables rope = Rope(device);
   StorageSpec spec = SvdqPrefillSpec(rope, device, "4,0,2,2,0,1,1,0");
   PagedKvStorage storage(spec);
-  EXPECT_EQ(storage.AttentionReadsHalfBasis(kHeads), device.is_cuda());
+  EXPECT_FALSE(storage.AttentionReadsHalfBasis(kHeads));  // an fp32 model: no decode kernels, none on the CPU
+  if (device.is_cuda()) {
+    StorageSpec bf16 = spec;
+    bf16.dtype = at::kBFloat16;
+    bf16.shape.dtype_bytes = 2;
+    EXPECT_TRUE(PagedKvStorage(bf16).AttentionReadsHalfBasis(kHeads));
+  }
   at::Tensor k_pre = Keys(6).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
   at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
   const std::vector<BlockId> blocks = {4, 1, 6};

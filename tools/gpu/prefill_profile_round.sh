@@ -18,6 +18,6 @@ if [ -n "${TEST_FILTER:-SvdqKernels.AttentionSparsePages}" ]; then
   echo "tests done at ${SECONDS}s"
 fi
 timeout ${BENCH_TIMEOUT:-300} build-gpu/bench/decode_step_bench --prefill-json $OUT/prefill_h200.json --json $OUT/decode_step_h200.json \
-  --date "$(date +%F)" ${STEP_ARGS:---streams 1 --context 20480 --steps 8 --modes bf16_bf16,svdq_bf16 --svdq-schedules 4,2,2,1,1,0,0,0 --profile-prefill --profile-from 6} \
+  --date "$(date +%F)" ${STEP_ARGS:---model synthetic:llama-3.1-8b --streams 1 --context 20480 --steps 8 --modes bf16_bf16,svdq_bf16 --svdq-schedules 4,2,2,1,1,0,0,0 --profile-prefill --profile-from 6} \
   2>&1 | grep -v "Assertion" | head -250 | tee $OUT/decode_step_bench.txt
 echo "bench done at ${SECONDS}s"

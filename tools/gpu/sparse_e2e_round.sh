@@ -3,14 +3,16 @@
 # 128k context (synthetic:llama-3.1-8b) through gRPC, long prompts and long generations at one KV
 # budget, bf16 keys against SVDq 1.25-bit keys with sparse attention (and dense SVDq); prompts of
 # PROMPT_WORDS words, MAX_TOKENS generated, CONCURRENCY streams, landmarks of RANK coordinates (0: the
-# mean key). Logs and JSON to $OUT.
+# mean key), EXTRA_FLAGS for both modes. Logs and JSON to $OUT.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 export BUILD_TARGETS="${BUILD_TARGETS:-svdq-server}"
-source tools/gpu/build.sh > $OUT/build.txt 2>&1 || { tail -30 $OUT/build.txt; exit 1; }
-echo "built at ${SECONDS}s"
+if [ -z "${SKIP_BUILD:-}" ]; then  # SKIP_BUILD: built and sourced by the caller
+  source tools/gpu/build.sh > $OUT/build.txt 2>&1 || { tail -30 $OUT/build.txt; exit 1; }
+  echo "built at ${SECONDS}s"
+fi
 budget="${KV_BUDGET:-40G}"
-common="--max-running 16 --kv-cache-bytes $budget --block-size 64"
+common="--max-running 16 --kv-cache-bytes $budget --block-size 64 ${EXTRA_FLAGS:-}"
 svdq="--svdq-schedule 4,2,2,1,1,0,0,0"
 for run in "bf16_bf16|" "svdq_bf16|$svdq --sparse-budget ${SPARSE_BUDGET:-2048} --sparse-landmark-rank ${RANK:-0}" ${DENSE_SVDQ:+"svdq_bf16|$svdq"}; do
   modes="${run%%|*}" extra="${run#*|}"
