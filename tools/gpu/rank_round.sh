@@ -20,5 +20,5 @@ SVDQ_BUILD_DIR=build-gpu SVDQ_TEST_CUDA=1 timeout 240 python3 -m pytest -p no:ca
   tests/integration/test_sparse_attention.py 2>&1 | tail -20 | tee $OUT/sparse_e2e.txt
 echo "e2e done at ${SECONDS}s"
 timeout 120 build-gpu/bench/sparse_attention_bench --contexts 131072 --budgets 2048 --pages 64,16 --ranks ${RANKS:-128,16,12,8} \
-  --schedules 4,2,2,1,1,0,0,0 --json $OUT/sparse_rank_h200.json 2>&1 | tail -30 | tee $OUT/sparse_bench.txt
+  --schedules 4,2,2,1,1,0,0,0 --date "$(date +%F)" --json $OUT/sparse_rank_h200.json 2>&1 | tail -30 | tee $OUT/sparse_bench.txt
 echo "done at ${SECONDS}s"
