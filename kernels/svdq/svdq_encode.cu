@@ -90,25 +90,74 @@ __global__ void EncodeKernel(SvdqEncodeParams p) {
   for (int w = threadIdx.x; w < n_words; w += blockDim.x) out[w] = words[w];
 }
 
-// Shared memory: z [P, r] | keys [P, W].
+// Decode, one block per (page, KV head). Shared memory: the retained channels' indices [r] |
+// V_r [W, r + 1] (the basis's retained columns, padded a column so that the threads of a warp,
+// which take consecutive dims, read distinct banks) | z [P, r]. Each thread rebuilds the RoPE
+// pair (i, i + W/2) of kTok tokens at a time in registers, each element summed as the reference
+// sums it (mean, then fmaf over the retained channels in order), rotates them and writes them
+// out: no [P, W] key buffer. The first version (a thread per element, looking up each retained
+// channel's column in a loop and reading the basis from global memory) took 4.7 ms a prompt
+// chunk's layer at 16k tokens and 8 KV heads, 40% of the SVDq prefill (decode_step_bench
+// --profile-prefill, H200, 2026-12-05).
+constexpr int kTok = 8;
+
 __global__ void DecodeKernel(SvdqDecodeParams p) {
   extern __shared__ float smem[];
   const SvdqLayout& l = p.layout;
-  const int P = l.page_size, W = l.width;
+  const int P = l.page_size, W = l.width, r = l.retained, h = W / 2, ld = r + 1;
   const int64_t ph = static_cast<int64_t>(blockIdx.x) * p.kv_heads + blockIdx.y;
   const int64_t bh = p.basis_index ? static_cast<int64_t>(p.basis_index[blockIdx.x]) * p.kv_heads + blockIdx.y : ph;
-  float* z = smem;
-  float* keys = z + P * l.retained;
+  int* chan = reinterpret_cast<int*>(smem);
+  float* vr = smem + r;
+  float* z = vr + W * ld;
+  for (int j = threadIdx.x; j < r; j += blockDim.x) chan[j] = device::RetainedChannel(l, j);
   device::DequantLatent(l, p.pages + ph * l.page_bytes, z);
   __syncthreads();
-  device::RebuildKeys(l, p.mean + bh * W, p.basis + bh * W * W, z, keys);
-  __syncthreads();
-  if (p.rope_cos) {
-    device::ApplyRope(keys, P, W, p.first_pos[blockIdx.x], p.rope_cos, p.rope_sin);
-    __syncthreads();
+  const float* basis = p.basis + bh * W * W;
+  for (int idx = threadIdx.x; idx < W * r; idx += blockDim.x) {
+    const int i = idx / r, j = idx - i * r;
+    vr[i * ld + j] = basis[i * W + chan[j]];
   }
+  __syncthreads();
+  const float* mean = p.mean + bh * W;
   float* out = p.out + ph * P * W;
-  for (int idx = threadIdx.x; idx < P * W; idx += blockDim.x) out[idx] = keys[idx];
+  // Work items: (dim pair i < h, run of kTok tokens); consecutive threads take consecutive i.
+  const int runs = (P + kTok - 1) / kTok;
+  for (int item = threadIdx.x; item < h * runs; item += blockDim.x) {
+    const int i = item % h, t0 = (item / h) * kTok;
+    float lo[kTok], hi[kTok];
+    const float m_lo = mean[i], m_hi = mean[i + h];
+#pragma unroll
+    for (int k = 0; k < kTok; ++k) lo[k] = m_lo, hi[k] = m_hi;
+    int zo[kTok];
+#pragma unroll
+    for (int k = 0; k < kTok; ++k) zo[k] = min(t0 + k, P - 1) * r;  // past the page: a repeat, not stored
+    const int o_lo = i * ld, o_hi = (i + h) * ld;
+    for (int j = 0; j < r; ++j) {
+      const float a = vr[o_lo + j], b = vr[o_hi + j];
+#pragma unroll
+      for (int k = 0; k < kTok; ++k) {
+        const float zj = z[zo[k] + j];
+        lo[k] = fmaf(a, zj, lo[k]);
+        hi[k] = fmaf(b, zj, hi[k]);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kTok; ++k) {
+      const int t = t0 + k;
+      if (t >= P) break;
+      float x = lo[k], y = hi[k];
+      if (p.rope_cos) {  // as device::ApplyRope
+        const float* c = p.rope_cos + static_cast<int64_t>(p.first_pos[blockIdx.x] + t) * W;
+        const float* sn = p.rope_sin + static_cast<int64_t>(p.first_pos[blockIdx.x] + t) * W;
+        const float a = x, b = y;
+        x = a * c[i] - b * sn[i];
+        y = b * c[i + h] + a * sn[i + h];
+      }
+      out[t * W + i] = x;
+      out[t * W + i + h] = y;
+    }
+  }
 }
 
 }  // namespace
@@ -135,7 +184,9 @@ Status SvdqDecode(const SvdqDecodeParams& p, cudaStream_t stream) {
   if (!p.pages || !p.mean || !p.basis || !p.out || (p.rope_cos && (!p.rope_sin || !p.first_pos)))
     return Status::Invalid("SvdqDecode: null pointer");
   if (p.num_pages == 0) return Status::Ok();
-  size_t smem = sizeof(float) * static_cast<size_t>(l.page_size) * (l.width + l.retained);
+  if (l.width % 2 != 0) return Status::Invalid("SvdqDecode: odd width");
+  size_t smem = sizeof(float) * (static_cast<size_t>(l.retained) + static_cast<size_t>(l.width) * (l.retained + 1) +
+                                 static_cast<size_t>(l.page_size) * l.retained);
   Status st = AllowSmem(reinterpret_cast<const void*>(DecodeKernel), smem);
   if (!st.ok()) return st;
   DecodeKernel<<<dim3(p.num_pages, p.kv_heads), kThreads, smem, stream>>>(p);
