@@ -95,7 +95,10 @@ def run_mode(model_path, stubs, device, key, value, schedule, prefix, extra=(), 
         assert info.key_compression_ratio == pytest.approx(L * KV * D * 2 / key_bytes(kmode, bits, full, scope))
         assert info.prefix_caching == prefix
         W = KV * D if scope == "layer" else D
-        basis_bytes = L * (KV * D // W) * (W * W + W) * 4
+        # The basis (fp32 mean and vectors) and the fp16 copy of its retained columns (all of them
+        # for the direct codecs' identity) that the attention reads.
+        retained = W if not bits else sum(W // 8 for b in bits if b > 0)
+        basis_bytes = L * (KV * D // W) * ((W * W + W) * 4 + W * retained * 2)
         per_block = (info.key_bytes_per_token + info.value_bytes_per_token) * P
         assert info.kv_blocks_total == int((64 * 2 ** 20 - 4 * info.kv_bytes_per_running_sequence
                                             - (basis_bytes if key in ("int4", "int2", "svdq") else 0))
