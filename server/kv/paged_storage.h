@@ -8,7 +8,8 @@
 //     bf16 scales [blocks, kv, P, D / 32] (none for bf16);
 //   page-coded keys (int4, int2, svdq): codes [blocks, U, page_bytes] (kernels/svdq/svdq_params.h),
 //     tail [lanes, P, kv, D] pre-RoPE in the model's dtype, basis mean [.., U, W] and
-//     vectors [.., U, W, W] fp32, one per lane (prefill basis) or one shared. U x W is
+//     vectors [.., U, W, W] fp32 (and their retained columns in fp16 [.., U, W, r], which
+//     the CUDA decode attention reads), one per lane (prefill basis) or one shared. U x W is
 //     kv x D (head scope, direct codecs) or 1 x kv*D (SVDq layer scope: RoPE is applied per
 //     head after decoding, and attention reads decoded keys).
 // Sparse attention (modes.sparse_budget > 0) adds each page's landmark (kernels/sparse).
