@@ -248,10 +248,8 @@ int main(int argc, char** argv) {
         a.num_pages = np.data_ptr<int32_t>();
         a.mean = mean.data_ptr<float>();
         // The fp16 copy of the retained columns, which the warp-stream kernel reads (as the server's does).
-        std::vector<int64_t> kept;
-        for (int c = 0; c < D; ++c)
-          if (l.RetainedIndex(c) >= 0) kept.push_back(c);
-        at::Tensor basis_half = basis.index_select(-1, at::tensor(kept, at::kLong).to(basis.device())).to(at::kHalf).contiguous();
+        at::Tensor kept = at::tensor(RetainedChannels(l), at::kLong).to(basis.device());
+        at::Tensor basis_half = basis.index_select(-1, kept).to(at::kHalf).contiguous();
         a.basis = basis.data_ptr<float>();
         a.basis_half = reinterpret_cast<const uint16_t*>(basis_half.data_ptr());
         a.tail_keys = reinterpret_cast<const uint16_t*>(tail.data_ptr());

@@ -82,4 +82,11 @@ double StoredBitsPerElement(const SvdqLayout& l, long tokens, bool count_basis) 
   return bytes * 8.0 / (static_cast<double>(tokens) * l.width);
 }
 
+std::vector<int64_t> RetainedChannels(const SvdqLayout& l) {
+  std::vector<int64_t> kept;
+  for (int c = 0; c < l.width; ++c)
+    if (l.RetainedIndex(c) >= 0) kept.push_back(c);
+  return kept;
+}
+
 }  // namespace svdq::kernels

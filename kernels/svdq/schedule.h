@@ -1,7 +1,9 @@
 // SVDq bit schedules ("8,2,0,0,0,0,0,0") and the page layout they imply.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/common/status.h"
 #include "kernels/svdq/svdq_params.h"
@@ -25,5 +27,9 @@ Status MakeLayout(int width, int page_size, const Schedule& s, SvdqLayout* out);
 // per-sequence basis (width x r fp32... counted as stored: fp16 width x r) and mean
 // (fp16 width) amortized over the sequence; codes, scales and zeros as laid out.
 double StoredBitsPerElement(const SvdqLayout& l, long tokens, bool count_basis);
+
+// The latent channels a layout keeps (groups with bits > 0), ascending: the basis columns of
+// SvdqAttentionParams::basis_half, in its order.
+std::vector<int64_t> RetainedChannels(const SvdqLayout& l);
 
 }  // namespace svdq::kernels

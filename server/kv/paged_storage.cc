@@ -159,10 +159,7 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
   const bool calibrated = m.key == KeyMode::kSvdq && m.basis == BasisSource::kCalibrated;
   if (calibrated && static_cast<int>(spec_.calibrated_vectors.size()) != s.layers)
     throw std::invalid_argument("the calibrated SVDq basis source needs a basis for every layer");
-  std::vector<int64_t> kept;
-  for (int c = 0; c < W; ++c)
-    if (layout_.RetainedIndex(static_cast<int>(c)) >= 0) kept.push_back(c);
-  retained_channels_ = at::tensor(kept, at::kLong).to(spec_.device);
+  retained_channels_ = at::tensor(kernels::RetainedChannels(layout_), at::kLong).to(spec_.device);
   for (int l = 0; l < s.layers; ++l) {
     codes_.push_back(at::zeros({spec_.num_blocks, U, layout_.page_bytes}, o.dtype(at::kByte)));
     tail_.push_back(at::zeros({spec_.lanes, P, KV, D}, o.dtype(spec_.dtype)));
@@ -201,16 +198,10 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
   }
   PlanKernels();
 #ifdef SVDQ_WITH_CUDA
-  if (sparse() && spec_.device.is_cuda()) {
-    // Sparse attention is the warp-stream SVDq kernel's: it must take this layout (schedule, page).
-    kernels::SvdqAttentionParams p;
-    p.layout = layout_;
-    p.num_heads = p.kv_heads = static_cast<int>(KV);
-    p.value_format = FormatOf(values_[0].kind());
-    if (!kernels::SvdqAttentionWarpSupported(p))
-      throw std::invalid_argument("sparse attention: the warp-stream SVDq kernel does not take this key schedule, "
-                                  "block size and value mode (bf16 values, head dim 64 or 128, blocks of 16 x 2^n)");
-  }
+  // Sparse attention is the warp-stream SVDq kernel's: it must take this layout (schedule, page).
+  if (sparse() && spec_.device.is_cuda() && !WarpKernelTakes(static_cast<int>(KV)))
+    throw std::invalid_argument("sparse attention: the warp-stream SVDq kernel does not take this key schedule, "
+                                "block size and value mode (bf16 values, head dim 64 or 128, blocks of 16 x 2^n)");
 #endif
 }
 
@@ -246,15 +237,21 @@ void PagedKvStorage::RefreshHalfBasis(int layer, int64_t row) {
   vectors_half_[layer][row].copy_(vectors_[layer][row].index_select(-1, retained_channels_));
 }
 
-bool PagedKvStorage::AttentionReadsHalfBasis(int num_heads) const {
 #ifdef SVDQ_WITH_CUDA
-  if (!spec_.modes.page_coded_keys() || !spec_.device.is_cuda() || !kernels_fit_ || vectors_half_.empty()) return false;
+bool PagedKvStorage::WarpKernelTakes(int num_heads) const {
   kernels::SvdqAttentionParams p;
   p.layout = layout_;
   p.kv_heads = static_cast<int>(codec_.units);
   p.num_heads = num_heads;
   p.value_format = FormatOf(values_[0].kind());
   return kernels::SvdqAttentionWarpSupported(p);
+}
+#endif
+
+bool PagedKvStorage::AttentionReadsHalfBasis(int num_heads) const {
+#ifdef SVDQ_WITH_CUDA
+  return spec_.modes.page_coded_keys() && spec_.device.is_cuda() && kernels_fit_ && !vectors_half_.empty() &&
+         WarpKernelTakes(num_heads);
 #else
   (void)num_heads;
   return false;

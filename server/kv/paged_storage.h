@@ -156,6 +156,9 @@ class PagedKvStorage {
   std::vector<at::Tensor> codes_, tail_, mean_, vectors_, vectors_half_;
   at::Tensor retained_channels_;  // int64 [layout_.retained]: the latent channels pages keep
   void RefreshHalfBasis(int layer, int64_t row);  // vectors_half_[layer][row] from vectors_
+  // Whether the warp-stream SVDq kernel takes this layout with `num_heads` query heads (page-coded
+  // keys; defined in CUDA builds, where it is used).
+  bool WarpKernelTakes(int num_heads) const;
   std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed
   at::Tensor nonfinite_;              // int32 [lanes] on the device: the codec's non-finite key flags
   // Sparse attention (spec.modes.sparse_budget > 0), per layer: each page's landmark, int8
