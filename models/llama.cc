@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "models/dequant.h"
@@ -128,6 +129,19 @@ void LlamaModel::PickAttentionBackends() {
   // --profile-prefill, 2026-12-03): 970 ms of host time in cuDNN SDPA over three 2,048-token
   // steps of Llama-3-8B, 148 ms per step against 57 once its plans were cached.
   if (device_.is_cuda()) at::globalContext().setSDPUseCuDNN(false);
+  // A later prompt chunk's queries see the keys up to their own positions: a causal mask
+  // aligned to the bottom right of the [T, L] scores, which FlashAttention-2's causal flag
+  // means (ATen's flash op; torch.nn.attention.bias.causal_lower_right calls it so). Without it
+  // the chunk took the memory-efficient kernel with a materialised mask and the KV heads
+  // repeated: 409 of 617 ms of GPU time in three 2,048-token steps of a 20k-token prompt
+  // (H200, decode_step_bench --profile-prefill, 2026-12-05), ~134 TFLOP/s.
+  flash_chunks_ = false;
+#ifdef SVDQ_WITH_CUDA
+  const int64_t D = cfg_.head_dim;
+  if (device_.is_cuda() && (dtype_ == at::kBFloat16 || dtype_ == at::kHalf) && D % 8 == 0 && D <= 256 &&
+      cfg_.n_heads % cfg_.n_kv_heads == 0)
+    flash_chunks_ = at::cuda::getDeviceProperties(device_.has_index() ? device_.index() : at::cuda::current_device())->major >= 8;
+#endif
 }
 
 void LlamaModel::InitRope() {
@@ -343,9 +357,15 @@ at::Tensor LlamaModel::AttendStored(int layer, const at::Tensor& q, int64_t pos0
   if (T == 1 || pos0 == 0) {
     // Flash attention reads the KV heads of a group once (enable_gqa); no repeat.
     out = at::scaled_dot_product_attention(qh, keys, vals, {}, 0.0, /*is_causal=*/T > 1, {}, /*enable_gqa=*/true);
+  } else if (flash_chunks_) {
+    // A later prompt chunk: query i sits at position pos0 + i and may see keys 0 .. pos0 + i,
+    // flash's bottom-right causal mask (PickAttentionBackends); the KV heads are read per group.
+    if (keys.stride(-1) != 1) keys = keys.contiguous();
+    if (vals.stride(-1) != 1) vals = vals.contiguous();
+    out = std::get<0>(at::_scaled_dot_product_flash_attention(qh, keys, vals, 0.0, /*is_causal=*/true));
   } else {
-    // A later prompt chunk: query i sits at position pos0 + i and may see keys 0 .. pos0 + i
-    // (the memory-efficient kernel takes the mask, with the KV heads repeated per group).
+    // The same where flash does not run (CPU, fp32): the memory-efficient or math kernel takes
+    // the mask, with the KV heads repeated per group.
     at::Tensor qpos = at::arange(pos0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(1);
     at::Tensor kpos = at::arange(0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(0);
     out = at::scaled_dot_product_attention(qh, keys.repeat_interleave(NH / NKV, 1), vals.repeat_interleave(NH / NKV, 1),

@@ -123,6 +123,7 @@ class LlamaModel {
   at::Tensor rope_cos_, rope_sin_;  // [max_context, head_dim], fp32
   at::Tensor rope_inv_freq_;        // [head_dim / 2], fp32
   int64_t weight_bytes_ = 0;
+  bool flash_chunks_ = false;  // later prompt chunks attend through ATen's flash op (PickAttentionBackends)
   ForwardCapture* capture_ = nullptr;
 };
 
