@@ -24,6 +24,10 @@ the KV head's query heads. Methods (metadata per chunk and KV head):
   questlrR    Quest's per-channel min and max, in the R leading directions of the context's keys
               (int8, outward): sum_r max(qr_r lo_r, qr_r hi_r) with qr the query's coordinates; not
               a bound (the rest of the key is left out), 2 R + 4 bytes a chunk
+  subkR       pages of --chunk tokens scored by their 16-token sub-chunks: each sub-chunk's mean
+              in the R leading directions of the context's keys (as lowrankkR), int8 with one scale
+              per chunk; a chunk's score is its best sub-chunk's (c / 16 * R + 2 bytes a chunk)
+  sub4kR      the same with int4 coordinates (c / 16 * R / 2 + 2 bytes a chunk)
   twoR        two levels: lowrankR landmarks of groups of 4 chunks shortlist 4x the groups the
               budget needs; lowrankR landmarks of the chunks in the shortlist choose. Only the
               shortlist's chunk landmarks are read, so the metadata read per step is the groups'
@@ -91,6 +95,10 @@ class Selector:
             return (d + 2) / c
         if m.startswith("questlr"):
             return (2 * int(m[7:]) + 4) / c
+        if m.startswith("sub4k"):
+            return (c // self.SUB * int(m[5:]) / 2 + 2) / c
+        if m.startswith("subk"):
+            return (c // self.SUB * int(m[4:]) + 2) / c
         if m.startswith("lowrankk"):
             return (int(m[8:]) + 2) / c
         if m.startswith("lowrank"):
@@ -101,6 +109,7 @@ class Selector:
         raise ValueError(m)
 
     GROUP, SHORTLIST = 4, 4  # two levels: chunks per group, shortlist over what the budget needs
+    SUB = 16  # sub-chunk landmarks: tokens per sub-chunk
 
     @staticmethod
     def lowrank(x, basis_of, r):
@@ -133,6 +142,16 @@ class Selector:
             lo, hi = int8_rows(co.amin(1), -1), int8_rows(co.amax(1), +1)
             qr = q @ basis  # [G, rows, r]
             return torch.maximum(qr.unsqueeze(2) * lo, qr.unsqueeze(2) * hi).sum(-1).amax(0)
+        if m.startswith("sub"):
+            four = m.startswith("sub4k")
+            r, sub = int(m[5:] if four else m[4:]), min(self.SUB, c)
+            _, _, vh = torch.linalg.svd(k[: n * c], full_matrices=False)
+            basis = bf16(vh[:r].T)  # [d, r]
+            co = ch.view(n, c // sub, sub, -1).mean(2) @ basis  # [n, sub-chunks, r]
+            top = 7.0 if four else 127.0
+            s = bf16(co.abs().amax((1, 2), keepdim=True).clamp_min(1e-12) / top)  # one scale per chunk
+            co = (co / s).round().clamp(-top - 1, top) * s
+            return torch.einsum("grk,nsk->grns", q @ basis, co).amax(-1).amax(0)
         mean = ch.mean(1)  # [n, d]
         if m == "mean":
             land = bf16(mean)

@@ -2,12 +2,15 @@
 # On the GPU host (carry .gpu-deps): build the decode step bench and the kernel and storage tests;
 # run the tests not yet run on the device (TEST_FILTER, SELECT_FILTER; the storage's CUDA tests,
 # whose page decode and encode take basis_index since 2026-12-04), then decode_step_bench's prefill
-# of long prompts with the profiler over later steps (STEP_ARGS). Logs to $OUT.
+# of long prompts with the profiler over later steps (STEP_ARGS). The prompt-chunk tests (later
+# chunks through the flash op since 2026-12-05) run first, always. Logs to $OUT.
 set -o pipefail
 export PYTHONUNBUFFERED=1
-export BUILD_TARGETS="decode_step_bench svdq_gpu_tests sparse_select_gpu_tests svdq_storage_tests ${EXTRA_TARGETS:-}"
+export BUILD_TARGETS="decode_step_bench svdq_gpu_tests sparse_select_gpu_tests svdq_storage_tests svdq_prefill_chunk_tests ${EXTRA_TARGETS:-}"
 source tools/gpu/build.sh > $OUT/build.txt 2>&1 || { tail -30 $OUT/build.txt; exit 1; }
 echo "built at ${SECONDS}s"
+timeout 120 build-gpu/tests/unit/svdq_prefill_chunk_tests 2>&1 \
+  | grep -E "^\[  (PASSED|FAILED|  OK|SKIPPED) |Failure|evaluates|Which is" | head -30 | tee $OUT/prefill_chunk_tests.txt
 if [ -n "${TEST_FILTER:-SvdqKernels.AttentionSparsePages}" ]; then
   timeout 200 build-gpu/tests/gpu/svdq_gpu_tests --gtest_filter="${TEST_FILTER:-SvdqKernels.AttentionSparsePages}" 2>&1 \
     | grep -E "^\[  (PASSED|FAILED|  OK|SKIPPED) |Failure|evaluates|Which is" | head -30 | tee $OUT/gpu_tests.txt
