@@ -40,8 +40,8 @@ __device__ int BlockExclusive(int v, int* red) {
 
 // Every chunk's key (the reference's SparseChunkScore): the integer dot product of the quantized
 // query rows q8 [G, R] (16-byte aligned) with the chunk's int8 coordinates, times the row's scale
-// and the chunk's. kR > 0: R is kR (a multiple of 8), the coordinates come in 8- or 16-byte loads
-// and four at a time through dp4a; 0: any R, a byte at a time.
+// and the chunk's. kR > 0: R is kR (a multiple of 4), the coordinates come in 4-, 8- or 16-byte
+// loads and four at a time through dp4a; 0: any R, a byte at a time.
 template <int kR>
 __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const float* qscale, int b, int g, int n,
                             uint32_t* keys) {
@@ -52,14 +52,17 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const
     const float scale = p.scales[row];
     uint32_t best = 0;
     if constexpr (kR > 0) {
-      static_assert(kR % 8 == 0, "8-byte loads");
-      alignas(16) int w[kR / 4];  // the chunk's coordinates, four to a word
+      static_assert(kR % 4 == 0, "4-byte loads");
+      alignas(16) int w[kR / 4];  // the chunk's coordinates, four to a word (rows are kR bytes apart)
       if constexpr (kR % 16 == 0) {
 #pragma unroll
         for (int i = 0; i < kR / 16; ++i) reinterpret_cast<int4*>(w)[i] = reinterpret_cast<const int4*>(co)[i];
-      } else {
+      } else if constexpr (kR % 8 == 0) {
 #pragma unroll
         for (int i = 0; i < kR / 8; ++i) reinterpret_cast<int2*>(w)[i] = reinterpret_cast<const int2*>(co)[i];
+      } else {
+#pragma unroll
+        for (int i = 0; i < kR / 4; ++i) w[i] = reinterpret_cast<const int*>(co)[i];
       }
       for (int h = 0; h < G; ++h) {
         const int* qw = reinterpret_cast<const int*>(q8 + h * kR);
@@ -198,8 +201,11 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
     ScoreBounds(p, q8 + G * p.D, q8 + 2 * G * p.D, qscale, b, g, n, keys);
   } else {
     switch (p.R) {  // the common widths with the chunk's coordinates in registers
+    case 4: ScoreChunks<4>(p, q8, qscale, b, g, n, keys); break;
     case 8: ScoreChunks<8>(p, q8, qscale, b, g, n, keys); break;
+    case 12: ScoreChunks<12>(p, q8, qscale, b, g, n, keys); break;
     case 16: ScoreChunks<16>(p, q8, qscale, b, g, n, keys); break;
+    case 24: ScoreChunks<24>(p, q8, qscale, b, g, n, keys); break;
     case 32: ScoreChunks<32>(p, q8, qscale, b, g, n, keys); break;
     case 64: ScoreChunks<64>(p, q8, qscale, b, g, n, keys); break;
     case 128: ScoreChunks<128>(p, q8, qscale, b, g, n, keys); break;

@@ -77,11 +77,12 @@ TEST(SparseSelectGpu, TiesGoToTheLowerChunkAsInTheReference) {
   Compare(svdq::testing::MakeSparseCase(1, 4, 1, 64, 4, 600, 300, {600}, /*tie_levels=*/1, 7u));
 }
 
-// The serving layout (metadata rows through a page table), at R = 16 and at R = D = 128 (page
-// landmarks with an identity basis), and the bound: the same ids as the reference.
+// The serving layout (metadata rows through a page table), at R = 4, 12 and 16 (word and
+// double-word loads of the coordinates) and at R = D = 128 (page landmarks with an identity
+// basis), and the bound: the same ids as the reference.
 TEST(SparseSelectGpu, ThePageTableLayoutMatchesTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
-  for (int R : {16, 128})
+  for (int R : {4, 12, 16, 128})
     for (bool bound : {false, true}) {
       auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, bound ? 0 : R, 2048, 29, {2048, 5, 1000, 0}, 0, 50u + R, bound);
       auto pooled = svdq::testing::Pool(c, 51u);
@@ -104,10 +105,10 @@ TEST(SparseSelectGpu, ThePageTableLayoutMatchesTheReference) {
 }
 
 // Per-sequence landmark bases (SparseSelectParams::basis_row, the serving path's lanes): the same
-// ids as the reference, at R = 16 and 32, in the serving layout.
+// ids as the reference, at R = 8, 12, 16, 24 and 32, in the serving layout.
 TEST(SparseSelectGpu, PerSequenceBasesMatchTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
-  for (int R : {16, 32}) {
+  for (int R : {8, 12, 16, 24, 32}) {
     auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, R, 2048, 29, {2048, 5, 1000, 700}, 0, 90u + R);
     auto pooled = svdq::testing::Pool(c, 91u);
     const int rows = 6;

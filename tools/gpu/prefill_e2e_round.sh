@@ -6,7 +6,7 @@
 # KV_BUDGET, RANK, --max-batch-tokens 8192 for both modes), in the time left of a 600 s call.
 set -o pipefail
 export PYTHONUNBUFFERED=1
-EXTRA_TARGETS=svdq-server TEST_FILTER="SvdqKernels.Decode*:SvdqKernels.Encode*" SELECT_FILTER="-*" BENCH_TIMEOUT=150 \
+EXTRA_TARGETS=svdq-server TEST_FILTER="SvdqKernels.Decode*:SvdqKernels.Encode*" SELECT_FILTER="${SELECT_FILTER:-*}" BENCH_TIMEOUT=150 \
   bash tools/gpu/prefill_profile_round.sh || exit 1
 source tools/gpu/build.sh > /dev/null 2>&1 || exit 1  # the environment (built already)
 left=$((585 - SECONDS))
