@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -362,8 +363,17 @@ at::Tensor LlamaModel::AttendStored(int layer, const at::Tensor& q, int64_t pos0
     // flash's bottom-right causal mask (PickAttentionBackends); the KV heads are read per group.
     if (keys.stride(-1) != 1) keys = keys.contiguous();
     if (vals.stride(-1) != 1) vals = vals.contiguous();
-    out = std::get<0>(at::_scaled_dot_product_flash_attention(qh, keys, vals, 0.0, /*is_causal=*/true));
-  } else {
+    try {
+      out = std::get<0>(at::_scaled_dot_product_flash_attention(qh, keys, vals, 0.0, /*is_causal=*/true));
+    } catch (const c10::Error& e) {
+      // A libtorch without flash kernels for this device refuses the call before any work: the
+      // masked path below, from now on.
+      flash_chunks_ = false;
+      std::cerr << "svdq-server: flash attention refused a prompt chunk, so later chunks take the masked kernel: "
+                << e.what_without_backtrace() << "\n";
+    }
+  }
+  if (!out.defined()) {
     // The same where flash does not run (CPU, fp32): the memory-efficient or math kernel takes
     // the mask, with the KV heads repeated per group.
     at::Tensor qpos = at::arange(pos0, L, at::TensorOptions().device(device_).dtype(at::kLong)).unsqueeze(1);
