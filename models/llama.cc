@@ -139,8 +139,7 @@ void LlamaModel::PickAttentionBackends() {
   flash_chunks_ = false;
 #ifdef SVDQ_WITH_CUDA
   const int64_t D = cfg_.head_dim;
-  if (device_.is_cuda() && (dtype_ == at::kBFloat16 || dtype_ == at::kHalf) && D % 8 == 0 && D <= 256 &&
-      cfg_.n_heads % cfg_.n_kv_heads == 0)
+  if (device_.is_cuda() && (dtype_ == at::kBFloat16 || dtype_ == at::kHalf) && D % 8 == 0 && D <= 256)
     flash_chunks_ = at::cuda::getDeviceProperties(device_.has_index() ? device_.index() : at::cuda::current_device())->major >= 8;
 #endif
 }
