@@ -134,6 +134,10 @@ std::vector<Flag> Flags(ServerConfig* c) {
                                "each sequence's first forward (R + 4 bytes a page and KV head instead of head dim + 4; "
                                "no prefix sharing); below the head dim, at most 128; 0: the page's mean key (default 0)",
        num(&c->sparse_landmark_rank, 0, 128)},
+      {"sparse-landmark-subs", "with --sparse-budget: S landmarks a page, the means of its S equal slices under one "
+                               "scale, the page scored by the best (S x W + 4 bytes a page and KV head, W the "
+                               "landmark's coordinates); S divides the block size, at most 8 (default 1)",
+       num(&c->sparse_landmark_subs, 1, 8)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {
          if (v != "true" && v != "false") return false;

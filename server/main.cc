@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
   eo.overlap_steps = cfg.overlap_steps;
   eo.sparse_budget = cfg.sparse_budget;
   eo.sparse_landmark_rank = cfg.sparse_landmark_rank;
+  eo.sparse_landmark_subs = cfg.sparse_landmark_subs;
   eo.svdq_basis_file = cfg.svdq_basis_file;
   svdq::engine::Engine engine(eo, &metrics);
   svdq::api::Admission admission(&engine, &metrics);

@@ -38,46 +38,49 @@ __device__ int BlockExclusive(int v, int* red) {
   return before + inc - v;
 }
 
-// Every chunk's key (the reference's SparseChunkScore): the integer dot product of the quantized
-// query rows q8 [G, R] (16-byte aligned) with the chunk's int8 coordinates, times the row's scale
-// and the chunk's. kR > 0: R is kR (a multiple of 4), the coordinates come in 4-, 8- or 16-byte
-// loads and four at a time through dp4a; 0: any R, a byte at a time.
+// Every chunk's key (the reference's SparseChunkScore): the integer dot products of the quantized
+// query rows q8 [G, R] (16-byte aligned) with each of the chunk's S landmarks (int8 [S, R]), times
+// the row's scale and the chunk's, the largest over rows and landmarks. kR > 0: R is kR (a
+// multiple of 4), a landmark's coordinates come in 4-, 8- or 16-byte loads and four at a time
+// through dp4a; 0: any R, a byte at a time.
 template <int kR>
 __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const float* qscale, int b, int g, int n,
                             uint32_t* keys) {
-  const int G = p.H / p.KV, R = kR > 0 ? kR : p.R;
+  const int G = p.H / p.KV, R = kR > 0 ? kR : p.R, S = p.S;
   for (int c = threadIdx.x; c < n; c += kThreads) {
     const int64_t row = SparseChunkRow(p, b, g, c);
-    const int8_t* co = p.coords + row * R;
     const float scale = p.scales[row];
     uint32_t best = 0;
-    if constexpr (kR > 0) {
-      static_assert(kR % 4 == 0, "4-byte loads");
-      alignas(16) int w[kR / 4];  // the chunk's coordinates, four to a word (rows are kR bytes apart)
-      if constexpr (kR % 16 == 0) {
+    for (int j = 0; j < S; ++j) {
+      const int8_t* co = p.coords + (row * S + j) * R;
+      if constexpr (kR > 0) {
+        static_assert(kR % 4 == 0, "4-byte loads");
+        alignas(16) int w[kR / 4];  // the landmark's coordinates, four to a word (landmarks are kR bytes apart)
+        if constexpr (kR % 16 == 0) {
 #pragma unroll
-        for (int i = 0; i < kR / 16; ++i) reinterpret_cast<int4*>(w)[i] = reinterpret_cast<const int4*>(co)[i];
-      } else if constexpr (kR % 8 == 0) {
+          for (int i = 0; i < kR / 16; ++i) reinterpret_cast<int4*>(w)[i] = reinterpret_cast<const int4*>(co)[i];
+        } else if constexpr (kR % 8 == 0) {
 #pragma unroll
-        for (int i = 0; i < kR / 8; ++i) reinterpret_cast<int2*>(w)[i] = reinterpret_cast<const int2*>(co)[i];
+          for (int i = 0; i < kR / 8; ++i) reinterpret_cast<int2*>(w)[i] = reinterpret_cast<const int2*>(co)[i];
+        } else {
+#pragma unroll
+          for (int i = 0; i < kR / 4; ++i) w[i] = reinterpret_cast<const int*>(co)[i];
+        }
+        for (int h = 0; h < G; ++h) {
+          const int* qw = reinterpret_cast<const int*>(q8 + h * kR);
+          int dot = 0;
+#pragma unroll
+          for (int i = 0; i < kR / 4; ++i) dot = __dp4a(w[i], qw[i], dot);
+          const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
+          if ((h == 0 && j == 0) || k > best) best = k;
+        }
       } else {
-#pragma unroll
-        for (int i = 0; i < kR / 4; ++i) w[i] = reinterpret_cast<const int*>(co)[i];
-      }
-      for (int h = 0; h < G; ++h) {
-        const int* qw = reinterpret_cast<const int*>(q8 + h * kR);
-        int dot = 0;
-#pragma unroll
-        for (int i = 0; i < kR / 4; ++i) dot = __dp4a(w[i], qw[i], dot);
-        const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
-        if (h == 0 || k > best) best = k;
-      }
-    } else {
-      for (int h = 0; h < G; ++h) {
-        int dot = 0;
-        for (int r = 0; r < R; ++r) dot += static_cast<int>(q8[h * R + r]) * static_cast<int>(co[r]);
-        const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
-        if (h == 0 || k > best) best = k;
+        for (int h = 0; h < G; ++h) {
+          int dot = 0;
+          for (int r = 0; r < R; ++r) dot += static_cast<int>(q8[h * R + r]) * static_cast<int>(co[r]);
+          const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
+          if ((h == 0 && j == 0) || k > best) best = k;
+        }
       }
     }
     keys[c] = best;
@@ -308,28 +311,34 @@ __global__ void SparseLandmarkKernel(SparseLandmarkParams p) {
   const int r = blockIdx.x, g = blockIdx.y, d = threadIdx.x;
   __shared__ float red[8];
   const int64_t off = p.offset[r];
-  float* acc = p.acc + (p.lanes[r] * p.KV + g) * p.D;
+  const int S = p.S, slice = p.P / S, j = static_cast<int>(off) / slice;
+  float* sums = p.acc + (p.lanes[r] * p.KV + g) * S * p.D;  // [S, D]: the page's slices
   const uint16_t bits = p.k[r * p.k_stride + static_cast<int64_t>(g) * p.D + d];
   const float x = __uint_as_float(static_cast<uint32_t>(bits) << 16);
-  const float sum = __fadd_rn(off == 0 ? 0.0f : acc[d], x);
-  acc[d] = sum;
+  const float sum = __fadd_rn(off % slice == 0 ? 0.0f : sums[j * p.D + d], x);
+  sums[j * p.D + d] = sum;
   if (off != p.P - 1) return;  // the whole block takes the same branch (one row)
-  // The reference's QuantizeLandmark: mean = sum * (1 / P); with a basis, thread r < R takes the
-  // mean's coordinate r (added in d order, unfused); scale = max |x| / 127.
-  const float inv = __fdiv_rn(1.0f, static_cast<float>(p.P));
-  const float mean = __fmul_rn(sum, inv);
-  float v = mean;
-  if (p.basis) {
-    __shared__ float ms[256];
-    ms[d] = mean;
-    __syncthreads();
-    v = 0;
-    if (d < p.R) {
+  // The reference's QuantizeLandmark: mean = sum * (1 / slice) per slice (this row's in a
+  // register, the others from the accumulator); with a basis, value t = s R + r is slice s's
+  // coordinate r (added in d order, unfused); one scale = max |x| / 127 over the S W values.
+  const float inv = __fdiv_rn(1.0f, static_cast<float>(slice));
+  const int W = SparseLandmarkWidth(p), n = S * W;
+  __shared__ float ms[kSparseMaxSubs * 256];  // [S, D] the slices' means
+  __shared__ float xs[256];                   // [S, W] the values to quantize
+  for (int s = 0; s < S; ++s) ms[s * p.D + d] = __fmul_rn(s == j ? sum : sums[s * p.D + d], inv);
+  __syncthreads();
+  float mx = 0.f;
+  for (int t = d; t < n; t += p.D) {
+    const int s = t / W, c = t % W;
+    float v = ms[s * p.D + c];
+    if (p.basis) {
       const float* basis = p.basis + (p.lanes[r] * p.KV + g) * p.D * p.R;
-      for (int e = 0; e < p.D; ++e) v = __fadd_rn(v, __fmul_rn(basis[e * p.R + d], ms[e]));
+      v = 0;
+      for (int e = 0; e < p.D; ++e) v = __fadd_rn(v, __fmul_rn(basis[e * p.R + c], ms[s * p.D + e]));
     }
+    xs[t] = v;
+    mx = fmaxf(mx, fabsf(v));
   }
-  float mx = fabsf(v);
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   if ((d & 31) == 0) red[d >> 5] = mx;
   __syncthreads();
@@ -338,9 +347,10 @@ __global__ void SparseLandmarkKernel(SparseLandmarkParams p) {
   const float s = __fdiv_rn(mx, 127.0f);
   const int64_t row = p.block[r] * p.KV + g;
   // The reference's rule: 0 for a NaN quotient (a NaN coordinate, or an infinite scale).
-  const float c = s > 0 ? rintf(__fdiv_rn(v, s)) : 0.0f;
-  if (const int W = SparseLandmarkWidth(p); d < W)
-    p.coords[row * W + d] = c != c ? 0 : static_cast<int8_t>(fminf(fmaxf(c, -127.0f), 127.0f));
+  for (int t = d; t < n; t += p.D) {
+    const float c = s > 0 ? rintf(__fdiv_rn(xs[t], s)) : 0.0f;
+    p.coords[row * n + t] = c != c ? 0 : static_cast<int8_t>(fminf(fmaxf(c, -127.0f), 127.0f));
+  }
   if (d == 0) p.scales[row] = s;
 }
 

@@ -4,7 +4,10 @@
 // chunk 0 (the attention sink) and the `keep` best of the others, and writes their indices in
 // ascending order for the attention kernel to read. Two scores:
 //   kLandmark  the chunk's mean post-RoPE key as R int8 coordinates times a per-chunk scale in a
-//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (R + 4) per chunk. The
+//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (R + 4) per chunk. With
+//              S sub-chunk landmarks (S > 1), the chunk holds the means of its S equal slices
+//              (S x R coordinates under one scale) and scores as the best of them: a few needle
+//              tokens weigh S times more in a slice's mean than in the chunk's. The
 //              query's coordinates qr = basis^T q are quantized too (int8, a scale per query
 //              head), so that a score is an exact integer dot product (dp4a on the device) times
 //              the two scales: qscale * scale * sum_r q8_r coords_r.
@@ -50,7 +53,7 @@ struct SparseSelectParams {
   // Optional, with a basis: one basis per sequence (the serving path's per-lane landmark bases):
   // sequence b's is row basis_row[b] of basis [rows, KV, D, R]. Null: every sequence shares basis.
   const int64_t* basis_row = nullptr;  // [B]
-  const int8_t* coords = nullptr;  // [B, KV, max_chunks, W]: W = R (kLandmark) or 2 D (lo then hi, kBound)
+  const int8_t* coords = nullptr;  // [B, KV, max_chunks, W]: W = S R (kLandmark) or 2 D (lo then hi, kBound)
   const float* scales = nullptr;   // [B, KV, max_chunks]
   // Optional, the serving layout: chunk c of sequence b is row table[b * max_chunks + c] of
   // coords [rows, KV, W] and scales [rows, KV] (rows: the KV pool's pages, whose metadata is
@@ -60,9 +63,13 @@ struct SparseSelectParams {
   int32_t* selected = nullptr;     // [B, KV, keep + 1] out: chunk ids ascending, then -1
   int32_t* count = nullptr;        // [B, KV] out: ids written (min(chunks, keep + 1))
   int B = 0, H = 0, KV = 0, D = 0, R = 0, max_chunks = 0, keep = 0;
+  int S = 1;  // kLandmark: landmarks a chunk (sub-chunk means), 1 .. kSparseMaxSubs; kBound: 1
 };
 
-// Checks shapes and limits (H a multiple of KV, R <= 128, H / KV <= 16, D <= 256, chunks <= max_chunks
+// The most sub-chunk landmarks a chunk holds.
+constexpr int kSparseMaxSubs = 8;
+
+// Checks shapes and limits (H a multiple of KV, R <= 128, S R <= 256, H / KV <= 16, D <= 256, chunks <= max_chunks
 // <= kSparseMaxChunks is checked per sequence by the reference only).
 Status CheckSparseSelect(const SparseSelectParams& p);
 
@@ -73,15 +80,17 @@ Status SparseSelectRef(const SparseSelectParams& p);
 // writes q8 = rint(qr / qscale), clamped to +-127, 0 where that is NaN (all zero for a zero row). The kernel computes the
 // same IEEE operations (a max, a division, round to nearest even).
 float SparseQuantizeQuery(const float* qr, int R, int8_t* q8);
-// One chunk's score for quantized query rows q8 [G, R] with scales qscale [G]: max over rows of
-// (float(sum_r q8[r] * coords[r]) * qscale) * scale. The integer sum is exact (|sum| < 2^24), so
-// any order gives it; the two products are the kernel's.
-float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale);
+// One chunk's score for quantized query rows q8 [G, R] with scales qscale [G] and the chunk's S
+// landmarks coords [S, R]: max over rows h and landmarks s of
+// (float(sum_r q8[h][r] * coords[s][r]) * qscale[h]) * scale. The integer sum is exact
+// (|sum| < 2^24), so any order gives it; the two products are the kernel's.
+float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale,
+                       int S = 1);
 // The bound's: quantized query rows q8 [G, D] with scales qscale [G], coords [2, D] (lo, then hi):
 // max over rows of (float(sum_d max(q8_d, 0) hi_d + min(q8_d, 0) lo_d) * qscale) * scale.
 float SparseBoundScore(const int8_t* q8, const float* qscale, int G, int D, const int8_t* coords, float scale);
-// Coordinates per chunk: R or 2 D.
-inline int SparseChunkWidth(const SparseSelectParams& p) { return p.score == SparseScore::kBound ? 2 * p.D : p.R; }
+// Coordinates per chunk: S R or 2 D.
+inline int SparseChunkWidth(const SparseSelectParams& p) { return p.score == SparseScore::kBound ? 2 * p.D : p.S * p.R; }
 // Row of chunk c (sequence b, KV head g) in coords (times the width) and scales.
 #ifdef __CUDACC__
 __host__ __device__
@@ -101,25 +110,28 @@ inline const float* SparseBasisOf(const SparseSelectParams& p, int b, int g) {
 }
 
 // Page landmarks, the kLandmark metadata of the serving path (a chunk is a page): each decode
-// row appends one post-RoPE key at `offset` of the page in `block`; the page's running sum is
-// kept in its lane's accumulator, and the key that completes the page (offset == P - 1) writes
-// the page's landmark: x = the mean (R = D, no basis) or its R coordinates in the lane's basis
-// (x_r = sum_d basis[d][r] mean_d, added in d order), coords = rint(x / scale) with scale =
-// max |x| / 127 (all zero for a zero x). The accumulator restarts at offset 0.
+// row appends one post-RoPE key at `offset` of the page in `block`; the running sums of the
+// page's S slices (P / S tokens each) are kept in its lane's accumulator, and the key that
+// completes the page (offset == P - 1) writes the page's S landmarks: x = each slice's mean
+// (R = D, no basis) or its R coordinates in the lane's basis (x_r = sum_d basis[d][r] mean_d,
+// added in d order), coords = rint(x / scale) with one scale = max |x| / 127 over all S R values
+// (all zero for a zero x). A slice's accumulator restarts at its first offset.
 struct SparseLandmarkParams {
   int rows = 0, KV = 0, D = 0, P = 0;
   int R = 0;                        // coordinates a landmark with a basis (0 or D without one)
+  int S = 1;                        // landmarks a page (slices of P / S tokens), S R <= 256
   const float* basis = nullptr;     // [lanes, KV, D, R] fp32, the lanes' landmark bases; null: the identity
   const uint16_t* k = nullptr;      // bf16 [rows, k_stride]: KV x D post-RoPE keys
   int64_t k_stride = 0;
   const int64_t* block = nullptr;   // [rows]
   const int64_t* offset = nullptr;  // [rows]
   const int64_t* lanes = nullptr;   // [rows]
-  float* acc = nullptr;             // [lanes, KV, D]
-  int8_t* coords = nullptr;         // [blocks, KV, R]
+  float* acc = nullptr;             // [lanes, KV, S, D]
+  int8_t* coords = nullptr;         // [blocks, KV, S, R]
   float* scales = nullptr;          // [blocks, KV]
 };
-// Checks shapes, pointers and R (0 or D without a basis; 1 <= R <= min(D, 128) with one).
+// Checks shapes, pointers, R (0 or D without a basis; 1 <= R <= min(D, 128) with one) and S (divides
+// P, S x the landmark width at most 256).
 Status CheckSparseLandmarks(const SparseLandmarkParams& p);
 // Coordinates a landmark: R with a basis, D without.
 #ifdef __CUDACC__
@@ -127,10 +139,11 @@ __host__ __device__
 #endif
 inline int SparseLandmarkWidth(const SparseLandmarkParams& p) { return p.basis ? p.R : p.D; }
 Status SparseLandmarkAppendRef(const SparseLandmarkParams& p);
-// One landmark from a sum of `count` keys [D], the operations the kernel uses: R coordinates in
-// `basis` [D, R], or (null) the mean itself (R = D).
+// A page's S landmarks from its slices' sums of `count` keys each, sum [S, D], the operations the
+// kernel uses: R coordinates each in `basis` [D, R], or (null) the means themselves (R = D), coords
+// [S, R] under one scale.
 void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale, const float* basis = nullptr,
-                      int R = 0);
+                      int R = 0, int S = 1);
 
 #ifdef SVDQ_SPARSE_HAVE_CUDA
 // The same on the device (device pointers): one block per sequence and KV head.

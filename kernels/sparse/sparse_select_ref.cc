@@ -39,6 +39,10 @@ Status CheckSparseSelect(const SparseSelectParams& p) {
   if (p.D < 1 || p.D > 256) return Status::Invalid("sparse select: needs 1 <= D <= 256");
   if (p.score == SparseScore::kLandmark && (p.R < 1 || p.R > 128 || p.R > p.D))
     return Status::Invalid("sparse select: needs 1 <= R <= min(D, 128)");
+  if (p.S < 1 || p.S > kSparseMaxSubs || (p.score == SparseScore::kBound && p.S != 1) ||
+      (p.score == SparseScore::kLandmark && p.S * p.R > 256))
+    return Status::Invalid("sparse select: needs 1 <= S <= " + std::to_string(kSparseMaxSubs) +
+                           " landmarks a chunk, S R <= 256 (the bound: S = 1)");
   if (p.max_chunks < 0 || p.max_chunks > kSparseMaxChunks || p.keep < 0)
     return Status::Invalid("sparse select: max_chunks must be in [0, " + std::to_string(kSparseMaxChunks) +
                            "] and keep >= 0");
@@ -56,15 +60,16 @@ float SparseQuantizeQuery(const float* qr, int R, int8_t* q8) {
   return s;
 }
 
-float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale) {
+float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale, int S) {
   float best = 0;
-  for (int h = 0; h < G; ++h) {
-    int32_t dot = 0;
-    for (int r = 0; r < R; ++r) dot += static_cast<int32_t>(q8[h * R + r]) * static_cast<int32_t>(coords[r]);
-    float s = static_cast<float>(dot) * qscale[h];
-    s = s * scale;
-    if (h == 0 || OrderKey(s) > OrderKey(best)) best = s;
-  }
+  for (int h = 0; h < G; ++h)
+    for (int j = 0; j < S; ++j) {
+      int32_t dot = 0;
+      for (int r = 0; r < R; ++r) dot += static_cast<int32_t>(q8[h * R + r]) * static_cast<int32_t>(coords[j * R + r]);
+      float s = static_cast<float>(dot) * qscale[h];
+      s = s * scale;
+      if ((h == 0 && j == 0) || OrderKey(s) > OrderKey(best)) best = s;
+    }
   return best;
 }
 
@@ -114,7 +119,7 @@ Status SparseSelectRef(const SparseSelectParams& p) {
         const int64_t at = SparseChunkRow(p, b, g, c);
         const int8_t* co = p.coords + at * W;
         const float score = bound ? SparseBoundScore(q8.data(), qscale.data(), G, p.D, co, p.scales[at])
-                                  : SparseChunkScore(q8.data(), qscale.data(), G, p.R, co, p.scales[at]);
+                                  : SparseChunkScore(q8.data(), qscale.data(), G, p.R, co, p.scales[at], p.S);
         ranked.emplace_back(OrderKey(score), c);
       }
       const size_t take = std::min(ranked.size(), static_cast<size_t>(p.keep));
@@ -132,20 +137,20 @@ Status SparseSelectRef(const SparseSelectParams& p) {
   return Status::Ok();
 }
 
-void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale, const float* basis, int R) {
-  // The page's mean (or its coordinates in the basis), quantized by the query's rule
+void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale, const float* basis, int R,
+                      int S) {
+  // The slices' means (or their coordinates in the basis), quantized together by the query's rule
   // (SparseQuantizeQuery): the landmark kernel's operations, mean = sum * (1 / count),
   // x_r = sum_d basis[d][r] mean_d in d order without fused multiply-adds, scale = max |x| / 127, rint.
   const float inv = 1.0f / static_cast<float>(count);
-  std::vector<float> mean(static_cast<size_t>(D));
-  for (int d = 0; d < D; ++d) mean[d] = sum[d] * inv;
-  if (!basis) {
-    *scale = SparseQuantizeQuery(mean.data(), D, coords);
-    return;
+  const int W = basis ? R : D;
+  std::vector<float> mean(static_cast<size_t>(D)), x(static_cast<size_t>(S) * W);
+  for (int j = 0; j < S; ++j) {
+    for (int d = 0; d < D; ++d) mean[d] = sum[static_cast<size_t>(j) * D + d] * inv;
+    if (basis) Project(basis, D, R, mean.data(), x.data() + static_cast<size_t>(j) * W);
+    else std::copy(mean.begin(), mean.end(), x.begin() + static_cast<std::ptrdiff_t>(j) * W);
   }
-  std::vector<float> x(static_cast<size_t>(R));
-  Project(basis, D, R, mean.data(), x.data());
-  *scale = SparseQuantizeQuery(x.data(), R, coords);
+  *scale = SparseQuantizeQuery(x.data(), S * W, coords);
 }
 
 Status CheckSparseLandmarks(const SparseLandmarkParams& p) {
@@ -153,6 +158,9 @@ Status CheckSparseLandmarks(const SparseLandmarkParams& p) {
     return Status::Invalid("sparse landmarks: bad shape");
   if (p.basis ? p.R < 1 || p.R > 128 || p.R > p.D : p.R != 0 && p.R != p.D)
     return Status::Invalid("sparse landmarks: R must be 0 or D without a basis, and in [1, min(D, 128)] with one");
+  if (p.S < 1 || p.S > kSparseMaxSubs || p.P % p.S != 0 || p.S * SparseLandmarkWidth(p) > 256)
+    return Status::Invalid("sparse landmarks: S must divide the page, be at most " + std::to_string(kSparseMaxSubs) +
+                           ", and hold at most 256 coordinates a page");
   if (p.rows > 0 && (!p.k || !p.block || !p.offset || !p.lanes || !p.acc || !p.coords || !p.scales))
     return Status::Invalid("sparse landmarks: a pointer is null");
   return Status::Ok();
@@ -160,22 +168,25 @@ Status CheckSparseLandmarks(const SparseLandmarkParams& p) {
 
 Status SparseLandmarkAppendRef(const SparseLandmarkParams& p) {
   if (Status st = CheckSparseLandmarks(p); !st.ok()) return st;
+  const int slice = p.P / p.S;
   for (int r = 0; r < p.rows; ++r) {
     const int64_t off = p.offset[r];
     if (off < 0 || off >= p.P) return Status::Invalid("sparse landmarks: an offset is outside the page");
     for (int g = 0; g < p.KV; ++g) {
-      float* acc = p.acc + (p.lanes[r] * p.KV + g) * p.D;
+      float* sums = p.acc + (p.lanes[r] * p.KV + g) * p.S * p.D;  // [S, D]
+      float* acc = sums + (off / slice) * p.D;
       const uint16_t* k = p.k + r * p.k_stride + static_cast<int64_t>(g) * p.D;
       for (int d = 0; d < p.D; ++d) {
         uint32_t bits = static_cast<uint32_t>(k[d]) << 16;
         float x;
         std::memcpy(&x, &bits, sizeof x);
-        acc[d] = (off == 0 ? 0.0f : acc[d]) + x;
+        acc[d] = (off % slice == 0 ? 0.0f : acc[d]) + x;
       }
       if (off == p.P - 1) {
         const int64_t row = p.block[r] * p.KV + g;
         const float* basis = p.basis ? p.basis + (p.lanes[r] * p.KV + g) * p.D * p.R : nullptr;
-        QuantizeLandmark(acc, p.D, p.P, p.coords + row * SparseLandmarkWidth(p), p.scales + row, basis, p.R);
+        QuantizeLandmark(sums, p.D, slice, p.coords + row * p.S * SparseLandmarkWidth(p), p.scales + row, basis, p.R,
+                         p.S);
       }
     }
   }

@@ -307,8 +307,11 @@ void Engine::Load() {
     if (!why.empty()) throw std::runtime_error("--sparse-budget needs " + why + "; start with --sparse-budget 0");
     modes.sparse_budget = static_cast<int>(std::min<int64_t>(m.opts.sparse_budget, 1 << 24));
     modes.sparse_landmark_rank = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_rank, -1, 1 << 16));
+    modes.sparse_landmark_subs = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_subs, -1, 1 << 16));
   } else if (m.opts.sparse_landmark_rank != 0) {
     throw std::runtime_error("--sparse-landmark-rank needs --sparse-budget (it shapes sparse attention's landmarks)");
+  } else if (m.opts.sparse_landmark_subs != 1) {
+    throw std::runtime_error("--sparse-landmark-subs needs --sparse-budget (it shapes sparse attention's landmarks)");
   }
   if (std::string e = kv::ComputeKvBytes(modes, shape, &m.kv_bytes); !e.empty())
     throw std::runtime_error("KV cache mode: " + e);
@@ -486,6 +489,7 @@ KvConfigInfo Engine::kv_config() const {
   k.prefix_caching = m.prefix_caching;
   k.sparse_budget = m.modes.sparse_budget;
   k.sparse_landmark_rank = m.modes.sparse_landmark_rank;
+  k.sparse_landmark_subs = m.modes.sparse_landmark_subs;
   const int64_t context = m.model->config().max_context;
   if (const int64_t read = kv::DecodeKeyBytesRead(m.modes, m.kv_shape, context); read > 0)
     k.attention_key_compression = static_cast<double>(kv::Bf16KeyBytes(m.kv_shape, context)) / read;

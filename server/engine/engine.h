@@ -41,6 +41,7 @@ struct EngineOptions {
   // Sparse decode attention: tokens attended per sequence and KV head (kv_modes.h); 0: dense.
   int64_t sparse_budget = 0;
   int64_t sparse_landmark_rank = 0;  // kv_modes.h; 0: landmarks are the pages' mean keys
+  int64_t sparse_landmark_subs = 1;  // kv_modes.h; landmarks a page (sub-chunk means)
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
 
@@ -56,6 +57,7 @@ struct KvConfigInfo {
   bool prefix_caching = false;  // in effect (off where pages cannot be shared)
   int64_t sparse_budget = 0;    // tokens a decode step attends to per sequence and KV head; 0: dense
   int64_t sparse_landmark_rank = 0;  // int8 coordinates a page landmark holds in its sequence's basis; 0: the mean key
+  int64_t sparse_landmark_subs = 1;  // landmarks a page, one per equal slice
   double attention_key_compression = 0;  // at the model's full context (kv_modes.h DecodeKeyBytesRead)
 };
 

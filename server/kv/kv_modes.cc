@@ -109,8 +109,8 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
   if (m.sparse_budget > 0) {
     SparsePlan plan;
     if (std::string e = PlanSparse(m, s, &plan); !e.empty()) return e;
-    b.key_per_block += heads_layers * (plan.landmark_width + 4);  // each page's landmark: int8 + fp32 scale
-    b.per_lane += heads_layers * D * 4;                           // the tail page's running sum (fp32)
+    b.key_per_block += heads_layers * plan.page_landmark_bytes();  // each page's landmarks: int8 + fp32 scale
+    b.per_lane += heads_layers * plan.landmark_subs * D * 4;      // the tail page's running sums (fp32)
     if (m.landmark_basis()) b.per_lane += heads_layers * D * plan.landmark_width * 4;  // the landmark basis
   }
   switch (m.value) {
@@ -133,6 +133,12 @@ std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out) {
            "] (below the head dim, " + std::to_string(s.head_dim) + ", and at most 128), not " + std::to_string(R);
   SparsePlan p;
   p.landmark_width = R > 0 ? R : s.head_dim;
+  const int S = m.sparse_landmark_subs;
+  if (S < 1 || S > 8 || P % S != 0 || S * p.landmark_width > 256)
+    return "--sparse-landmark-subs must divide the block size (" + std::to_string(P) +
+           "), be at most 8 and hold at most 256 coordinates a page (S x " + std::to_string(p.landmark_width) +
+           "), not " + std::to_string(S);
+  p.landmark_subs = S;
   p.recent_pages = (128 + P - 1) / P;
   p.keep = m.sparse_budget / P - 1 - p.recent_pages;
   if (p.keep < 1)
@@ -156,7 +162,7 @@ int64_t DecodeKeyBytesRead(const KvModes& m, const KvShape& s, int64_t len) {
   if (m.sparse_budget > 0 && PlanSparse(m, s, &plan).empty()) {
     const int64_t recent = std::min<int64_t>(pages, plan.recent_pages), scored = pages - recent;
     read = std::min<int64_t>(scored, plan.keep + 1) + recent;
-    landmarks = scored * (plan.landmark_width + 4);
+    landmarks = scored * plan.page_landmark_bytes();
     if (m.landmark_basis() && scored > 0) landmarks += D * plan.landmark_width * 4;  // staged by the selection
   }
   const int64_t units_layers = static_cast<int64_t>(s.layers) * c.units, W = c.width;

@@ -43,6 +43,11 @@ struct KvModes {
   // of the post-RoPE keys of the sequence's first forward (R + 4 bytes a page, and D x R fp32
   // a running sequence); pages then differ between sequences (no prefix sharing).
   int sparse_landmark_rank = 0;
+  // Landmarks a page (1: the page's own). S > 1: the landmarks of the page's S equal slices
+  // (P / S tokens each), S x W int8 coordinates under one fp32 scale (S W + 4 bytes a page and KV
+  // head, W = R or D), and the page scores as its best slice: a few needle tokens are diluted by
+  // P / S keys instead of P. S divides the block size, at most 8.
+  int sparse_landmark_subs = 1;
 
   bool landmark_basis() const { return sparse_budget > 0 && sparse_landmark_rank > 0; }
   bool page_coded_keys() const { return key == KeyMode::kInt4 || key == KeyMode::kInt2 || key == KeyMode::kSvdq; }
@@ -110,6 +115,8 @@ int64_t Bf16BytesPerToken(const KvShape& s);
 struct SparsePlan {
   int recent_pages = 0, keep = 0;
   int landmark_width = 0;  // int8 coordinates a landmark: the landmark rank, or the head dim
+  int landmark_subs = 1;   // landmarks a page
+  int64_t page_landmark_bytes() const { return static_cast<int64_t>(landmark_subs) * landmark_width + 4; }
 };
 std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out);
 

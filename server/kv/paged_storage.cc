@@ -50,14 +50,16 @@ const uint16_t* ScalesOf(const TokenStore& s) {
   return s.scale().defined() ? static_cast<const uint16_t*>(s.scale().data_ptr()) : nullptr;
 }
 
-// Page landmarks from sums of `count` post-RoPE keys [n, kv, D] (fp32): int8 [n, kv, W] and fp32
-// scales [n, kv], as kernels::QuantizeLandmark makes them (mean = sum / count, or its coordinates
-// in `basis` [kv, D, R] or [n, kv, D, R] (W = R); scale = max |x| / 127, codes rounded half to
-// even; a zero x gives scale 0 and zero codes), not bit for bit (the sums add in another order,
-// and ATen may divide by multiplying): selection reads the stored landmarks, whichever path wrote them.
+// Page landmarks from the sums of `count` post-RoPE keys of each page's S slices [n, kv, S, D]
+// (fp32): int8 [n, kv, S W] and fp32 scales [n, kv], as kernels::QuantizeLandmark makes them
+// (mean = sum / count, or its coordinates in `basis` [kv, D, R] or [n, kv, D, R] (W = R); one
+// scale = max |x| / 127 over the page's S W values, codes rounded half to even; a zero x gives
+// scale 0 and zero codes), not bit for bit (the sums add in another order, and ATen may divide by
+// multiplying): selection reads the stored landmarks, whichever path wrote them.
 std::pair<at::Tensor, at::Tensor> QuantizeLandmarks(const at::Tensor& sums, int64_t count, const at::Tensor& basis = {}) {
   at::Tensor mean = sums * (1.0f / static_cast<float>(count));
-  if (basis.defined()) mean = at::matmul(mean.unsqueeze(-2), basis).squeeze(-2);
+  if (basis.defined()) mean = at::matmul(mean, basis);  // [n, kv, S, R]
+  mean = mean.flatten(-2);
   at::Tensor scale = mean.abs().amax(-1) / 127.0f;
   at::Tensor codes = (mean / scale.clamp_min(1e-38f).unsqueeze(-1)).round().clamp(-127, 127);
   codes = at::where(scale.unsqueeze(-1) > 0, codes, at::zeros_like(codes)).to(at::kChar);
@@ -187,11 +189,11 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
       throw std::invalid_argument("sparse attention scores at most " + std::to_string(kernels::kSparseMaxChunks) +
                                   " pages a sequence, and the model's context is " + std::to_string(max_pages) +
                                   " pages of " + std::to_string(P) + " tokens: raise --block-size");
-    const int64_t W = sparse_.landmark_width;
+    const int64_t W = sparse_.landmark_width, S = sparse_.landmark_subs;
     for (int l = 0; l < s.layers; ++l) {
-      landmarks_.push_back(at::zeros({spec_.num_blocks, KV, W}, o.dtype(at::kChar)));
+      landmarks_.push_back(at::zeros({spec_.num_blocks, KV, S * W}, o.dtype(at::kChar)));
       landmark_scales_.push_back(at::zeros({spec_.num_blocks, KV}, o.dtype(at::kFloat)));
-      landmark_sums_.push_back(at::zeros({spec_.lanes, KV, D}, o.dtype(at::kFloat)));
+      landmark_sums_.push_back(at::zeros({spec_.lanes, KV, S, D}, o.dtype(at::kFloat)));
       if (m.landmark_basis()) landmark_basis_.push_back(at::zeros({spec_.lanes, KV, D, W}, o.dtype(at::kFloat)));
     }
     if (m.landmark_basis()) landmark_basis_set_.assign(static_cast<size_t>(spec_.lanes) * s.layers, 0);
@@ -370,6 +372,7 @@ void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const Decod
     p.KV = static_cast<int>(KV);
     p.D = static_cast<int>(D);
     p.P = static_cast<int>(P);
+    p.S = sparse_.landmark_subs;
     p.k = static_cast<const uint16_t*>(kc.data_ptr());
     p.k_stride = RowStride(kc);
     p.block = w.block.data_ptr<int64_t>();
@@ -386,15 +389,19 @@ void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const Decod
     return;
   }
 #endif
-  // The same in ATen ops, with no host decision: every row's landmark is computed, and written
-  // over the stored one only where the row fills its page.
-  at::Tensor& sums = landmark_sums_[layer];
-  at::Tensor kf = k.to(at::kFloat).reshape({B, KV, D});
-  at::Tensor restart = (w.offset == 0).view({B, 1, 1});
-  at::Tensor sum = at::where(restart, at::zeros_like(kf), sums.index_select(0, w.lanes)) + kf;
+  // The same in ATen ops, with no host decision: every row's key is added to its slice's sum
+  // (restarted at the slice's first offset), every row's landmarks are computed, and written over
+  // the stored ones only where the row fills its page.
+  const int64_t S = sparse_.landmark_subs, L = P / S;
+  at::Tensor& sums = landmark_sums_[layer];  // [lanes, KV, S, D]
+  at::Tensor kf = k.to(at::kFloat).reshape({B, KV, 1, D});
+  at::Tensor mine = (at::arange(S, w.offset.options()).view({1, 1, S, 1}) == at::floor_divide(w.offset, L).view({B, 1, 1, 1}));
+  at::Tensor restart = (at::remainder(w.offset, L) == 0).view({B, 1, 1, 1});
+  at::Tensor old = sums.index_select(0, w.lanes);
+  at::Tensor sum = at::where(mine, at::where(restart, at::zeros_like(kf), old) + kf, old);
   sums.index_copy_(0, w.lanes, sum);
   auto [codes, scale] =
-      QuantizeLandmarks(sum, P, landmark_basis_.empty() ? at::Tensor() : landmark_basis_[layer].index_select(0, w.lanes));
+      QuantizeLandmarks(sum, L, landmark_basis_.empty() ? at::Tensor() : landmark_basis_[layer].index_select(0, w.lanes));
   at::Tensor full = (w.offset == P - 1);
   landmarks_[layer].index_copy_(
       0, w.block, at::where(full.view({B, 1, 1}), codes, landmarks_[layer].index_select(0, w.block)));
@@ -427,6 +434,7 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
   p.KV = static_cast<int>(KV);
   p.D = static_cast<int>(D);
   p.R = sparse_.landmark_width;
+  p.S = sparse_.landmark_subs;
   p.max_chunks = static_cast<int>(t.max_pages);
   p.keep = sparse_.keep;
 #ifdef SVDQ_WITH_CUDA
@@ -818,28 +826,41 @@ void PagedSeqView::WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k) 
       basis.copy_(EigenvectorsDescending(gram).narrow(-1, 0, basis.size(-1)));
     }
   }
-  at::Tensor sums = st_->landmark_sums_[layer][lane_];  // [KV, D]: the unfilled page's keys so far
-  auto store = [&](int64_t first_page, const at::Tensor& page_sums) {
-    auto [codes, scale] = QuantizeLandmarks(page_sums, P, basis);
+  // [KV, S, D]: the sums of the unfilled page's slices so far (kv_modes.h sparse_landmark_subs)
+  at::Tensor sums = st_->landmark_sums_[layer][lane_];
+  const int64_t S = sums.size(1), L = P / S;
+  auto store = [&](int64_t first_page, const at::Tensor& page_sums) {  // [n, KV, S, D]
+    auto [codes, scale] = QuantizeLandmarks(page_sums, L, basis);
     at::Tensor ids = BlockIds(first_page, page_sums.size(0));
     st_->landmarks_[layer].index_copy_(0, ids, codes);
     st_->landmark_scales_[layer].index_copy_(0, ids, scale);
   };
+  // Positions [from, end) of the page that starts at `page` into its slices' sums: a slice that
+  // starts in this forward restarts, one started before goes on.
+  auto accumulate = [&](int64_t page, int64_t from, int64_t end) {
+    for (int64_t j = 0; j < S; ++j) {
+      const int64_t first = page + j * L, a = std::max(from, first), b = std::min(end, first + L);
+      if (a >= b) continue;
+      at::Tensor part = kf.narrow(0, a - pos0, b - a).sum(0);
+      at::Tensor slot = sums.select(1, j);
+      if (a > first) slot.add_(part);
+      else slot.copy_(part);
+    }
+  };
   int64_t p = pos0;
   if (pos0 % P != 0) {  // the page this lane had started
     const int64_t end = std::min(to, (pos0 / P + 1) * P);
-    at::Tensor sum = sums + kf.narrow(0, 0, end - pos0).sum(0);
-    if (end % P == 0) store(pos0 / P, sum.unsqueeze(0));
-    else sums.copy_(sum);
+    accumulate(pos0 / P * P, pos0, end);
+    if (end % P == 0) store(pos0 / P, sums.unsqueeze(0));
     p = end;
   }
   const int64_t full_end = to / P * P;
   if (full_end > p) {
     const int64_t n = (full_end - p) / P;
-    store(p / P, kf.narrow(0, p - pos0, full_end - p).reshape({n, P, KV, D}).sum(1));
+    store(p / P, kf.narrow(0, p - pos0, full_end - p).reshape({n, S, L, KV, D}).sum(2).transpose(1, 2));
     p = full_end;
   }
-  if (to > p) sums.copy_(kf.narrow(0, p - pos0, to - p).sum(0));
+  if (to > p) accumulate(p, p, to);
 }
 
 at::Tensor PagedSeqView::StoredKeys(int layer, int64_t start, int64_t n) {

@@ -17,6 +17,7 @@ namespace svdq::testing {
 struct SparseCase {
   int B, H, KV, D, R, max_chunks, keep;
   bool bound = false;
+  int S = 1;  // landmarks a chunk
   std::vector<float> q, basis, scales;
   std::vector<int8_t> coords;
   std::vector<int32_t> chunks, selected, count;
@@ -31,16 +32,18 @@ struct SparseCase {
     p.count = count.data();
     p.B = B, p.H = H, p.KV = KV, p.D = D, p.R = R, p.max_chunks = max_chunks, p.keep = keep;
     p.score = bound ? kernels::SparseScore::kBound : kernels::SparseScore::kLandmark;
+    p.S = S;
     return p;
   }
 };
 
 inline SparseCase MakeSparseCase(int B, int H, int KV, int D, int R, int max_chunks, int keep,
                                  const std::vector<int32_t>& chunks, int tie_levels, uint32_t seed,
-                                 bool bound = false) {
+                                 bool bound = false, int subs = 1) {
   SparseCase c{B, H, KV, D, R, max_chunks, keep};
   c.bound = bound;
-  const int W = bound ? 2 * D : R;
+  c.S = subs;
+  const int W = bound ? 2 * D : subs * R;
   std::mt19937 rng(seed);
   std::normal_distribution<float> n01(0.f, 1.f);
   std::uniform_int_distribution<int> i8(-127, 127), level(0, tie_levels > 0 ? tie_levels - 1 : 0);
@@ -90,7 +93,7 @@ struct PooledCase {
 };
 
 inline PooledCase Pool(const SparseCase& c, uint32_t seed) {
-  const int W = c.bound ? 2 * c.D : c.R, rows = c.B * c.max_chunks;
+  const int W = c.bound ? 2 * c.D : c.S * c.R, rows = c.B * c.max_chunks;
   std::vector<int32_t> perm(static_cast<size_t>(rows));
   for (int i = 0; i < rows; ++i) perm[i] = i;
   std::shuffle(perm.begin(), perm.end(), std::mt19937(seed));

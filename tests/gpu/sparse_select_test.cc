@@ -135,15 +135,45 @@ TEST(SparseSelectGpu, PerSequenceBasesMatchTheReference) {
   }
 }
 
+// S landmarks a chunk (sub-chunk means, scored by the best): the same ids as the reference at
+// R = 4 and 8 (the fast paths) with S = 4, R = 12 with S = 2 and R = 5 with S = 3 (the byte
+// loop), in the serving layout, ties included.
+TEST(SparseSelectGpu, SubChunkLandmarksMatchTheReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<std::pair<int, int>> shapes = {{4, 4}, {8, 4}, {12, 2}, {5, 3}};
+  for (auto [R, S] : shapes)
+    for (int ties : {0, 3}) {
+      auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, R, 2048, 29, {2048, 5, 1000, 700}, ties, 120u + R, false, S);
+      auto pooled = svdq::testing::Pool(c, 121u);
+      kernels::SparseSelectParams ref = c.Params();
+      pooled.Apply(&ref);
+      ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
+      DeviceBuffer<float> q(c.q), basis(c.basis), scales(pooled.scales);
+      DeviceBuffer<int8_t> coords(pooled.coords);
+      DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
+          count(std::vector<int32_t>(c.count.size(), -7));
+      kernels::SparseSelectParams p = ref;
+      p.q = q.ptr(), p.basis = basis.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr(), p.table = table.ptr();
+      p.chunks = chunks.ptr(), p.selected = selected.ptr(), p.count = count.ptr();
+      kernels::Status st = kernels::SparseSelect(p, nullptr);
+      ASSERT_TRUE(st.ok()) << st.message();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_EQ(selected.Download(), c.selected) << "R " << R << " S " << S << " ties " << ties;
+      EXPECT_EQ(count.Download(), c.count);
+    }
+}
+
 // Page landmarks on the device: the same accumulators, coordinates and scales as the reference,
 // bit for bit, over a page's worth of steps with rows that complete pages at different steps;
-// without a basis (R = D) and with the lanes' bases at R = 16 and 32.
+// without a basis (R = D) and with the lanes' bases at R = 16 and 32; and S landmarks a page
+// (slices of P / S keys under one scale): S = 2 without a basis, S = 4 at R = 4 and 16.
 TEST(SparseLandmarksGpu, MatchTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<std::pair<int, int>> shapes = {{0, 1}, {16, 1}, {32, 1}, {0, 2}, {4, 4}, {16, 4}};
   for (int D : {64, 128})
-  for (int R : {0, 16, 32}) {
-    const int KV = 8, P = 16, lanes = 5, blocks = 12, rows = 4, W = R > 0 ? R : D;
-    std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 0.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+  for (auto [R, S] : shapes) {
+    const int KV = 8, P = 16, lanes = 5, blocks = 12, rows = 4, W = S * (R > 0 ? R : D);
+    std::vector<float> acc(static_cast<size_t>(lanes) * KV * S * D, 0.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
     std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * W, 7);
     std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(lanes) * KV * D * std::max(R, 1), 7u + R, 0.2f);
     DeviceBuffer<float> dbases(bases);
@@ -160,7 +190,7 @@ TEST(SparseLandmarksGpu, MatchTheReference) {
         block[r] = 3 * r + pos / P;
       }
       kernels::SparseLandmarkParams p;
-      p.rows = rows, p.KV = KV, p.D = D, p.P = P, p.k_stride = stride;
+      p.rows = rows, p.KV = KV, p.D = D, p.P = P, p.S = S, p.k_stride = stride;
       p.k = k.data(), p.block = block.data(), p.offset = offset.data(), p.lanes = lane.data();
       p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
       if (R > 0) p.basis = bases.data(), p.R = R;
@@ -176,8 +206,8 @@ TEST(SparseLandmarksGpu, MatchTheReference) {
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
     EXPECT_EQ(dacc.Download(), acc);
-    EXPECT_EQ(dcoords.Download(), coords) << "D " << D << " R " << R;
-    EXPECT_EQ(dscales.Download(), scales) << "D " << D << " R " << R;
+    EXPECT_EQ(dcoords.Download(), coords) << "D " << D << " R " << R << " S " << S;
+    EXPECT_EQ(dscales.Download(), scales) << "D " << D << " R " << R << " S " << S;
     EXPECT_TRUE(dcoords.GuardsIntact() && dscales.GuardsIntact());
   }
 }

@@ -75,6 +75,13 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
     EXPECT_FALSE(Parse({"--sparse-landmark-rank", bad}, &c, &err)) << bad;
     EXPECT_NE(err.find("--sparse-landmark-rank"), std::string::npos) << bad;
   }
+  EXPECT_EQ(c.sparse_landmark_subs, 1);
+  EXPECT_TRUE(Parse({"--sparse-landmark-subs", "4"}, &c, &err)) << err;
+  EXPECT_EQ(c.sparse_landmark_subs, 4);
+  for (const char* bad : {"0", "9", "x"}) {
+    EXPECT_FALSE(Parse({"--sparse-landmark-subs", bad}, &c, &err)) << bad;
+    EXPECT_NE(err.find("--sparse-landmark-subs"), std::string::npos) << bad;
+  }
 }
 
 }  // namespace

@@ -160,6 +160,41 @@ TEST(KvModes, RankRLandmarksShrinkWhatSelectionReads) {
   }
 }
 
+// S landmarks a page (sparse_landmark_subs): S x R + 4 bytes a page and the lane's S running
+// sums; the selection reads all of a scored page's; S must divide the page, be at most 8 and hold
+// at most 256 coordinates.
+TEST(KvModes, SubChunkLandmarksCountEverySlice) {
+  KvShape s = SmolLm2();
+  s.block_size = 64;
+  KvModes m = Modes("svdq", "bf16");
+  ASSERT_TRUE(svdq::kernels::ParseSchedule("4,2,2,1,1,0,0,0", &m.schedule).ok());
+  m.sparse_budget = 2048;
+  m.sparse_landmark_rank = 4;
+  KvBytes one, four;
+  ASSERT_EQ(ComputeKvBytes(m, s, &one), "");
+  const int64_t len = 100 * 64 + 5, units = 30 * 3;
+  const int64_t one_read = DecodeKeyBytesRead(m, s, len);
+  m.sparse_landmark_subs = 4;
+  SparsePlan plan;
+  ASSERT_EQ(PlanSparse(m, s, &plan), "");
+  EXPECT_EQ(plan.landmark_subs, 4);
+  EXPECT_EQ(plan.page_landmark_bytes(), 4 * 4 + 4);
+  ASSERT_EQ(ComputeKvBytes(m, s, &four), "");
+  EXPECT_EQ(four.key_per_block - one.key_per_block, units * 3 * 4);
+  EXPECT_EQ(four.per_lane - one.per_lane, units * 3 * 64 * 4);
+  EXPECT_EQ(DecodeKeyBytesRead(m, s, len) - one_read, units * 98 * 3 * 4);  // 98 scored pages
+  for (int bad : {0, 3, 9, 128}) {
+    m.sparse_landmark_subs = bad;
+    EXPECT_NE(PlanSparse(m, s, &plan).find("--sparse-landmark-subs"), std::string::npos) << bad;
+    EXPECT_NE(ComputeKvBytes(m, s, &four), "") << bad;
+  }
+  m.sparse_landmark_rank = 0;  // the mean key: 8 x 64 coordinates a page is too many
+  m.sparse_landmark_subs = 8;
+  EXPECT_NE(PlanSparse(m, s, &plan).find("--sparse-landmark-subs"), std::string::npos);
+  m.sparse_landmark_subs = 4;
+  EXPECT_EQ(PlanSparse(m, s, &plan), "");
+}
+
 TEST(KvModes, LayerScopeCodesOneLatentPerLayer) {
   KvModes m = Modes("svdq", "bf16");
   ASSERT_TRUE(ParseBasisScope("layer", &m.scope));

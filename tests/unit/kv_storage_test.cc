@@ -309,7 +309,10 @@ StorageSpec SvdqPrefillSpec(const Tables& rope, at::Device device, const char* s
 // mean's R coordinates in the lane's basis instead, and that basis (fitted by the first
 // forward) has orthonormal columns holding as much of those keys' energy as their R leading
 // eigenvectors do; another lane's basis is untouched; a rank of the head dim or above is refused.
-void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0) {
+// With S landmarks a page (kv_modes.h sparse_landmark_subs), a page holds the S means of its
+// slices of P / S keys (or their coordinates) under one scale, the slices that prompt chunks end
+// in (mid-slice and at a slice's end) included; S that does not divide the page is refused.
+void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0, int subs = 1) {
   const Tables rope = Rope(device);
   StorageSpec spec = SvdqPrefillSpec(rope, device, "4,2,2,1,1,0,0,0");
   spec.dtype = dtype;
@@ -323,10 +326,13 @@ void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0) {
   spec.modes.sparse_landmark_rank = kDim;
   EXPECT_THROW(PagedKvStorage bad(spec), std::invalid_argument);
   spec.modes.sparse_landmark_rank = rank;
+  spec.modes.sparse_landmark_subs = 3;  // does not divide the page
+  EXPECT_THROW(PagedKvStorage bad(spec), std::invalid_argument);
+  spec.modes.sparse_landmark_subs = subs;
   PagedKvStorage storage(spec);
   ASSERT_TRUE(storage.sparse());
-  const int64_t W = rank > 0 ? rank : kDim;
-  ASSERT_EQ(storage.landmarks(0).size(-1), W);
+  const int64_t W = rank > 0 ? rank : kDim, L = kPage / subs;
+  ASSERT_EQ(storage.landmarks(0).size(-1), subs * W);
   for (int l = 0; l < kLayers; ++l) storage.landmarks(l).fill_(77);  // unfilled pages keep this
   at::Tensor k_pre = Keys(9).to(device), k = svdq::models::ApplyRotaryHalf(k_pre, rope.cos, rope.sin, 0, at::kFloat);
   at::Tensor v = at::randn({kTotal, kKv, kDim}).to(device);
@@ -342,7 +348,8 @@ void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0) {
     }
   };
   forward(0, 21);   // ends mid-page 1
-  forward(21, 16);  // fills page 1, ends mid-page 2
+  forward(21, 3);   // ends at offset 8 of page 1 (a slice's end where S is 2 or 4)
+  forward(24, 13);  // fills page 1, ends mid-page 2
   for (int64_t t = 37; t < kTotal; ++t) forward(t, 1);  // fills pages 2 and 3 by decode steps
   for (int l = 0; l < kLayers; ++l) {
     at::Tensor codes = storage.landmarks(l).to(at::kCPU), scales = storage.landmark_scales(l).to(at::kCPU);
@@ -363,8 +370,9 @@ void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0) {
     for (int pg = 0; pg < 4; ++pg) {
       // The keys as stored in the model's dtype, summed in fp64.
       at::Tensor keys = (k.narrow(0, pg * kPage, kPage) * (1.0 + l)).to(dtype).to(at::kCPU, at::kDouble);
-      at::Tensor mean = keys.mean(0);  // [kKv, kDim]
-      if (rank > 0) mean = at::matmul(mean.unsqueeze(1), basis).squeeze(1);  // [kKv, R]: its coordinates
+      at::Tensor mean = keys.view({subs, L, kKv, kDim}).mean(1).transpose(0, 1);  // [kKv, S, kDim]: the slices'
+      if (rank > 0) mean = at::matmul(mean, basis);  // [kKv, S, R]: their coordinates
+      mean = mean.flatten(1);
       for (int h = 0; h < kKv; ++h) {
         const double want_scale = mean[h].abs().max().item<double>() / 127;
         const double scale = scales[blocks[pg]][h].item<double>();
@@ -380,6 +388,10 @@ void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0) {
 TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::Device(at::kCPU), at::kFloat); }
 TEST(KvStorageCpu, RankRLandmarksHoldTheMeansCoordinatesInTheLanesBasis) {
   RunLandmarks(at::Device(at::kCPU), at::kFloat, 16);
+}
+TEST(KvStorageCpu, SubChunkLandmarksHoldEachSlicesMean) {
+  RunLandmarks(at::Device(at::kCPU), at::kFloat, 0, 2);
+  RunLandmarks(at::Device(at::kCPU), at::kFloat, 4, 4);
 }
 
 // Sparse decode attention where no kernel serves the step (PagedSeqView::Attend on the CPU):
@@ -716,6 +728,16 @@ TEST(KvStorageCuda, RankRLandmarksHoldTheMeansCoordinatesInTheLanesBasis) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   try {
     RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16, 16);
+  } catch (const std::exception& e) {
+    FAIL() << "threw: " << e.what();
+  }
+}
+
+TEST(KvStorageCuda, SubChunkLandmarksHoldEachSlicesMean) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  try {
+    RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16, 0, 2);
+    RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16, 4, 4);
   } catch (const std::exception& e) {
     FAIL() << "threw: " << e.what();
   }

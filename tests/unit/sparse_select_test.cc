@@ -59,8 +59,16 @@ void CheckCase(svdq::testing::SparseCase& c) {
       for (int h = 0; h < G; ++h) qbs[h] = kernels::SparseQuantizeQuery(qg + static_cast<size_t>(h) * c.D, c.D, qb.data() + static_cast<size_t>(h) * c.D);
       for (int k = 0; k < n; ++k) {
         const size_t at = unit * c.max_chunks + k;
-        score[k] = c.bound ? kernels::SparseBoundScore(qb.data(), qbs.data(), G, c.D, c.coords.data() + at * 2 * c.D, c.scales[at])
-                           : kernels::SparseChunkScore(q8.data(), qscale.data(), G, c.R, c.coords.data() + at * c.R, c.scales[at]);
+        if (c.bound) {
+          score[k] = kernels::SparseBoundScore(qb.data(), qbs.data(), G, c.D, c.coords.data() + at * 2 * c.D, c.scales[at]);
+          continue;
+        }
+        // With S landmarks a chunk: the best of the S one-landmark scores.
+        for (int s = 0; s < c.S; ++s) {
+          const float one = kernels::SparseChunkScore(q8.data(), qscale.data(), G, c.R,
+                                                      c.coords.data() + (at * c.S + s) * c.R, c.scales[at]);
+          if (s == 0 || Rank(one) > Rank(score[k])) score[k] = one;
+        }
       }
       std::vector<int> order(static_cast<size_t>(std::max(0, n - 1)));
       std::iota(order.begin(), order.end(), 1);
@@ -86,6 +94,38 @@ TEST(SparseSelectRef, ChoosesTheBestChunksWithTheSinkAscending) {
                                        /*tie_levels=*/0, 1234u + gqa * 7 + D);
       CheckCase(c);
     }
+}
+
+// S landmarks a chunk (sub-chunk means): a chunk ranks by its best landmark, at S = 2, 4 and 8,
+// ties included.
+TEST(SparseSelectRef, SubChunkLandmarksRankAChunkByItsBest) {
+  for (int S : {2, 4, 8})
+    for (int gqa : {1, 8}) {
+      auto c = svdq::testing::MakeSparseCase(5, 2 * gqa, 2, 128, 4, 60, 6, {0, 1, 7, 8, 60}, 0, 300u + S + gqa, false, S);
+      CheckCase(c);
+    }
+  auto t = svdq::testing::MakeSparseCase(2, 8, 2, 64, 8, 50, 7, {50, 20}, /*tie_levels=*/2, 301u, false, 4);
+  CheckCase(t);
+  // A chunk whose one landmark matches the query wins over chunks whose landmarks are all
+  // middling, though the mean of its landmarks is the lowest.
+  auto d = svdq::testing::MakeSparseCase(1, 1, 1, 64, 4, 3, 1, {3}, 0, 302u, false, 4);
+  d.basis.assign(64 * 4, 0.f);  // the first 4 channels
+  for (int r = 0; r < 4; ++r) d.basis[r * 4 + r] = 1.f;
+  std::fill(d.q.begin(), d.q.end(), 0.f);
+  d.q[0] = 1.f;
+  std::fill(d.scales.begin(), d.scales.end(), 0.01f);
+  std::fill(d.coords.begin(), d.coords.end(), 0);
+  for (int s = 0; s < 4; ++s) d.coords[(1 * 4 + s) * 4] = 40;  // chunk 1: four landmarks at 40
+  d.coords[(2 * 4 + 3) * 4] = 100;                             // chunk 2: one at 100, three at -50
+  for (int s = 0; s < 3; ++s) d.coords[(2 * 4 + s) * 4] = -50;
+  ASSERT_TRUE(kernels::SparseSelectRef(d.Params()).ok());
+  EXPECT_EQ(d.selected, (std::vector<int32_t>{0, 2}));
+  d.S = 1, d.R = 16;  // the same bytes read as one 16-coordinate landmark a chunk: chunk 1 wins
+  d.basis.assign(64 * 16, 0.f);
+  for (int r = 0; r < 16; ++r) d.basis[r * 16 + r] = 1.f;
+  for (int r = 0; r < 16; r += 4) d.q[r] = 1.f;
+  ASSERT_TRUE(kernels::SparseSelectRef(d.Params()).ok());
+  EXPECT_EQ(d.selected, (std::vector<int32_t>{0, 1}));
 }
 
 TEST(SparseSelectRef, TheBoundChoosesTheBestChunks) {
@@ -150,6 +190,16 @@ TEST(SparseSelectRef, RefusesBadShapes) {
   EXPECT_FALSE(kernels::SparseSelectRef(d.Params()).ok());  // more chunks than max_chunks
   auto e = svdq::testing::MakeSparseCase(1, 4, 1, 64, 65, 8, 2, {8}, 0, 1u);
   EXPECT_FALSE(kernels::SparseSelectRef(e.Params()).ok());  // R > 64
+  for (int S : {0, 9}) {
+    auto f = svdq::testing::MakeSparseCase(1, 4, 1, 64, 8, 8, 2, {8}, 0, 1u, false, 1);
+    f.S = S;
+    EXPECT_FALSE(kernels::SparseSelectRef(f.Params()).ok()) << "S " << S;
+  }
+  auto h = svdq::testing::MakeSparseCase(1, 4, 1, 128, 64, 8, 2, {8}, 0, 1u, false, 5);
+  EXPECT_FALSE(kernels::SparseSelectRef(h.Params()).ok());  // 5 x 64 coordinates a chunk
+  auto bound = svdq::testing::MakeSparseCase(1, 4, 1, 64, 0, 8, 2, {8}, 0, 1u, true);
+  bound.S = 2;
+  EXPECT_FALSE(kernels::SparseSelectRef(bound.Params()).ok());  // the bound has one landmark a chunk
 }
 
 // The serving layout (metadata rows through a page table) chooses exactly what the dense layout
@@ -316,6 +366,65 @@ TEST(SparseLandmarks, AppendedKeysGiveThePageMean) {
   }
   EXPECT_EQ(scales[KV], 0.f);
   for (int d = 0; d < D; ++d) EXPECT_EQ(coords[KV * D + d], 0);
+}
+
+// S landmarks a page (SparseLandmarkParams::S): the page's S slices of P / S keys each give their
+// means (or, with a basis, their coordinates) under one scale, max |x| / 127 over all of them, in
+// slice order; a second lane that starts its page mid-way leaves the first's sums alone; an S
+// that does not divide the page, or that holds more than 256 coordinates, is refused.
+TEST(SparseLandmarks, SubChunkLandmarksHoldEachSlicesMeanUnderOneScale) {
+  const int KV = 2, D = 64, P = 16, S = 4, L = P / S, lanes = 2, blocks = 2;
+  for (int R : {0, 8}) {
+    const int W = R > 0 ? R : D;
+    std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(lanes) * KV * D * std::max(R, 1), 81u, 0.2f);
+    std::vector<float> acc(static_cast<size_t>(lanes) * KV * S * D, 5.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+    std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * S * W, 55);
+    std::vector<uint16_t> keys = svdq::testing::RandomBf16(static_cast<size_t>(P) * KV * D, 82u + R, 2.f);
+    for (int t = 0; t < P; ++t) {
+      // Row 0: lane 0 fills block 1 from offset 0; row 1: lane 1 writes block 0 from offset 6 on,
+      // never completing it.
+      std::vector<uint16_t> k(keys.begin() + t * KV * D, keys.begin() + (t + 1) * KV * D);
+      k.insert(k.end(), k.begin(), k.end());
+      const int rows = t + 6 < P - 1 ? 2 : 1;  // row 1 stops at offset 14
+      std::vector<int64_t> block = {1, 0}, offset = {t, t + 6}, lane = {0, 1};
+      kernels::SparseLandmarkParams p;
+      p.rows = rows, p.KV = KV, p.D = D, p.P = P, p.S = S;
+      if (R > 0) p.basis = bases.data(), p.R = R;
+      p.k = k.data(), p.k_stride = KV * D, p.block = block.data(), p.offset = offset.data(), p.lanes = lane.data();
+      p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
+      ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
+    }
+    for (int g = 0; g < KV; ++g) {
+      std::vector<double> x(static_cast<size_t>(S) * W, 0.0);
+      double mx = 0;
+      for (int s = 0; s < S; ++s) {
+        std::vector<double> mean(D, 0.0);
+        for (int t = s * L; t < (s + 1) * L; ++t)
+          for (int d = 0; d < D; ++d) mean[d] += kernels::Bf16BitsToFloat(keys[(t * KV + g) * D + d]) / static_cast<double>(L);
+        for (int c = 0; c < W; ++c) {
+          double v = R > 0 ? 0.0 : mean[c];
+          for (int d = 0; d < D && R > 0; ++d) v += bases[(static_cast<size_t>(g) * D + d) * R + c] * mean[d];
+          x[s * W + c] = v;
+          mx = std::max(mx, std::abs(v));
+        }
+      }
+      const int64_t row = 1 * KV + g;
+      EXPECT_NEAR(scales[row], mx / 127, 1e-5 * mx) << "R " << R;
+      for (int i = 0; i < S * W; ++i)
+        EXPECT_NEAR(coords[row * S * W + i] * scales[row], x[i], 0.5 * scales[row] + 1e-5 * mx) << "R " << R << " " << i;
+    }
+    for (int i = 0; i < KV * S * W; ++i) ASSERT_EQ(coords[i], 55) << "block 0 never completed";
+  }
+  kernels::SparseLandmarkParams bad;
+  bad.KV = KV, bad.D = D, bad.P = P, bad.k_stride = KV * D;
+  for (int s : {0, 3, 32}) {
+    bad.S = s;
+    EXPECT_FALSE(kernels::CheckSparseLandmarks(bad).ok()) << s;
+  }
+  bad.S = 8;  // 8 x 64 coordinates
+  EXPECT_FALSE(kernels::CheckSparseLandmarks(bad).ok());
+  bad.S = 4;
+  EXPECT_TRUE(kernels::CheckSparseLandmarks(bad).ok());
 }
 
 // Sparse SVDq attention in the reference (kernels/svdq/svdq_ref.cc): a KV head attends to its
