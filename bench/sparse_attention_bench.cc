@@ -20,7 +20,8 @@
 // --dense 0 leaves out the dense SVDq attention (so that the first SVDq kernel launched is the
 // sparse one, for ncu --launch-count 1).
 // --ranks: landmark widths; 128 (= head dim) is the page mean itself (the server's metadata),
-// smaller ones a mean in an R-column basis. Writes bench/results/sparse_h200.json's rows.
+// smaller ones a mean in an R-column basis; RxS: S landmarks of R coordinates a page (the means
+// of its S slices, --sparse-landmark-subs S). Writes bench/results/sparse_h200.json's rows.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/core/InferenceMode.h>
@@ -168,8 +169,9 @@ int main(int argc, char** argv) {
           const int budget = std::stoi(bt), keep = budget / P - 1 - recent;
           if (keep < 1 || keep + 1 >= pages - recent) continue;
           for (const std::string& rt : Split(ranks_text, ',')) {
-            const int R = std::stoi(rt);
-            at::Tensor coords = at::randint(-127, 128, {pool, KV, R}, dev.dtype(at::kChar));
+            const size_t x = rt.find('x');
+            const int R = std::stoi(rt.substr(0, x)), S = x == std::string::npos ? 1 : std::stoi(rt.substr(x + 1));
+            at::Tensor coords = at::randint(-127, 128, {pool, KV, S * R}, dev.dtype(at::kChar));
             at::Tensor scales = at::rand({pool, KV}, dev.dtype(at::kFloat)).mul(0.01);
             at::Tensor land_basis = R == D ? at::Tensor() : (0.1 * at::randn({KV, D, R}, dev.dtype(at::kFloat))).contiguous();
             at::Tensor selected = at::empty({B, KV, keep + 1}, dev.dtype(at::kInt)), count = at::empty({B, KV}, dev.dtype(at::kInt));
@@ -183,7 +185,7 @@ int main(int argc, char** argv) {
             sp.chunks = chunks.data_ptr<int32_t>();
             sp.selected = selected.data_ptr<int32_t>();
             sp.count = count.data_ptr<int32_t>();
-            sp.B = B, sp.H = H, sp.KV = KV, sp.D = D, sp.R = R, sp.max_chunks = pages, sp.keep = keep;
+            sp.B = B, sp.H = H, sp.KV = KV, sp.D = D, sp.R = R, sp.S = S, sp.max_chunks = pages, sp.keep = keep;
             SvdqAttentionParams s = a;
             s.sparse_pages = selected.data_ptr<int32_t>();
             s.sparse_count = count.data_ptr<int32_t>();
@@ -248,15 +250,15 @@ int main(int argc, char** argv) {
             Die(cudaDeviceSynchronize() == cudaSuccess ? Status::Ok() : Status::Invalid("a kernel failed"));
             // Key bytes per (sequence, KV head) and step.
             const int scored = pages - recent;  // every page before the recent ones, the sink too
-            const double meta = scored * (R + 4.0) + (R == D ? 0.0 : 4.0 * D * R);  // the landmark basis
+            const double meta = scored * (S * R + 4.0) + (R == D ? 0.0 : 4.0 * D * R);  // and the landmark basis
             const double codes = static_cast<double>(keep + 1 + recent) * l.page_bytes;
             const double read = codes + basis_bytes + meta, bf16 = 2.0 * T * D;
-            std::printf("%2dx%-6d %6d %4d %4d %-6.2f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f %7.1fx %10.1f %7.1fx\n", B, T, budget, P,
-                        R, sched.EquivalentBits(), step_graph_us, step_us, select_us, attn_graph_us, dense_graph_us, sdpa_us,
+            std::printf("%2dx%-6d %6d %4d %4s %-6.2f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f %7.1fx %10.1f %7.1fx\n", B, T, budget, P,
+                        rt.c_str(), sched.EquivalentBits(), step_graph_us, step_us, select_us, attn_graph_us, dense_graph_us, sdpa_us,
                         sdpa_us / step_graph_us, read / 1024, bf16 / read);
             std::printf("          attention by pages per split, in a graph (planner: %d):%s; fixed %.1f; step with the setup overlapped %.1f\n",
                         s.pages_per_split, sweep_line.c_str(), fixed_us, step_overlap_us);
-            rows.push_back({{"batch", B}, {"context", T}, {"budget", budget}, {"page", P}, {"landmark_rank", R},
+            rows.push_back({{"batch", B}, {"context", T}, {"budget", budget}, {"page", P}, {"landmark_rank", R}, {"landmark_subs", S},
                             {"recent_pages", recent}, {"kept_pages", keep + 1}, {"schedule", st_text},
                             {"key_bits", sched.EquivalentBits()}, {"us", step_graph_us > 0 ? step_graph_us : step_us}, {"us_eager", step_us}, {"select_us", select_us},
                             {"attention_us", attn_us}, {"dense_svdq_us", dense_us}, {"dense_svdq_us_graph", dense_graph_us}, {"peer_us", sdpa_us},

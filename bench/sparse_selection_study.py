@@ -24,9 +24,10 @@ the KV head's query heads. Methods (metadata per chunk and KV head):
   questlrR    Quest's per-channel min and max, in the R leading directions of the context's keys
               (int8, outward): sum_r max(qr_r lo_r, qr_r hi_r) with qr the query's coordinates; not
               a bound (the rest of the key is left out), 2 R + 4 bytes a chunk
-  subkR       pages of --chunk tokens scored by their 16-token sub-chunks: each sub-chunk's mean
-              in the R leading directions of the context's keys (as lowrankkR), int8 with one scale
-              per chunk; a chunk's score is its best sub-chunk's (c / 16 * R + 2 bytes a chunk)
+  subkR       pages of --chunk tokens scored by their sub-chunks of --sub-tokens (16): each
+              sub-chunk's mean in the R leading directions of the context's keys (as lowrankkR),
+              int8 with one scale per chunk; a chunk's score is its best sub-chunk's (c / 16 * R + 2
+              bytes a chunk at 16; the server's --sparse-landmark-subs c / 16)
   sub4kR      the same with int4 coordinates (c / 16 * R / 2 + 2 bytes a chunk)
   twoR        two levels: lowrankR landmarks of groups of 4 chunks shortlist 4x the groups the
               budget needs; lowrankR landmarks of the chunks in the shortlist choose. Only the
@@ -297,8 +298,10 @@ def main():
     ap.add_argument("--methods", default="oracle,quest,quest8,mean,mean8,lowrank16,lowrank8")
     ap.add_argument("--passkeys", type=int, default=8)
     ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--sub-tokens", type=int, default=16, help="subkR / sub4kR: tokens a sub-chunk")
     ap.add_argument("--json")
     a = ap.parse_args()
+    Selector.SUB = a.sub_tokens
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tok, model = load(a.model)
     cfg = model.config
@@ -356,6 +359,7 @@ def main():
               f"{'-' if r['key_compression_128k_2k'] is None else '%.0fx' % r['key_compression_128k_2k']} |")
     if a.json:
         Path(a.json).write_text(json.dumps(dict(model=Path(a.model).name, window=len(ids), tail=a.tail, recent=a.recent,
+                                                sub_tokens=a.sub_tokens,
                                                 head_dim=d, date=datetime.date.today().isoformat(),
                                                 host=platform.node(), rows=rows), indent=1))
 

@@ -40,9 +40,11 @@ def covering_budget_gives_dense_tokens(stubs, device, lengths, max_tokens):
     pb, _ = stubs
     reqs = [dict(token_ids=pb.TokenIds(ids=long_prompt(n)), max_tokens=max_tokens, ignore_eos=True) for n in lengths]
     results = {}
-    # Dense, and a covering budget with landmarks over the head dim and of rank 16.
+    # Dense, and a covering budget with landmarks over the head dim, of rank 16, and four of rank 4
+    # a page (one a slice of 4 tokens).
     for name, flags in (("0", ["--sparse-budget", "0"]), ("8192", ["--sparse-budget", "8192"]),
-                        ("8192r16", ["--sparse-budget", "8192", "--sparse-landmark-rank", "16"])):
+                        ("8192r16", ["--sparse-budget", "8192", "--sparse-landmark-rank", "16"]),
+                        ("8192s4r4", ["--sparse-budget", "8192", "--sparse-landmark-rank", "4", "--sparse-landmark-subs", "4"])):
         s = Server(MODEL, device, extra=SVDQ + flags)
         try:
             s.wait_ready()
@@ -52,7 +54,7 @@ def covering_budget_gives_dense_tokens(stubs, device, lengths, max_tokens):
             assert server_info(stubs, s.addr).sparse_budget == int(flags[1])
         finally:
             s.stop()
-    for name in ("8192", "8192r16"):
+    for name in ("8192", "8192r16", "8192s4r4"):
         for r, dense, sparse in zip(reqs, results["0"], results[name]):
             assert len(sparse[0]) == max_tokens
             assert sparse[0] == dense[0], f"{name}, {len(r['token_ids'].ids)}-token prompt: sparse {sparse[0]} != dense {dense[0]}"
@@ -68,9 +70,11 @@ def test_a_budget_covering_the_context_gives_dense_tokens_gpu(stubs):
 
 
 # Configurations of small_budget_reads_fewer_key_bytes: dense, a 256-token budget with landmarks
-# over the head dim, and the same with rank-16 landmarks (--sparse-landmark-rank).
+# over the head dim, the same with rank-16 landmarks (--sparse-landmark-rank), and with four rank-4
+# landmarks a page (--sparse-landmark-subs).
 BUDGETS = {"0": ["--sparse-budget", "0"], "256": ["--sparse-budget", "256"],
-           "256r16": ["--sparse-budget", "256", "--sparse-landmark-rank", "16"]}
+           "256r16": ["--sparse-budget", "256", "--sparse-landmark-rank", "16"],
+           "256s4r4": ["--sparse-budget", "256", "--sparse-landmark-rank", "4", "--sparse-landmark-subs", "4"]}
 
 
 def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
@@ -94,6 +98,8 @@ def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
             s.stop()
     assert info["256"].sparse_budget == 256 and info["256"].sparse_landmark_rank == 0
     assert info["256r16"].sparse_budget == 256 and info["256r16"].sparse_landmark_rank == 16
+    assert info["256r16"].sparse_landmark_subs == 1
+    assert info["256s4r4"].sparse_landmark_rank == 4 and info["256s4r4"].sparse_landmark_subs == 4
     return ratio, info, tokens
 
 
@@ -115,6 +121,9 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_cpu(stubs)
     # pages) GetServerInfo's compression rises by about half.
     assert ratio["256r16"] > ratio["256"], ratio
     assert info["256r16"].attention_key_compression > 1.3 * info["256"].attention_key_compression
+    # Four rank-4 landmarks: 20 bytes a page too, and a 1 KB basis instead of 4 KB.
+    assert ratio["256s4r4"] > ratio["256r16"], ratio
+    assert info["256s4r4"].attention_key_compression > info["256r16"].attention_key_compression
 
 
 @pytest.mark.gpu
@@ -137,6 +146,10 @@ REFUSALS = [
     (SVDQ + ["--sparse-landmark-rank", "16"], "--sparse-landmark-rank needs --sparse-budget"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-rank", "64"], "--sparse-landmark-rank must be 0"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-rank", "129"], "--sparse-landmark-rank"),
+    (SVDQ + ["--sparse-landmark-subs", "4"], "--sparse-landmark-subs needs --sparse-budget"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "3"], "--sparse-landmark-subs must divide the block size"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "9"], "--sparse-landmark-subs"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "8"], "at most 256 coordinates"),
 ]
 CUDA_REFUSALS = [
     (SVDQ + ["--value-mode", "int4", "--sparse-budget", "2048"], "--sparse-budget needs bf16 values"),
