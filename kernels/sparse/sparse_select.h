@@ -4,7 +4,7 @@
 // chunk 0 (the attention sink) and the `keep` best of the others, and writes their indices in
 // ascending order for the attention kernel to read. Two scores:
 //   kLandmark  the chunk's mean post-RoPE key as R int8 coordinates times a per-chunk scale in a
-//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (R + 4) per chunk. With
+//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (S R + 4) per chunk: with
 //              S sub-chunk landmarks (S > 1), the chunk holds the means of its S equal slices
 //              (S x R coordinates under one scale) and scores as the best of them: a few needle
 //              tokens weigh S times more in a slice's mean than in the chunk's. The

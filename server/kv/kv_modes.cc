@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/sparse/sparse_select.h"
+
 namespace svdq::kv {
 
 kernels::Schedule KvModes::CodecSchedule() const {
@@ -134,10 +136,12 @@ std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out) {
   SparsePlan p;
   p.landmark_width = R > 0 ? R : s.head_dim;
   const int S = m.sparse_landmark_subs;
-  if (S < 1 || S > 8 || P % S != 0 || S * p.landmark_width > 256)
-    return "--sparse-landmark-subs must divide the block size (" + std::to_string(P) +
-           "), be at most 8 and hold at most 256 coordinates a page (S x " + std::to_string(p.landmark_width) +
-           "), not " + std::to_string(S);
+  if (S < 1 || S > kernels::kSparseMaxSubs || P % S != 0)
+    return "--sparse-landmark-subs must divide the block size (" + std::to_string(P) + ") and be in [1, " +
+           std::to_string(kernels::kSparseMaxSubs) + "], not " + std::to_string(S);
+  if (S * p.landmark_width > 256)
+    return "--sparse-landmark-subs " + std::to_string(S) + " of " + std::to_string(p.landmark_width) +
+           " coordinates each is over the selection's 256 coordinates a page: lower it or --sparse-landmark-rank";
   p.landmark_subs = S;
   p.recent_pages = (128 + P - 1) / P;
   p.keep = m.sparse_budget / P - 1 - p.recent_pages;

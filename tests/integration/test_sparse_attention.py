@@ -149,7 +149,7 @@ REFUSALS = [
     (SVDQ + ["--sparse-landmark-subs", "4"], "--sparse-landmark-subs needs --sparse-budget"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "3"], "--sparse-landmark-subs must divide the block size"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "9"], "--sparse-landmark-subs"),
-    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "8"], "at most 256 coordinates"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "8"], "over the selection's 256 coordinates a page"),
 ]
 CUDA_REFUSALS = [
     (SVDQ + ["--value-mode", "int4", "--sparse-budget", "2048"], "--sparse-budget needs bf16 values"),

@@ -275,7 +275,8 @@ TEST(SparseLandmarks, ABasisGivesTheMeansCoordinatesInTheLanesOwn) {
     for (int i = 0; i < KV * D; ++i) mean[i] += static_cast<double>(kernels::Bf16BitsToFloat(keys[t * KV * D + i])) / P;
   for (int t = 0; t < P; ++t) {
     std::vector<uint16_t> k(keys.begin() + t * KV * D, keys.begin() + (t + 1) * KV * D);
-    k.insert(k.end(), k.begin(), k.end());  // both rows the same key
+    k.resize(2 * k.size());
+    std::copy_n(k.begin(), KV * D, k.begin() + KV * D);  // both rows the same key
     std::vector<int64_t> block = {1, 2}, offset = {t, t}, lane = {0, 1};
     kernels::SparseLandmarkParams p;
     p.rows = 2, p.KV = KV, p.D = D, p.P = P, p.R = R, p.basis = bases.data();
@@ -384,7 +385,8 @@ TEST(SparseLandmarks, SubChunkLandmarksHoldEachSlicesMeanUnderOneScale) {
       // Row 0: lane 0 fills block 1 from offset 0; row 1: lane 1 writes block 0 from offset 6 on,
       // never completing it.
       std::vector<uint16_t> k(keys.begin() + t * KV * D, keys.begin() + (t + 1) * KV * D);
-      k.insert(k.end(), k.begin(), k.end());
+      k.resize(2 * k.size());
+      std::copy_n(k.begin(), KV * D, k.begin() + KV * D);  // both rows the same key
       const int rows = t + 6 < P - 1 ? 2 : 1;  // row 1 stops at offset 14
       std::vector<int64_t> block = {1, 0}, offset = {t, t + 6}, lane = {0, 1};
       kernels::SparseLandmarkParams p;
