@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "kernels/sparse/sparse_select.h"
@@ -33,6 +34,27 @@ void Compare(svdq::testing::SparseCase c) {
   EXPECT_EQ(count.Download(), c.count);
   EXPECT_EQ(selected.Download(), c.selected);
   EXPECT_TRUE(selected.GuardsIntact() && count.GuardsIntact());
+}
+
+// The case in the serving layout (its metadata rows shuffled through a page table, Pool): the
+// kernel's ids and counts against the reference's.
+void ComparePooled(svdq::testing::SparseCase& c, uint32_t seed, const std::string& what) {
+  auto pooled = svdq::testing::Pool(c, seed);
+  kernels::SparseSelectParams ref = c.Params();
+  pooled.Apply(&ref);
+  ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
+  DeviceBuffer<float> q(c.q), basis(c.basis), scales(pooled.scales);
+  DeviceBuffer<int8_t> coords(pooled.coords);
+  DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
+      count(std::vector<int32_t>(c.count.size(), -7));
+  kernels::SparseSelectParams p = ref;
+  p.q = q.ptr(), p.basis = basis.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr(), p.table = table.ptr();
+  p.chunks = chunks.ptr(), p.selected = selected.ptr(), p.count = count.ptr();
+  kernels::Status st = kernels::SparseSelect(p, nullptr);
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(selected.Download(), c.selected) << what;
+  EXPECT_EQ(count.Download(), c.count) << what;
 }
 
 }  // namespace
@@ -85,22 +107,7 @@ TEST(SparseSelectGpu, ThePageTableLayoutMatchesTheReference) {
   for (int R : {4, 12, 16, 128})
     for (bool bound : {false, true}) {
       auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, bound ? 0 : R, 2048, 29, {2048, 5, 1000, 0}, 0, 50u + R, bound);
-      auto pooled = svdq::testing::Pool(c, 51u);
-      kernels::SparseSelectParams ref = c.Params();
-      pooled.Apply(&ref);
-      ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
-      DeviceBuffer<float> q(c.q), basis(c.basis), scales(pooled.scales);
-      DeviceBuffer<int8_t> coords(pooled.coords);
-      DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
-          count(std::vector<int32_t>(c.count.size(), -7));
-      kernels::SparseSelectParams p = ref;
-      p.q = q.ptr(), p.basis = basis.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr(), p.table = table.ptr();
-      p.chunks = chunks.ptr(), p.selected = selected.ptr(), p.count = count.ptr();
-      kernels::Status st = kernels::SparseSelect(p, nullptr);
-      ASSERT_TRUE(st.ok()) << st.message();
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_EQ(selected.Download(), c.selected) << "R " << R << " bound " << bound;
-      EXPECT_EQ(count.Download(), c.count);
+      ComparePooled(c, 51u, "R " + std::to_string(R) + " bound " + std::to_string(bound));
     }
 }
 
@@ -144,22 +151,7 @@ TEST(SparseSelectGpu, SubChunkLandmarksMatchTheReference) {
   for (auto [R, S] : shapes)
     for (int ties : {0, 3}) {
       auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, R, 2048, 29, {2048, 5, 1000, 700}, ties, 120u + R, false, S);
-      auto pooled = svdq::testing::Pool(c, 121u);
-      kernels::SparseSelectParams ref = c.Params();
-      pooled.Apply(&ref);
-      ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
-      DeviceBuffer<float> q(c.q), basis(c.basis), scales(pooled.scales);
-      DeviceBuffer<int8_t> coords(pooled.coords);
-      DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
-          count(std::vector<int32_t>(c.count.size(), -7));
-      kernels::SparseSelectParams p = ref;
-      p.q = q.ptr(), p.basis = basis.ptr(), p.scales = scales.ptr(), p.coords = coords.ptr(), p.table = table.ptr();
-      p.chunks = chunks.ptr(), p.selected = selected.ptr(), p.count = count.ptr();
-      kernels::Status st = kernels::SparseSelect(p, nullptr);
-      ASSERT_TRUE(st.ok()) << st.message();
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_EQ(selected.Download(), c.selected) << "R " << R << " S " << S << " ties " << ties;
-      EXPECT_EQ(count.Download(), c.count);
+      ComparePooled(c, 121u, "R " + std::to_string(R) + " S " + std::to_string(S) + " ties " + std::to_string(ties));
     }
 }
 
