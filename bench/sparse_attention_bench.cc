@@ -8,7 +8,7 @@
 // step reads:
 //   codes      the attended pages' key records (codes, scales, zeros) and the bf16 tail keys;
 //   basis      the sequence's SVDq mean (fp32) and the r basis columns the kernel reads (fp16);
-//   metadata   every scored page's landmark (R int8 + an fp32 scale) and the landmark basis.
+//   metadata   every scored page's landmark (R int8 + an fp16 scale) and the landmark basis.
 // Compression = bf16 bytes of every key of the context / key bytes read (all three included).
 // Pages and values are random: the time does not depend on which pages are chosen.
 //   sparse_attention_bench [--json OUT] [--date D] [--iters N] [--batch 8] [--contexts 32768,131072]
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
             const size_t x = rt.find('x');
             const int R = std::stoi(rt.substr(0, x)), S = x == std::string::npos ? 1 : std::stoi(rt.substr(x + 1));
             at::Tensor coords = at::randint(-127, 128, {pool, KV, S * R}, dev.dtype(at::kChar));
-            at::Tensor scales = at::rand({pool, KV}, dev.dtype(at::kFloat)).mul(0.01);
+            at::Tensor scales = at::rand({pool, KV}, dev.dtype(at::kFloat)).mul(0.01).to(at::kHalf);
             at::Tensor land_basis = R == D ? at::Tensor() : (0.1 * at::randn({KV, D, R}, dev.dtype(at::kFloat))).contiguous();
             at::Tensor selected = at::empty({B, KV, keep + 1}, dev.dtype(at::kInt)), count = at::empty({B, KV}, dev.dtype(at::kInt));
             SparseSelectParams sp;
@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
             sp.q = qf.data_ptr<float>();
             sp.basis = land_basis.defined() ? land_basis.data_ptr<float>() : nullptr;
             sp.coords = coords.data_ptr<int8_t>();
-            sp.scales = scales.data_ptr<float>();
+            sp.scales = static_cast<const uint16_t*>(scales.data_ptr());  // fp16
             sp.table = table.data_ptr<int32_t>();
             sp.chunks = chunks.data_ptr<int32_t>();
             sp.selected = selected.data_ptr<int32_t>();
@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
             Die(cudaDeviceSynchronize() == cudaSuccess ? Status::Ok() : Status::Invalid("a kernel failed"));
             // Key bytes per (sequence, KV head) and step.
             const int scored = pages - recent;  // every page before the recent ones, the sink too
-            const double meta = scored * (S * R + 4.0) + (R == D ? 0.0 : 4.0 * D * R);  // and the landmark basis
+            const double meta = scored * (S * R + 2.0) + (R == D ? 0.0 : 4.0 * D * R);  // and the landmark basis
             const double codes = static_cast<double>(keep + 1 + recent) * l.page_bytes;
             const double read = codes + basis_bytes + meta, bf16 = 2.0 * T * D;
             std::printf("%2dx%-6d %6d %4d %4s %-6.2f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f %7.1fx %10.1f %7.1fx\n", B, T, budget, P,

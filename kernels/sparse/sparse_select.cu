@@ -49,7 +49,7 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const
   const int G = p.H / p.KV, R = kR > 0 ? kR : p.R, S = p.S;
   for (int c = threadIdx.x; c < n; c += kThreads) {
     const int64_t row = SparseChunkRow(p, b, g, c);
-    const float scale = p.scales[row];
+    const float scale = SparseScaleValue(p.scales[row]);
     uint32_t best = 0;
     for (int j = 0; j < S; ++j) {
       const int8_t* co = p.coords + (row * S + j) * R;
@@ -97,7 +97,7 @@ __device__ void ScoreBounds(const SparseSelectParams& p, const int8_t* qpos, con
     const int64_t row = SparseChunkRow(p, b, g, c);
     const int8_t* lo = p.coords + row * 2 * D;
     const int8_t* hi = lo + D;
-    const float scale = p.scales[row];
+    const float scale = SparseScaleValue(p.scales[row]);
     uint32_t best = 0;
     for (int h = 0; h < G; ++h) {
       int sum = 0;
@@ -344,14 +344,18 @@ __global__ void SparseLandmarkKernel(SparseLandmarkParams p) {
   __syncthreads();
   mx = 0;
   for (int w = 0; w < (p.D + 31) / 32; ++w) mx = fmaxf(mx, red[w]);
-  const float s = __fdiv_rn(mx, 127.0f);
+  // The reference's SparseQuantizeLandmark: max |x| / 127, capped at 65504, rounded to fp16.
+  float s = __fdiv_rn(mx, 127.0f);
+  s = s < 65504.0f ? s : 65504.0f;
+  const __half hs = __float2half_rn(s);
+  s = __half2float(hs);
   const int64_t row = p.block[r] * p.KV + g;
-  // The reference's rule: 0 for a NaN quotient (a NaN coordinate, or an infinite scale).
+  // The reference's rule: 0 for a NaN quotient (a NaN coordinate).
   for (int t = d; t < n; t += p.D) {
     const float c = s > 0 ? rintf(__fdiv_rn(xs[t], s)) : 0.0f;
     p.coords[row * n + t] = c != c ? 0 : static_cast<int8_t>(fminf(fmaxf(c, -127.0f), 127.0f));
   }
-  if (d == 0) p.scales[row] = s;
+  if (d == 0) p.scales[row] = __half_as_ushort(hs);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@
 // chunk 0 (the attention sink) and the `keep` best of the others, and writes their indices in
 // ascending order for the attention kernel to read. Two scores:
 //   kLandmark  the chunk's mean post-RoPE key as R int8 coordinates times a per-chunk scale in a
-//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (S R + 4) per chunk: with
+//              per-KV-head basis: q . (scale * basis @ coords). Bytes: (S R + 2) per chunk: with
 //              S sub-chunk landmarks (S > 1), the chunk holds the means of its S equal slices
 //              (S x R coordinates under one scale) and scores as the best of them: a few needle
 //              tokens weigh S times more in a slice's mean than in the chunk's. The
@@ -13,7 +13,8 @@
 //              the two scales: qscale * scale * sum_r q8_r coords_r.
 //   kBound     Quest's bound: per-channel min and max of the chunk's post-RoPE keys in int8 (rounded
 //              outward) times a per-chunk scale: scale * sum_d max(q_d lo_d, q_d hi_d) >= q . k for
-//              every key of the chunk. Bytes: (2 D + 4) per chunk. The query is quantized as
+//              every key of the chunk (where the stored scale was rounded up to fp16 before the
+//              codes were made with it). Bytes: (2 D + 2) per chunk. The query is quantized as
 //              below, so the bound holds for that query (q8 * qscale, within half a step of q),
 //              and the sum is exact in integers: q8+ . hi + q8- . lo (q8+ = max(q8, 0),
 //              q8- = min(q8, 0); equal to the max form where lo <= hi), two dp4a streams.
@@ -30,11 +31,15 @@
 
 #include <cstdint>
 
+#include "kernels/common/half.h"
 #include "kernels/common/status.h"
 
 #if __has_include(<cuda_runtime_api.h>)
 #include <cuda_runtime_api.h>
 #define SVDQ_SPARSE_HAVE_CUDA 1
+#endif
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
 #endif
 
 namespace svdq::kernels {
@@ -54,7 +59,7 @@ struct SparseSelectParams {
   // sequence b's is row basis_row[b] of basis [rows, KV, D, R]. Null: every sequence shares basis.
   const int64_t* basis_row = nullptr;  // [B]
   const int8_t* coords = nullptr;  // [B, KV, max_chunks, W]: W = S R (kLandmark) or 2 D (lo then hi, kBound)
-  const float* scales = nullptr;   // [B, KV, max_chunks]
+  const uint16_t* scales = nullptr;  // [B, KV, max_chunks] fp16 (bits): the chunks' scales
   // Optional, the serving layout: chunk c of sequence b is row table[b * max_chunks + c] of
   // coords [rows, KV, W] and scales [rows, KV] (rows: the KV pool's pages, whose metadata is
   // written with the page). Null: the dense layout above.
@@ -80,6 +85,10 @@ Status SparseSelectRef(const SparseSelectParams& p);
 // writes q8 = rint(qr / qscale), clamped to +-127, 0 where that is NaN (all zero for a zero row). The kernel computes the
 // same IEEE operations (a max, a division, round to nearest even).
 float SparseQuantizeQuery(const float* qr, int R, int8_t* q8);
+// A page's landmark values x [n] as int8 under one fp16 scale (returns its bits): s = max |x| / 127
+// (NaN skipped), capped at 65504 and rounded to fp16; q8 = rint(x / s), clamped to +-127, 0 where
+// that is NaN (all zero where s is 0). The landmark kernel computes the same.
+uint16_t SparseQuantizeLandmark(const float* x, int n, int8_t* q8);
 // One chunk's score for quantized query rows q8 [G, R] with scales qscale [G] and the chunk's S
 // landmarks coords [S, R]: max over rows h and landmarks s of
 // (float(sum_r q8[h][r] * coords[s][r]) * qscale[h]) * scale. The integer sum is exact
@@ -89,6 +98,17 @@ float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, cons
 // The bound's: quantized query rows q8 [G, D] with scales qscale [G], coords [2, D] (lo, then hi):
 // max over rows of (float(sum_d max(q8_d, 0) hi_d + min(q8_d, 0) lo_d) * qscale) * scale.
 float SparseBoundScore(const int8_t* q8, const float* qscale, int G, int D, const int8_t* coords, float scale);
+// A chunk's stored fp16 scale as the scores use it.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline float SparseScaleValue(uint16_t h) {
+#ifdef __CUDA_ARCH__
+  return __half2float(__ushort_as_half(h));
+#else
+  return HalfBitsToFloat(h);
+#endif
+}
 // Coordinates per chunk: S R or 2 D.
 inline int SparseChunkWidth(const SparseSelectParams& p) { return p.score == SparseScore::kBound ? 2 * p.D : p.S * p.R; }
 // Row of chunk c (sequence b, KV head g) in coords (times the width) and scales.
@@ -114,8 +134,9 @@ inline const float* SparseBasisOf(const SparseSelectParams& p, int b, int g) {
 // page's S slices (P / S tokens each) are kept in its lane's accumulator, and the key that
 // completes the page (offset == P - 1) writes the page's S landmarks: x = each slice's mean
 // (R = D, no basis) or its R coordinates in the lane's basis (x_r = sum_d basis[d][r] mean_d,
-// added in d order), coords = rint(x / scale) with one scale = max |x| / 127 over all S R values
-// (all zero for a zero x). A slice's accumulator restarts at its first offset.
+// added in d order), one scale = max |x| / 127 over all S R values, capped at 65504 and rounded to
+// fp16, and coords = rint(x / scale), clamped to +-127 (all zero for a zero x). A slice's
+// accumulator restarts at its first offset.
 struct SparseLandmarkParams {
   int rows = 0, KV = 0, D = 0, P = 0;
   int R = 0;                        // coordinates a landmark with a basis (0 or D without one)
@@ -128,7 +149,7 @@ struct SparseLandmarkParams {
   const int64_t* lanes = nullptr;   // [rows]
   float* acc = nullptr;             // [lanes, KV, S, D]
   int8_t* coords = nullptr;         // [blocks, KV, S, R]
-  float* scales = nullptr;          // [blocks, KV]
+  uint16_t* scales = nullptr;       // [blocks, KV] fp16 (bits)
 };
 // Checks shapes, pointers, R (0 or D without a basis; 1 <= R <= min(D, 128) with one) and S (divides
 // P, S x the landmark width at most 256).
@@ -141,8 +162,8 @@ inline int SparseLandmarkWidth(const SparseLandmarkParams& p) { return p.basis ?
 Status SparseLandmarkAppendRef(const SparseLandmarkParams& p);
 // A page's S landmarks from its slices' sums of `count` keys each, sum [S, D], the operations the
 // kernel uses: R coordinates each in `basis` [D, R], or (null) the means themselves (R = D), coords
-// [S, R] under one scale.
-void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale, const float* basis = nullptr,
+// [S, R] under one fp16 scale (its bits in *scale).
+void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, uint16_t* scale, const float* basis = nullptr,
                       int R = 0, int S = 1);
 
 #ifdef SVDQ_SPARSE_HAVE_CUDA

@@ -60,6 +60,20 @@ float SparseQuantizeQuery(const float* qr, int R, int8_t* q8) {
   return s;
 }
 
+uint16_t SparseQuantizeLandmark(const float* x, int n, int8_t* q8) {
+  float mx = 0;
+  for (int i = 0; i < n; ++i) mx = std::max(mx, std::fabs(x[i]));
+  float s = mx / 127.0f;
+  s = s < 65504.0f ? s : 65504.0f;  // the largest finite fp16
+  const uint16_t h = FloatToHalfBits(s);
+  s = HalfBitsToFloat(h);
+  for (int i = 0; i < n; ++i) {
+    const float v = s > 0 ? std::nearbyint(x[i] / s) : 0.0f;
+    q8[i] = v != v ? 0 : static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+  }
+  return h;
+}
+
 float SparseChunkScore(const int8_t* q8, const float* qscale, int G, int R, const int8_t* coords, float scale, int S) {
   float best = 0;
   for (int h = 0; h < G; ++h)
@@ -118,8 +132,9 @@ Status SparseSelectRef(const SparseSelectParams& p) {
       for (int c = 1; c < n; ++c) {
         const int64_t at = SparseChunkRow(p, b, g, c);
         const int8_t* co = p.coords + at * W;
-        const float score = bound ? SparseBoundScore(q8.data(), qscale.data(), G, p.D, co, p.scales[at])
-                                  : SparseChunkScore(q8.data(), qscale.data(), G, p.R, co, p.scales[at], p.S);
+        const float scale = SparseScaleValue(p.scales[at]);
+        const float score = bound ? SparseBoundScore(q8.data(), qscale.data(), G, p.D, co, scale)
+                                  : SparseChunkScore(q8.data(), qscale.data(), G, p.R, co, scale, p.S);
         ranked.emplace_back(OrderKey(score), c);
       }
       const size_t take = std::min(ranked.size(), static_cast<size_t>(p.keep));
@@ -137,11 +152,11 @@ Status SparseSelectRef(const SparseSelectParams& p) {
   return Status::Ok();
 }
 
-void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float* scale, const float* basis, int R,
+void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, uint16_t* scale, const float* basis, int R,
                       int S) {
-  // The slices' means (or their coordinates in the basis), quantized together by the query's rule
-  // (SparseQuantizeQuery): the landmark kernel's operations, mean = sum * (1 / count),
-  // x_r = sum_d basis[d][r] mean_d in d order without fused multiply-adds, scale = max |x| / 127, rint.
+  // The slices' means (or their coordinates in the basis), quantized together (SparseQuantizeLandmark):
+  // the landmark kernel's operations, mean = sum * (1 / count), x_r = sum_d basis[d][r] mean_d in d
+  // order without fused multiply-adds, an fp16 scale, rint.
   const float inv = 1.0f / static_cast<float>(count);
   const int W = basis ? R : D;
   std::vector<float> mean(static_cast<size_t>(D)), x(static_cast<size_t>(S) * W);
@@ -150,7 +165,7 @@ void QuantizeLandmark(const float* sum, int D, int count, int8_t* coords, float*
     if (basis) Project(basis, D, R, mean.data(), x.data() + static_cast<size_t>(j) * W);
     else std::copy(mean.begin(), mean.end(), x.begin() + static_cast<std::ptrdiff_t>(j) * W);
   }
-  *scale = SparseQuantizeQuery(x.data(), S * W, coords);
+  *scale = SparseQuantizeLandmark(x.data(), S * W, coords);
 }
 
 Status CheckSparseLandmarks(const SparseLandmarkParams& p) {

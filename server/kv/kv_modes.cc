@@ -111,7 +111,7 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
   if (m.sparse_budget > 0) {
     SparsePlan plan;
     if (std::string e = PlanSparse(m, s, &plan); !e.empty()) return e;
-    b.key_per_block += heads_layers * plan.page_landmark_bytes();  // each page's landmarks: int8 + fp32 scale
+    b.key_per_block += heads_layers * plan.page_landmark_bytes();  // each page's landmarks: int8 + an fp16 scale
     b.per_lane += heads_layers * plan.landmark_subs * D * 4;      // the tail page's running sums (fp32)
     if (m.landmark_basis()) b.per_lane += heads_layers * D * plan.landmark_width * 4;  // the landmark basis
   }

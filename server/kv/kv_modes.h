@@ -35,16 +35,16 @@ struct KvModes {
   BasisScope scope = BasisScope::kHead;
   // Sparse decode attention (issue 17): > 0, the tokens a decode step attends to per sequence
   // and KV head (the sink page, the best-scored pages, the recent pages and the tail); every
-  // page then also stores a landmark (its mean post-RoPE key, int8 + an fp32 scale). 0: dense.
+  // page then also stores a landmark (its mean post-RoPE key, int8 + an fp16 scale). 0: dense.
   int sparse_budget = 0;
   // Sparse attention's landmarks. 0 (the default): a page's landmark is its mean key over the
-  // head dim (D + 4 bytes a page and KV head). R > 0 (below the head dim, at most 128): its R
+  // head dim (D + 2 bytes a page and KV head). R > 0 (below the head dim, at most 128): its R
   // int8 coordinates in a basis of each sequence, layer and KV head, the R leading eigenvectors
-  // of the post-RoPE keys of the sequence's first forward (R + 4 bytes a page, and D x R fp32
+  // of the post-RoPE keys of the sequence's first forward (R + 2 bytes a page, and D x R fp32
   // a running sequence); pages then differ between sequences (no prefix sharing).
   int sparse_landmark_rank = 0;
   // Landmarks a page (1: the page's own). S > 1: the landmarks of the page's S equal slices
-  // (P / S tokens each), S x W int8 coordinates under one fp32 scale (S W + 4 bytes a page and KV
+  // (P / S tokens each), S x W int8 coordinates under one fp16 scale (S W + 2 bytes a page and KV
   // head, W = R or D), and the page scores as its best slice: a few needle tokens are diluted by
   // P / S keys instead of P. S divides the block size, at most 8.
   int sparse_landmark_subs = 1;
@@ -116,7 +116,7 @@ struct SparsePlan {
   int recent_pages = 0, keep = 0;
   int landmark_width = 0;  // int8 coordinates a landmark: the landmark rank, or the head dim
   int landmark_subs = 1;   // landmarks a page
-  int64_t page_landmark_bytes() const { return static_cast<int64_t>(landmark_subs) * landmark_width + 4; }
+  int64_t page_landmark_bytes() const { return static_cast<int64_t>(landmark_subs) * landmark_width + 2; }  // int8 + an fp16 scale
 };
 std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out);
 

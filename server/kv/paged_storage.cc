@@ -51,18 +51,20 @@ const uint16_t* ScalesOf(const TokenStore& s) {
 }
 
 // Page landmarks from the sums of `count` post-RoPE keys of each page's S slices [n, kv, S, D]
-// (fp32): int8 [n, kv, S W] and fp32 scales [n, kv], as kernels::QuantizeLandmark makes them
+// (fp32): int8 [n, kv, S W] and fp16 scales [n, kv], as kernels::QuantizeLandmark makes them
 // (mean = sum / count, or its coordinates in `basis` [kv, D, R] or [n, kv, D, R] (W = R); one
-// scale = max |x| / 127 over the page's S W values, codes rounded half to even; a zero x gives
-// scale 0 and zero codes), not bit for bit (the sums add in another order, and ATen may divide by
-// multiplying): selection reads the stored landmarks, whichever path wrote them.
+// scale = max |x| / 127 over the page's S W values, capped at 65504 and rounded to fp16, codes
+// rint(x / scale); a zero x gives scale 0 and zero codes), not bit for bit (the sums add in another
+// order, and ATen may divide by multiplying): selection reads the stored landmarks, whichever path
+// wrote them.
 std::pair<at::Tensor, at::Tensor> QuantizeLandmarks(const at::Tensor& sums, int64_t count, const at::Tensor& basis = {}) {
   at::Tensor mean = sums * (1.0f / static_cast<float>(count));
   if (basis.defined()) mean = at::matmul(mean, basis);  // [n, kv, S, R]
   mean = mean.flatten(-2);
-  at::Tensor scale = mean.abs().amax(-1) / 127.0f;
-  at::Tensor codes = (mean / scale.clamp_min(1e-38f).unsqueeze(-1)).round().clamp(-127, 127);
-  codes = at::where(scale.unsqueeze(-1) > 0, codes, at::zeros_like(codes)).to(at::kChar);
+  at::Tensor scale = (mean.abs().amax(-1) / 127.0f).clamp_max(65504.0f).to(at::kHalf);
+  at::Tensor s = scale.to(at::kFloat).unsqueeze(-1);
+  at::Tensor codes = (mean / s.clamp_min(1e-38f)).round().clamp(-127, 127);
+  codes = at::where(s > 0, codes, at::zeros_like(codes)).to(at::kChar);
   return {codes, scale};
 }
 
@@ -192,7 +194,7 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
     const int64_t W = sparse_.landmark_width, S = sparse_.landmark_subs;
     for (int l = 0; l < s.layers; ++l) {
       landmarks_.push_back(at::zeros({spec_.num_blocks, KV, S * W}, o.dtype(at::kChar)));
-      landmark_scales_.push_back(at::zeros({spec_.num_blocks, KV}, o.dtype(at::kFloat)));
+      landmark_scales_.push_back(at::zeros({spec_.num_blocks, KV}, o.dtype(at::kHalf)));
       landmark_sums_.push_back(at::zeros({spec_.lanes, KV, S, D}, o.dtype(at::kFloat)));
       if (m.landmark_basis()) landmark_basis_.push_back(at::zeros({spec_.lanes, KV, D, W}, o.dtype(at::kFloat)));
     }
@@ -380,7 +382,7 @@ void PagedKvStorage::AppendLandmarks(int layer, const at::Tensor& k, const Decod
     p.lanes = w.lanes.data_ptr<int64_t>();
     p.acc = landmark_sums_[layer].data_ptr<float>();
     p.coords = landmarks_[layer].data_ptr<int8_t>();
-    p.scales = landmark_scales_[layer].data_ptr<float>();
+    p.scales = static_cast<uint16_t*>(landmark_scales_[layer].data_ptr());  // fp16
     if (!landmark_basis_.empty()) {
       p.basis = landmark_basis_[layer].data_ptr<float>();  // each row's lane's
       p.R = sparse_.landmark_width;
@@ -424,7 +426,7 @@ void PagedKvStorage::SelectPages(int layer, const at::Tensor& q, const DecodeTab
     p.basis_row = t.lanes.data_ptr<int64_t>();
   }  // else null: landmarks are the mean keys themselves
   p.coords = landmarks_[layer].data_ptr<int8_t>();
-  p.scales = landmark_scales_[layer].data_ptr<float>();
+  p.scales = static_cast<const uint16_t*>(landmark_scales_[layer].data_ptr());  // fp16
   p.table = t.table.data_ptr<int32_t>();
   p.chunks = t.sparse_from.data_ptr<int32_t>();  // the pages before each row's recent window
   p.selected = pages->data_ptr<int32_t>();

@@ -132,7 +132,7 @@ class PagedKvStorage {
   int32_t SparseFrom(int64_t full_pages, bool prompt) const {
     return prompt ? 0 : static_cast<int32_t>(std::max<int64_t>(0, full_pages - sparse_.recent_pages));
   }
-  // Page landmarks (sparse attention), for tests: int8 [blocks, kv, S W] and fp32 [blocks, kv]
+  // Page landmarks (sparse attention), for tests: int8 [blocks, kv, S W] and fp16 [blocks, kv]
   // (S landmarks a page, W: the landmark rank, or D); with a landmark rank, the lanes' bases fp32
   // [lanes, kv, D, W].
   const at::Tensor& landmarks(int layer) const { return landmarks_[layer]; }
@@ -163,7 +163,7 @@ class PagedKvStorage {
   std::vector<char> lane_basis_set_;  // [lanes * layers]: prefill basis computed
   at::Tensor nonfinite_;              // int32 [lanes] on the device: the codec's non-finite key flags
   // Sparse attention (spec.modes.sparse_budget > 0), per layer: each page's S landmarks, int8
-  // [blocks, kv, S W] and fp32 scales [blocks, kv], written when the page fills; the lanes' running
+  // [blocks, kv, S W] and fp16 scales [blocks, kv], written when the page fills; the lanes' running
   // sums of their tail page's slices of post-RoPE keys, fp32 [lanes, kv, S, D]; with a landmark rank
   // (W = R < D), the lanes' landmark bases fp32 [lanes, kv, D, R], fitted by a sequence's first
   // forward (PagedSeqView::WriteLandmarks). Empty without one.

@@ -18,7 +18,8 @@ struct SparseCase {
   int B, H, KV, D, R, max_chunks, keep;
   bool bound = false;
   int S = 1;  // landmarks a chunk
-  std::vector<float> q, basis, scales;
+  std::vector<float> q, basis;
+  std::vector<uint16_t> scales;  // fp16 bits
   std::vector<int8_t> coords;
   std::vector<int32_t> chunks, selected, count;
   kernels::SparseSelectParams Params() {
@@ -61,10 +62,10 @@ inline SparseCase MakeSparseCase(int B, int H, int KV, int D, int R, int max_chu
     if (tie_levels > 0) {
       const auto& row = rows[static_cast<size_t>(level(rng))];
       for (int r = 0; r < W; ++r) c.coords[u * W + r] = row[r];
-      c.scales[u] = 0.01f;
+      c.scales[u] = kernels::FloatToHalfBits(0.01f);
     } else {
       for (int r = 0; r < W; ++r) c.coords[u * W + r] = static_cast<int8_t>(i8(rng));
-      c.scales[u] = 0.001f + 0.02f * std::abs(n01(rng));
+      c.scales[u] = kernels::FloatToHalfBits(0.001f + 0.02f * std::abs(n01(rng)));
     }
     if (bound)  // lo <= hi per channel
       for (int d = 0; d < D; ++d) {
@@ -84,7 +85,7 @@ inline SparseCase MakeSparseCase(int B, int H, int KV, int D, int R, int max_chu
 struct PooledCase {
   std::vector<int32_t> table;
   std::vector<int8_t> coords;
-  std::vector<float> scales;
+  std::vector<uint16_t> scales;
   void Apply(kernels::SparseSelectParams* p) {
     p->table = table.data();
     p->coords = coords.data();
@@ -98,7 +99,7 @@ inline PooledCase Pool(const SparseCase& c, uint32_t seed) {
   for (int i = 0; i < rows; ++i) perm[i] = i;
   std::shuffle(perm.begin(), perm.end(), std::mt19937(seed));
   PooledCase out{perm, std::vector<int8_t>(static_cast<size_t>(rows) * c.KV * W),
-                 std::vector<float>(static_cast<size_t>(rows) * c.KV)};
+                 std::vector<uint16_t>(static_cast<size_t>(rows) * c.KV)};
   for (int b = 0; b < c.B; ++b)
     for (int k = 0; k < c.max_chunks; ++k) {
       const int64_t row = perm[static_cast<size_t>(b) * c.max_chunks + k];

@@ -21,7 +21,8 @@ using svdq::testing::HaveGpu;
 namespace {
 
 void Compare(svdq::testing::SparseCase c) {
-  DeviceBuffer<float> q(c.q), basis(c.basis), scales(c.scales);
+  DeviceBuffer<float> q(c.q), basis(c.basis);
+  DeviceBuffer<uint16_t> scales(c.scales);
   DeviceBuffer<int8_t> coords(c.coords);
   DeviceBuffer<int32_t> chunks(c.chunks), selected(c.selected), count(c.count);
   kernels::SparseSelectParams p = c.Params();
@@ -43,7 +44,8 @@ void ComparePooled(svdq::testing::SparseCase& c, uint32_t seed, const std::strin
   kernels::SparseSelectParams ref = c.Params();
   pooled.Apply(&ref);
   ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
-  DeviceBuffer<float> q(c.q), basis(c.basis), scales(pooled.scales);
+  DeviceBuffer<float> q(c.q), basis(c.basis);
+  DeviceBuffer<uint16_t> scales(pooled.scales);
   DeviceBuffer<int8_t> coords(pooled.coords);
   DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
       count(std::vector<int32_t>(c.count.size(), -7));
@@ -126,7 +128,8 @@ TEST(SparseSelectGpu, PerSequenceBasesMatchTheReference) {
     ref.basis = bases.data();
     ref.basis_row = basis_row.data();
     ASSERT_TRUE(kernels::SparseSelectRef(ref).ok());
-    DeviceBuffer<float> q(c.q), basis(bases), scales(pooled.scales);
+    DeviceBuffer<float> q(c.q), basis(bases);
+    DeviceBuffer<uint16_t> scales(pooled.scales);
     DeviceBuffer<int8_t> coords(pooled.coords);
     DeviceBuffer<int64_t> brow(basis_row);
     DeviceBuffer<int32_t> table(pooled.table), chunks(c.chunks), selected(std::vector<int32_t>(c.selected.size(), -7)),
@@ -165,11 +168,13 @@ TEST(SparseLandmarksGpu, MatchTheReference) {
   for (int D : {64, 128})
   for (auto [R, S] : shapes) {
     const int KV = 8, P = 16, lanes = 5, blocks = 12, rows = 4, W = S * (R > 0 ? R : D);
-    std::vector<float> acc(static_cast<size_t>(lanes) * KV * S * D, 0.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+    std::vector<float> acc(static_cast<size_t>(lanes) * KV * S * D, 0.f);
+    std::vector<uint16_t> scales(static_cast<size_t>(blocks) * KV, 0xBC00);  // fp16 -1: unwritten
     std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * W, 7);
     std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(lanes) * KV * D * std::max(R, 1), 7u + R, 0.2f);
     DeviceBuffer<float> dbases(bases);
-    DeviceBuffer<float> dacc(acc), dscales(scales);
+    DeviceBuffer<float> dacc(acc);
+    DeviceBuffer<uint16_t> dscales(scales);
     DeviceBuffer<int8_t> dcoords(coords);
     const int64_t stride = static_cast<int64_t>(KV) * D + 64;  // rows with padding, as q|k|v slices are
     for (int t = 0; t < 2 * P; ++t) {

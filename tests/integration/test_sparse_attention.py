@@ -115,13 +115,13 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_cpu(stubs)
     # The pages left out change what the model sees: some token differs from dense (random weights
     # spread attention over the whole context).
     assert tokens["256"] != tokens["0"]
-    # Rank-16 landmarks: 20 bytes a page and KV head instead of 68, plus the sequence's 4 KB basis
+    # Rank-16 landmarks: 18 bytes a page and KV head instead of 66, plus the sequence's 4 KB basis
     # per KV head and layer, read once a step. At ~2,000 tokens (~125 pages) that saves little
     # (6 KB of landmarks against 4 KB of basis); at the model's full context (8,192 tokens, 512
     # pages) GetServerInfo's compression rises by about half.
     assert ratio["256r16"] > ratio["256"], ratio
     assert info["256r16"].attention_key_compression > 1.3 * info["256"].attention_key_compression
-    # Four rank-4 landmarks: 20 bytes a page too, and a 1 KB basis instead of 4 KB.
+    # Four rank-4 landmarks: 18 bytes a page too, and a 1 KB basis instead of 4 KB.
     assert ratio["256s4r4"] > ratio["256r16"], ratio
     assert info["256s4r4"].attention_key_compression > info["256r16"].attention_key_compression
 
@@ -131,7 +131,7 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_gpu(stubs)
     ratio, info, _ = small_budget_reads_fewer_key_bytes(stubs, "cuda", [6000 + 97 * i for i in range(6)], 64)
     # ~6,000-token contexts of 16-token pages (kv_modes.h DecodeKeyBytesRead): dense SVDq at 1.25
     # bits reads its 320-byte pages and 10.5 KB of basis per KV head and layer, ~5.5x less than bf16;
-    # sparse at 256 tokens, 16 pages, the basis and every page's 68-byte landmark: ~3x less again.
+    # sparse at 256 tokens, 16 pages, the basis and every page's 66-byte landmark: ~3x less again.
     assert ratio["0"] > 4
     assert ratio["256"] > 2.5 * ratio["0"], ratio
     assert info["256"].attention_key_compression > 2.5 * info["0"].attention_key_compression

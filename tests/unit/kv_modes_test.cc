@@ -94,7 +94,7 @@ TEST(KvModes, SparseAttentionPlansReadsAndStoresLandmarks) {
   EXPECT_EQ(plan.recent_pages, 2);
   EXPECT_EQ(plan.keep, 2048 / 64 - 1 - 2);
   ASSERT_EQ(ComputeKvBytes(m, s, &sparse), "");
-  EXPECT_EQ(sparse.key_per_block - dense.key_per_block, 30LL * 3 * (64 + 4));  // int8 mean + fp32 scale
+  EXPECT_EQ(sparse.key_per_block - dense.key_per_block, 30LL * 3 * (64 + 2));  // int8 mean + fp16 scale
   EXPECT_EQ(sparse.per_lane - dense.per_lane, 30LL * 3 * 64 * 4);              // the running sum
   // A page of 64 tokens at 4,2,2,1,1 bits on groups of 8: 64 x 8 x 10 bits = 640 B of codes,
   // 40 retained channels x 4 B = 160 B: 800 B. Read per unit: its pages, mean + 40 basis columns.
@@ -104,7 +104,7 @@ TEST(KvModes, SparseAttentionPlansReadsAndStoresLandmarks) {
   d.sparse_budget = 0;
   EXPECT_EQ(DecodeKeyBytesRead(d, s, len), units * (100 * page + basis + 5 * 64 * 2));
   // Sparse: 98 pages scored (all but the 2 recent), 29 + 1 chosen, 2 recent.
-  EXPECT_EQ(DecodeKeyBytesRead(m, s, len), units * ((30 + 2) * page + basis + 5 * 64 * 2 + 98 * (64 + 4)));
+  EXPECT_EQ(DecodeKeyBytesRead(m, s, len), units * ((30 + 2) * page + basis + 5 * 64 * 2 + 98 * (64 + 2)));
   EXPECT_EQ(Bf16KeyBytes(s, len), units * len * 64 * 2);
   // Short contexts: nothing to choose from, everything is read.
   EXPECT_EQ(DecodeKeyBytesRead(m, s, 2 * 64 + 3), DecodeKeyBytesRead(d, s, 2 * 64 + 3));
@@ -125,7 +125,7 @@ TEST(KvModes, SparseAttentionPlansReadsAndStoresLandmarks) {
   EXPECT_NE(ComputeKvBytes(bf, s, &sparse), "");
 }
 
-// Rank-R landmarks (sparse_landmark_rank): R + 4 bytes a page, the D x R fp32 basis per running
+// Rank-R landmarks (sparse_landmark_rank): R + 2 bytes a page, the D x R fp32 basis per running
 // sequence, read once a step with the landmarks of the scored pages; no prefix sharing; a rank
 // of the head dim or more, or above 128, is refused.
 TEST(KvModes, RankRLandmarksShrinkWhatSelectionReads) {
@@ -160,7 +160,7 @@ TEST(KvModes, RankRLandmarksShrinkWhatSelectionReads) {
   }
 }
 
-// S landmarks a page (sparse_landmark_subs): S x R + 4 bytes a page and the lane's S running
+// S landmarks a page (sparse_landmark_subs): S x R + 2 bytes a page and the lane's S running
 // sums; the selection reads all of a scored page's; S must divide the page, be at most 8 and hold
 // at most 256 coordinates.
 TEST(KvModes, SubChunkLandmarksCountEverySlice) {
@@ -178,7 +178,7 @@ TEST(KvModes, SubChunkLandmarksCountEverySlice) {
   SparsePlan plan;
   ASSERT_EQ(PlanSparse(m, s, &plan), "");
   EXPECT_EQ(plan.landmark_subs, 4);
-  EXPECT_EQ(plan.page_landmark_bytes(), 4 * 4 + 4);
+  EXPECT_EQ(plan.page_landmark_bytes(), 4 * 4 + 2);
   ASSERT_EQ(ComputeKvBytes(m, s, &four), "");
   EXPECT_EQ(four.key_per_block - one.key_per_block, units * 3 * 4);
   EXPECT_EQ(four.per_lane - one.per_lane, units * 3 * 64 * 4);

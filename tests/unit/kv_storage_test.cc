@@ -376,7 +376,7 @@ void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0, int sub
       for (int h = 0; h < kKv; ++h) {
         const double want_scale = mean[h].abs().max().item<double>() / 127;
         const double scale = scales[blocks[pg]][h].item<double>();
-        EXPECT_NEAR(scale, want_scale, 1e-5 * want_scale) << "page " << pg << " layer " << l;
+        EXPECT_NEAR(scale, want_scale, 6e-4 * want_scale) << "page " << pg << " layer " << l;  // an fp16 scale
         at::Tensor got = codes[blocks[pg]][h].to(at::kDouble) * scale;
         EXPECT_LT((got - mean[h]).abs().max().item<double>(), 0.51 * want_scale + 1e-6) << "page " << pg << " layer " << l;
       }

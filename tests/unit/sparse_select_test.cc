@@ -25,6 +25,12 @@ using namespace svdq;
 
 namespace {
 
+// Landmark scales are fp16: their bits, as a float; -1 (an unwritten marker); the relative
+// rounding of a scale (half an fp16 step, with room for fp32 against fp64 sums).
+float Half(uint16_t h) { return kernels::HalfBitsToFloat(h); }
+constexpr uint16_t kMinusOne = 0xBC00;
+constexpr double kHalfStep = 6e-4;
+
 // The order the op ranks by: larger score first (as IEEE order, -0 below +0), ties to lower index.
 int64_t Rank(float s) {
   uint32_t b;
@@ -60,13 +66,13 @@ void CheckCase(svdq::testing::SparseCase& c) {
       for (int k = 0; k < n; ++k) {
         const size_t at = unit * c.max_chunks + k;
         if (c.bound) {
-          score[k] = kernels::SparseBoundScore(qb.data(), qbs.data(), G, c.D, c.coords.data() + at * 2 * c.D, c.scales[at]);
+          score[k] = kernels::SparseBoundScore(qb.data(), qbs.data(), G, c.D, c.coords.data() + at * 2 * c.D, Half(c.scales[at]));
           continue;
         }
         // With S landmarks a chunk: the best of the S one-landmark scores.
         for (int s = 0; s < c.S; ++s) {
           const float one = kernels::SparseChunkScore(q8.data(), qscale.data(), G, c.R,
-                                                      c.coords.data() + (at * c.S + s) * c.R, c.scales[at]);
+                                                      c.coords.data() + (at * c.S + s) * c.R, Half(c.scales[at]));
           if (s == 0 || Rank(one) > Rank(score[k])) score[k] = one;
         }
       }
@@ -113,7 +119,7 @@ TEST(SparseSelectRef, SubChunkLandmarksRankAChunkByItsBest) {
   for (int r = 0; r < 4; ++r) d.basis[r * 4 + r] = 1.f;
   std::fill(d.q.begin(), d.q.end(), 0.f);
   d.q[0] = 1.f;
-  std::fill(d.scales.begin(), d.scales.end(), 0.01f);
+  std::fill(d.scales.begin(), d.scales.end(), kernels::FloatToHalfBits(0.01f));
   std::fill(d.coords.begin(), d.coords.end(), 0);
   for (int s = 0; s < 4; ++s) d.coords[(1 * 4 + s) * 4] = 40;  // chunk 1: four landmarks at 40
   d.coords[(2 * 4 + 3) * 4] = 100;                             // chunk 2: one at 100, three at -50
@@ -267,7 +273,8 @@ TEST(SparseSelectRef, PerSequenceBasesScoreEachSequenceInItsOwn) {
 TEST(SparseLandmarks, ABasisGivesTheMeansCoordinatesInTheLanesOwn) {
   const int KV = 2, D = 64, P = 4, R = 16, lanes = 2, blocks = 3;
   std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(lanes) * KV * D * R, 71u, 0.2f);
-  std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 0.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+  std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 0.f);
+  std::vector<uint16_t> scales(static_cast<size_t>(blocks) * KV, kMinusOne);
   std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * R, 55);
   std::vector<uint16_t> keys = svdq::testing::RandomBf16(static_cast<size_t>(P) * KV * D, 72u, 2.f);
   std::vector<double> mean(static_cast<size_t>(KV) * D, 0.0);
@@ -293,9 +300,9 @@ TEST(SparseLandmarks, ABasisGivesTheMeansCoordinatesInTheLanesOwn) {
         mx = std::max(mx, std::abs(x[r]));
       }
       const int64_t row = (1 + ln) * KV + g;
-      EXPECT_NEAR(scales[row], mx / 127, 1e-5 * mx);
+      EXPECT_NEAR(Half(scales[row]), mx / 127, kHalfStep * mx / 127);
       for (int r = 0; r < R; ++r)
-        EXPECT_NEAR(coords[row * R + r] * scales[row], x[r], 0.5 * scales[row] + 1e-5 * mx) << ln << " " << g << " " << r;
+        EXPECT_NEAR(coords[row * R + r] * Half(scales[row]), x[r], 0.5 * Half(scales[row]) + 1e-5 * mx) << ln << " " << g << " " << r;
     }
   EXPECT_FALSE(std::equal(coords.begin() + KV * R, coords.begin() + 2 * KV * R, coords.begin() + 2 * KV * R))
       << "the two lanes' bases made no difference";
@@ -320,7 +327,8 @@ TEST(SparseLandmarks, AppendedKeysGiveThePageMean) {
   const int KV = 2, D = 64, P = 4, lanes = 2, blocks = 3;
   std::mt19937 rng(3);
   std::normal_distribution<float> n01(0.f, 1.f);
-  std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 99.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+  std::vector<float> acc(static_cast<size_t>(lanes) * KV * D, 99.f);
+  std::vector<uint16_t> scales(static_cast<size_t>(blocks) * KV, kMinusOne);
   std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * D, 55);
   std::vector<double> exact(static_cast<size_t>(KV) * D, 0.0);  // lane 0's page, block 2
   for (int t = 0; t < P; ++t) {
@@ -345,16 +353,16 @@ TEST(SparseLandmarks, AppendedKeysGiveThePageMean) {
     ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
   }
   for (int g = 0; g < KV; ++g) {
-    const float s = scales[2 * KV + g];
+    const float s = Half(scales[2 * KV + g]);
     ASSERT_GT(s, 0.f);
     double mx = 0;
     for (int d = 0; d < D; ++d) mx = std::max(mx, std::abs(exact[g * D + d]));
-    EXPECT_NEAR(s, mx / 127, 1e-5 * mx);
+    EXPECT_NEAR(s, mx / 127, kHalfStep * mx / 127);
     for (int d = 0; d < D; ++d)
       EXPECT_NEAR(coords[(2 * KV + g) * D + d] * s, exact[g * D + d], 0.5 * s + 1e-5 * mx) << g << " " << d;
   }
   for (int i = 0; i < KV * D; ++i) EXPECT_EQ(coords[i], 55) << "block 0 never completed";
-  EXPECT_EQ(scales[0], -1.f);
+  EXPECT_EQ(scales[0], kMinusOne);
   // A zero page: scale 0, coordinates 0.
   std::vector<uint16_t> zero(static_cast<size_t>(KV) * D, 0);
   for (int t = 0; t < P; ++t) {
@@ -365,7 +373,7 @@ TEST(SparseLandmarks, AppendedKeysGiveThePageMean) {
     p.acc = acc.data(), p.coords = coords.data(), p.scales = scales.data();
     ASSERT_TRUE(kernels::SparseLandmarkAppendRef(p).ok());
   }
-  EXPECT_EQ(scales[KV], 0.f);
+  EXPECT_EQ(Half(scales[KV]), 0.f);
   for (int d = 0; d < D; ++d) EXPECT_EQ(coords[KV * D + d], 0);
 }
 
@@ -378,7 +386,8 @@ TEST(SparseLandmarks, SubChunkLandmarksHoldEachSlicesMeanUnderOneScale) {
   for (int R : {0, 8}) {
     const int W = R > 0 ? R : D;
     std::vector<float> bases = svdq::testing::RandomFloats(static_cast<size_t>(lanes) * KV * D * std::max(R, 1), 81u, 0.2f);
-    std::vector<float> acc(static_cast<size_t>(lanes) * KV * S * D, 5.f), scales(static_cast<size_t>(blocks) * KV, -1.f);
+    std::vector<float> acc(static_cast<size_t>(lanes) * KV * S * D, 5.f);
+    std::vector<uint16_t> scales(static_cast<size_t>(blocks) * KV, kMinusOne);
     std::vector<int8_t> coords(static_cast<size_t>(blocks) * KV * S * W, 55);
     std::vector<uint16_t> keys = svdq::testing::RandomBf16(static_cast<size_t>(P) * KV * D, 82u + R, 2.f);
     for (int t = 0; t < P; ++t) {
@@ -411,9 +420,9 @@ TEST(SparseLandmarks, SubChunkLandmarksHoldEachSlicesMeanUnderOneScale) {
         }
       }
       const int64_t row = 1 * KV + g;
-      EXPECT_NEAR(scales[row], mx / 127, 1e-5 * mx) << "R " << R;
+      EXPECT_NEAR(Half(scales[row]), mx / 127, kHalfStep * mx / 127) << "R " << R;
       for (int i = 0; i < S * W; ++i)
-        EXPECT_NEAR(coords[row * S * W + i] * scales[row], x[i], 0.5 * scales[row] + 1e-5 * mx) << "R " << R << " " << i;
+        EXPECT_NEAR(coords[row * S * W + i] * Half(scales[row]), x[i], 0.5 * Half(scales[row]) + 1e-5 * mx) << "R " << R << " " << i;
     }
     for (int i = 0; i < KV * S * W; ++i) ASSERT_EQ(coords[i], 55) << "block 0 never completed";
   }
