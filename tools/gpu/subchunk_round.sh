@@ -17,7 +17,7 @@ timeout 120 build-gpu/tests/gpu/sparse_select_gpu_tests 2>&1 | pick | tee $OUT/g
 timeout 120 build-gpu/tests/unit/svdq_storage_tests --gtest_filter="KvStorageCuda.*" 2>&1 | pick | tee -a $OUT/gpu_tests.txt
 echo "tests done at ${SECONDS}s"
 timeout 120 build-gpu/bench/sparse_attention_bench --contexts 131072 --budgets 2048 --pages 64 \
-  --ranks ${RANKS:-8,4x4,4x2,6x2,8x2} --schedules 4,2,2,1,1,0,0,0 --date "$(date +%F)" \
+  --ranks ${RANKS:-8,4x4,3x4,2x4} --schedules 4,2,2,1,1,0,0,0 --date "$(date +%F)" \
   --json $OUT/sparse_subchunk_h200.json 2>&1 | tail -30 | tee $OUT/sparse_bench.txt
 echo "sparse bench done at ${SECONDS}s"
 timeout ${BENCH_TIMEOUT:-150} build-gpu/bench/decode_step_bench --prefill-json $OUT/prefill_h200.json --json $OUT/decode_step_h200.json \
