@@ -87,6 +87,32 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const
   }
 }
 
+// R = 2 with an even S (sub-chunk landmarks of rank 2): a page's landmarks two to a 4-byte word,
+// each word's two dot products by two dp4a, against the query row's coordinates in the word's low
+// half and in its high half.
+__device__ void ScoreChunksRank2(const SparseSelectParams& p, const int8_t* q8, const float* qscale, int b, int g, int n,
+                                 uint32_t* keys) {
+  const int G = p.H / p.KV, words = p.S / 2;
+  for (int c = threadIdx.x; c < n; c += kThreads) {
+    const int64_t row = SparseChunkRow(p, b, g, c);
+    const int* co = reinterpret_cast<const int*>(p.coords + row * p.S * 2);  // rows are 2 S bytes apart
+    const float scale = SparseScaleValue(p.scales[row]);
+    uint32_t best = 0;
+    for (int i = 0; i < words; ++i) {
+      const int w = co[i];
+      for (int h = 0; h < G; ++h) {
+        const uint32_t q = static_cast<uint8_t>(q8[2 * h]) | static_cast<uint32_t>(static_cast<uint8_t>(q8[2 * h + 1])) << 8;
+        const int lo = __dp4a(w, static_cast<int>(q), 0), hi = __dp4a(w, static_cast<int>(q << 16), 0);
+        const uint32_t klo = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(lo), qscale[h]), scale));
+        const uint32_t khi = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(hi), qscale[h]), scale));
+        if ((h == 0 && i == 0) || klo > best) best = klo;
+        if (khi > best) best = khi;
+      }
+    }
+    keys[c] = best;
+  }
+}
+
 // The bound's keys (the reference's SparseBoundScore): the query rows' positive parts qpos [G, D]
 // against hi and negative parts qneg [G, D] against lo (both 16-byte aligned), 16 channels per
 // load where D allows.
@@ -204,6 +230,10 @@ __global__ void __launch_bounds__(kThreads) SparseSelectKernel(SparseSelectParam
     ScoreBounds(p, q8 + G * p.D, q8 + 2 * G * p.D, qscale, b, g, n, keys);
   } else {
     switch (p.R) {  // the common widths with the chunk's coordinates in registers
+    case 2:
+      if (p.S % 2 == 0) ScoreChunksRank2(p, q8, qscale, b, g, n, keys);
+      else ScoreChunks<0>(p, q8, qscale, b, g, n, keys);
+      break;
     case 4: ScoreChunks<4>(p, q8, qscale, b, g, n, keys); break;
     case 8: ScoreChunks<8>(p, q8, qscale, b, g, n, keys); break;
     case 12: ScoreChunks<12>(p, q8, qscale, b, g, n, keys); break;

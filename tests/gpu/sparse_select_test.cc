@@ -146,11 +146,12 @@ TEST(SparseSelectGpu, PerSequenceBasesMatchTheReference) {
 }
 
 // S landmarks a chunk (sub-chunk means, scored by the best): the same ids as the reference at
-// R = 4 and 8 (the fast paths) with S = 4, R = 12 with S = 2 and R = 5 with S = 3 (the byte
-// loop), in the serving layout, ties included.
+// R = 4 and 8 (the fast paths) with S = 4, R = 12 with S = 2, R = 2 with S = 4 and 2 (two
+// landmarks a word), and R = 5 with S = 3, R = 2 with S = 3, R = 3 with S = 4 (the byte loop), in
+// the serving layout, ties included.
 TEST(SparseSelectGpu, SubChunkLandmarksMatchTheReference) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
-  const std::vector<std::pair<int, int>> shapes = {{4, 4}, {8, 4}, {12, 2}, {5, 3}};
+  const std::vector<std::pair<int, int>> shapes = {{4, 4}, {8, 4}, {12, 2}, {2, 4}, {2, 2}, {5, 3}, {2, 3}, {3, 4}};
   for (auto [R, S] : shapes)
     for (int ties : {0, 3}) {
       auto c = svdq::testing::MakeSparseCase(4, 32, 8, 128, R, 2048, 29, {2048, 5, 1000, 700}, ties, 120u + R, false, S);
