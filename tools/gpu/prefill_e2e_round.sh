@@ -10,7 +10,7 @@ EXTRA_TARGETS=svdq-server TEST_FILTER="SvdqKernels.Decode*:SvdqKernels.Encode*" 
   bash tools/gpu/prefill_profile_round.sh || exit 1
 source tools/gpu/build.sh > /dev/null 2>&1 || exit 1  # the environment (built already)
 left=$((585 - SECONDS))
-SKIP_BUILD=1 KV_BUDGET="${KV_BUDGET:-24G}" RANK="${RANK:-8}" MAX_TOKENS="${MAX_TOKENS:-2048}" SPARSE_BUDGET=2048 \
+SKIP_BUILD=1 KV_BUDGET="${KV_BUDGET:-24G}" RANK="${RANK:-8}" SUBS="${SUBS:-1}" MAX_TOKENS="${MAX_TOKENS:-2048}" SPARSE_BUDGET=2048 \
   EXTRA_FLAGS="--max-batch-tokens 8192" timeout "$left" bash tools/gpu/sparse_e2e_round.sh 2>&1 | tee $OUT/e2e.txt
 cp /tmp/serve_bench.log $OUT/ 2>/dev/null
 echo "all done at ${SECONDS}s"

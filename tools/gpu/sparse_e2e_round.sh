@@ -3,7 +3,7 @@
 # 128k context (synthetic:llama-3.1-8b) through gRPC, long prompts and long generations at one KV
 # budget, bf16 keys against SVDq 1.25-bit keys with sparse attention (and dense SVDq); prompts of
 # PROMPT_WORDS words, MAX_TOKENS generated, CONCURRENCY streams, landmarks of RANK coordinates (0: the
-# mean key), EXTRA_FLAGS for both modes. Logs and JSON to $OUT.
+# mean key) and SUBS landmarks a page, EXTRA_FLAGS for both modes. Logs and JSON to $OUT.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 export BUILD_TARGETS="${BUILD_TARGETS:-svdq-server}"
@@ -14,7 +14,7 @@ fi
 budget="${KV_BUDGET:-40G}"
 common="--max-running 16 --kv-cache-bytes $budget --block-size 64 ${EXTRA_FLAGS:-}"
 svdq="--svdq-schedule 4,2,2,1,1,0,0,0"
-for run in "bf16_bf16|" "svdq_bf16|$svdq --sparse-budget ${SPARSE_BUDGET:-2048} --sparse-landmark-rank ${RANK:-0}" ${DENSE_SVDQ:+"svdq_bf16|$svdq"}; do
+for run in "bf16_bf16|" "svdq_bf16|$svdq --sparse-budget ${SPARSE_BUDGET:-2048} --sparse-landmark-rank ${RANK:-0} --sparse-landmark-subs ${SUBS:-1}" ${DENSE_SVDQ:+"svdq_bf16|$svdq"}; do
   modes="${run%%|*}" extra="${run#*|}"
   MODEL=synthetic:llama-3.1-8b MODES="$modes" CONCURRENCY="${CONCURRENCY:-16}" PROMPT_WORDS="${PROMPT_WORDS:-3300}" \
     MAX_TOKENS="${MAX_TOKENS:-2048}" EXTRA="$common $extra" bash tools/gpu/serve_bench.sh $OUT 2>&1 | grep -v "^$" | tail -4
