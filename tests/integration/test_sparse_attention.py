@@ -70,11 +70,11 @@ def test_a_budget_covering_the_context_gives_dense_tokens_gpu(stubs):
 
 
 # Configurations of small_budget_reads_fewer_key_bytes: dense, a 256-token budget with landmarks
-# over the head dim, the same with rank-16 landmarks (--sparse-landmark-rank), and with four rank-4
+# over the head dim, the same with rank-16 landmarks (--sparse-landmark-rank), and with four rank-2
 # landmarks a page (--sparse-landmark-subs).
 BUDGETS = {"0": ["--sparse-budget", "0"], "256": ["--sparse-budget", "256"],
            "256r16": ["--sparse-budget", "256", "--sparse-landmark-rank", "16"],
-           "256s4r4": ["--sparse-budget", "256", "--sparse-landmark-rank", "4", "--sparse-landmark-subs", "4"]}
+           "256s4r2": ["--sparse-budget", "256", "--sparse-landmark-rank", "2", "--sparse-landmark-subs", "4"]}
 
 
 def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
@@ -99,7 +99,7 @@ def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
     assert info["256"].sparse_budget == 256 and info["256"].sparse_landmark_rank == 0
     assert info["256r16"].sparse_budget == 256 and info["256r16"].sparse_landmark_rank == 16
     assert info["256r16"].sparse_landmark_subs == 1
-    assert info["256s4r4"].sparse_landmark_rank == 4 and info["256s4r4"].sparse_landmark_subs == 4
+    assert info["256s4r2"].sparse_landmark_rank == 2 and info["256s4r2"].sparse_landmark_subs == 4
     return ratio, info, tokens
 
 
@@ -121,9 +121,9 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_cpu(stubs)
     # pages) GetServerInfo's compression rises by about half.
     assert ratio["256r16"] > ratio["256"], ratio
     assert info["256r16"].attention_key_compression > 1.3 * info["256"].attention_key_compression
-    # Four rank-4 landmarks: 18 bytes a page too, and a 1 KB basis instead of 4 KB.
-    assert ratio["256s4r4"] > ratio["256r16"], ratio
-    assert info["256s4r4"].attention_key_compression > info["256r16"].attention_key_compression
+    # Four rank-2 landmarks: 10 bytes a page, and a 512-byte basis instead of 4 KB.
+    assert ratio["256s4r2"] > ratio["256r16"], ratio
+    assert info["256s4r2"].attention_key_compression > info["256r16"].attention_key_compression
 
 
 @pytest.mark.gpu
