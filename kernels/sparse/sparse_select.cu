@@ -22,6 +22,11 @@ __device__ __forceinline__ uint32_t OrderKeyDev(float s) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+// A score's orderable key from its exact integer sum: the reference's two fp32 products.
+__device__ __forceinline__ uint32_t ScoreKey(int sum, float qscale, float scale) {
+  return OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(sum), qscale), scale));
+}
+
 // Exclusive prefix of one int per thread, in thread order.
 __device__ int BlockExclusive(int v, int* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -71,14 +76,14 @@ __device__ void ScoreChunks(const SparseSelectParams& p, const int8_t* q8, const
           int dot = 0;
 #pragma unroll
           for (int i = 0; i < kR / 4; ++i) dot = __dp4a(w[i], qw[i], dot);
-          const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
+          const uint32_t k = ScoreKey(dot, qscale[h], scale);
           if ((h == 0 && j == 0) || k > best) best = k;
         }
       } else {
         for (int h = 0; h < G; ++h) {
           int dot = 0;
           for (int r = 0; r < R; ++r) dot += static_cast<int>(q8[h * R + r]) * static_cast<int>(co[r]);
-          const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(dot), qscale[h]), scale));
+          const uint32_t k = ScoreKey(dot, qscale[h], scale);
           if ((h == 0 && j == 0) || k > best) best = k;
         }
       }
@@ -101,10 +106,10 @@ __device__ void ScoreChunksRank2(const SparseSelectParams& p, const int8_t* q8, 
     for (int i = 0; i < words; ++i) {
       const int w = co[i];
       for (int h = 0; h < G; ++h) {
-        const uint32_t q = static_cast<uint8_t>(q8[2 * h]) | static_cast<uint32_t>(static_cast<uint8_t>(q8[2 * h + 1])) << 8;
+        const uint32_t q = reinterpret_cast<const uint16_t*>(q8)[h];  // the row's two coordinates, low half
         const int lo = __dp4a(w, static_cast<int>(q), 0), hi = __dp4a(w, static_cast<int>(q << 16), 0);
-        const uint32_t klo = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(lo), qscale[h]), scale));
-        const uint32_t khi = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(hi), qscale[h]), scale));
+        const uint32_t klo = ScoreKey(lo, qscale[h], scale);
+        const uint32_t khi = ScoreKey(hi, qscale[h], scale);
         if ((h == 0 && i == 0) || klo > best) best = klo;
         if (khi > best) best = khi;
       }
@@ -138,7 +143,7 @@ __device__ void ScoreBounds(const SparseSelectParams& p, const int8_t* qpos, con
       } else {
         for (int d = 0; d < D; ++d) sum += qpos[h * D + d] * hi[d] + qneg[h * D + d] * lo[d];
       }
-      const uint32_t k = OrderKeyDev(__fmul_rn(__fmul_rn(__int2float_rn(sum), qscale[h]), scale));
+      const uint32_t k = ScoreKey(sum, qscale[h], scale);
       if (h == 0 || k > best) best = k;
     }
     keys[c] = best;

@@ -27,6 +27,22 @@ void Project(const float* basis, int D, int R, const float* x, float* out) {
   }
 }
 
+// max |x_i|, NaN skipped.
+float AbsMax(const float* x, int n) {
+  float mx = 0;
+  for (int i = 0; i < n; ++i) mx = std::max(mx, std::fabs(x[i]));
+  return mx;
+}
+
+// q8 = rint(x / s), clamped to +-127; 0 where that is NaN (a NaN x, or an infinite row's s), and
+// everywhere for s = 0.
+void QuantizeBy(const float* x, int n, float s, int8_t* q8) {
+  for (int i = 0; i < n; ++i) {
+    const float v = s > 0 ? std::nearbyint(x[i] / s) : 0.0f;
+    q8[i] = v != v ? 0 : static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+  }
+}
+
 }  // namespace
 
 Status CheckSparseSelect(const SparseSelectParams& p) {
@@ -50,27 +66,16 @@ Status CheckSparseSelect(const SparseSelectParams& p) {
 }
 
 float SparseQuantizeQuery(const float* qr, int R, int8_t* q8) {
-  float mx = 0;
-  for (int r = 0; r < R; ++r) mx = std::max(mx, std::fabs(qr[r]));
-  const float s = mx / 127.0f;
-  for (int r = 0; r < R; ++r) {
-    const float v = s > 0 ? std::nearbyint(qr[r] / s) : 0.0f;  // NaN for a NaN coordinate or an infinite row
-    q8[r] = v != v ? 0 : static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
-  }
+  const float s = AbsMax(qr, R) / 127.0f;
+  QuantizeBy(qr, R, s, q8);
   return s;
 }
 
 uint16_t SparseQuantizeLandmark(const float* x, int n, int8_t* q8) {
-  float mx = 0;
-  for (int i = 0; i < n; ++i) mx = std::max(mx, std::fabs(x[i]));
-  float s = mx / 127.0f;
+  float s = AbsMax(x, n) / 127.0f;
   s = s < 65504.0f ? s : 65504.0f;  // the largest finite fp16
   const uint16_t h = FloatToHalfBits(s);
-  s = HalfBitsToFloat(h);
-  for (int i = 0; i < n; ++i) {
-    const float v = s > 0 ? std::nearbyint(x[i] / s) : 0.0f;
-    q8[i] = v != v ? 0 : static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
-  }
+  QuantizeBy(x, n, HalfBitsToFloat(h), q8);
   return h;
 }
 
