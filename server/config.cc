@@ -131,13 +131,17 @@ std::vector<Flag> Flags(ServerConfig* c) {
                         "(SVDq/int4/int2 keys in head scope, CUDA); prefill stays dense; 0: dense attention (default 0)",
        num(&c->sparse_budget, 0, 1 << 24)},
       {"sparse-landmark-rank", "with --sparse-budget: each page's landmark as R int8 coordinates in a basis fitted to "
-                               "each sequence's first forward (R + 4 bytes a page and KV head instead of head dim + 4; "
+                               "each sequence's first forward (R + 2 bytes a page and KV head instead of head dim + 2; "
                                "no prefix sharing); below the head dim, at most 128; 0: the page's mean key (default 0)",
        num(&c->sparse_landmark_rank, 0, 128)},
       {"sparse-landmark-subs", "with --sparse-budget: S landmarks a page, the means of its S equal slices under one "
-                               "scale, the page scored by the best (S x W + 4 bytes a page and KV head, W the "
+                               "scale, the page scored by the best (S x W + 2 bytes a page and KV head, W the "
                                "landmark's coordinates); S divides the block size, at most 8 (default 1)",
        num(&c->sparse_landmark_subs, 1, 8)},
+      {"sparse-dense-layers", "with --sparse-budget: the first N layers attend to every page and keep no landmarks "
+                              "(their attention is spread, where a selection finds little to skip); below the "
+                              "model's layer count (default 0)",
+       num(&c->sparse_dense_layers, 0, 1 << 16)},
       {"prefix-caching", "true | false: share KV blocks of identical prompt prefixes (default true)",
        [c](const std::string& v) {
          if (v != "true" && v != "false") return false;

@@ -308,10 +308,13 @@ void Engine::Load() {
     modes.sparse_budget = static_cast<int>(std::min<int64_t>(m.opts.sparse_budget, 1 << 24));
     modes.sparse_landmark_rank = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_rank, -1, 1 << 16));
     modes.sparse_landmark_subs = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_subs, -1, 1 << 16));
+    modes.sparse_dense_layers = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_dense_layers, -1, 1 << 16));
   } else if (m.opts.sparse_landmark_rank != 0) {
     throw std::runtime_error("--sparse-landmark-rank needs --sparse-budget (it shapes sparse attention's landmarks)");
   } else if (m.opts.sparse_landmark_subs != 1) {
     throw std::runtime_error("--sparse-landmark-subs needs --sparse-budget (it shapes sparse attention's landmarks)");
+  } else if (m.opts.sparse_dense_layers != 0) {
+    throw std::runtime_error("--sparse-dense-layers needs --sparse-budget (without it every layer attends densely)");
   }
   if (std::string e = kv::ComputeKvBytes(modes, shape, &m.kv_bytes); !e.empty())
     throw std::runtime_error("KV cache mode: " + e);
@@ -490,6 +493,7 @@ KvConfigInfo Engine::kv_config() const {
   k.sparse_budget = m.modes.sparse_budget;
   k.sparse_landmark_rank = m.modes.sparse_landmark_rank;
   k.sparse_landmark_subs = m.modes.sparse_landmark_subs;
+  k.sparse_dense_layers = m.modes.sparse_dense_layers;
   const int64_t context = m.model->config().max_context;
   if (const int64_t read = kv::DecodeKeyBytesRead(m.modes, m.kv_shape, context); read > 0)
     k.attention_key_compression = static_cast<double>(kv::Bf16KeyBytes(m.kv_shape, context)) / read;

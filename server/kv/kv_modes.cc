@@ -111,9 +111,12 @@ std::string ComputeKvBytes(const KvModes& m, const KvShape& s, KvBytes* out) {
   if (m.sparse_budget > 0) {
     SparsePlan plan;
     if (std::string e = PlanSparse(m, s, &plan); !e.empty()) return e;
-    b.key_per_block += heads_layers * plan.page_landmark_bytes();  // each page's landmarks: int8 + an fp16 scale
-    b.per_lane += heads_layers * plan.landmark_subs * D * 4;      // the tail page's running sums (fp32)
-    if (m.landmark_basis()) b.per_lane += heads_layers * D * plan.landmark_width * 4;  // the landmark basis
+    // Of the sparse layers only: each page's landmarks (int8 + an fp16 scale), the tail page's
+    // running sums (fp32) and the landmark basis.
+    const int64_t heads_sparse = static_cast<int64_t>(plan.sparse_layers) * s.kv_heads;
+    b.key_per_block += heads_sparse * plan.page_landmark_bytes();
+    b.per_lane += heads_sparse * plan.landmark_subs * D * 4;
+    if (m.landmark_basis()) b.per_lane += heads_sparse * D * plan.landmark_width * 4;
   }
   switch (m.value) {
     case ValueMode::kFull: b.value_per_block = heads_layers * P * full_token; break;
@@ -143,6 +146,11 @@ std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out) {
     return "--sparse-landmark-subs " + std::to_string(S) + " of " + std::to_string(p.landmark_width) +
            " coordinates each is over the selection's 256 coordinates a page: lower it or --sparse-landmark-rank";
   p.landmark_subs = S;
+  if (m.sparse_dense_layers < 0 || m.sparse_dense_layers >= s.layers)
+    return "--sparse-dense-layers must be in [0, " + std::to_string(s.layers - 1) + "] (the model has " +
+           std::to_string(s.layers) + " layers; at least one must select pages), not " +
+           std::to_string(m.sparse_dense_layers);
+  p.sparse_layers = s.layers - m.sparse_dense_layers;
   p.recent_pages = (128 + P - 1) / P;
   p.keep = m.sparse_budget / P - 1 - p.recent_pages;
   if (p.keep < 1)
@@ -161,18 +169,21 @@ int64_t DecodeKeyBytesRead(const KvModes& m, const KvShape& s, int64_t len) {
   kernels::SvdqLayout l;
   if (!kernels::MakeLayout(c.width, s.block_size, m.CodecSchedule(), &l).ok()) return 0;
   const int64_t pages = len / P, tail = len % P;
-  int64_t read = pages, landmarks = 0;
+  // Per unit and layer: the pages' records, the mean (fp32) and the retained basis columns (fp16
+  // or fp32); per KV head and layer, the bf16 tail.
+  const int64_t W = c.width, basis = 4 * W + (s.half_basis_read ? 2 : 4) * W * l.retained;
+  auto layers_read = [&](int64_t layers, int64_t read_pages, int64_t landmarks) {
+    return layers * (c.units * (read_pages * l.page_bytes + basis) + s.kv_heads * (tail * D * 2 + landmarks));
+  };
   SparsePlan plan;
-  if (m.sparse_budget > 0 && PlanSparse(m, s, &plan).empty()) {
-    const int64_t recent = std::min<int64_t>(pages, plan.recent_pages), scored = pages - recent;
-    read = std::min<int64_t>(scored, plan.keep + 1) + recent;
-    landmarks = scored * plan.page_landmark_bytes();
-    if (m.landmark_basis() && scored > 0) landmarks += D * plan.landmark_width * 4;  // staged by the selection
-  }
-  const int64_t units_layers = static_cast<int64_t>(s.layers) * c.units, W = c.width;
-  // Per unit: the pages' records, the mean (fp32) and the retained basis columns (fp16 or fp32).
-  const int64_t basis = 4 * W + (s.half_basis_read ? 2 : 4) * W * l.retained;
-  return units_layers * (read * l.page_bytes + basis) + heads_layers * (tail * D * 2 + landmarks);
+  if (m.sparse_budget <= 0 || !PlanSparse(m, s, &plan).empty()) return layers_read(s.layers, pages, 0);
+  // Sparse layers read the chosen and recent pages, and the scored pages' landmarks (and the
+  // landmark basis, staged by the selection); dense layers (sparse_dense_layers) every page.
+  const int64_t recent = std::min<int64_t>(pages, plan.recent_pages), scored = pages - recent;
+  int64_t landmarks = scored * plan.page_landmark_bytes();
+  if (m.landmark_basis() && scored > 0) landmarks += D * plan.landmark_width * 4;
+  return layers_read(s.layers - plan.sparse_layers, pages, 0) +
+         layers_read(plan.sparse_layers, std::min<int64_t>(scored, plan.keep + 1) + recent, landmarks);
 }
 
 int64_t Bf16KeyBytes(const KvShape& s, int64_t len) {

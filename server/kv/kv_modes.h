@@ -48,8 +48,13 @@ struct KvModes {
   // head, W = R or D), and the page scores as its best slice: a few needle tokens are diluted by
   // P / S keys instead of P. S divides the block size, at most 8.
   int sparse_landmark_subs = 1;
+  // Layers [0, N) attend densely under a sparse budget (Quest leaves the first two dense: their
+  // attention is spread, where the selection finds little to skip); their pages hold no landmarks.
+  int sparse_dense_layers = 0;
 
   bool landmark_basis() const { return sparse_budget > 0 && sparse_landmark_rank > 0; }
+  // Whether decode steps of this layer attend to chosen pages only.
+  bool sparse_layer(int layer) const { return sparse_budget > 0 && layer >= sparse_dense_layers; }
   bool page_coded_keys() const { return key == KeyMode::kInt4 || key == KeyMode::kInt2 || key == KeyMode::kSvdq; }
   // The schedule the page codec runs: the SVDq schedule, or uniform bits for int4/int2.
   kernels::Schedule CodecSchedule() const;
@@ -111,11 +116,12 @@ int64_t Bf16BytesPerToken(const KvShape& s);
 // the selection does not score), and `keep` pages besides the sink are chosen, so that sink,
 // kept and recent pages hold the budget. Fails (returns a message) where the budget cannot hold
 // the sink, one chosen page and the recent window, or the mode has no sparse kernel (page-coded
-// keys in head scope only), or the landmark rank is out of range.
+// keys in head scope only), or the landmark rank is out of range, or no layer is left sparse.
 struct SparsePlan {
   int recent_pages = 0, keep = 0;
   int landmark_width = 0;  // int8 coordinates a landmark: the landmark rank, or the head dim
   int landmark_subs = 1;   // landmarks a page
+  int sparse_layers = 0;   // the layers that select pages (the rest attend densely)
   int64_t page_landmark_bytes() const { return static_cast<int64_t>(landmark_subs) * landmark_width + 2; }  // int8 + an fp16 scale
 };
 std::string PlanSparse(const KvModes& m, const KvShape& s, SparsePlan* out);

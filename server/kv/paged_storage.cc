@@ -193,6 +193,13 @@ PagedKvStorage::PagedKvStorage(StorageSpec spec) : spec_(std::move(spec)) {
                                   " pages of " + std::to_string(P) + " tokens: raise --block-size");
     const int64_t W = sparse_.landmark_width, S = sparse_.landmark_subs;
     for (int l = 0; l < s.layers; ++l) {
+      if (!sparse_layer(l)) {  // a dense layer's: none (kept undefined, so that layers index them)
+        landmarks_.emplace_back();
+        landmark_scales_.emplace_back();
+        landmark_sums_.emplace_back();
+        if (m.landmark_basis()) landmark_basis_.emplace_back();
+        continue;
+      }
       landmarks_.push_back(at::zeros({spec_.num_blocks, KV, S * W}, o.dtype(at::kChar)));
       landmark_scales_.push_back(at::zeros({spec_.num_blocks, KV}, o.dtype(at::kHalf)));
       landmark_sums_.push_back(at::zeros({spec_.lanes, KV, S, D}, o.dtype(at::kFloat)));
@@ -233,7 +240,8 @@ int64_t PagedKvStorage::bytes() const {
   for (const auto& t : keys_) b += t.bytes();
   for (const auto& t : values_) b += t.bytes();
   for (const auto* v : {&codes_, &tail_, &mean_, &vectors_, &vectors_half_, &landmarks_, &landmark_scales_, &landmark_sums_, &landmark_basis_})
-    for (const auto& t : *v) b += t.numel() * static_cast<int64_t>(t.element_size());
+    for (const auto& t : *v)
+      if (t.defined()) b += t.numel() * static_cast<int64_t>(t.element_size());  // a dense layer has no landmarks
   return b;
 }
 
@@ -336,7 +344,7 @@ void PagedKvStorage::WriteDecode(int layer, const at::Tensor& k_pre, const at::T
     if (!coded) keys_[layer].Write(w.block, w.offset, k);
     else tail.index_put_({w.lanes, w.offset}, k_pre.to(tail.scalar_type()));
   }
-  if (sparse()) AppendLandmarks(layer, k, w);
+  if (sparse_layer(layer)) AppendLandmarks(layer, k, w);
   if (!coded) return;
   // A row whose token completes its page has that page encoded into its block: decided on the
   // device (encode_if_last), read straight from the lane's tail, written straight to the codes.
@@ -535,7 +543,7 @@ at::Tensor PagedKvStorage::AttendDecode(int layer, const at::Tensor& q, const De
   p.out = out.data_ptr<float>();
   int plan_pages = p.max_pages;
   at::Tensor sparse_pages, sparse_count;
-  if (sparse()) {
+  if (sparse_layer(layer)) {
     // Sparse attention: the chosen pages, the recent ones and the tail (kernels/sparse).
     SelectPages(layer, q, t, &sparse_pages, &sparse_count);
     p.sparse_pages = sparse_pages.data_ptr<int32_t>();
@@ -805,7 +813,7 @@ void PagedSeqView::Write(int layer, int64_t pos0, const at::Tensor& k_pre, const
   }
   const int64_t rest = std::max(pos0, full_end);
   if (to > rest) tail.narrow(0, rest % P, to - rest).copy_(k_pre.narrow(0, rest - pos0, to - rest));
-  if (st_->sparse()) WriteLandmarks(layer, pos0, k);
+  if (st_->sparse_layer(layer)) WriteLandmarks(layer, pos0, k);
   if (layer == sp.shape.layers - 1) FinishBasis();
 }
 
@@ -914,7 +922,7 @@ at::Tensor PagedSeqView::Attend(int layer, const at::Tensor& q) {
   // One sequence is a batch of one: the same tables and kernels as AttendMany.
   if (fresh_layer_ != layer || !fresh_k_.defined() || fresh_k_.size(0) != 1) return {};
   at::Tensor out = AttendMany(layer, q, {this});
-  if (!out.defined() && st_->sparse() && !prompt_) out = AttendSparse(layer, q);
+  if (!out.defined() && st_->sparse_layer(layer) && !prompt_) out = AttendSparse(layer, q);
   return out;
 }
 
@@ -1013,7 +1021,7 @@ bool PagedSeqView::WriteMany(int layer, const at::Tensor& k_pre, const at::Tenso
     const size_t at = static_cast<size_t>(s->lane_) * sp.shape.layers + layer;
     if (prefill_basis && !st_->lane_basis_set_[at])
       throw std::logic_error("SVDq prefill basis: the sequence's first forward did not start at position 0");
-    if (!st_->landmark_basis_set_.empty() && !st_->landmark_basis_set_[at])
+    if (!st_->landmark_basis_set_.empty() && st_->sparse_layer(layer) && !st_->landmark_basis_set_[at])
       throw std::logic_error("landmark basis: the sequence's first forward did not start at position 0");
   }
   for (size_t b = 0; b < seqs.size(); ++b) {

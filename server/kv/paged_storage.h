@@ -127,6 +127,9 @@ class PagedKvStorage {
   at::Tensor AttendDecode(int layer, const at::Tensor& q, const DecodeTables& t);
   int BasisSlot(int lane) const;  // the basis row a lane's pages use (0 where the basis is shared)
   bool sparse() const { return spec_.modes.sparse_budget > 0; }
+  // Whether this layer's decode steps select pages (the first sparse_dense_layers attend densely
+  // and keep no landmarks).
+  bool sparse_layer(int layer) const { return spec_.modes.sparse_layer(layer); }
   // A decode row's DecodeTables::sparse_from entry: its full pages before the recent window, or 0
   // for a prompt row (dense). Filled on the host with the rest of a step's tables.
   int32_t SparseFrom(int64_t full_pages, bool prompt) const {

@@ -70,11 +70,14 @@ def test_a_budget_covering_the_context_gives_dense_tokens_gpu(stubs):
 
 
 # Configurations of small_budget_reads_fewer_key_bytes: dense, a 256-token budget with landmarks
-# over the head dim, the same with rank-16 landmarks (--sparse-landmark-rank), and with four rank-2
-# landmarks a page (--sparse-landmark-subs).
+# over the head dim, the same with rank-16 landmarks (--sparse-landmark-rank), with four rank-2
+# landmarks a page (--sparse-landmark-subs), and with those and the first 3 of the model's 30
+# layers dense (--sparse-dense-layers).
+S4R2 = ["--sparse-landmark-rank", "2", "--sparse-landmark-subs", "4"]
 BUDGETS = {"0": ["--sparse-budget", "0"], "256": ["--sparse-budget", "256"],
            "256r16": ["--sparse-budget", "256", "--sparse-landmark-rank", "16"],
-           "256s4r2": ["--sparse-budget", "256", "--sparse-landmark-rank", "2", "--sparse-landmark-subs", "4"]}
+           "256s4r2": ["--sparse-budget", "256"] + S4R2,
+           "256s4r2d3": ["--sparse-budget", "256"] + S4R2 + ["--sparse-dense-layers", "3"]}
 
 
 def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
@@ -100,6 +103,7 @@ def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
     assert info["256r16"].sparse_budget == 256 and info["256r16"].sparse_landmark_rank == 16
     assert info["256r16"].sparse_landmark_subs == 1
     assert info["256s4r2"].sparse_landmark_rank == 2 and info["256s4r2"].sparse_landmark_subs == 4
+    assert info["256s4r2"].sparse_dense_layers == 0 and info["256s4r2d3"].sparse_dense_layers == 3
     return ratio, info, tokens
 
 
@@ -124,6 +128,12 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_cpu(stubs)
     # Four rank-2 landmarks: 10 bytes a page, and a 512-byte basis instead of 4 KB.
     assert ratio["256s4r2"] > ratio["256r16"], ratio
     assert info["256s4r2"].attention_key_compression > info["256r16"].attention_key_compression
+    # Three dense layers read every page there: between dense and all-sparse, by the counts
+    # (1/read is linear in the layers: 3 dense and 27 sparse layers' reads).
+    read = {b: 1 / ratio[b] for b in ratio}
+    assert abs(read["256s4r2d3"] - (0.1 * read["0"] + 0.9 * read["256s4r2"])) < 1e-3 * read["0"], ratio
+    # (Which layers attend densely is asserted in the storage's tests: KvStorageCpu.
+    # SparseAttentionAttendsToTheChosenPagesOnly. This model's greedy tokens settle on one id.)
 
 
 @pytest.mark.gpu
@@ -150,6 +160,8 @@ REFUSALS = [
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "3"], "--sparse-landmark-subs must divide the block size"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "9"], "--sparse-landmark-subs"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "8"], "over the selection's 256 coordinates a page"),
+    (SVDQ + ["--sparse-dense-layers", "2"], "--sparse-dense-layers needs --sparse-budget"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-dense-layers", "30"], "--sparse-dense-layers must be in [0, 29]"),
 ]
 CUDA_REFUSALS = [
     (SVDQ + ["--value-mode", "int4", "--sparse-budget", "2048"], "--sparse-budget needs bf16 values"),

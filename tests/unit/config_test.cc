@@ -82,6 +82,13 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
     EXPECT_FALSE(Parse({"--sparse-landmark-subs", bad}, &c, &err)) << bad;
     EXPECT_NE(err.find("--sparse-landmark-subs"), std::string::npos) << bad;
   }
+  EXPECT_EQ(c.sparse_dense_layers, 0);
+  EXPECT_TRUE(Parse({"--sparse-dense-layers", "2"}, &c, &err)) << err;
+  EXPECT_EQ(c.sparse_dense_layers, 2);
+  for (const char* bad : {"-1", "two", ""}) {
+    EXPECT_FALSE(Parse({"--sparse-dense-layers", bad}, &c, &err)) << bad;
+    EXPECT_NE(err.find("--sparse-dense-layers"), std::string::npos) << bad;
+  }
 }
 
 }  // namespace

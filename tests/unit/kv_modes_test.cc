@@ -195,6 +195,49 @@ TEST(KvModes, SubChunkLandmarksCountEverySlice) {
   EXPECT_EQ(PlanSparse(m, s, &plan), "");
 }
 
+// Dense layers under a sparse budget (sparse_dense_layers = N): those N layers read every page,
+// like budget 0, and store and read no landmarks; the other layers read what they read before.
+// N must leave a layer sparse.
+TEST(KvModes, DenseLayersReadEveryPageAndKeepNoLandmarks) {
+  KvShape s = SmolLm2();  // 30 layers of 3 KV heads
+  s.block_size = 64;
+  KvModes m = Modes("svdq", "bf16");
+  ASSERT_TRUE(svdq::kernels::ParseSchedule("4,2,2,1,1,0,0,0", &m.schedule).ok());
+  m.sparse_budget = 2048;
+  m.sparse_landmark_rank = 2;
+  m.sparse_landmark_subs = 4;
+  KvModes dense = m;
+  dense.sparse_budget = 0;
+  const int64_t len = 100 * 64 + 5, per_layer = 3;
+  const int64_t sparse_read = DecodeKeyBytesRead(m, s, len), dense_read = DecodeKeyBytesRead(dense, s, len);
+  KvBytes all_sparse, two_dense, none;
+  ASSERT_EQ(ComputeKvBytes(m, s, &all_sparse), "");
+  ASSERT_EQ(ComputeKvBytes(dense, s, &none), "");
+  m.sparse_dense_layers = 2;
+  EXPECT_FALSE(m.sparse_layer(1));
+  EXPECT_TRUE(m.sparse_layer(2));
+  EXPECT_FALSE(dense.sparse_layer(2));
+  SparsePlan plan;
+  ASSERT_EQ(PlanSparse(m, s, &plan), "");
+  EXPECT_EQ(plan.sparse_layers, 28);
+  // Reads: 2 layers as dense, 28 as sparse (per-layer reads are equal across layers).
+  EXPECT_EQ(DecodeKeyBytesRead(m, s, len), dense_read / 30 * 2 + sparse_read / 30 * 28);
+  EXPECT_LT(DecodeKeyBytesRead(m, s, len), dense_read);
+  // Storage: 2 layers' landmarks (8 + 2 bytes a page and KV head), sums and basis fewer.
+  ASSERT_EQ(ComputeKvBytes(m, s, &two_dense), "");
+  EXPECT_EQ(all_sparse.key_per_block - two_dense.key_per_block, 2 * per_layer * (4 * 2 + 2));
+  EXPECT_EQ(all_sparse.per_lane - two_dense.per_lane, 2 * per_layer * (4 * 64 * 4 + 64 * 2 * 4));
+  EXPECT_GT(two_dense.key_per_block, none.key_per_block);
+  for (int bad : {-1, 30, 31}) {
+    m.sparse_dense_layers = bad;
+    EXPECT_NE(PlanSparse(m, s, &plan).find("--sparse-dense-layers must be in [0, 29]"), std::string::npos) << bad;
+    EXPECT_NE(ComputeKvBytes(m, s, &two_dense), "") << bad;
+  }
+  m.sparse_dense_layers = 29;
+  EXPECT_EQ(PlanSparse(m, s, &plan), "");
+  EXPECT_EQ(plan.sparse_layers, 1);
+}
+
 TEST(KvModes, LayerScopeCodesOneLatentPerLayer) {
   KvModes m = Modes("svdq", "bf16");
   ASSERT_TRUE(ParseBasisScope("layer", &m.scope));

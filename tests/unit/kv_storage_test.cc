@@ -403,7 +403,9 @@ TEST(KvStorageCpu, SubChunkLandmarksHoldEachSlicesMean) {
 // starting page 25 and with it completing page 24 (encoded by its own write). A context shorter
 // than the recent window, and a budget that covers the context, must give dense attention. The
 // same with rank-16 landmarks (coordinates in the lane's basis: the keys' leading directions hold
-// the hot pages' lean, so the same pages win).
+// the hot pages' lean, so the same pages win). With the first layer dense (sparse_dense_layers),
+// that layer keeps no landmarks and leaves its attention to the dense path (no sparse output),
+// and the second chooses the same pages as before.
 TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
   constexpr int64_t kMax = 25 * kPage + 1;
   const Tables rope = Rope(at::Device(at::kCPU), 512);
@@ -419,13 +421,18 @@ TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
   at::Tensor v = at::randn({kMax, kKv, kDim});
   at::Tensor q = (w.repeat_interleave(kHeads / kKv, 0) * 5.0).unsqueeze(0);  // [1, heads, D]
   int rank = 0;  // the landmarks' (kv_modes.h sparse_landmark_rank)
+  int dense_layers = 0, layer = 0;  // kv_modes.h sparse_dense_layers; the layer that attends
+  int64_t storage_bytes = 0;
   // A prompt of L - 1 tokens, then one decode step: its attention and the keys and values as stored.
   auto attend = [&](int64_t L, int budget, at::Tensor* keys, at::Tensor* values) {
     StorageSpec spec = SvdqPrefillSpec(rope, at::Device(at::kCPU), "8,8,8,8,8,8,8,8");
     spec.num_blocks = 32;
     spec.modes.sparse_budget = budget;
     spec.modes.sparse_landmark_rank = rank;
+    spec.modes.sparse_dense_layers = dense_layers;
     PagedKvStorage storage(spec);
+    storage_bytes = storage.bytes();
+    for (int l = 0; l < kLayers; ++l) EXPECT_EQ(storage.landmarks(l).defined(), l >= dense_layers) << l;
     std::vector<BlockId> blocks;
     for (int64_t i = 0; i * kPage < L; ++i) blocks.push_back(static_cast<BlockId>((i * 7 + 3) % 32));  // scattered
     {
@@ -435,9 +442,12 @@ TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
     }
     PagedSeqView step(&storage, blocks, L - 1, /*lane=*/1);
     step.Reserve(L);
-    step.Write(0, L - 1, k_pre.narrow(0, L - 1, 1), k.narrow(0, L - 1, 1), v.narrow(0, L - 1, 1));
-    at::Tensor out = step.Attend(0, q);
-    auto [rk, rv] = step.Read(0, L);  // [kv, L, D] as stored
+    at::Tensor out;
+    for (int l = 0; l <= layer; ++l) {
+      step.Write(l, L - 1, k_pre.narrow(0, L - 1, 1), k.narrow(0, L - 1, 1), v.narrow(0, L - 1, 1));
+      out = step.Attend(l, q);
+    }
+    auto [rk, rv] = step.Read(layer, L);  // [kv, L, D] as stored
     *keys = rk.to(at::kDouble);
     *values = rv.to(at::kDouble);
     return out;
@@ -476,7 +486,27 @@ TEST(KvStorageCpu, SparseAttentionAttendsToTheChosenPagesOnly) {
     ASSERT_TRUE(covering.defined());
     EXPECT_LT(RelErr(covering, reference(keys, values, all)), 1e-5) << L << " rank " << r;
   }
-  rank = 0;
+  // The first layer dense: no landmarks, no sparse output; the second chooses as before.
+  {
+    std::vector<std::vector<int64_t>> chosen(kKv);
+    for (int64_t g = 0; g < kKv; ++g)
+      for (int64_t t = 0; t < kMax; ++t)
+        if (t >= 17 * kPage || t < kPage || std::find(hot[g].begin(), hot[g].end(), t / kPage) != hot[g].end())
+          chosen[g].push_back(t);
+    rank = 0;
+    at::Tensor keys, values;
+    ASSERT_TRUE(attend(kMax, 256, &keys, &values).defined());
+    const int64_t all_sparse_bytes = storage_bytes;
+    dense_layers = 1;
+    EXPECT_FALSE(attend(kMax, 256, &keys, &values).defined()) << "a dense layer attended sparsely";
+    EXPECT_LT(storage_bytes, all_sparse_bytes);
+    layer = 1;
+    at::Tensor second = attend(kMax, 256, &keys, &values);
+    ASSERT_TRUE(second.defined());
+    EXPECT_LT(RelErr(second, reference(keys, values, chosen)), 1e-5);
+    dense_layers = 0;
+    layer = 0;
+  }
   // 100 tokens: 6 full pages, all in the recent window, none to choose from.
   std::vector<std::vector<int64_t>> short_all(kKv);
   for (int64_t g = 0; g < kKv; ++g)
