@@ -81,14 +81,14 @@ int main(int argc, char** argv) {
   if (cudaGetLastError() != cudaSuccess) { std::fprintf(stderr, "launch failed\n"); return 1; }
   const double us = TimeMs(e0, e1) * 1e3 / iters;
   const int width = bound ? 2 * D : rank;
-  const double bytes = double(batch) * KV * chunks * (width + 4) + double(batch) * H * D * 4 + (bound ? 0.0 : double(KV) * D * rank * 4);
+  const double bytes = double(batch) * KV * chunks * (width + 2) + double(batch) * H * D * 4 + (bound ? 0.0 : double(KV) * D * rank * 4);
   const double floor_us = bytes / (copy_tbps * 1e12) * 1e6;
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   std::printf("%s, copy %.2f TB/s\n", prop.name, copy_tbps);
   std::printf("sparse select (%s): batch %d, %d KV heads, %d chunks, keep %d + sink, %d bytes a chunk: %.1f us a call; "
               "metadata %.2f MB, %.2f us at the copy bandwidth (%.0f%% of it)\n",
-              bound ? "bound" : "landmark", batch, KV, chunks, keep, width + 4, us, bytes / 1e6, floor_us, 100.0 * floor_us / us);
+              bound ? "bound" : "landmark", batch, KV, chunks, keep, width + 2, us, bytes / 1e6, floor_us, 100.0 * floor_us / us);
   if (!json.empty()) {
     nlohmann::json j = {{"device", prop.name}, {"date", date}, {"batch", batch}, {"kv_heads", KV}, {"chunks", chunks},
                         {"keep", keep}, {"rank", rank}, {"score", bound ? "bound" : "landmark"}, {"us", us}, {"bytes", bytes}, {"copy_tbps", copy_tbps},

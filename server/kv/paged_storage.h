@@ -135,7 +135,8 @@ class PagedKvStorage {
   int32_t SparseFrom(int64_t full_pages, bool prompt) const {
     return prompt ? 0 : static_cast<int32_t>(std::max<int64_t>(0, full_pages - sparse_.recent_pages));
   }
-  // Page landmarks (sparse attention), for tests: int8 [blocks, kv, S W] and fp16 [blocks, kv]
+  // Page landmarks (sparse attention), for tests; undefined for a dense layer (sparse_layer):
+  // int8 [blocks, kv, S W] and fp16 [blocks, kv]
   // (S landmarks a page, W: the landmark rank, or D); with a landmark rank, the lanes' bases fp32
   // [lanes, kv, D, W].
   const at::Tensor& landmarks(int layer) const { return landmarks_[layer]; }
