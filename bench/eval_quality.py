@@ -34,6 +34,7 @@ import json
 import platform
 import random
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -251,11 +252,19 @@ def main():
     meta = dict(date=datetime.date.today().isoformat(), host=platform.node(), device=a.device, model=Path(a.model).name,
                 lengths=lengths, cases_per_task_and_length=a.cases, tasks=tasks, max_tokens=a.max_tokens,
                 command=" ".join(sys.argv))
-    rows, prompts = [], None
+    if a.device != "cpu":
+        meta["gpu"] = gpu_name()
+    rows, prompts, refused = [], None, {}
     for mode in a.modes.split(";"):
         s = Server(Path(a.model), a.device, extra=server_flags(mode, a))
         try:
-            s.wait_ready(timeout=900)
+            try:
+                s.wait_ready(timeout=900)
+            except RuntimeError as e:  # the server refused this mode's flags: say why, run the others
+                refused[mode] = str(e).splitlines()[-1]
+                print(f"mode {mode} refused: {refused[mode]}", file=sys.stderr, flush=True)
+                meta["refused"] = refused
+                continue
             with grpc.insecure_channel(s.addr, options=[("grpc.max_receive_message_length", 64 << 20),
                                                         ("grpc.max_send_message_length", 64 << 20)]) as ch:
                 stub = pb_grpc.GenerationStub(ch)
@@ -293,7 +302,11 @@ def main():
             rows.append(row)
             print({k: v for k, v in row.items() if k != "answers"}, file=sys.stderr, flush=True)
         Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"{Path(a.model).name}, {a.cases} cases per task and length, device {a.device}\n")
+    Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"{Path(a.model).name}, {a.cases} cases per task and length, device {a.device}"
+          f"{' (' + meta['gpu'] + ')' if meta.get('gpu') else ''}\n")
+    for mode, why in refused.items():
+        print(f"refused at start, not measured: {mode}: {why}\n")
     print("| mode | key compression | attention key compression | task | " + " | ".join(f"{L} tokens" for L in lengths) + " |")
     print("|---|---:|---:|---|" + "---:|" * len(lengths))
     for mode in a.modes.split(";"):
@@ -314,6 +327,16 @@ def main():
             lo, hi = wilson(acc, n)
             cells.append(f"{100 * acc:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}]" if n else "-")
         print(f"{head} | all (95% interval) | {' | '.join(cells)} |")
+
+
+def gpu_name():
+    """The first GPU's name as nvidia-smi reports it, or None where it cannot be asked."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def wilson(p, n, z=1.96):

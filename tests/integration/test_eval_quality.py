@@ -121,3 +121,22 @@ def test_cached_sizes_give_the_same_prompts_with_one_tokenize_each(sentences, tm
     calls.clear()
     eq.sized_prompts(tokenize, cases, sentences, path, "other.gguf")  # another model: sized again
     assert len(calls) == bisecting
+
+
+def test_a_refused_mode_is_reported_and_the_others_still_run(model_path, tmp_path):
+    # Through the real server on the CPU: the first mode's flag is one the server refuses at start
+    # (a sparse budget with bf16 keys); the run goes on to the second mode and says what it skipped.
+    import subprocess
+    out = tmp_path / "eval.json"
+    bad = "bf16_bf16|--sparse-budget 256"
+    run = subprocess.run(
+        [sys.executable, str(Path(eq.__file__)), "--model", str(model_path), "--lengths", "200", "--cases", "1",
+         "--tasks", "passkey", "--max-tokens", "4", "--kv-cache-bytes", "64M", "--concurrency", "1",
+         "--modes", f"{bad};bf16_bf16", "--sizes", str(tmp_path / "sizes.json"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = eq.json.loads(out.read_text())
+    assert [r["mode"] for r in result["rows"]] == ["bf16_bf16"]
+    assert result["rows"][0]["cases"] == 1 and result["rows"][0]["length"] == 200
+    assert "sparse attention needs page-coded keys" in result["meta"]["refused"][bad]
+    assert f"refused at start, not measured: {bad}" in run.stdout
