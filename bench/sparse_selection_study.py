@@ -29,6 +29,11 @@ the KV head's query heads. Methods (metadata per chunk and KV head):
               int8 with one scale per chunk; a chunk's score is its best sub-chunk's (c / 16 * R + 2
               bytes a chunk at 16; the server's --sparse-landmark-subs c / 16)
   sub4kR      the same with int4 coordinates (c / 16 * R / 2 + 2 bytes a chunk)
+  subcR       subkR in the R leading directions of the context's keys less their mean (their
+              covariance): the uncentred fit spends directions on the keys' common part, which
+              adds nearly the same to every chunk's score
+  subsR       subkR in the R leading directions of the sub-chunk means less their mean: the
+              directions in which the slices differ, which is what a ranking uses
   twoR        two levels: lowrankR landmarks of groups of 4 chunks shortlist 4x the groups the
               budget needs; lowrankR landmarks of the chunks in the shortlist choose. Only the
               shortlist's chunk landmarks are read, so the metadata read per step is the groups'
@@ -98,7 +103,7 @@ class Selector:
             return (2 * int(m[7:]) + 4) / c
         if m.startswith("sub4k"):
             return (c // self.SUB * int(m[5:]) / 2 + 2) / c
-        if m.startswith("subk"):
+        if m[:4] in ("subk", "subc", "subs"):
             return (c // self.SUB * int(m[4:]) + 2) / c
         if m.startswith("lowrankk"):
             return (int(m[8:]) + 2) / c
@@ -146,9 +151,16 @@ class Selector:
         if m.startswith("sub"):
             four = m.startswith("sub4k")
             r, sub = int(m[5:] if four else m[4:]), min(self.SUB, c)
-            _, _, vh = torch.linalg.svd(k[: n * c], full_matrices=False)
+            subs = ch.view(n, c // sub, sub, -1).mean(2)  # [n, sub-chunks, d]
+            fit = k[: n * c]  # subk / sub4k: the keys themselves (their uncentred energy)
+            if m.startswith("subc"):  # the keys less their mean: the directions they vary in
+                fit = fit - fit.mean(0)
+            elif m.startswith("subs"):  # the sub-chunk means less theirs: what tells slices apart
+                fit = subs.reshape(-1, subs.shape[-1])
+                fit = fit - fit.mean(0)
+            _, _, vh = torch.linalg.svd(fit, full_matrices=False)
             basis = bf16(vh[:r].T)  # [d, r]
-            co = ch.view(n, c // sub, sub, -1).mean(2) @ basis  # [n, sub-chunks, r]
+            co = subs @ basis  # [n, sub-chunks, r]
             top = 7.0 if four else 127.0
             s = bf16(co.abs().amax((1, 2), keepdim=True).clamp_min(1e-12) / top)  # one scale per chunk
             co = (co / s).round().clamp(-top - 1, top) * s

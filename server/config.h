@@ -31,6 +31,7 @@ struct ServerConfig {
   int sparse_budget = 0;  // tokens a decode step attends to per sequence and KV head; 0: dense
   int sparse_landmark_rank = 0;  // landmark coordinates in a per-sequence basis; 0: the mean key itself
   int sparse_landmark_subs = 1;  // landmarks a page, one per equal slice (sub-chunk); scored by the best
+  int sparse_landmark_basis_tokens = 8192;  // the landmark basis's least first forward
   int sparse_dense_layers = 0;  // the first layers attend densely under --sparse-budget
   std::string svdq_basis_file;
   int shutdown_grace_seconds = 30;

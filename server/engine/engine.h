@@ -42,6 +42,9 @@ struct EngineOptions {
   int64_t sparse_budget = 0;
   int64_t sparse_landmark_rank = 0;  // kv_modes.h; 0: landmarks are the pages' mean keys
   int64_t sparse_landmark_subs = 1;  // kv_modes.h; landmarks a page (sub-chunk means)
+  // Landmark basis (sparse_landmark_rank > 0): fitted on a sequence's first forward, which covers
+  // at least min(prompt, sparse_landmark_basis_tokens) tokens, however the step budget is shared.
+  int64_t sparse_landmark_basis_tokens = 8192;
   int64_t sparse_dense_layers = 0;   // kv_modes.h; the first layers attend densely
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
@@ -59,6 +62,7 @@ struct KvConfigInfo {
   int64_t sparse_budget = 0;    // tokens a decode step attends to per sequence and KV head; 0: dense
   int64_t sparse_landmark_rank = 0;  // int8 coordinates a page landmark holds in its sequence's basis; 0: the mean key
   int64_t sparse_landmark_subs = 1;  // landmarks a page, one per equal slice
+  int64_t sparse_landmark_basis_tokens = 0;  // the landmark basis's least first forward; 0: no landmark basis
   int64_t sparse_dense_layers = 0;   // the first layers, which attend densely under the budget
   double attention_key_compression = 0;  // at the model's full context (kv_modes.h DecodeKeyBytesRead)
 };

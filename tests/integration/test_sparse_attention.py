@@ -104,6 +104,9 @@ def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
     assert info["256r16"].sparse_landmark_subs == 1
     assert info["256s4r2"].sparse_landmark_rank == 2 and info["256s4r2"].sparse_landmark_subs == 4
     assert info["256s4r2"].sparse_dense_layers == 0 and info["256s4r2d3"].sparse_dense_layers == 3
+    # A landmark basis is fitted on a first forward of at least 8,192 prompt tokens by default;
+    # mean-key landmarks have no basis.
+    assert info["256r16"].sparse_landmark_basis_tokens == 8192 and info["256"].sparse_landmark_basis_tokens == 0
     return ratio, info, tokens
 
 
@@ -161,6 +164,9 @@ REFUSALS = [
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "9"], "--sparse-landmark-subs"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-subs", "8"], "over the selection's 256 coordinates a page"),
     (SVDQ + ["--sparse-dense-layers", "2"], "--sparse-dense-layers needs --sparse-budget"),
+    (SVDQ + ["--sparse-landmark-basis-tokens", "4096"], "--sparse-landmark-basis-tokens needs --sparse-budget"),
+    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-basis-tokens", "4096"],
+     "--sparse-landmark-basis-tokens needs --sparse-landmark-rank"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-dense-layers", "30"], "--sparse-dense-layers must be in [0, 29]"),
 ]
 CUDA_REFUSALS = [

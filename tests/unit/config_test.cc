@@ -82,6 +82,13 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
     EXPECT_FALSE(Parse({"--sparse-landmark-subs", bad}, &c, &err)) << bad;
     EXPECT_NE(err.find("--sparse-landmark-subs"), std::string::npos) << bad;
   }
+  EXPECT_EQ(c.sparse_landmark_basis_tokens, 8192);
+  EXPECT_TRUE(Parse({"--sparse-landmark-basis-tokens", "32768"}, &c, &err)) << err;
+  EXPECT_EQ(c.sparse_landmark_basis_tokens, 32768);
+  for (const char* bad : {"0", "-5", "many"}) {
+    EXPECT_FALSE(Parse({"--sparse-landmark-basis-tokens", bad}, &c, &err)) << bad;
+    EXPECT_NE(err.find("--sparse-landmark-basis-tokens"), std::string::npos) << bad;
+  }
   EXPECT_EQ(c.sparse_dense_layers, 0);
   EXPECT_TRUE(Parse({"--sparse-dense-layers", "2"}, &c, &err)) << err;
   EXPECT_EQ(c.sparse_dense_layers, 2);
