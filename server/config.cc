@@ -143,6 +143,10 @@ std::vector<Flag> Flags(ServerConfig* c) {
                                        "--max-batch-tokens less --max-running), and its landmark basis is fitted on "
                                        "that forward's keys (default 8192)",
        num(&c->sparse_landmark_basis_tokens, 1, 1 << 20)},
+      {"sparse-landmark-fit", "with --sparse-landmark-rank: keys (the leading eigenvectors of the first forward's keys) "
+                              "| centred (of those keys less their mean, which adds nearly the same to every page's "
+                              "score) (default keys)",
+       oneof(&c->sparse_landmark_fit, {"keys", "centred"})},
       {"sparse-dense-layers", "with --sparse-budget: the first N layers attend to every page and keep no landmarks "
                               "(their attention is spread, where a selection finds little to skip); below the "
                               "model's layer count (default 0)",

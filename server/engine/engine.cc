@@ -311,10 +311,15 @@ void Engine::Load() {
     modes.sparse_dense_layers = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_dense_layers, -1, 1 << 16));
     if (modes.sparse_landmark_rank == 0 && m.opts.sparse_landmark_basis_tokens != EngineOptions{}.sparse_landmark_basis_tokens)
       throw std::runtime_error("--sparse-landmark-basis-tokens needs --sparse-landmark-rank (mean-key landmarks have no basis)");
+    if (modes.sparse_landmark_rank == 0 && m.opts.sparse_landmark_fit != EngineOptions{}.sparse_landmark_fit)
+      throw std::runtime_error("--sparse-landmark-fit needs --sparse-landmark-rank (mean-key landmarks have no basis)");
+    modes.sparse_landmark_centred = m.opts.sparse_landmark_fit == "centred";
   } else if (m.opts.sparse_landmark_rank != 0) {
     throw std::runtime_error("--sparse-landmark-rank needs --sparse-budget (it shapes sparse attention's landmarks)");
   } else if (m.opts.sparse_landmark_basis_tokens != EngineOptions{}.sparse_landmark_basis_tokens) {
     throw std::runtime_error("--sparse-landmark-basis-tokens needs --sparse-budget and --sparse-landmark-rank");
+  } else if (m.opts.sparse_landmark_fit != EngineOptions{}.sparse_landmark_fit) {
+    throw std::runtime_error("--sparse-landmark-fit needs --sparse-budget and --sparse-landmark-rank");
   } else if (m.opts.sparse_landmark_subs != 1) {
     throw std::runtime_error("--sparse-landmark-subs needs --sparse-budget (it shapes sparse attention's landmarks)");
   } else if (m.opts.sparse_dense_layers != 0) {
@@ -498,6 +503,7 @@ KvConfigInfo Engine::kv_config() const {
   k.sparse_landmark_rank = m.modes.sparse_landmark_rank;
   k.sparse_landmark_subs = m.modes.sparse_landmark_subs;
   k.sparse_landmark_basis_tokens = m.modes.landmark_basis() ? m.opts.sparse_landmark_basis_tokens : 0;
+  if (m.modes.landmark_basis()) k.sparse_landmark_fit = m.modes.sparse_landmark_centred ? "centred" : "keys";
   k.sparse_dense_layers = m.modes.sparse_dense_layers;
   const int64_t context = m.model->config().max_context;
   if (const int64_t read = kv::DecodeKeyBytesRead(m.modes, m.kv_shape, context); read > 0)

@@ -832,6 +832,7 @@ void PagedSeqView::WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k) 
       // (uncentred) Gram matrix, the directions that hold most of their energy (and so of a page
       // mean's). A non-finite key (the sequence ends with an error) must not fail the solver.
       at::Tensor kd = kf.to(at::kDouble).transpose(0, 1);  // [KV, T, D]
+      if (st_->spec().modes.sparse_landmark_centred) kd = kd - at::nan_to_num(kd.mean(1, true), 0.0, 0.0, 0.0);
       at::Tensor gram = at::nan_to_num(at::matmul(kd.transpose(1, 2), kd), 0.0, 0.0, 0.0);
       basis.copy_(EigenvectorsDescending(gram).narrow(-1, 0, basis.size(-1)));
     }
