@@ -33,7 +33,9 @@ the KV head's query heads. Methods (metadata per chunk and KV head):
               covariance): the uncentred fit spends directions on the keys' common part, which
               adds nearly the same to every chunk's score
   subsR       subkR in the R leading directions of the sub-chunk means less their mean: the
-              directions in which the slices differ, which is what a ranking uses
+              directions in which the slices differ, which is what a ranking uses. (In the server a
+              centred basis of the keys lost every needle at 16k-32k on Qwen2.5-Coder-1.5B, H100,
+              2026-12-05: on real keys the mean's direction is part of what ranks pages.)
   twoR        two levels: lowrankR landmarks of groups of 4 chunks shortlist 4x the groups the
               budget needs; lowrankR landmarks of the chunks in the shortlist choose. Only the
               shortlist's chunk landmarks are read, so the metadata read per step is the groups'

@@ -138,15 +138,11 @@ std::vector<Flag> Flags(ServerConfig* c) {
                                "scale, the page scored by the best (S x W + 2 bytes a page and KV head, W the "
                                "landmark's coordinates); S divides the block size, at most 8 (default 1)",
        num(&c->sparse_landmark_subs, 1, 8)},
-      {"sparse-landmark-basis-tokens", "with --sparse-landmark-rank: a sequence's first forward covers at least its "
-                                       "first min(prompt, N) tokens however a step's token budget is shared (at most "
-                                       "--max-batch-tokens less --max-running), and its landmark basis is fitted on "
-                                       "that forward's keys (default 8192)",
+      {"sparse-landmark-basis-tokens", "with --sparse-landmark-rank: the landmark basis is fitted on a sequence's "
+                                       "first min(prompt, N) tokens, which its first forward covers however a step's "
+                                       "token budget is shared; N is capped at --max-batch-tokens less --max-running "
+                                       "(default 8192)",
        num(&c->sparse_landmark_basis_tokens, 1, 1 << 20)},
-      {"sparse-landmark-fit", "with --sparse-landmark-rank: keys (the leading eigenvectors of the first forward's keys) "
-                              "| centred (of those keys less their mean, which adds nearly the same to every page's "
-                              "score) (default keys)",
-       oneof(&c->sparse_landmark_fit, {"keys", "centred"})},
       {"sparse-dense-layers", "with --sparse-budget: the first N layers attend to every page and keep no landmarks "
                               "(their attention is spread, where a selection finds little to skip); below the "
                               "model's layer count (default 0)",

@@ -32,7 +32,6 @@ struct ServerConfig {
   int sparse_landmark_rank = 0;  // landmark coordinates in a per-sequence basis; 0: the mean key itself
   int sparse_landmark_subs = 1;  // landmarks a page, one per equal slice (sub-chunk); scored by the best
   int sparse_landmark_basis_tokens = 8192;  // the landmark basis's least first forward
-  std::string sparse_landmark_fit = "keys";  // keys | centred: what the landmark basis is fitted to
   int sparse_dense_layers = 0;  // the first layers attend densely under --sparse-budget
   std::string svdq_basis_file;
   int shutdown_grace_seconds = 30;

@@ -129,7 +129,6 @@ int main(int argc, char** argv) {
   eo.sparse_landmark_rank = cfg.sparse_landmark_rank;
   eo.sparse_landmark_subs = cfg.sparse_landmark_subs;
   eo.sparse_landmark_basis_tokens = cfg.sparse_landmark_basis_tokens;
-  eo.sparse_landmark_fit = cfg.sparse_landmark_fit;
   eo.sparse_dense_layers = cfg.sparse_dense_layers;
   eo.svdq_basis_file = cfg.svdq_basis_file;
   svdq::engine::Engine engine(eo, &metrics);

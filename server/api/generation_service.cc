@@ -200,7 +200,6 @@ grpc::Status GenerationService::GetServerInfo(grpc::ServerContext* ctx, const sv
   out->set_sparse_landmark_rank(k.sparse_landmark_rank);
   out->set_sparse_landmark_subs(k.sparse_landmark_subs);
   out->set_sparse_landmark_basis_tokens(k.sparse_landmark_basis_tokens);
-  out->set_sparse_landmark_fit(k.sparse_landmark_fit);
   out->set_sparse_dense_layers(k.sparse_dense_layers);
   out->set_attention_key_compression(k.attention_key_compression);
   return grpc::Status::OK;

@@ -309,17 +309,16 @@ void Engine::Load() {
     modes.sparse_landmark_rank = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_rank, -1, 1 << 16));
     modes.sparse_landmark_subs = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_subs, -1, 1 << 16));
     modes.sparse_dense_layers = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_dense_layers, -1, 1 << 16));
+    // The scheduler holds a first chunk to at most max_batch_tokens - max_running tokens (a step
+    // keeps room for a full batch of decodes), so a basis is fitted on no more than that.
+    const int64_t first_cap = std::max<int64_t>(1, m.opts.max_batch_tokens - static_cast<int64_t>(m.opts.max_running));
+    modes.sparse_landmark_basis_tokens = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_basis_tokens, 1, first_cap));
     if (modes.sparse_landmark_rank == 0 && m.opts.sparse_landmark_basis_tokens != EngineOptions{}.sparse_landmark_basis_tokens)
       throw std::runtime_error("--sparse-landmark-basis-tokens needs --sparse-landmark-rank (mean-key landmarks have no basis)");
-    if (modes.sparse_landmark_rank == 0 && m.opts.sparse_landmark_fit != EngineOptions{}.sparse_landmark_fit)
-      throw std::runtime_error("--sparse-landmark-fit needs --sparse-landmark-rank (mean-key landmarks have no basis)");
-    modes.sparse_landmark_centred = m.opts.sparse_landmark_fit == "centred";
   } else if (m.opts.sparse_landmark_rank != 0) {
     throw std::runtime_error("--sparse-landmark-rank needs --sparse-budget (it shapes sparse attention's landmarks)");
   } else if (m.opts.sparse_landmark_basis_tokens != EngineOptions{}.sparse_landmark_basis_tokens) {
     throw std::runtime_error("--sparse-landmark-basis-tokens needs --sparse-budget and --sparse-landmark-rank");
-  } else if (m.opts.sparse_landmark_fit != EngineOptions{}.sparse_landmark_fit) {
-    throw std::runtime_error("--sparse-landmark-fit needs --sparse-budget and --sparse-landmark-rank");
   } else if (m.opts.sparse_landmark_subs != 1) {
     throw std::runtime_error("--sparse-landmark-subs needs --sparse-budget (it shapes sparse attention's landmarks)");
   } else if (m.opts.sparse_dense_layers != 0) {
@@ -502,8 +501,7 @@ KvConfigInfo Engine::kv_config() const {
   k.sparse_budget = m.modes.sparse_budget;
   k.sparse_landmark_rank = m.modes.sparse_landmark_rank;
   k.sparse_landmark_subs = m.modes.sparse_landmark_subs;
-  k.sparse_landmark_basis_tokens = m.modes.landmark_basis() ? m.opts.sparse_landmark_basis_tokens : 0;
-  if (m.modes.landmark_basis()) k.sparse_landmark_fit = m.modes.sparse_landmark_centred ? "centred" : "keys";
+  k.sparse_landmark_basis_tokens = m.modes.landmark_basis() ? m.modes.sparse_landmark_basis_tokens : 0;
   k.sparse_dense_layers = m.modes.sparse_dense_layers;
   const int64_t context = m.model->config().max_context;
   if (const int64_t read = kv::DecodeKeyBytesRead(m.modes, m.kv_shape, context); read > 0)
@@ -528,14 +526,13 @@ SubmitResult Engine::Submit(Request r, std::shared_ptr<RequestStream>* stream) {
   seq->prompt = &seq->req.prompt;
   seq->no_prefix_cache = seq->prefill_alone = seq->req.prompt_logprobs;
   // A first forward fits the sequence's bases, however the step's token budget is shared: the
-  // SVDq prefill basis on at least min(prompt, --svdq-basis-tokens) tokens, the landmark basis
-  // on at least min(prompt, --sparse-landmark-basis-tokens). A landmark basis fitted on a few
-  // hundred tokens of a long prompt (what a shared budget left) scored its later pages little
-  // better than chance (issue 17's retrieval, seventh session).
+  // SVDq prefill basis on its first min(prompt, --svdq-basis-tokens) tokens, the landmark basis
+  // on its first min(prompt, N) (kv_modes.h sparse_landmark_basis_tokens, already capped by what
+  // the scheduler can hold a first chunk to), so each depends on the prompt alone.
   if (m.opts.key_mode == "svdq" && m.opts.svdq_basis == "prefill")
     seq->min_first_chunk = m.opts.svdq_basis_tokens;
   if (m.modes.landmark_basis())
-    seq->min_first_chunk = std::max(seq->min_first_chunk, m.opts.sparse_landmark_basis_tokens);
+    seq->min_first_chunk = std::max<int64_t>(seq->min_first_chunk, m.modes.sparse_landmark_basis_tokens);
   for (const auto& st : seq->req.stop) seq->max_stop = std::max(seq->max_stop, st.size());
   *stream = seq->stream;
   {

@@ -42,10 +42,9 @@ struct EngineOptions {
   int64_t sparse_budget = 0;
   int64_t sparse_landmark_rank = 0;  // kv_modes.h; 0: landmarks are the pages' mean keys
   int64_t sparse_landmark_subs = 1;  // kv_modes.h; landmarks a page (sub-chunk means)
-  // Landmark basis (sparse_landmark_rank > 0): fitted on a sequence's first forward, which covers
-  // at least min(prompt, sparse_landmark_basis_tokens) tokens, however the step budget is shared.
+  // Landmark basis (sparse_landmark_rank > 0): fitted on a sequence's first min(prompt, N) tokens,
+  // which its first forward covers however the step budget is shared (up to the scheduler's cap).
   int64_t sparse_landmark_basis_tokens = 8192;
-  std::string sparse_landmark_fit = "keys";  // keys | centred (kv_modes.h sparse_landmark_centred)
   int64_t sparse_dense_layers = 0;   // kv_modes.h; the first layers attend densely
   std::string svdq_basis_file;                    // empty: <model>.svdq-basis, if it exists
 };
@@ -64,7 +63,6 @@ struct KvConfigInfo {
   int64_t sparse_landmark_rank = 0;  // int8 coordinates a page landmark holds in its sequence's basis; 0: the mean key
   int64_t sparse_landmark_subs = 1;  // landmarks a page, one per equal slice
   int64_t sparse_landmark_basis_tokens = 0;  // the landmark basis's least first forward; 0: no landmark basis
-  std::string sparse_landmark_fit;  // keys | centred; empty: no landmark basis
   int64_t sparse_dense_layers = 0;   // the first layers, which attend densely under the budget
   double attention_key_compression = 0;  // at the model's full context (kv_modes.h DecodeKeyBytesRead)
 };

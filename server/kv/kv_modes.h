@@ -43,10 +43,10 @@ struct KvModes {
   // of the post-RoPE keys of the sequence's first forward (R + 2 bytes a page, and D x R fp32
   // a running sequence); pages then differ between sequences (no prefix sharing).
   int sparse_landmark_rank = 0;
-  // With R > 0: the basis holds the R leading eigenvectors of the keys' covariance (the keys less
-  // their mean) instead of their uncentred Gram matrix. The keys' mean adds nearly the same to
-  // every page's score, so a basis that spends a direction on it ranks pages with R - 1.
-  bool sparse_landmark_centred = false;
+  // With R > 0: the basis is fitted on the first min(T, N) keys of the sequence's first forward
+  // of T tokens, so that it depends on the prompt alone, not on how much of it a shared step took
+  // (the engine makes that forward cover min(prompt, N) where the step budget allows).
+  int sparse_landmark_basis_tokens = 8192;
   // Landmarks a page (1: the page's own). S > 1: the landmarks of the page's S equal slices
   // (P / S tokens each), S x W int8 coordinates under one fp16 scale (S W + 2 bytes a page and KV
   // head, W = R or D), and the page scores as its best slice: a few needle tokens are diluted by

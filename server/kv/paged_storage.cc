@@ -831,8 +831,8 @@ void PagedSeqView::WriteLandmarks(int layer, int64_t pos0, const at::Tensor& k) 
       // A sequence's first forward fits it: per KV head, the R leading eigenvectors of the keys'
       // (uncentred) Gram matrix, the directions that hold most of their energy (and so of a page
       // mean's). A non-finite key (the sequence ends with an error) must not fail the solver.
-      at::Tensor kd = kf.to(at::kDouble).transpose(0, 1);  // [KV, T, D]
-      if (st_->spec().modes.sparse_landmark_centred) kd = kd - at::nan_to_num(kd.mean(1, true), 0.0, 0.0, 0.0);
+      const int64_t n = std::min<int64_t>(T, st_->spec().modes.sparse_landmark_basis_tokens);
+      at::Tensor kd = kf.narrow(0, 0, n).to(at::kDouble).transpose(0, 1);  // [KV, n, D]
       at::Tensor gram = at::nan_to_num(at::matmul(kd.transpose(1, 2), kd), 0.0, 0.0, 0.0);
       basis.copy_(EigenvectorsDescending(gram).narrow(-1, 0, basis.size(-1)));
     }

@@ -72,14 +72,12 @@ def test_a_budget_covering_the_context_gives_dense_tokens_gpu(stubs):
 # Configurations of small_budget_reads_fewer_key_bytes: dense, a 256-token budget with landmarks
 # over the head dim, the same with rank-16 landmarks (--sparse-landmark-rank), with four rank-2
 # landmarks a page (--sparse-landmark-subs), and with those and the first 3 of the model's 30
-# layers dense (--sparse-dense-layers), and four rank-2 landmarks in a centred basis
-# (--sparse-landmark-fit centred).
+# layers dense (--sparse-dense-layers).
 S4R2 = ["--sparse-landmark-rank", "2", "--sparse-landmark-subs", "4"]
 BUDGETS = {"0": ["--sparse-budget", "0"], "256": ["--sparse-budget", "256"],
            "256r16": ["--sparse-budget", "256", "--sparse-landmark-rank", "16"],
            "256s4r2": ["--sparse-budget", "256"] + S4R2,
-           "256s4r2d3": ["--sparse-budget", "256"] + S4R2 + ["--sparse-dense-layers", "3"],
-           "256s4r2c": ["--sparse-budget", "256"] + S4R2 + ["--sparse-landmark-fit", "centred"]}
+           "256s4r2d3": ["--sparse-budget", "256"] + S4R2 + ["--sparse-dense-layers", "3"]}
 
 
 def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
@@ -106,11 +104,10 @@ def small_budget_reads_fewer_key_bytes(stubs, device, prompts, max_tokens):
     assert info["256r16"].sparse_landmark_subs == 1
     assert info["256s4r2"].sparse_landmark_rank == 2 and info["256s4r2"].sparse_landmark_subs == 4
     assert info["256s4r2"].sparse_dense_layers == 0 and info["256s4r2d3"].sparse_dense_layers == 3
-    # A landmark basis is fitted on a first forward of at least 8,192 prompt tokens by default;
+    # A landmark basis is fitted on a sequence's first min(prompt, N) tokens: N = 8,192 by default,
+    # capped at what the scheduler can hold a first chunk to (2,048 tokens a step less 8 decodes);
     # mean-key landmarks have no basis.
-    assert info["256r16"].sparse_landmark_basis_tokens == 8192 and info["256"].sparse_landmark_basis_tokens == 0
-    assert info["256r16"].sparse_landmark_fit == "keys" and info["256s4r2c"].sparse_landmark_fit == "centred"
-    assert info["256"].sparse_landmark_fit == ""
+    assert info["256r16"].sparse_landmark_basis_tokens == 2040 and info["256"].sparse_landmark_basis_tokens == 0
     return ratio, info, tokens
 
 
@@ -139,8 +136,6 @@ def test_a_small_budget_serves_long_prompts_and_reads_fewer_key_bytes_cpu(stubs)
     # (1/read is linear in the layers: 3 dense and 27 sparse layers' reads).
     read = {b: 1 / ratio[b] for b in ratio}
     assert abs(read["256s4r2d3"] - (0.1 * read["0"] + 0.9 * read["256s4r2"])) < 1e-3 * read["0"], ratio
-    # A centred basis changes which pages win, not what a step reads.
-    assert abs(read["256s4r2c"] - read["256s4r2"]) < 1e-6 * read["0"], ratio
     # (Which layers attend densely is asserted in the storage's tests: KvStorageCpu.
     # SparseAttentionAttendsToTheChosenPagesOnly. This model's greedy tokens settle on one id.)
 
@@ -173,9 +168,6 @@ REFUSALS = [
     (SVDQ + ["--sparse-landmark-basis-tokens", "4096"], "--sparse-landmark-basis-tokens needs --sparse-budget"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-basis-tokens", "4096"],
      "--sparse-landmark-basis-tokens needs --sparse-landmark-rank"),
-    (SVDQ + ["--sparse-landmark-fit", "centred"], "--sparse-landmark-fit needs --sparse-budget"),
-    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-fit", "centred"], "--sparse-landmark-fit needs --sparse-landmark-rank"),
-    (SVDQ + ["--sparse-budget", "2048", "--sparse-landmark-rank", "8", "--sparse-landmark-fit", "mean"], "--sparse-landmark-fit"),
     (SVDQ + ["--sparse-budget", "2048", "--sparse-dense-layers", "30"], "--sparse-dense-layers must be in [0, 29]"),
 ]
 CUDA_REFUSALS = [

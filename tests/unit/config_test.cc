@@ -89,13 +89,6 @@ TEST(Config, BadInputsAreRejectedWithAMessage) {
     EXPECT_FALSE(Parse({"--sparse-landmark-basis-tokens", bad}, &c, &err)) << bad;
     EXPECT_NE(err.find("--sparse-landmark-basis-tokens"), std::string::npos) << bad;
   }
-  EXPECT_EQ(c.sparse_landmark_fit, "keys");
-  EXPECT_TRUE(Parse({"--sparse-landmark-fit", "centred"}, &c, &err)) << err;
-  EXPECT_EQ(c.sparse_landmark_fit, "centred");
-  for (const char* bad : {"centered", "", "mean"}) {
-    EXPECT_FALSE(Parse({"--sparse-landmark-fit", bad}, &c, &err)) << bad;
-    EXPECT_NE(err.find("--sparse-landmark-fit"), std::string::npos) << bad;
-  }
   EXPECT_EQ(c.sparse_dense_layers, 0);
   EXPECT_TRUE(Parse({"--sparse-dense-layers", "2"}, &c, &err)) << err;
   EXPECT_EQ(c.sparse_dense_layers, 2);

@@ -312,7 +312,7 @@ StorageSpec SvdqPrefillSpec(const Tables& rope, at::Device device, const char* s
 // With S landmarks a page (kv_modes.h sparse_landmark_subs), a page holds the S means of its
 // slices of P / S keys (or their coordinates) under one scale, the slices that prompt chunks end
 // in (mid-slice and at a slice's end) included; S that does not divide the page is refused.
-void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0, int subs = 1, bool centred = false) {
+void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0, int subs = 1, int basis_tokens = 8192) {
   const Tables rope = Rope(device);
   StorageSpec spec = SvdqPrefillSpec(rope, device, "4,2,2,1,1,0,0,0");
   spec.dtype = dtype;
@@ -329,7 +329,7 @@ void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0, int sub
   spec.modes.sparse_landmark_subs = 3;  // does not divide the page
   EXPECT_THROW(PagedKvStorage bad(spec), std::invalid_argument);
   spec.modes.sparse_landmark_subs = subs;
-  spec.modes.sparse_landmark_centred = centred;
+  spec.modes.sparse_landmark_basis_tokens = basis_tokens;
   PagedKvStorage storage(spec);
   ASSERT_TRUE(storage.sparse());
   const int64_t W = rank > 0 ? rank : kDim, L = kPage / subs;
@@ -358,8 +358,9 @@ void RunLandmarks(at::Device device, at::ScalarType dtype, int rank = 0, int sub
     if (rank > 0) {
       basis = storage.landmark_basis(l)[1].to(at::kCPU, at::kDouble);
       EXPECT_EQ(storage.landmark_basis(l)[0].abs().max().item<double>(), 0.0) << "lane 0 was not used";
-      at::Tensor first = (k.narrow(0, 0, 21) * (1.0 + l)).to(dtype).to(at::kCPU, at::kDouble).transpose(0, 1);  // [kKv, 21, D]
-      if (centred) first = first - first.mean(1, true);  // the basis holds their variance instead
+      // The first forward's 21 keys, or the first basis_tokens of them.
+      const int64_t fitted = std::min<int64_t>(21, basis_tokens);
+      at::Tensor first = (k.narrow(0, 0, fitted) * (1.0 + l)).to(dtype).to(at::kCPU, at::kDouble).transpose(0, 1);  // [kKv, n, D]
       at::Tensor gram = first.transpose(1, 2).matmul(first);
       at::Tensor top = std::get<0>(at::linalg_eigh(gram)).flip({-1}).narrow(-1, 0, rank).sum(-1);  // [kKv]
       for (int h = 0; h < kKv; ++h) {
@@ -391,9 +392,11 @@ TEST(KvStorageCpu, PageLandmarksHoldEachFilledPagesMeanKey) { RunLandmarks(at::D
 TEST(KvStorageCpu, RankRLandmarksHoldTheMeansCoordinatesInTheLanesBasis) {
   RunLandmarks(at::Device(at::kCPU), at::kFloat, 16);
 }
-TEST(KvStorageCpu, CentredLandmarkBasisHoldsTheKeysVariance) {
-  RunLandmarks(at::Device(at::kCPU), at::kFloat, 16, 1, /*centred=*/true);
-  RunLandmarks(at::Device(at::kCPU), at::kFloat, 2, 4, /*centred=*/true);
+// A basis fitted on the first 16 of the first forward's 21 keys (sparse_landmark_basis_tokens):
+// the R directions that hold most of those 16 keys' energy, whatever came after them.
+TEST(KvStorageCpu, LandmarkBasisIsFittedOnTheFirstBasisTokens) {
+  RunLandmarks(at::Device(at::kCPU), at::kFloat, 16, 1, /*basis_tokens=*/16);
+  RunLandmarks(at::Device(at::kCPU), at::kFloat, 2, 4, /*basis_tokens=*/16);
 }
 TEST(KvStorageCpu, SubChunkLandmarksHoldEachSlicesMean) {
   RunLandmarks(at::Device(at::kCPU), at::kFloat, 0, 2);
@@ -764,15 +767,6 @@ TEST(KvStorageCuda, RankRLandmarksHoldTheMeansCoordinatesInTheLanesBasis) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   try {
     RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16, 16);
-  } catch (const std::exception& e) {
-    FAIL() << "threw: " << e.what();
-  }
-}
-
-TEST(KvStorageCuda, CentredLandmarkBasisHoldsTheKeysVariance) {
-  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  try {
-    RunLandmarks(at::Device(at::kCUDA, 0), at::kBFloat16, 16, 1, /*centred=*/true);
   } catch (const std::exception& e) {
     FAIL() << "threw: " << e.what();
   }
