@@ -260,8 +260,13 @@ def main():
         try:
             try:
                 s.wait_ready(timeout=900)
-            except RuntimeError as e:  # the server refused this mode's flags: say why, run the others
-                refused[mode] = str(e).splitlines()[-1]
+            except RuntimeError as e:
+                if s.proc.poll() is None:  # still running but never ready: not a refusal
+                    raise
+                # The server exited at start (it refused this mode's flags, or could not load):
+                # its own last message says why (a flag error is followed by the usage text).
+                said = [l for l in s.output().splitlines() if l.startswith("svdq-server:")]
+                refused[mode] = said[-1] if said else str(e).splitlines()[-1]
                 print(f"mode {mode} refused: {refused[mode]}", file=sys.stderr, flush=True)
                 meta["refused"] = refused
                 continue
@@ -307,6 +312,8 @@ def main():
           f"{' (' + meta['gpu'] + ')' if meta.get('gpu') else ''}\n")
     for mode, why in refused.items():
         print(f"refused at start, not measured: {mode}: {why}\n")
+    if not rows:
+        raise SystemExit("no mode was measured")
     print("| mode | key compression | attention key compression | task | " + " | ".join(f"{L} tokens" for L in lengths) + " |")
     print("|---|---:|---:|---|" + "---:|" * len(lengths))
     for mode in a.modes.split(";"):

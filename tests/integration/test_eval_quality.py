@@ -123,20 +123,36 @@ def test_cached_sizes_give_the_same_prompts_with_one_tokenize_each(sentences, tm
     assert len(calls) == bisecting
 
 
-def test_a_refused_mode_is_reported_and_the_others_still_run(model_path, tmp_path):
-    # Through the real server on the CPU: the first mode's flag is one the server refuses at start
-    # (a sparse budget with bf16 keys); the run goes on to the second mode and says what it skipped.
+def run_eval(model_path, tmp_path, modes):
     import subprocess
     out = tmp_path / "eval.json"
-    bad = "bf16_bf16|--sparse-budget 256"
     run = subprocess.run(
         [sys.executable, str(Path(eq.__file__)), "--model", str(model_path), "--lengths", "200", "--cases", "1",
          "--tasks", "passkey", "--max-tokens", "4", "--kv-cache-bytes", "64M", "--concurrency", "1",
-         "--modes", f"{bad};bf16_bf16", "--sizes", str(tmp_path / "sizes.json"), "--json", str(out)],
+         "--modes", modes, "--sizes", str(tmp_path / "sizes.json"), "--json", str(out)],
         capture_output=True, text=True, timeout=600)
+    return run, out
+
+
+def test_a_refused_mode_is_reported_and_the_others_still_run(model_path, tmp_path):
+    # Through the real server on the CPU: the first mode is refused when the model loads (a
+    # sparse budget with bf16 keys), the second at flag parsing (an unknown flag, after which the
+    # server prints its usage); the run goes on to the third mode and says what it skipped, in
+    # the server's own words rather than the usage text's last line.
+    at_load, at_parse = "bf16_bf16|--sparse-budget 256", "bf16_bf16|--no-such-flag 1"
+    run, out = run_eval(model_path, tmp_path, f"{at_load};{at_parse};bf16_bf16")
     assert run.returncode == 0, run.stderr[-2000:]
     result = eq.json.loads(out.read_text())
     assert [r["mode"] for r in result["rows"]] == ["bf16_bf16"]
     assert result["rows"][0]["cases"] == 1 and result["rows"][0]["length"] == 200
-    assert "sparse attention needs page-coded keys" in result["meta"]["refused"][bad]
-    assert f"refused at start, not measured: {bad}" in run.stdout
+    refused = result["meta"]["refused"]
+    assert "sparse attention needs page-coded keys" in refused[at_load]
+    assert refused[at_parse].startswith("svdq-server:") and "--no-such-flag" in refused[at_parse]
+    assert f"refused at start, not measured: {at_load}" in run.stdout
+
+
+def test_a_run_with_every_mode_refused_fails(model_path, tmp_path):
+    run, out = run_eval(model_path, tmp_path, "bf16_bf16|--sparse-budget 256")
+    assert run.returncode != 0
+    assert "no mode was measured" in run.stderr
+    assert eq.json.loads(out.read_text())["rows"] == []

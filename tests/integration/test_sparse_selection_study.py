@@ -21,18 +21,27 @@ def planted(d=64, c=64, n=40, needle_chunk=17):
     return q, k, n, c
 
 
+def rank_of(scores, chunk):
+    """0 for the best-scored chunk."""
+    return int((scores > scores[chunk]).sum())
+
+
 def test_one_direction_fitted_to_the_raw_keys_is_the_common_part_and_misses_the_needle():
     q, k, n, c = planted()
     scores = st.Selector("subk1", c, 256, 64).scores(q, k, None, n)
     assert scores.shape == (1, n)
-    assert int(scores[0].argmax()) != 17
+    # That direction is the common part: every chunk scores about the same (within 5%), so noise
+    # ranks them, and the needle's chunk is not first.
+    s = scores[0]
+    assert float(s.max() - s.min()) < 0.05 * float(s.abs().mean())
+    assert rank_of(s, 17) > 0
 
 
-def test_centred_fits_find_the_needle_with_one_direction():
+def test_centred_fits_find_the_needle_with_one_direction_and_every_fit_with_two():
     q, k, n, c = planted()
     for method in ("subc1", "subs1", "subc2", "subs2", "subk2"):
         scores = st.Selector(method, c, 256, 64).scores(q, k, None, n)
-        assert int(scores[0].argmax()) == 17, method
+        assert rank_of(scores[0], 17) == 0, method
 
 
 def test_centred_fits_cost_the_same_bytes_as_the_raw_one():
