@@ -309,9 +309,8 @@ void Engine::Load() {
     modes.sparse_landmark_rank = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_rank, -1, 1 << 16));
     modes.sparse_landmark_subs = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_subs, -1, 1 << 16));
     modes.sparse_dense_layers = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_dense_layers, -1, 1 << 16));
-    // The scheduler holds a first chunk to at most max_batch_tokens - max_running tokens (a step
-    // keeps room for a full batch of decodes), so a basis is fitted on no more than that.
-    const int64_t first_cap = std::max<int64_t>(1, m.opts.max_batch_tokens - static_cast<int64_t>(m.opts.max_running));
+    // A first chunk is held out for at most the scheduler's cap, so a basis is fitted on no more.
+    const int64_t first_cap = Scheduler::MaxFirstChunk(m.opts.max_batch_tokens, static_cast<int64_t>(m.opts.max_running));
     modes.sparse_landmark_basis_tokens = static_cast<int>(std::clamp<int64_t>(m.opts.sparse_landmark_basis_tokens, 1, first_cap));
     if (modes.sparse_landmark_rank == 0 && m.opts.sparse_landmark_basis_tokens != EngineOptions{}.sparse_landmark_basis_tokens)
       throw std::runtime_error("--sparse-landmark-basis-tokens needs --sparse-landmark-rank (mean-key landmarks have no basis)");

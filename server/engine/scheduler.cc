@@ -88,11 +88,10 @@ StepPlan Scheduler::Plan() const {
     if (budget <= 0) continue;
     const std::vector<int32_t> tokens = s->AllTokens();
     const int64_t chunk = std::min<int64_t>(budget, static_cast<int64_t>(tokens.size()) - s->computed);
-    // A first chunk shorter than the sequence's minimum waits for a step with room. The minimum
-    // is capped by what every step has left after a full batch of decodes, so running
-    // sequences can never hold it back for longer than the prompt chunks ahead of it.
+    // A first chunk shorter than the sequence's minimum (capped: MaxFirstChunk) waits for a step
+    // with room.
     const int64_t need = std::min({s->min_first_chunk, static_cast<int64_t>(tokens.size()),
-                                   std::max<int64_t>(1, max_batch_tokens_ - max_running_)});
+                                   MaxFirstChunk(max_batch_tokens_, max_running_)});
     if (s->computed == 0 && chunk < need) continue;
     budget -= chunk;
     plan.items.push_back({s, std::vector<int32_t>(tokens.begin() + s->computed, tokens.begin() + s->computed + chunk),

@@ -17,6 +17,7 @@
 //   Release        a finished sequence's blocks and lane go back
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -85,6 +86,12 @@ class Scheduler {
   // SetLastToken) once read, before the step after commits it.
   bool ReserveAhead(const std::vector<SchedSeq*>& seqs);
   static constexpr int32_t kUnknownToken = -1;
+  // The longest first chunk a sequence's minimum (SchedSeq::min_first_chunk) can hold out for:
+  // what every step has left after a full batch of decodes, so that running sequences can never
+  // hold it back for longer than the prompt chunks ahead of it.
+  static int64_t MaxFirstChunk(int64_t max_batch_tokens, int64_t max_running) {
+    return std::max<int64_t>(1, max_batch_tokens - max_running);
+  }
   // `tokens` more of s's tokens are in the cache.
   void Advance(SchedSeq* s, int64_t tokens);
   // Gives back s's blocks and lane (s stays where it is in the lists). Idempotent.
